@@ -1,0 +1,177 @@
+"""Cache-key normalization: one object fetched under many URLs is cached once.
+
+``scheme://host[:port]/path?kept-query`` with a lower-case host, the default port dropped, the
+fragment dropped and tracking/session query parameters removed by per-site rules loaded from a
+JSON file (data, not code). Pure functions; the sniffer computes the key once and every later
+stage carries it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode
+
+import orjson
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+_LABEL = r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?"
+_HOST_RE = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?$")
+
+
+class BadUrl(ValueError):
+    """A host or request target that cannot name a cacheable object."""
+
+
+@dataclass(frozen=True, slots=True)
+class SiteRule:
+    host: str  # applies to this host and its subdomains
+    keep: frozenset[str] | None  # only these names survive (None: no keep-list)
+    drop: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRules:
+    """Query-parameter rules: global drops plus per-site keep/drop lists."""
+
+    drop: tuple[str, ...] = ()
+    sites: tuple[SiteRule, ...] = ()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> KeyRules:
+        data = orjson.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError("cache-key rules must be a JSON object")
+        sites = []
+        for site in data.get("sites", []):
+            keep = site.get("keep")
+            sites.append(
+                SiteRule(
+                    host=str(site["host"]).lower().rstrip("."),
+                    keep=None if keep is None else frozenset(map(str, keep)),
+                    drop=tuple(map(str, site.get("drop", []))),
+                )
+            )
+        # Longest host first so the most specific rule wins.
+        sites.sort(key=lambda s: -len(s.host))
+        return cls(drop=tuple(map(str, data.get("drop", []))), sites=tuple(sites))
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> KeyRules:
+        """Rules from ``path``, or the ones shipped with heatcache."""
+        if path is None:
+            raw = resources.files("heatcache").joinpath("data/cache_key_rules.json").read_bytes()
+        else:
+            raw = Path(path).read_bytes()
+        return cls.from_json(raw)
+
+    def site_for(self, host: str) -> SiteRule | None:
+        for site in self.sites:
+            if host == site.host or host.endswith("." + site.host):
+                return site
+        return None
+
+
+def _matches(name: str, patterns: Iterable[str]) -> bool:
+    lower = name.lower()
+    for pat in patterns:
+        p = pat.lower()
+        if p.endswith("*"):
+            if lower.startswith(p[:-1]):
+                return True
+        elif lower == p:
+            return True
+    return False
+
+
+def split_host(host_header: str, scheme: str = "http") -> tuple[str, int]:
+    """Validate a Host header value; return (lower-case host, port). Raise BadUrl if hostile."""
+    text = host_header.strip().lower()
+    if not text or len(text) > 260:
+        raise BadUrl("empty or oversized host")
+    port = DEFAULT_PORTS.get(scheme, 80)
+    if text.startswith("["):
+        inner, sep, rest = text[1:].partition("]")
+        if not sep:
+            raise BadUrl("unterminated IPv6 literal")
+        try:
+            ipaddress.IPv6Address(inner)
+        except ValueError:
+            raise BadUrl("bad IPv6 literal") from None
+        host = f"[{inner}]"
+        if rest:
+            if not rest.startswith(":"):
+                raise BadUrl("junk after IPv6 literal")
+            port = _port(rest[1:])
+        return host, port
+    name, sep, port_s = text.partition(":")
+    if sep:
+        port = _port(port_s)
+    name = name.rstrip(".")
+    if not _HOST_RE.match(name):
+        raise BadUrl(f"bad host {name[:64]!r}")
+    return name, port
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise BadUrl(f"bad port {text[:8]!r}")
+    return int(text)
+
+
+def host_with_port(host: str, port: int, scheme: str = "http") -> str:
+    """``host`` or ``host:port``, dropping the scheme's default port."""
+    return host if DEFAULT_PORTS.get(scheme) == port else f"{host}:{port}"
+
+
+def cache_key(host_header: str, target: str, rules: KeyRules, scheme: str = "http") -> str:
+    """Normalize a request (Host header + request target) into the cache key.
+
+    ``target`` is origin-form (``/path?q``) or absolute-form (``http://host/path``); for the
+    latter the URL's own authority wins, as RFC 9112 says.
+    """
+    if target.startswith(("http://", "https://")):
+        scheme, _, rest = target.partition("://")
+        authority, slash, tail = rest.partition("/")
+        host_header, target = authority, slash + tail if slash else "/"
+    if not target.startswith("/"):
+        raise BadUrl("request target must be origin-form or absolute-form")
+    if any(c in target for c in "\r\n\x00 "):
+        raise BadUrl("control characters in target")
+    host, port = split_host(host_header, scheme)
+    path, _, query = target.partition("?")
+    query = query.partition("#")[0]
+    path = path.partition("#")[0]
+    kept = _filter_query(query, host, rules)
+    key = f"{scheme}://{host_with_port(host, port, scheme)}{path}"
+    return f"{key}?{kept}" if kept else key
+
+
+def _filter_query(query: str, host: str, rules: KeyRules) -> str:
+    if not query:
+        return ""
+    site = rules.site_for(host)
+    pairs = parse_qsl(query, keep_blank_values=True)
+    out = []
+    for name, value in pairs:
+        if _matches(name, rules.drop):
+            continue
+        if site is not None:
+            if site.keep is not None and name not in site.keep:
+                continue
+            if _matches(name, site.drop):
+                continue
+        out.append((name, value))
+    return urlencode(out, safe="/:,")
+
+
+def key_host(key: str) -> str:
+    """The host (without port) of a cache key, for steering decisions."""
+    authority = key.partition("://")[2].partition("/")[0]
+    if authority.startswith("["):
+        return authority.partition("]")[0] + "]"
+    return authority.partition(":")[0]

@@ -1,0 +1,170 @@
+"""The contract between stages: event types, their JSON encoding, and the logical topic names.
+
+Every event is a frozen dataclass encoded with orjson as one JSON object carrying ``v`` (the
+schema version). Decoding is strict: anything that is not a well-formed event of a known version
+raises :class:`DecodeError`, which consumers turn into a ``dead-letter`` record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+import orjson
+
+SCHEMA_VERSION = 1
+
+# Logical topic names; Settings.topic(name) gives the configured, prefixed name.
+REQUESTS = "requests"
+HOT_URLS = "hot-urls"
+CACHE_EVENTS = "cache-events"
+FETCH_PROGRESS = "fetch-progress"
+METRICS = "metrics"
+DEAD_LETTER = "dead-letter"
+ALL_TOPICS = (REQUESTS, HOT_URLS, CACHE_EVENTS, FETCH_PROGRESS, METRICS, DEAD_LETTER)
+COMPACTED_TOPICS = frozenset({CACHE_EVENTS})
+
+CacheState = Literal["cached", "failed", "evicted", "purged", "stale"]
+CACHE_STATES: frozenset[str] = frozenset({"cached", "failed", "evicted", "purged", "stale"})
+
+
+class DecodeError(ValueError):
+    """A message that is not a valid event of this contract."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestEvent:
+    """One HTTP request (or TLS ClientHello, with an empty path) seen on the wire."""
+
+    ts: float  # capture time, seconds since the epoch: windows run on this
+    client: str  # pseudonymous client id (keyed hash), never the raw address by default
+    method: str
+    host: str
+    path: str  # path + query as sent
+    url: str
+    cache_key: str
+    range: str = ""
+    ua_class: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestBatch:
+    """What one `requests` message holds: events of one partition bucket."""
+
+    bucket: int
+    events: tuple[RequestEvent, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class HotUrl:
+    """A cache key that crossed the admission rule."""
+
+    cache_key: str
+    url: str
+    host: str
+    heat: int  # requests in the window
+    clients: int  # distinct clients in the window
+    window_s: int
+    ts: float  # event time of the request that made it hot
+    reason: str = "heat"
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEvent:
+    """The state of one cached object; `cache-events` is compacted on cache_key."""
+
+    cache_key: str
+    state: str
+    url: str = ""
+    host: str = ""
+    path: str = ""  # file path relative to the cache root
+    size: int = 0
+    sha256: str = ""
+    etag: str = ""
+    last_modified: str = ""
+    content_type: str = ""
+    node: str = ""
+    ts: float = 0.0
+    error: str = ""
+
+    def __post_init__(self) -> None:
+        if self.state not in CACHE_STATES:
+            raise DecodeError(f"unknown cache state {self.state!r}")
+
+
+Event = RequestBatch | HotUrl | CacheEvent
+_KINDS: dict[str, type[Any]] = {"batch": RequestBatch, "hot": HotUrl, "cache": CacheEvent}
+_KIND_OF = {cls: kind for kind, cls in _KINDS.items()}
+T = TypeVar("T", RequestBatch, HotUrl, CacheEvent)
+
+
+def encode(event: Event) -> bytes:
+    """Serialize an event as one JSON object with its kind and schema version."""
+    body: dict[str, Any] = {"v": SCHEMA_VERSION, "kind": _KIND_OF[type(event)]}
+    if isinstance(event, RequestBatch):
+        body["bucket"] = event.bucket
+        # Events as compact arrays: a batch is the hot path, field names would double its size.
+        body["events"] = [dataclasses.astuple(e) for e in event.events]
+    else:
+        body.update(dataclasses.asdict(event))
+    return orjson.dumps(body)
+
+
+def decode(raw: bytes | None, expect: type[T]) -> T:
+    """Parse one message; raise DecodeError unless it is a valid event of type ``expect``."""
+    if not raw:
+        raise DecodeError("empty message")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise DecodeError("not a JSON object")
+    if body.get("v") != SCHEMA_VERSION:
+        raise DecodeError(f"unsupported schema version {body.get('v')!r}")
+    kind = body.pop("kind", None)
+    body.pop("v")
+    if _KINDS.get(kind) is not expect:  # type: ignore[arg-type]
+        raise DecodeError(f"expected {_KIND_OF[expect]!r}, got kind {kind!r}")
+    try:
+        if expect is RequestBatch:
+            events = tuple(_request_event(e) for e in body["events"])
+            return RequestBatch(bucket=int(body["bucket"]), events=events)  # type: ignore[return-value]
+        return expect(**body)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DecodeError(f"bad {kind} event: {exc}") from None
+
+
+_REQ_FIELDS = [f.name for f in dataclasses.fields(RequestEvent)]
+
+
+def _request_event(row: Any) -> RequestEvent:
+    if not isinstance(row, list) or len(row) != len(_REQ_FIELDS):
+        raise ValueError(f"request event must be an array of {len(_REQ_FIELDS)} fields")
+    ts = row[0]
+    if not isinstance(ts, (int, float)) or isinstance(ts, bool):
+        raise ValueError("ts must be a number")
+    if not all(isinstance(v, str) for v in row[1:]):
+        raise ValueError("request fields after ts must be strings")
+    return RequestEvent(float(ts), *row[1:])
+
+
+def bucket_of(cache_key: str, partitions: int) -> int:
+    """Partition bucket of a key: stable across processes and languages (CRC-32)."""
+    return zlib.crc32(cache_key.encode("utf-8", "surrogatepass")) % partitions
+
+
+def dead_letter_value(topic: str, partition: int, offset: int, reason: str, raw: bytes | None) -> bytes:
+    """The value written to `dead-letter`: where the message came from, why, and its bytes."""
+    return orjson.dumps(
+        {
+            "v": SCHEMA_VERSION,
+            "topic": topic,
+            "partition": partition,
+            "offset": offset,
+            "reason": reason,
+            "value": (raw or b"").decode("utf-8", "backslashreplace"),
+        }
+    )

@@ -1,0 +1,90 @@
+"""confluent-kafka glue shared by the stages: client configs, dead-lettering, metrics records."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, KafkaError, Message, Producer
+
+from heatcache import contract
+from heatcache.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def producer(bootstrap: str, **extra: Any) -> Producer:
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "linger.ms": 20,
+        "compression.type": "lz4",
+        "enable.idempotence": True,
+        "queue.buffering.max.messages": 200_000,
+        "message.timeout.ms": 120_000,
+    }
+    config.update(extra)
+    return Producer(config)
+
+
+def consumer(bootstrap: str, group: str, **extra: Any) -> Consumer:
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "auto.offset.reset": "earliest",
+        # Offsets are stored after a message is handled and committed in the background and at
+        # close: at-least-once, which every stage tolerates (its work is idempotent per key).
+        "enable.auto.commit": True,
+        "enable.auto.offset.store": False,
+        "session.timeout.ms": 10_000,
+        "heartbeat.interval.ms": 1_000,
+    }
+    config.update(extra)
+    return Consumer(config)
+
+
+def dead_letter(prod: Producer, settings: Settings, msg: Message, reason: str) -> None:
+    """Send an undecodable message to `dead-letter` with where it came from and why."""
+    log.warning("dead-letter %s[%s]@%s: %s", msg.topic(), msg.partition(), msg.offset(), reason)
+    prod.produce(
+        settings.topic(contract.DEAD_LETTER),
+        key=msg.key(),
+        value=contract.dead_letter_value(
+            msg.topic() or "", msg.partition() or 0, msg.offset() or 0, reason, msg.value()
+        ),
+    )
+
+
+def publish_metrics(prod: Producer, settings: Settings, stage: str, values: dict[str, Any]) -> None:
+    """One flat JSON object a line on the `metrics` topic, keyed by stage."""
+    record = {"stage": stage, "node": settings.node_name, "ts": time.time(), **values}
+    prod.produce(settings.topic(contract.METRICS), key=stage.encode(), value=orjson.dumps(record))
+
+
+def read_topic(bootstrap: str, topic: str, timeout: float = 20.0) -> list[Message]:
+    """Every message now in ``topic`` (all partitions, from the beginning): for tools and tests."""
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+    cons = Consumer({"bootstrap.servers": bootstrap, "group.id": "heatcache-reader", "enable.auto.commit": False,
+                     "enable.partition.eof": True})
+    try:
+        md = cons.list_topics(topic, timeout=timeout)
+        parts = list(md.topics[topic].partitions) if topic in md.topics else []
+        cons.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        pending = set(parts)
+        out: list[Message] = []
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            msg = cons.poll(0.5)
+            if msg is None:
+                continue
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    pending.discard(msg.partition())
+                continue
+            out.append(msg)
+        return out
+    finally:
+        cons.close()

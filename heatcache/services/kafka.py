@@ -1,0 +1,240 @@
+"""The embedded single-node Apache Kafka broker (KRaft, combined broker and controller).
+
+Kafka's jars come from Maven Central through the ``pom.xml`` shipped next to this package
+(``mvn dependency:copy-dependencies``, once, into a per-user cache). The storage is formatted
+with Kafka's own ``kafka.tools.StorageTool`` and the data stays in the stack's state directory,
+so a restart keeps the topics. Used by ``heatcache up``, the test fixtures and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import logging
+import os
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterable
+from importlib import resources
+from pathlib import Path
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from heatcache import contract
+from heatcache.netutil import free_port, port_is_free, wait_for_port
+from heatcache.settings import Settings
+
+log = logging.getLogger(__name__)
+
+LOG4J2 = """\
+status = warn
+appender.out.type = Console
+appender.out.name = out
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = warn
+rootLogger.appenderRef.out.ref = out
+logger.kafka.name = kafka.server.KafkaRaftServer
+logger.kafka.level = info
+"""
+
+
+class KafkaSetupError(RuntimeError):
+    """The broker could not be resolved, formatted or started; the message says why."""
+
+
+def pom_path() -> Path:
+    return Path(str(resources.files("heatcache").joinpath("kafka/pom.xml")))
+
+
+def kafka_version() -> str:
+    match = re.search(r"<kafka.version>([^<]+)</kafka.version>", pom_path().read_text())
+    if not match:
+        raise KafkaSetupError("kafka.version missing from pom.xml")
+    return match.group(1)
+
+
+def jar_dir() -> Path:
+    """Where the resolved jars live: one folder per pinned version, shared by all stacks."""
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "heatcache"
+    return base / f"kafka-{kafka_version()}"
+
+
+def ensure_jars() -> Path:
+    """Resolve Kafka's jars with Maven the first time; later calls return the cached folder."""
+    target = jar_dir()
+    done = target / ".complete"
+    if done.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if shutil.which("mvn") is None:
+        raise KafkaSetupError("Maven (mvn) is needed once to fetch Kafka's jars: apt-get install maven")
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # tests in parallel must not resolve twice
+        if done.exists():
+            return target
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        log.info("resolving Apache Kafka %s jars with Maven (first run only)", kafka_version())
+        proc = subprocess.run(
+            ["mvn", "-q", "-B", "-f", str(pom_path()), "dependency:copy-dependencies",
+             f"-DoutputDirectory={tmp}", "-DincludeScope=runtime"],
+            capture_output=True, text=True, check=False,
+        )
+        if proc.returncode != 0:
+            raise KafkaSetupError(f"mvn failed resolving Kafka:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+        done.touch()
+    return target
+
+
+def new_cluster_id() -> str:
+    """A KRaft cluster id: 16 random bytes in URL-safe base64, never starting with '-' (as
+    Kafka's own Uuid.randomUuid avoids, since tools would read it as an option)."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
+
+class EmbeddedKafka:
+    """One KRaft broker+controller process with its data under ``data_dir``."""
+
+    def __init__(self, data_dir: Path, port: int = 0, heap_mb: int = 384) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.requested_port = port
+        self.heap_mb = heap_mb
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _ports(self) -> tuple[int, int]:
+        # Reuse the previous ports when free, so a restarted stack keeps its address.
+        saved = self.data_dir / "ports"
+        if self.requested_port:
+            broker = self.requested_port
+            ctrl = int(saved.read_text().split()[1]) if saved.exists() else free_port()
+        elif saved.exists():
+            broker, ctrl = map(int, saved.read_text().split())
+            if not (port_is_free(broker) and port_is_free(ctrl)):
+                broker, ctrl = free_port(), free_port()
+        else:
+            broker, ctrl = free_port(), free_port()
+        if not port_is_free(ctrl) or ctrl == broker:
+            ctrl = free_port()
+        saved.write_text(f"{broker} {ctrl}\n")
+        return broker, ctrl
+
+    def start(self, timeout: float = 90.0) -> str:
+        jars = ensure_jars()
+        if shutil.which("java") is None:
+            raise KafkaSetupError("a Java 17 runtime is needed for Kafka: apt-get install openjdk-17-jre-headless")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.port, ctrl = self._ports()
+        logs = self.data_dir / "logs"
+        config = self.data_dir / "server.properties"
+        (self.data_dir / "log4j2.properties").write_text(LOG4J2)
+        config.write_text(
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.voters=1@127.0.0.1:{ctrl}",
+                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{ctrl}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                    "controller.listener.names=CONTROLLER",
+                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    "inter.broker.listener.name=PLAINTEXT",
+                    f"log.dirs={logs}",
+                    "num.partitions=1",
+                    "offsets.topic.replication.factor=1",
+                    "offsets.topic.num.partitions=3",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "share.coordinator.state.topic.replication.factor=1",
+                    "share.coordinator.state.topic.min.isr=1",
+                    # One machine, one member per group: joining should not wait.
+                    "group.initial.rebalance.delay.ms=0",
+                    "auto.create.topics.enable=false",
+                    "log.segment.bytes=67108864",
+                    "log.cleaner.backoff.ms=5000",
+                    "",
+                ]
+            )
+        )
+        java = ["java", f"-Xmx{self.heap_mb}m", f"-Xms{min(self.heap_mb, 128)}m", "-XX:+UseSerialGC",
+                f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
+                "-cp", f"{jars}/*"]
+        if not (logs / "meta.properties").exists():
+            shutil.rmtree(logs, ignore_errors=True)
+            proc = subprocess.run(
+                [*java, "kafka.tools.StorageTool", "format", f"--cluster-id={new_cluster_id()}", "-c", str(config)],
+                capture_output=True, text=True, check=False,
+            )
+            if proc.returncode != 0:
+                raise KafkaSetupError(f"formatting Kafka storage failed:\n{proc.stdout}{proc.stderr}")
+        out = open(self.data_dir / "broker.log", "ab")
+        self.proc = subprocess.Popen([*java, "kafka.Kafka", str(config)], stdout=out, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        out.close()
+        deadline = time.monotonic() + timeout
+        if not wait_for_port("127.0.0.1", self.port, timeout, alive=self.proc):
+            self.stop()
+            raise KafkaSetupError(f"Kafka did not open port {self.port}; see {self.data_dir / 'broker.log'}")
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        while time.monotonic() < deadline:
+            try:
+                md = admin.list_topics(timeout=5)
+                if md.brokers:
+                    return self.bootstrap
+            except KafkaException:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise KafkaSetupError("Kafka did not answer metadata requests in time")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM: Kafka shuts down cleanly and flushes its logs; kill if it hangs."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+def ensure_topics(bootstrap: str, settings: Settings, names: Iterable[str] = contract.ALL_TOPICS,
+                  timeout: float = 30.0) -> None:
+    """Create the stage topics when missing (requests co-partitioned with the streams tables)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    new = []
+    for name in names:
+        full = settings.topic(name)
+        if full in existing:
+            continue
+        config = {"cleanup.policy": "compact"} if name in contract.COMPACTED_TOPICS else {}
+        parts = settings.kafka_partitions if name in (contract.REQUESTS, contract.HOT_URLS) else 1
+        if name == contract.CACHE_EVENTS:
+            parts = settings.kafka_partitions
+        new.append(NewTopic(full, num_partitions=parts, replication_factor=1, config=config))
+    if not new:
+        return
+    for topic, fut in admin.create_topics(new, operation_timeout=timeout).items():
+        try:
+            fut.result()
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise KafkaSetupError(f"creating topic {topic}: {exc}") from None

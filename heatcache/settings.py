@@ -1,0 +1,169 @@
+"""Typed, frozen settings for every stage, read once at start-up from ``HEATCACHE_*``.
+
+Build them with :func:`load_settings` in the CLI and pass the object down; no module keeps
+configuration of its own. Invalid values fail at start-up with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class SettingsError(ValueError):
+    """Raised when the environment holds an invalid setting; the message is for humans."""
+
+
+class Settings(BaseSettings):
+    """All of heatcache's knobs. Every field maps to ``HEATCACHE_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="HEATCACHE_", frozen=True, extra="forbid")
+
+    # -- where state lives (broker data, cache files, catalog, aria2 session, logs)
+    state_dir: Path = Path(".state")
+    cache_dir: Path | None = None  # defaults to <state_dir>/cache
+
+    # -- Kafka: empty bootstrap means "start the embedded single-node broker"
+    kafka_bootstrap: str = ""
+    kafka_port: int = Field(default=9092, ge=0, le=65535)  # embedded broker's port (0 = free port)
+    kafka_heap_mb: int = Field(default=384, ge=128)
+    kafka_partitions: int = Field(default=3, ge=1, le=256)
+    topic_prefix: str = ""  # prepended to every topic name (tests use one per test)
+    topic_requests: str = "requests"
+    topic_hot_urls: str = "hot-urls"
+    topic_cache_events: str = "cache-events"
+    topic_fetch_progress: str = "fetch-progress"
+    topic_metrics: str = "metrics"
+    topic_dead_letter: str = "dead-letter"
+
+    # -- sniffer
+    sniff_iface: str = "lo"
+    sniff_ports: Annotated[tuple[int, ...], NoDecode] = (80, 8080)
+    sniff_pcap: Path | None = None  # read a capture file instead of an interface
+    sniff_outgoing: bool = False  # also take packets the gateway sends (not needed on a span port)
+    client_id_secret: str = "change-me"  # HMAC key for pseudonymous client ids
+    client_id_rotation_s: int = Field(default=7 * 86400, ge=60)
+    ignore_addresses: Annotated[tuple[str, ...], NoDecode] = ()  # e.g. the cache node itself: no feedback loop
+    batch_max_events: int = Field(default=500, ge=1)
+    batch_linger_ms: int = Field(default=200, ge=0)
+    cache_key_rules: Path | None = None  # JSON file of per-site query rules
+
+    # -- streams (heat rule)
+    app_id: str = "heatcache-streams"
+    heat_window_s: int = Field(default=24 * 3600, ge=1)
+    heat_min_clients: int = Field(default=2, ge=1)  # 1 = cache on first access
+    heat_min_requests: int = Field(default=1, ge=1)
+    heat_max_tracked_clients: int = Field(default=64, ge=1)
+
+    # -- fetcher
+    aria2_rpc_host: str = "http://127.0.0.1"
+    aria2_rpc_port: int = Field(default=6800, ge=0, le=65535)
+    aria2_secret: str = "heatcache"
+    max_object_bytes: int = Field(default=4 * 1024**3, ge=1)
+    fetch_timeout_s: float = Field(default=600.0, gt=0)
+    allow_private_origins: bool = False  # only for labs and tests: origins on private addresses
+    catalog_url: str = ""  # sqlite:///path or mysql://user:pass@host:port/db; default sqlite in state
+    node_name: str = "cache-0"
+    outbound_address: str = ""  # source address for the node's own origin traffic (fetcher, edge)
+
+    # -- DNS and edge
+    node_address: str = "127.0.0.1"  # what steered names resolve to (the edge's address)
+    node_address6: str = ""
+    dns_host: str = "127.0.0.1"
+    dns_port: int = Field(default=5353, ge=0, le=65535)
+    dns_ttl: int = Field(default=30, ge=1)
+    upstream_dns: Annotated[tuple[str, ...], NoDecode] = ()  # "ip" or "ip:port"; empty = the system's resolv.conf
+    edge_host: str = "127.0.0.1"
+    edge_port: int = Field(default=8080, ge=0, le=65535)
+
+    @field_validator("sniff_ports", mode="before")
+    @classmethod
+    def _split_ports(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(int(p) for p in value.replace(" ", "").split(",") if p)
+        return value
+
+    @field_validator("ignore_addresses", "upstream_dns", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(p for p in value.replace(" ", "").split(",") if p)
+        return value
+
+    @field_validator("sniff_ports")
+    @classmethod
+    def _check_ports(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or any(not 0 < p < 65536 for p in value):
+            raise ValueError("needs at least one port, each in 1..65535")
+        return value
+
+    @field_validator("node_address", "ignore_addresses")
+    @classmethod
+    def _check_ips(cls, value: Any) -> Any:
+        for item in (value,) if isinstance(value, str) else value:
+            ipaddress.ip_address(item)
+        return value
+
+    @field_validator("upstream_dns")
+    @classmethod
+    def _check_upstreams(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            parse_hostport(item, 53)
+        return value
+
+    @field_validator("catalog_url")
+    @classmethod
+    def _check_catalog(cls, value: str) -> str:
+        if value and not value.startswith(("sqlite:///", "mysql://")):
+            raise ValueError("must start with sqlite:/// or mysql://")
+        return value
+
+    # -- derived values
+    @property
+    def cache_root(self) -> Path:
+        return self.cache_dir if self.cache_dir is not None else self.state_dir / "cache"
+
+    @property
+    def catalog(self) -> str:
+        return self.catalog_url or f"sqlite:///{(self.state_dir / 'catalog.sqlite3').resolve()}"
+
+    @property
+    def aria2_url(self) -> str:
+        return f"{self.aria2_rpc_host}:{self.aria2_rpc_port}"
+
+    def topic(self, name: str) -> str:
+        """Full topic name for a logical one ('requests', 'hot-urls', ...)."""
+        field = "topic_" + name.replace("-", "_")
+        return self.topic_prefix + str(getattr(self, field))
+
+
+def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
+    """Split ``ip``, ``ip:port`` or ``[v6]:port``; raise ValueError on anything else."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = int(rest[1:]) if rest.startswith(":") else default_port
+    elif text.count(":") == 1:
+        host, port_s = text.split(":")
+        port = int(port_s)
+    else:
+        host, port = text, default_port
+    ipaddress.ip_address(host)
+    if not 0 < port < 65536:
+        raise ValueError(f"bad port in {text!r}")
+    return host, port
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the environment once; turn validation errors into one readable SettingsError."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = "HEATCACHE_" + "_".join(str(p) for p in err["loc"]).upper()
+            lines.append(f"  {name}: {err['msg']}")
+        raise SettingsError("invalid heatcache settings:\n" + "\n".join(lines)) from None

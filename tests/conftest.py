@@ -1,0 +1,76 @@
+"""Fixtures that start real services on free ports and wait until they answer.
+
+One Kafka broker per test session (unique topic names per test), a private MariaDB per test
+that needs one, aria2c and a dnsmasq upstream. Nothing is mocked: a fixture that cannot start
+its service fails the test with the reason.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from heatcache.services.aria2 import Aria2Daemon
+from heatcache.services.dnsmasq import Dnsmasq
+from heatcache.services.kafka import EmbeddedKafka, ensure_topics
+from heatcache.services.mariadb import MariaDB
+from heatcache.settings import Settings, load_settings
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Integration tests are the ones under tests/integration or using a service fixture.
+    services = {"kafka", "kafka_settings", "mariadb", "aria2", "dnsmasq", "lab"}
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if "integration" in item.nodeid.split("/") or fixtures & services:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Bootstrap address of a real Apache Kafka (KRaft) broker for the whole session."""
+    broker = EmbeddedKafka(tmp_path_factory.mktemp("kafka"), heap_mb=384)
+    bootstrap = broker.start()
+    yield bootstrap
+    broker.stop()
+
+
+@pytest.fixture
+def base_settings(tmp_path: Path) -> Settings:
+    """Settings isolated in tmp_path with a unique topic prefix (environment ignored)."""
+    return load_settings(state_dir=tmp_path / "state", topic_prefix=f"t{uuid.uuid4().hex[:10]}-",
+                         client_id_secret="test-secret")
+
+
+@pytest.fixture
+def kafka_settings(kafka: str, base_settings: Settings) -> Settings:
+    settings = base_settings.model_copy(update={"kafka_bootstrap": kafka})
+    ensure_topics(kafka, settings)
+    return settings
+
+
+@pytest.fixture
+def mariadb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDB]:
+    server = MariaDB(tmp_path_factory.mktemp("mariadb"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def aria2(tmp_path: Path) -> Iterator[Aria2Daemon]:
+    daemon = Aria2Daemon(tmp_path / "aria2", secret="s3cret")
+    daemon.start()
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture
+def dnsmasq() -> Iterator[Dnsmasq]:
+    server = Dnsmasq({"origin.lab.test": "127.0.0.2", "internal.lab.test": "10.1.2.3"})
+    server.start()
+    yield server
+    server.stop()
