@@ -1,0 +1,135 @@
+"""The edge HTTP server on the cache node.
+
+A request for a cached object is served from disk (aiohttp's FileResponse: sendfile, Range,
+HEAD, conditional requests); anything else for a steered host is streamed through from the origin,
+resolved through the upstream resolver (never our own DNS) and never to internal addresses.
+Hosts that are not steered are refused: the edge is not an open proxy.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from dns_redirect.index import CacheIndex
+from fetcher.paths import resolve_in_root
+from heatcache.cachekey import BadUrl, cache_key, split_host
+from heatcache.resolve import ResolveError, make_async_resolver, resolve_origin_async
+from heatcache.safety import ForbiddenAddress, check_origin_address
+from heatcache.settings import Settings
+
+log = logging.getLogger(__name__)
+
+VIA = "1.1 heatcache"
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+                        "transfer-encoding", "upgrade", "proxy-connection"})
+HEALTH_PATH = "/.heatcache/health"
+
+
+class Edge:
+    """The edge's state and handlers; ``app()`` builds the aiohttp application."""
+
+    def __init__(self, settings: Settings, index: CacheIndex, rules: Any) -> None:
+        self.settings = settings
+        self.index = index
+        self.rules = rules
+        self.root = settings.cache_root.resolve()
+        self.resolver = make_async_resolver(settings.upstream_dns)
+        self.counters: Counter[str] = Counter()
+        self.session: aiohttp.ClientSession | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=1024**2, handler_args={"max_field_size": 16384, "max_headers": 100})
+        app.router.add_get(HEALTH_PATH, self.health)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        app.on_startup.append(self._startup)
+        app.on_cleanup.append(self._cleanup)
+        return app
+
+    async def _startup(self, _app: web.Application) -> None:
+        local = (self.settings.outbound_address, 0) if self.settings.outbound_address else None
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=local, limit=256),
+                                             auto_decompress=False,
+                                             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60))
+
+    async def _cleanup(self, _app: web.Application) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    async def health(self, _request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "objects": len(self.index.objects), **self.counters})
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if request.method not in ("GET", "HEAD"):
+            self.counters["refused.method"] += 1
+            return web.Response(status=405, headers={"Allow": "GET, HEAD"})
+        if VIA in request.headers.getall("Via", []):
+            self.counters["refused.loop"] += 1
+            return web.Response(status=508, text="request loop\n")
+        host_header = request.headers.get("Host", "")
+        try:
+            key = cache_key(host_header, request.raw_path, self.rules)
+            host, port = split_host(host_header)
+        except BadUrl as exc:
+            self.counters["refused.bad-request"] += 1
+            return web.Response(status=400, text=f"bad request: {exc}\n")
+        if not self.index.is_steered(host):
+            self.counters["refused.not-steered"] += 1
+            return web.Response(status=421, text="host not served here\n")
+        entry = self.index.get(key)
+        if entry is not None:
+            try:
+                path = resolve_in_root(self.root, entry.path)
+            except ValueError:
+                path = None
+            if path is not None and path.is_file():
+                self.counters["hits"] += 1
+                headers = {"X-Cache": "HIT", "Content-Type": entry.content_type or "application/octet-stream"}
+                if entry.last_modified:
+                    headers["X-Origin-Last-Modified"] = entry.last_modified
+                resp = web.FileResponse(path, headers=headers)
+                return resp
+        return await self.pass_through(request, host, port)
+
+    async def pass_through(self, request: web.Request, host: str, port: int) -> web.StreamResponse:
+        """Stream a miss from the origin without buffering the body."""
+        try:
+            address = await resolve_origin_async(self.resolver, host, self.settings.allow_private_origins)
+        except ForbiddenAddress:
+            self.counters["refused.internal"] += 1
+            return web.Response(status=403, text="origin address not allowed\n")
+        except ResolveError as exc:
+            self.counters["miss.unresolved"] += 1
+            return web.Response(status=502, text=f"cannot resolve origin: {exc}\n")
+        if address in (self.settings.node_address, self.settings.node_address6) and port == self.edge_port(request):
+            self.counters["refused.loop"] += 1
+            return web.Response(status=508, text="origin resolves to this edge\n")
+        check_origin_address(address, self.settings.allow_private_origins)
+        literal = f"[{address}]" if ":" in address else address
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        headers["Via"] = VIA
+        assert self.session is not None
+        self.counters["misses"] += 1
+        try:
+            async with self.session.request(request.method, f"http://{literal}:{port}{request.raw_path}",
+                                            headers=headers, allow_redirects=False) as upstream:
+                out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
+                out_headers["X-Cache"] = "MISS"
+                resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=out_headers)
+                await resp.prepare(request)
+                if request.method != "HEAD":
+                    async for chunk in upstream.content.iter_chunked(64 * 1024):
+                        await resp.write(chunk)
+                await resp.write_eof()
+                return resp
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.counters["miss.origin-failed"] += 1
+            return web.Response(status=502, text=f"origin failed: {exc}\n")
+
+    def edge_port(self, request: web.Request) -> int:
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        return int(sockname[1]) if sockname else self.settings.edge_port

@@ -1,0 +1,117 @@
+"""What is cached, rebuilt from the compacted `cache-events` topic: a pure index plus the thread
+that keeps it current."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import Counter
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+from heatcache import contract
+from heatcache.cachekey import key_host
+from heatcache.contract import CacheEvent, DecodeError
+
+log = logging.getLogger(__name__)
+
+
+class CacheIndex:
+    """cache_key -> cached object, and host -> number of cached objects (pure, no I/O)."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, CacheEvent] = {}
+        self.hosts: Counter[str] = Counter()
+
+    def apply(self, event: CacheEvent) -> None:
+        old = self.objects.pop(event.cache_key, None)
+        if old is not None:
+            self._drop_host(key_host(old.cache_key))
+        if event.state == "cached":
+            self.objects[event.cache_key] = event
+            self.hosts[key_host(event.cache_key)] += 1
+
+    def remove(self, cache_key: str) -> None:
+        """A tombstone (null value) on the compacted topic."""
+        old = self.objects.pop(cache_key, None)
+        if old is not None:
+            self._drop_host(key_host(cache_key))
+
+    def _drop_host(self, host: str) -> None:
+        self.hosts[host] -= 1
+        if self.hosts[host] <= 0:
+            del self.hosts[host]
+
+    def is_steered(self, host: str) -> bool:
+        return host.lower().rstrip(".") in self.hosts
+
+    def get(self, cache_key: str) -> CacheEvent | None:
+        return self.objects.get(cache_key)
+
+
+class CacheEventsFollower(threading.Thread):
+    """Reads `cache-events` from the beginning, then follows it; ``ready`` once caught up."""
+
+    def __init__(self, bootstrap: str, topic: str, index: CacheIndex) -> None:
+        super().__init__(name="cache-events", daemon=True)
+        self.topic = topic
+        self.index = index
+        self.ready = threading.Event()
+        self.stopping = threading.Event()
+        self.errors = 0
+        self.consumer = Consumer({
+            "bootstrap.servers": bootstrap,
+            "group.id": f"heatcache-follower-{uuid.uuid4()}",  # never commits: always rebuilds
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        })
+
+    def run(self) -> None:
+        md = self.consumer.list_topics(self.topic, timeout=30)
+        parts = list(md.topics[self.topic].partitions) if self.topic in md.topics else []
+        self.consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in parts])
+        # Caught up once every partition reached the end it had when we started.
+        pending = {p for p in parts if self._has_data(p)}
+        if not pending:
+            self.ready.set()
+        try:
+            while not self.stopping.is_set():
+                msg = self.consumer.poll(0.2)
+                if msg is None:
+                    continue
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(msg.partition())
+                        if not pending:
+                            self.ready.set()
+                    else:
+                        log.warning("cache-events: %s", err)
+                    continue
+                key = (msg.key() or b"").decode("utf-8", "replace")
+                if msg.value() is None:
+                    self.index.remove(key)
+                    continue
+                try:
+                    self.index.apply(contract.decode(msg.value(), CacheEvent))
+                except DecodeError as exc:
+                    self.errors += 1
+                    log.warning("ignoring bad cache event at offset %s: %s", msg.offset(), exc)
+        finally:
+            self.consumer.close()
+
+    def _has_data(self, partition: int) -> bool:
+        low, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=10)
+        return bool(high > low)
+
+    def wait_ready(self, timeout: float = 60.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.ready.wait(0.2):
+                return True
+        return False
+
+    def stop(self) -> None:
+        self.stopping.set()

@@ -1,0 +1,1 @@
+"""The sniffer stage: capture HTTP requests at the gateway and publish RequestEvent batches."""

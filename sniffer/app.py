@@ -1,0 +1,88 @@
+"""The sniffer's I/O shell: capture frames, parse them, publish batches, report counters."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+
+from confluent_kafka.admin import AdminClient
+
+from heatcache import contract
+from heatcache.cachekey import KeyRules
+from heatcache.kafkautil import producer, publish_metrics
+from heatcache.lifecycle import StopFlag, announce_ready
+from heatcache.settings import Settings
+from sniffer.capture import LiveCapture, pcap_frames
+from sniffer.events import ClientHasher, FrameParser
+from sniffer.publish import BatchPublisher
+
+log = logging.getLogger(__name__)
+
+
+def topic_partitions(bootstrap: str, topic: str) -> int:
+    md = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=30)
+    meta = md.topics.get(topic)
+    if meta is None or meta.error is not None or not meta.partitions:
+        raise RuntimeError(f"topic {topic} is missing: create it first (heatcache up does)")
+    return len(meta.partitions)
+
+
+class Sniffer:
+    """Reads one source (interface or pcap) until stopped, publishing RequestEvent batches."""
+
+    METRICS_EVERY_S = 10.0
+
+    def __init__(self, settings: Settings, bootstrap: str) -> None:
+        self.settings = settings
+        self.counters: Counter[str] = Counter()
+        self.parser = FrameParser(
+            ports=frozenset(settings.sniff_ports),
+            rules=KeyRules.load(settings.cache_key_rules),
+            hasher=ClientHasher(settings.client_id_secret.encode(), settings.client_id_rotation_s),
+            ignore=frozenset(settings.ignore_addresses),
+            counters=self.counters,
+        )
+        topic = settings.topic(contract.REQUESTS)
+        self.producer = producer(bootstrap, **{"linger.ms": settings.batch_linger_ms})
+        self.publisher = BatchPublisher(self.producer, topic, topic_partitions(bootstrap, topic),
+                                        settings.batch_max_events, settings.batch_linger_ms / 1000, self.counters)
+
+    def run(self, stop: StopFlag) -> Counter[str]:
+        s = self.settings
+        last_metrics = time.monotonic()
+        capture: LiveCapture | None = None
+        if s.sniff_pcap is not None:
+            frames = iter(pcap_frames(s.sniff_pcap))
+            log.info("reading %s", s.sniff_pcap)
+        else:
+            capture = LiveCapture(s.sniff_iface, s.sniff_ports, s.sniff_outgoing)
+            frames = capture.frames(stop)  # type: ignore[assignment]
+            log.info("capturing on %s, ports %s", s.sniff_iface, ",".join(map(str, s.sniff_ports)))
+        announce_ready("sniff")
+        try:
+            for item in frames:
+                if item is not None:
+                    data, ts, linktype = item
+                    for event in self.parser.events(data, ts, linktype):
+                        self.publisher.add(event)
+                self.publisher.tick()
+                now = time.monotonic()
+                if now - last_metrics >= self.METRICS_EVERY_S:
+                    last_metrics = now
+                    if capture is not None:
+                        self.counters["kernel-drops"] += capture.kernel_drops()
+                    publish_metrics(self.producer, s, "sniffer", dict(self.counters))
+                if stop.is_set():
+                    break
+        finally:
+            if capture is not None:
+                self.counters["kernel-drops"] += capture.kernel_drops()
+                capture.close()
+            left = self.publisher.flush()
+            publish_metrics(self.producer, s, "sniffer", dict(self.counters))
+            self.producer.flush(10)
+            if left:
+                log.error("%d batches not delivered at shutdown", left)
+            log.info("sniffer stopped: %s", dict(self.counters))
+        return self.counters

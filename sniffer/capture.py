@@ -1,0 +1,91 @@
+"""Packet sources: a live interface (scapy's AF_PACKET socket with a kernel BPF filter) and
+pcap/pcapng files. Both yield raw frames; parsing happens on bytes, never on scapy trees."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from sniffer.parse import LINKTYPE_ETHERNET
+
+Frame = tuple[bytes, float, int]  # (frame bytes, capture time, linktype)
+
+
+def bpf_filter(ports: tuple[int, ...]) -> str:
+    """Only TCP segments to the watched ports that carry payload reach user space."""
+    port_expr = " or ".join(f"dst port {p}" for p in ports)
+    # IPv4: total length - IP header - TCP header > 0. IPv6 (no extension headers): payload
+    # length - TCP header > 0. VLAN-tagged frames are matched by the same test after "vlan".
+    v4 = "(ip and (((ip[2:2] - ((ip[0]&0xf)<<2)) - ((tcp[12]&0xf0)>>2)) > 0))"
+    v6 = "(ip6 and ((ip6[4:2] - ((ip6[40+12]&0xf0)>>2)) > 0))"
+    base = f"tcp and ({port_expr}) and ({v4} or {v6})"
+    return f"({base}) or (vlan and {base})"
+
+
+class LiveCapture:
+    """Frames from one interface. Packets the host itself sends are skipped unless asked for
+    (on loopback every packet is seen twice: once outgoing, once incoming)."""
+
+    def __init__(self, iface: str, ports: tuple[int, ...], outgoing: bool = False) -> None:
+        from scapy.arch.linux import L2ListenSocket
+
+        self.iface = iface
+        self.outgoing = outgoing
+        self._sock = L2ListenSocket(iface=iface, filter=bpf_filter(ports))
+        self._raw: socket.socket = self._sock.ins
+        self._raw.settimeout(0.2)
+        # A larger kernel buffer absorbs bursts while Python is busy.
+        self._raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * 1024 * 1024)
+
+    def frames(self, stop: object) -> Iterator[Frame | None]:
+        """Yield frames until ``stop.is_set()``; yields None on idle so callers can flush."""
+        is_set = stop.is_set  # type: ignore[attr-defined]
+        raw = self._raw
+        while not is_set():
+            try:
+                data, addr = raw.recvfrom(65535)
+            except TimeoutError:
+                yield None
+                continue
+            except OSError:
+                if is_set():
+                    return
+                raise
+            if addr[2] == socket.PACKET_OUTGOING and not self.outgoing:
+                continue
+            yield data, time.time(), LINKTYPE_ETHERNET
+
+    def kernel_drops(self) -> int:
+        """Packets the kernel dropped since the last call (PACKET_STATISTICS)."""
+        try:
+            stats = self._raw.getsockopt(263, 6, 8)  # SOL_PACKET, PACKET_STATISTICS
+        except OSError:
+            return 0
+        return int.from_bytes(stats[4:8], "little")
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def pcap_frames(path: Path) -> Iterator[Frame]:
+    """Frames of a pcap or pcapng file through scapy's raw reader (no dissection)."""
+    from scapy.utils import RawPcapReader
+
+    with RawPcapReader(str(path)) as reader:  # handles pcapng too
+        linktype = int(getattr(reader, "linktype", LINKTYPE_ETHERNET))
+        for data, meta in reader:
+            ts = _ts(meta)
+            lt = int(getattr(meta, "linktype", None) or linktype)
+            yield data, ts, lt
+
+
+def _ts(meta: object) -> float:
+    if hasattr(meta, "sec"):
+        usec = getattr(meta, "usec", 0)
+        return float(meta.sec) + float(usec) / 1e6  # type: ignore[attr-defined]
+    tshigh = getattr(meta, "tshigh", 0)
+    tslow = getattr(meta, "tslow", 0)
+    tsresol = getattr(meta, "tsresol", 1_000_000)
+    return ((tshigh << 32) + tslow) / float(tsresol)

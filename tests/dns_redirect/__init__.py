@@ -1,0 +1,1 @@
+"""Tests for the dns_redirect package."""
