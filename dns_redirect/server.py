@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import struct
 from collections import Counter
 from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
-from dnslib import DNSError, DNSRecord
+from dnslib import DNSRecord
 
 from dns_redirect.answer import error_reply, steered_reply
 from dns_redirect.index import CacheIndex
@@ -62,7 +63,7 @@ class DnsServer:
     async def handle(self, raw: bytes) -> bytes | None:
         try:
             request = DNSRecord.parse(raw)
-        except (DNSError, struct.error, ValueError, IndexError, UnicodeError):
+        except Exception:  # dnslib raises many types (DNSError, BufferError, struct.error...) on garbage
             self.counters["malformed"] += 1
             return None
         if request.header.qr:  # a response sent to us: never answer it (reflection loops)
@@ -124,6 +125,9 @@ class DnsServer:
                     self.transport.sendto(reply, addr)  # type: ignore[attr-defined]
 
         transport, _ = await loop.create_datagram_endpoint(Udp, local_addr=(host, self.port))
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # absorb bursts: a full buffer drops queries silently
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
         self._transports.append(transport)
         self.port = transport.get_extra_info("sockname")[1]
         self._tcp = await asyncio.start_server(self._tcp_client, host, self.port)

@@ -16,7 +16,7 @@ import dns.message
 import dns.query
 import dns.rdatatype
 
-from heatcache.netutil import free_port, port_is_free
+from heatcache.netutil import free_port, free_port_udp_tcp, port_is_free
 from heatcache.settings import Settings
 
 ORIGIN_IP = "127.0.0.2"  # the lab's origin host
@@ -39,7 +39,7 @@ def lab_settings(base: Settings, state_dir: Path, port: int, upstream: str, **up
         "state_dir": state_dir, "cache_dir": None, "kafka_port": 0, "sniff_iface": "lo",
         "sniff_ports": (port,), "ignore_addresses": (NODE_IP,), "upstream_dns": (upstream,),
         "allow_private_origins": True, "node_address": NODE_IP, "outbound_address": NODE_IP,
-        "edge_host": NODE_IP, "edge_port": port, "dns_host": "127.0.0.1", "dns_port": free_port(),
+        "edge_host": NODE_IP, "edge_port": port, "dns_host": "127.0.0.1", "dns_port": free_port_udp_tcp(),
         "aria2_rpc_port": free_port(), "batch_linger_ms": 100, "catalog_url": "",
     }
     values.update(update)

@@ -14,6 +14,15 @@ def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
         return int(sock.getsockname()[1])
 
 
+def free_port_udp_tcp(host: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP on ``host`` (DNS servers bind both)."""
+    for _ in range(100):
+        port = free_port(host, socket.SOCK_DGRAM)
+        if port_is_free(port, host):
+            return port
+    raise OSError("no port free for both UDP and TCP")
+
+
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import dns.message
 import dns.query
 
-from heatcache.netutil import free_port
+from heatcache.netutil import free_port_udp_tcp
 
 
 class DnsmasqSetupError(RuntimeError):
@@ -33,10 +33,22 @@ class Dnsmasq:
         return f"{self.address}:{self.port}"
 
     def start(self, timeout: float = 10.0) -> str:
+        fixed = bool(self.port)
+        for _attempt in range(5):
+            try:
+                return self._start(timeout)
+            except DnsmasqSetupError as exc:
+                # another process took the free port between the check and the bind: try another
+                if fixed or "Address already in use" not in str(exc):
+                    raise
+                self.port = 0
+        raise DnsmasqSetupError("no free port for dnsmasq after 5 attempts")
+
+    def _start(self, timeout: float) -> str:
         binary = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
         if not shutil.which(binary):
             raise DnsmasqSetupError("dnsmasq not found: apt-get install dnsmasq-base")
-        self.port = self.port or free_port(kind=2)  # SOCK_DGRAM
+        self.port = self.port or free_port_udp_tcp(self.address)
         args = [binary, "--keep-in-foreground", "--no-resolv", "--no-hosts", "--no-poll", "--bind-interfaces",
                 f"--listen-address={self.address}", f"--port={self.port}", "--user=root", "--pid-file=",
                 "--log-facility=-", "--cache-size=1000"]

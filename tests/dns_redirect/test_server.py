@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -94,5 +95,10 @@ def test_garbage_is_dropped_and_server_survives(dns_server: DnsServer) -> None:
         for _ in range(300):
             s.sendto(os.urandom(int.from_bytes(os.urandom(1), "big") % 64), ("127.0.0.1", dns_server.port))
         s.sendto(b"", ("127.0.0.1", dns_server.port))
+    # UDP may drop part of a burst in the kernel; wait until the server has drained what it got.
+    seen = -1
+    while seen != sum(dns_server.counters.values()):
+        seen = sum(dns_server.counters.values())
+        time.sleep(0.2)
     assert addresses(ask(dns_server, "cdn.lab.test")) == ["192.0.2.10"]
-    assert dns_server.counters["malformed"] > 0
+    assert dns_server.counters["malformed"] > 200

@@ -14,7 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 import pytest
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from fetcher.catalog import open_catalog
@@ -93,6 +95,11 @@ def test_request_to_local_hit(catalog: str, lab: Lab, kafka_settings: Settings, 
     settings = lab.settings(kafka_settings, tmp_path / "state", catalog_url=db_url)
     key = f"http://{HOST}:{lab.port}/video.bin"
     with Stack(settings, console=None) as stack:
+        # Poison messages first: each consumer dead-letters them and goes on.
+        prod = Producer({"bootstrap.servers": stack.bootstrap})
+        prod.produce(settings.topic(contract.REQUESTS), key=b"0", value=b"\x00not json", partition=0)
+        prod.produce(settings.topic(contract.HOT_URLS), key=b"k", value=b'{"v": 1, "kind": "hot"}')
+        assert prod.flush(10) == 0
         # Two distinct clients fetch the video from the origin; one client fetches another file.
         for client in (0, 1):
             reply = lab.get(client, settings, "/video.bin?utm_source=feed")
@@ -118,9 +125,9 @@ def test_request_to_local_hit(catalog: str, lab: Lab, kafka_settings: Settings, 
                   for m in read_topic(stack.bootstrap, settings.topic(contract.CACHE_EVENTS))]
         assert [(e.cache_key, e.state) for e in events] == [(key, "cached")]
         hot = [contract.decode(m.value(), HotUrl)
-               for m in read_topic(stack.bootstrap, settings.topic(contract.HOT_URLS))]
+               for m in read_topic(stack.bootstrap, settings.topic(contract.HOT_URLS)) if m.key() != b"k"]
         assert [(h.cache_key, h.clients) for h in hot] == [(key, 2)]
-        seen = [e for m in read_topic(stack.bootstrap, settings.topic(contract.REQUESTS))
+        seen = [e for m in read_topic(stack.bootstrap, settings.topic(contract.REQUESTS)) if m.value()[:1] == b"{"
                 for e in contract.decode(m.value(), RequestBatch).events]
         assert sorted(e.path for e in seen) == ["/single.bin", "/video.bin?utm_source=feed",
                                                 "/video.bin?utm_source=feed"]
@@ -137,6 +144,9 @@ def test_request_to_local_hit(catalog: str, lab: Lab, kafka_settings: Settings, 
         single = lab.get(2, settings, "/single.bin")
         assert single.address == NODE_IP and single.headers["x-cache"] == "MISS"
         assert single.body == lab.files["single.bin"]
+        dead = read_topic(stack.bootstrap, settings.topic(contract.DEAD_LETTER))
+        assert sorted(orjson.loads(m.value())["topic"] for m in dead) == sorted(
+            [settings.topic(contract.REQUESTS), settings.topic(contract.HOT_URLS)])
     assert stack.children == {}
 
 
