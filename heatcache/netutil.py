@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import subprocess
 import time
 
+# Listening ports are drawn below Linux's ephemeral range (32768-60999): a port the kernel hands
+# out for bind(0) can be taken a moment later by any outgoing connection, which breaks a server
+# that (re)binds it later, e.g. a stack restarted on the same ports.
+_LISTEN_RANGE = (20000, 32000)
+
 
 def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
-    """A port the kernel says is free now (it may be taken later: callers retry on bind errors)."""
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A port free now on ``host`` for listening, outside the ephemeral range."""
+    for _ in range(200):
+        port = random.randint(*_LISTEN_RANGE)
+        with socket.socket(socket.AF_INET, kind) as sock:
+            if kind == socket.SOCK_STREAM:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no free port in {_LISTEN_RANGE} on {host}")
 
 
 def free_port_udp_tcp(host: str = "127.0.0.1") -> int:
