@@ -11,10 +11,10 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import unquote_plus
 
 import orjson
 
@@ -27,19 +27,35 @@ class BadUrl(ValueError):
     """A host or request target that cannot name a cacheable object."""
 
 
+class Patterns:
+    """Parameter names to drop: exact names and ``prefix*`` patterns, matched case-insensitively."""
+
+    __slots__ = ("exact", "prefixes")
+
+    def __init__(self, patterns: Iterable[str]) -> None:
+        pats = [p.lower() for p in patterns]
+        self.exact = frozenset(p for p in pats if not p.endswith("*"))
+        self.prefixes = tuple(p[:-1] for p in pats if p.endswith("*"))
+
+    def match(self, name: str) -> bool:
+        lower = name.lower()
+        return lower in self.exact or (bool(self.prefixes) and lower.startswith(self.prefixes))
+
+
 @dataclass(frozen=True, slots=True)
 class SiteRule:
     host: str  # applies to this host and its subdomains
     keep: frozenset[str] | None  # only these names survive (None: no keep-list)
-    drop: tuple[str, ...]
+    drop: Patterns
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class KeyRules:
     """Query-parameter rules: global drops plus per-site keep/drop lists."""
 
-    drop: tuple[str, ...] = ()
+    drop: Patterns = field(default_factory=lambda: Patterns(()))
     sites: tuple[SiteRule, ...] = ()
+    _site_memo: dict[str, SiteRule | None] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_json(cls, raw: bytes) -> KeyRules:
@@ -53,12 +69,12 @@ class KeyRules:
                 SiteRule(
                     host=str(site["host"]).lower().rstrip("."),
                     keep=None if keep is None else frozenset(map(str, keep)),
-                    drop=tuple(map(str, site.get("drop", []))),
+                    drop=Patterns(map(str, site.get("drop", []))),
                 )
             )
         # Longest host first so the most specific rule wins.
         sites.sort(key=lambda s: -len(s.host))
-        return cls(drop=tuple(map(str, data.get("drop", []))), sites=tuple(sites))
+        return cls(drop=Patterns(map(str, data.get("drop", []))), sites=tuple(sites))
 
     @classmethod
     def load(cls, path: Path | None = None) -> KeyRules:
@@ -70,22 +86,18 @@ class KeyRules:
         return cls.from_json(raw)
 
     def site_for(self, host: str) -> SiteRule | None:
+        memo = self._site_memo
+        if host in memo:
+            return memo[host]
+        found = None
         for site in self.sites:
             if host == site.host or host.endswith("." + site.host):
-                return site
-        return None
-
-
-def _matches(name: str, patterns: Iterable[str]) -> bool:
-    lower = name.lower()
-    for pat in patterns:
-        p = pat.lower()
-        if p.endswith("*"):
-            if lower.startswith(p[:-1]):
-                return True
-        elif lower == p:
-            return True
-    return False
+                found = site
+                break
+        if len(memo) > 65_536:
+            memo.clear()
+        memo[host] = found
+        return found
 
 
 def split_host(host_header: str, scheme: str = "http") -> tuple[str, int]:
@@ -152,21 +164,26 @@ def cache_key(host_header: str, target: str, rules: KeyRules, scheme: str = "htt
 
 
 def _filter_query(query: str, host: str, rules: KeyRules) -> str:
+    """Drop tracking parameters; kept ones stay exactly as sent (encoding and order)."""
     if not query:
         return ""
     site = rules.site_for(host)
-    pairs = parse_qsl(query, keep_blank_values=True)
     out = []
-    for name, value in pairs:
-        if _matches(name, rules.drop):
+    for part in query.split("&"):
+        if not part:
+            continue
+        name = part.partition("=")[0]
+        if "%" in name or "+" in name:
+            name = unquote_plus(name)
+        if rules.drop.match(name):
             continue
         if site is not None:
             if site.keep is not None and name not in site.keep:
                 continue
-            if _matches(name, site.drop):
+            if site.drop.match(name):
                 continue
-        out.append((name, value))
-    return urlencode(out, safe="/:,")
+        out.append(part)
+    return "&".join(out)
 
 
 def key_host(key: str) -> str:

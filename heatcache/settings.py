@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     sniff_ports: Annotated[tuple[int, ...], NoDecode] = (80, 8080)
     sniff_pcap: Path | None = None  # read a capture file instead of an interface
     sniff_outgoing: bool = False  # also take packets the gateway sends (not needed on a span port)
+    sniff_tls_ports: Annotated[tuple[int, ...], NoDecode] = (443,)  # ClientHello SNI -> host-level events
+    sniff_netns: str = ""  # open the capture socket inside this network namespace (ip netns name)
+    ignore_hosts: Annotated[tuple[str, ...], NoDecode] = ()  # hosts (and subdomains) never published
+    ignore_paths: Annotated[tuple[str, ...], NoDecode] = ()  # path prefixes never published
+    client_id_raw: bool = False  # publish raw client addresses instead of keyed hashes (explicit opt-in)
+    metrics_port: int = Field(default=0, ge=0, le=65535)  # Prometheus /metrics; 0 = off
     client_id_secret: str = "change-me"  # HMAC key for pseudonymous client ids
     client_id_rotation_s: int = Field(default=7 * 86400, ge=60)
     ignore_addresses: Annotated[tuple[str, ...], NoDecode] = ()  # e.g. the cache node itself: no feedback loop
@@ -80,14 +86,14 @@ class Settings(BaseSettings):
     edge_host: str = "127.0.0.1"
     edge_port: int = Field(default=8080, ge=0, le=65535)
 
-    @field_validator("sniff_ports", mode="before")
+    @field_validator("sniff_ports", "sniff_tls_ports", mode="before")
     @classmethod
     def _split_ports(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(int(p) for p in value.replace(" ", "").split(",") if p)
         return value
 
-    @field_validator("ignore_addresses", "upstream_dns", mode="before")
+    @field_validator("ignore_addresses", "upstream_dns", "ignore_hosts", "ignore_paths", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -100,6 +106,18 @@ class Settings(BaseSettings):
         if not value or any(not 0 < p < 65536 for p in value):
             raise ValueError("needs at least one port, each in 1..65535")
         return value
+
+    @field_validator("sniff_tls_ports")
+    @classmethod
+    def _check_tls_ports(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(not 0 < p < 65536 for p in value):
+            raise ValueError("each port must be in 1..65535")
+        return value
+
+    @field_validator("ignore_hosts")
+    @classmethod
+    def _lower_hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(h.lower().rstrip(".") for h in value)
 
     @field_validator("node_address", "ignore_addresses")
     @classmethod

@@ -14,7 +14,7 @@ from heatcache.kafkautil import producer, publish_metrics
 from heatcache.lifecycle import StopFlag, announce_ready
 from heatcache.settings import Settings
 from sniffer.capture import LiveCapture, pcap_frames
-from sniffer.events import ClientHasher, FrameParser
+from sniffer.events import ClientHasher, Filters, FrameParser
 from sniffer.publish import BatchPublisher
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,19 @@ def topic_partitions(bootstrap: str, topic: str) -> int:
     return len(meta.partitions)
 
 
+def build_parser(settings: Settings, counters: Counter[str] | None = None) -> FrameParser:
+    """The pure frame -> event mapping, configured from settings."""
+    return FrameParser(
+        ports=frozenset(settings.sniff_ports),
+        rules=KeyRules.load(settings.cache_key_rules),
+        hasher=ClientHasher(settings.client_id_secret.encode(), settings.client_id_rotation_s,
+                            raw=settings.client_id_raw),
+        counters=counters if counters is not None else Counter(),
+        tls_ports=frozenset(settings.sniff_tls_ports),
+        filters=Filters(frozenset(settings.ignore_addresses), settings.ignore_hosts, settings.ignore_paths),
+    )
+
+
 class Sniffer:
     """Reads one source (interface or pcap) until stopped, publishing RequestEvent batches."""
 
@@ -36,13 +49,7 @@ class Sniffer:
     def __init__(self, settings: Settings, bootstrap: str) -> None:
         self.settings = settings
         self.counters: Counter[str] = Counter()
-        self.parser = FrameParser(
-            ports=frozenset(settings.sniff_ports),
-            rules=KeyRules.load(settings.cache_key_rules),
-            hasher=ClientHasher(settings.client_id_secret.encode(), settings.client_id_rotation_s),
-            ignore=frozenset(settings.ignore_addresses),
-            counters=self.counters,
-        )
+        self.parser = build_parser(settings, self.counters)
         topic = settings.topic(contract.REQUESTS)
         self.producer = producer(bootstrap, **{"linger.ms": settings.batch_linger_ms})
         self.publisher = BatchPublisher(self.producer, topic, topic_partitions(bootstrap, topic),
@@ -56,10 +63,11 @@ class Sniffer:
             frames = iter(pcap_frames(s.sniff_pcap))
             log.info("reading %s", s.sniff_pcap)
         else:
-            capture = LiveCapture(s.sniff_iface, s.sniff_ports, s.sniff_outgoing)
+            capture = LiveCapture(s.sniff_iface, s.sniff_ports, s.sniff_outgoing, s.sniff_tls_ports, s.sniff_netns)
             frames = capture.frames(stop)  # type: ignore[assignment]
             log.info("capturing on %s, ports %s", s.sniff_iface, ",".join(map(str, s.sniff_ports)))
         announce_ready("sniff")
+        ts = 0.0
         try:
             for item in frames:
                 if item is not None:
@@ -70,12 +78,14 @@ class Sniffer:
                 now = time.monotonic()
                 if now - last_metrics >= self.METRICS_EVERY_S:
                     last_metrics = now
+                    self.parser.expire(time.time() if capture is not None else ts)
                     if capture is not None:
                         self.counters["kernel-drops"] += capture.kernel_drops()
                     publish_metrics(self.producer, s, "sniffer", dict(self.counters))
                 if stop.is_set():
                     break
         finally:
+            self.parser.flush()
             if capture is not None:
                 self.counters["kernel-drops"] += capture.kernel_drops()
                 capture.close()

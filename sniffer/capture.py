@@ -3,6 +3,7 @@ pcap/pcapng files. Both yield raw frames; parsing happens on bytes, never on sca
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import Iterator
@@ -13,27 +14,57 @@ from sniffer.parse import LINKTYPE_ETHERNET
 Frame = tuple[bytes, float, int]  # (frame bytes, capture time, linktype)
 
 
-def bpf_filter(ports: tuple[int, ...]) -> str:
-    """Only TCP segments to the watched ports that carry payload reach user space."""
-    port_expr = " or ".join(f"dst port {p}" for p in ports)
+def bpf_filter(ports: tuple[int, ...], tls_ports: tuple[int, ...] = ()) -> str:
+    """Only what can hold a request reaches user space: TCP segments with payload to the HTTP
+    ports, and TLS handshake records whose first message is a ClientHello to the TLS ports."""
+    http_ports = " or ".join(f"dst port {p}" for p in ports)
     # IPv4: total length - IP header - TCP header > 0. IPv6 (no extension headers): payload
     # length - TCP header > 0. VLAN-tagged frames are matched by the same test after "vlan".
     v4 = "(ip and (((ip[2:2] - ((ip[0]&0xf)<<2)) - ((tcp[12]&0xf0)>>2)) > 0))"
     v6 = "(ip6 and ((ip6[4:2] - ((ip6[40+12]&0xf0)>>2)) > 0))"
-    base = f"tcp and ({port_expr}) and ({v4} or {v6})"
-    return f"({base}) or (vlan and {base})"
+    base = f"(tcp and ({http_ports}) and ({v4} or {v6}))"
+    if tls_ports:
+        tls = " or ".join(f"dst port {p}" for p in tls_ports)
+        hello4 = "(ip and tcp[((tcp[12]&0xf0)>>2)] = 0x16 and tcp[((tcp[12]&0xf0)>>2)+5] = 1)"
+        hello6 = "(ip6 and ip6[40+((ip6[40+12]&0xf0)>>2)] = 0x16 and ip6[45+((ip6[40+12]&0xf0)>>2)] = 1)"
+        base = f"({base} or (tcp and ({tls}) and ({hello4} or {hello6})))"
+    return f"{base} or (vlan and {base})"
+
+
+@contextlib.contextmanager
+def in_netns(name: str) -> Iterator[None]:
+    """Run the body with this thread inside network namespace ``name`` (``ip netns`` name), then
+    come back. Sockets opened inside stay in that namespace: the sniffer captures on a gateway
+    namespace's interface while its Kafka client lives in the host's."""
+    if not name:
+        yield
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    clone_newnet = 0x40000000
+    with open("/proc/thread-self/ns/net") as home, open(f"/var/run/netns/{name}") as target:
+        if libc.setns(target.fileno(), clone_newnet) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into network namespace {name!r} failed")
+        try:
+            yield
+        finally:
+            if libc.setns(home.fileno(), clone_newnet) != 0:
+                raise OSError(ctypes.get_errno(), "setns back to the original network namespace failed")
 
 
 class LiveCapture:
     """Frames from one interface. Packets the host itself sends are skipped unless asked for
     (on loopback every packet is seen twice: once outgoing, once incoming)."""
 
-    def __init__(self, iface: str, ports: tuple[int, ...], outgoing: bool = False) -> None:
+    def __init__(self, iface: str, ports: tuple[int, ...], outgoing: bool = False,
+                 tls_ports: tuple[int, ...] = (), netns: str = "") -> None:
         from scapy.arch.linux import L2ListenSocket
 
         self.iface = iface
         self.outgoing = outgoing
-        self._sock = L2ListenSocket(iface=iface, filter=bpf_filter(ports))
+        with in_netns(netns):
+            self._sock = L2ListenSocket(iface=iface, filter=bpf_filter(ports, tls_ports))
         self._raw: socket.socket = self._sock.ins
         self._raw.settimeout(0.2)
         # A larger kernel buffer absorbs bursts while Python is busy.

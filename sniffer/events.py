@@ -1,4 +1,10 @@
-"""Pure mapping from parsed packets to RequestEvents: filtering, client pseudonyms, cache keys."""
+"""Pure mapping from captured frames to RequestEvents: filters, client pseudonyms, cache keys,
+bounded reassembly of request heads split across segments, and TLS server names.
+
+Everything here is deterministic given its inputs (frames and capture times); the only state is
+bounded: memo tables (cache keys, client ids) and the partial heads of at most ``max_partial``
+flows, expired on capture time.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +13,66 @@ import hmac
 from collections import Counter
 from dataclasses import dataclass, field
 
-from heatcache.cachekey import BadUrl, KeyRules, cache_key
+from heatcache.cachekey import BadUrl, KeyRules, cache_key, split_host
 from heatcache.contract import RequestEvent
-from sniffer.parse import LINKTYPE_ETHERNET, parse_frame, parse_requests, ua_class
+from sniffer.parse import LINKTYPE_ETHERNET, MAX_HEAD, parse_frame, parse_requests, parse_sni, ua_class
 
 KEEP_METHODS = frozenset({"GET", "HEAD"})
+TLS_METHOD = "TLS"  # host-level events from a ClientHello: no path, never fetched
+_MEMO_MAX = 65_536
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ClientHasher:
-    """Pseudonymous client ids: HMAC-SHA256 of the address under a key rotated every period."""
+    """Pseudonymous client ids: HMAC-SHA256 of the address under a key rotated every period.
+
+    Ids are stable within a period and unlinkable across periods and secrets. ``raw=True``
+    publishes addresses as they are (only when an operator explicitly configures it).
+    """
 
     secret: bytes
     rotation_s: int
+    raw: bool = False
+    _epoch: int = -1
+    _key: bytes = b""
+    _memo: dict[str, str] = field(default_factory=dict)
 
     def client_id(self, address: str, ts: float) -> str:
+        if self.raw:
+            return address
         epoch = int(ts // self.rotation_s)
-        key = hmac.new(self.secret, epoch.to_bytes(8, "big"), hashlib.sha256).digest()
-        return hmac.new(key, address.encode(), hashlib.sha256).hexdigest()[:20]
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self._key = hmac.new(self.secret, epoch.to_bytes(8, "big", signed=True), hashlib.sha256).digest()
+            self._memo = {}
+        cid = self._memo.get(address)
+        if cid is None:
+            if len(self._memo) >= _MEMO_MAX:
+                self._memo.clear()
+            cid = self._memo[address] = hmac.new(self._key, address.encode(), hashlib.sha256).hexdigest()[:20]
+        return cid
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """What the sniffer never publishes."""
+
+    ignore_addresses: frozenset[str] = frozenset()  # e.g. the cache node: no feedback loop
+    ignore_hosts: tuple[str, ...] = ()  # a host and its subdomains
+    ignore_paths: tuple[str, ...] = ()  # path prefixes
+
+    def host_ignored(self, host: str) -> bool:
+        return any(host == h or host.endswith("." + h) for h in self.ignore_hosts)
+
+    def path_ignored(self, path: str) -> bool:
+        return path.startswith(self.ignore_paths) if self.ignore_paths else False
+
+
+@dataclass(slots=True)
+class _Partial:
+    next_seq: int
+    data: bytes
+    ts: float
 
 
 @dataclass(slots=True)
@@ -36,49 +84,128 @@ class FrameParser:
     hasher: ClientHasher
     ignore: frozenset[str] = frozenset()
     counters: Counter[str] = field(default_factory=Counter)
+    tls_ports: frozenset[int] = frozenset()
+    filters: Filters | None = None
+    max_partial: int = 1024  # flows with a head cut across segments, waiting for the rest
+    partial_ttl_s: float = 5.0
+    _keys: dict[tuple[str, str], str | None] = field(default_factory=dict)
+    _partials: dict[tuple[str, int, str, int], _Partial] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.filters is None:
+            self.filters = Filters(ignore_addresses=self.ignore)
 
     def events(self, frame: bytes, ts: float, linktype: int = LINKTYPE_ETHERNET) -> list[RequestEvent]:
-        self.counters["packets"] += 1
+        counters = self.counters
+        counters["packets"] += 1
         seg = parse_frame(frame, linktype)
         if isinstance(seg, str):
-            self.counters["drop." + seg] += 1
+            counters["drop." + seg] += 1
             return []
-        if seg.dport not in self.ports:
-            self.counters["drop.other-port"] += 1
+        filters = self.filters
+        assert filters is not None
+        if filters.ignore_addresses and (seg.src in filters.ignore_addresses or seg.dst in filters.ignore_addresses):
+            counters["drop.ignored-address"] += 1
             return []
-        if seg.src in self.ignore or seg.dst in self.ignore:
-            self.counters["drop.ignored-address"] += 1
-            return []
-        if not seg.payload:
-            self.counters["drop.no-payload"] += 1
-            return []
-        requests, rejects = parse_requests(seg.payload)
+        if seg.dport in self.ports:
+            payload = seg.payload
+            if not payload:
+                counters["drop.no-payload"] += 1
+                return []
+            return self._http(seg.src, seg.sport, seg.dst, seg.dport, seg.seq, payload, ts)
+        if seg.dport in self.tls_ports:
+            return self._tls(seg.src, seg.payload, ts)
+        counters["drop.other-port"] += 1
+        return []
+
+    def _http(self, src: str, sport: int, dst: str, dport: int, seq: int, payload: bytes,
+              ts: float) -> list[RequestEvent]:
+        counters = self.counters
+        flow = (src, sport, dst, dport)
+        if self._partials:
+            part = self._partials.pop(flow, None)
+            if part is not None:
+                if part.next_seq == seq and ts - part.ts <= self.partial_ttl_s:
+                    payload = part.data + payload
+                    counters["reassembled"] += 1
+                else:
+                    counters["drop.reassembly-gap"] += 1
+        requests, rejects, rest = parse_requests(payload)
         for reason in rejects:
-            self.counters["drop." + reason] += 1
+            counters["drop." + reason] += 1
+        if rest:
+            self._hold(flow, seq, payload, rest, ts)
         out = []
         for req in requests:
             if req.method not in KEEP_METHODS:
-                self.counters["drop.method"] += 1
+                counters["drop.method"] += 1
                 continue
-            try:
-                key = cache_key(req.host, req.target, self.rules)
-            except BadUrl:
-                self.counters["drop.bad-url"] += 1
+            memo_key = (req.host, req.target)
+            key = self._keys.get(memo_key, "")
+            if key == "":
+                try:
+                    key = cache_key(req.host, req.target, self.rules)
+                except BadUrl:
+                    key = None
+                if len(self._keys) >= _MEMO_MAX:
+                    self._keys.clear()
+                self._keys[memo_key] = key
+            if key is None:
+                counters["drop.bad-url"] += 1
                 continue
-            host_header = key.partition("://")[2].partition("/")[0].partition("?")[0]
-            path = req.target if req.target.startswith("/") else "/" + req.target.partition("://")[2].partition("/")[2]
-            out.append(
-                RequestEvent(
-                    ts=ts,
-                    client=self.hasher.client_id(seg.src, ts),
-                    method=req.method,
-                    host=host_header,
-                    path=path,
-                    url=f"http://{host_header}{path}",
-                    cache_key=key,
-                    range=req.range,
-                    ua_class=ua_class(req.user_agent),
-                )
-            )
-        self.counters["requests"] += len(out)
+            authority = key[7 : key.find("/", 7)] if key.startswith("http://") else key.split("/")[2]
+            target = req.target
+            path = target if target[0] == "/" else "/" + target.partition("://")[2].partition("/")[2]
+            if self.filters is not None and (self.filters.host_ignored(authority.partition(":")[0])
+                                             or self.filters.path_ignored(path)):
+                counters["drop.ignored-rule"] += 1
+                continue
+            out.append(RequestEvent(ts, self.hasher.client_id(src, ts), req.method, authority, path,
+                                    f"http://{authority}{path}", key, req.range, ua_class(req.user_agent)))
+        counters["requests"] += len(out)
         return out
+
+    def _hold(self, flow: tuple[str, int, str, int], seq: int, payload: bytes, rest: bytes, ts: float) -> None:
+        """Keep a cut head for the flow's next segment, within bounds; otherwise count it dropped."""
+        if len(rest) > MAX_HEAD:
+            self.counters["drop.head-too-large"] += 1
+            return
+        if len(self._partials) >= self.max_partial:
+            self.expire(ts)
+            if len(self._partials) >= self.max_partial:
+                self.counters["drop.reassembly-full"] += 1
+                return
+        self._partials[flow] = _Partial((seq + len(payload)) & 0xFFFFFFFF, rest, ts)
+        self.counters["held"] += 1
+
+    def expire(self, now: float) -> None:
+        """Forget cut heads older than the TTL (capture time); they count as dropped."""
+        stale = [f for f, p in self._partials.items() if now - p.ts > self.partial_ttl_s]
+        for f in stale:
+            del self._partials[f]
+        self.counters["drop.incomplete-head"] += len(stale)
+
+    def flush(self) -> None:
+        """Heads still waiting at the end of a capture are dropped (and counted)."""
+        self.counters["drop.incomplete-head"] += len(self._partials)
+        self._partials.clear()
+
+    def _tls(self, src: str, payload: bytes, ts: float) -> list[RequestEvent]:
+        if not payload:
+            self.counters["drop.no-payload"] += 1
+            return []
+        name = parse_sni(payload)
+        if name is None:
+            self.counters["drop.not-client-hello"] += 1
+            return []
+        try:
+            host, _port = split_host(name, "https")
+        except BadUrl:
+            self.counters["drop.bad-sni"] += 1
+            return []
+        if self.filters is not None and self.filters.host_ignored(host):
+            self.counters["drop.ignored-rule"] += 1
+            return []
+        self.counters["tls-hosts"] += 1
+        key = f"https://{host}/"
+        return [RequestEvent(ts, self.hasher.client_id(src, ts), TLS_METHOD, host, "", key, key, "", "")]

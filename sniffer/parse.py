@@ -1,15 +1,17 @@
-"""Pure byte-level parsing: link/IP/TCP headers down to the payload, and HTTP request heads.
+"""Pure byte-level parsing: link/IP/TCP headers down to the payload, HTTP request heads, and the
+server name of a TLS ClientHello.
 
-No scapy packet trees on the hot path: frames are sliced with ``struct`` and the HTTP request
-head is split by hand. Every rejection returns a reason string (for the drop counters) instead of
-raising, so a malformed packet never escapes as an exception.
+No scapy packet trees on the hot path: frames are sliced by index and ``int.from_bytes``, request
+heads are split with ``bytes.find`` and one regular expression. Every rejection returns a reason
+string (for the drop counters) instead of raising, so a malformed packet never escapes as an
+exception. scapy's dissectors are the reference these functions are tested against.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import struct
-from dataclasses import dataclass
+import re
+from socket import AF_INET, AF_INET6, inet_ntop
+from typing import NamedTuple
 
 # pcap link types we read
 LINKTYPE_NULL = 0
@@ -19,22 +21,27 @@ LINKTYPE_LINUX_SLL = 113
 
 METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"TRACE", b"CONNECT"})
 MAX_HEAD = 16 * 1024  # larger request heads are counted as dropped, never half-parsed
+_VLAN_TYPES = (0x8100, 0x88A8, 0x9100)
+_IPV6_EXT = frozenset({0, 43, 60})  # hop-by-hop, routing, destination options (fragments are not followed)
+# Header lines we need, found in one pass; a line without a colon makes the head malformed.
+_FIELDS = re.compile(rb"\r\n(host|range|user-agent|content-length)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
+_BAD_LINE = re.compile(rb"\r\n[^:\r\n]*(?:\r\n|$)")
+_BAD_TARGET = re.compile(rb"[\x00-\x20\x7f]")
 
 
-@dataclass(frozen=True, slots=True)
-class Segment:
-    """The TCP payload of one packet with its endpoints."""
+class Segment(NamedTuple):
+    """The TCP payload of one packet with its endpoints and sequence number."""
 
     src: str
     dst: str
     sport: int
     dport: int
     payload: bytes
+    seq: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class HttpRequest:
-    """One parsed HTTP request head."""
+class HttpRequest(NamedTuple):
+    """One parsed HTTP request head (values as sent, not normalized)."""
 
     method: str
     target: str
@@ -49,18 +56,17 @@ def parse_frame(frame: bytes, linktype: int = LINKTYPE_ETHERNET) -> Segment | st
         if linktype == LINKTYPE_ETHERNET:
             if len(frame) < 14:
                 return "short-ethernet"
-            ethertype = struct.unpack_from("!H", frame, 12)[0]
+            ethertype = (frame[12] << 8) | frame[13]
             offset = 14
-            # 802.1Q / 802.1ad tags, possibly stacked (QinQ)
-            while ethertype in (0x8100, 0x88A8, 0x9100):
+            while ethertype in _VLAN_TYPES:  # 802.1Q / 802.1ad tags, possibly stacked (QinQ)
                 if len(frame) < offset + 4:
                     return "short-vlan"
-                ethertype = struct.unpack_from("!H", frame, offset + 2)[0]
+                ethertype = (frame[offset + 2] << 8) | frame[offset + 3]
                 offset += 4
         elif linktype == LINKTYPE_LINUX_SLL:
             if len(frame) < 16:
                 return "short-sll"
-            ethertype = struct.unpack_from("!H", frame, 14)[0]
+            ethertype = (frame[14] << 8) | frame[15]
             offset = 16
         elif linktype == LINKTYPE_RAW:
             if not frame:
@@ -70,7 +76,9 @@ def parse_frame(frame: bytes, linktype: int = LINKTYPE_ETHERNET) -> Segment | st
         elif linktype == LINKTYPE_NULL:
             if len(frame) < 4:
                 return "short-null"
-            family = struct.unpack_from("=I", frame, 0)[0]
+            family = int.from_bytes(frame[:4], "little")
+            if family > 0xFFFF:  # written by a big-endian host
+                family = int.from_bytes(frame[:4], "big")
             ethertype = 0x0800 if family == 2 else 0x86DD
             offset = 4
         else:
@@ -80,7 +88,7 @@ def parse_frame(frame: bytes, linktype: int = LINKTYPE_ETHERNET) -> Segment | st
         if ethertype == 0x86DD:
             return _ipv6(frame, offset)
         return "not-ip"
-    except (struct.error, IndexError, ValueError):
+    except (IndexError, ValueError):
         return "malformed"
 
 
@@ -93,21 +101,16 @@ def _ipv4(frame: bytes, off: int) -> Segment | str:
     ihl = (vihl & 0x0F) * 4
     if ihl < 20:
         return "bad-ip-header"
-    total = struct.unpack_from("!H", frame, off + 2)[0]
-    frag = struct.unpack_from("!H", frame, off + 6)[0]
-    if frag & 0x3FFF:  # fragment offset or more-fragments: not reassembled here
+    total = (frame[off + 2] << 8) | frame[off + 3]
+    if ((frame[off + 6] << 8) | frame[off + 7]) & 0x3FFF:  # offset or more-fragments: not reassembled
         return "ip-fragment"
     if frame[off + 9] != 6:
         return "not-tcp"
-    end = off + total if total else len(frame)
-    if total < ihl or end > len(frame):
+    end = off + total if total else len(frame)  # total 0: TSO-sized capture
+    if (total and total < ihl) or end > len(frame):
         return "bad-ip-length"
-    src = str(ipaddress.IPv4Address(frame[off + 12 : off + 16]))
-    dst = str(ipaddress.IPv4Address(frame[off + 16 : off + 20]))
-    return _tcp(frame, off + ihl, end, src, dst)
-
-
-_IPV6_EXT = {0, 43, 60}  # hop-by-hop, routing, destination options (fragments are not followed)
+    return _tcp(frame, off + ihl, end, inet_ntop(AF_INET, frame[off + 12 : off + 16]),
+                inet_ntop(AF_INET, frame[off + 16 : off + 20]))
 
 
 def _ipv6(frame: bytes, off: int) -> Segment | str:
@@ -115,43 +118,41 @@ def _ipv6(frame: bytes, off: int) -> Segment | str:
         return "short-ip"
     if frame[off] >> 4 != 6:
         return "bad-ip-version"
-    plen = struct.unpack_from("!H", frame, off + 4)[0]
-    nxt = frame[off + 6]
-    src = str(ipaddress.IPv6Address(frame[off + 8 : off + 24]))
-    dst = str(ipaddress.IPv6Address(frame[off + 24 : off + 40]))
-    end = off + 40 + plen
+    end = off + 40 + ((frame[off + 4] << 8) | frame[off + 5])
     if end > len(frame):
         return "bad-ip-length"
+    nxt = frame[off + 6]
     pos = off + 40
     hops = 0
     while nxt in _IPV6_EXT:
         if pos + 8 > end or hops > 8:
             return "bad-ipv6-ext"
-        nxt, hdr_len = frame[pos], (frame[pos + 1] + 1) * 8
-        pos += hdr_len
+        nxt, pos = frame[pos], pos + (frame[pos + 1] + 1) * 8
         hops += 1
     if nxt == 44:
         return "ip-fragment"
     if nxt != 6:
         return "not-tcp"
-    return _tcp(frame, pos, end, src, dst)
+    return _tcp(frame, pos, end, inet_ntop(AF_INET6, frame[off + 8 : off + 24]),
+                inet_ntop(AF_INET6, frame[off + 24 : off + 40]))
 
 
 def _tcp(frame: bytes, off: int, end: int, src: str, dst: str) -> Segment | str:
     if end < off + 20:
         return "short-tcp"
-    sport, dport = struct.unpack_from("!HH", frame, off)
     doff = (frame[off + 12] >> 4) * 4
     if doff < 20 or off + doff > end:
         return "bad-tcp-header"
-    return Segment(src, dst, sport, dport, bytes(frame[off + doff : end]))
+    return Segment(src, dst, (frame[off] << 8) | frame[off + 1], (frame[off + 2] << 8) | frame[off + 3],
+                   frame[off + doff : end], int.from_bytes(frame[off + 4 : off + 8], "big"))
 
 
-def parse_requests(payload: bytes) -> tuple[list[HttpRequest], list[str]]:
+def parse_requests(payload: bytes) -> tuple[list[HttpRequest], list[str], bytes]:
     """Every complete HTTP request head in one TCP payload (pipelining included).
 
-    Returns the requests and the reasons for anything rejected. A head cut off at the end of
-    the payload is reported as ``incomplete-head`` rather than guessed at.
+    Returns the requests, the reasons for anything rejected, and the start of a request head cut
+    off at the end of the payload (empty if none): the caller may prepend it to the flow's next
+    segment, or count it as dropped. It is never guessed at.
     """
     requests: list[HttpRequest] = []
     rejects: list[str] = []
@@ -160,29 +161,36 @@ def parse_requests(payload: bytes) -> tuple[list[HttpRequest], list[str]]:
     while pos < n:
         end = payload.find(b"\r\n\r\n", pos)
         if end < 0:
-            if payload[pos:].strip(b"\r\n"):
-                rejects.append("incomplete-head" if _looks_like_request(payload[pos:]) else "not-http")
+            rest = payload[pos:]
+            if _looks_like_request(rest):
+                if len(rest) > MAX_HEAD:
+                    rejects.append("head-too-large")
+                    return requests, rejects, b""
+                return requests, rejects, rest
+            if rest.strip(b"\r\n"):
+                rejects.append("not-http")
             break
         if end - pos > MAX_HEAD:
             rejects.append("head-too-large")
             break
-        head = payload[pos:end]
+        req = _parse_head(payload[pos:end])
         pos = end + 4
-        req = _parse_head(head)
         if isinstance(req, str):
             rejects.append(req)
             if req == "not-http":
                 break  # a body or binary data: nothing after it can be trusted as a new head
             continue
         requests.append(req[0])
-        if req[1]:  # skip a request body so a pipelined request after it is still found
-            pos += req[1]
-    return requests, rejects
+        pos += req[1]  # skip a request body so a pipelined request after it is still found
+    return requests, rejects, b""
 
 
 def _looks_like_request(data: bytes) -> bool:
-    sp = data.find(b" ", 0, 10)
-    return sp > 0 and data[:sp] in METHODS
+    sp = data.find(b" ", 0, 8)
+    if sp < 0:
+        # a head cut inside its method ("GE"): a prefix of a method and nothing else
+        return 0 < len(data) < 8 and any(m.startswith(data) for m in METHODS)
+    return data[:sp] in METHODS
 
 
 def _parse_head(head: bytes) -> tuple[HttpRequest, int] | str:
@@ -194,44 +202,67 @@ def _parse_head(head: bytes) -> tuple[HttpRequest, int] | str:
     method, target, version = parts
     if not version.startswith(b"HTTP/1."):
         return "bad-version"
-    if not target or any(b < 0x21 or b == 0x7F for b in target):
+    if not target or _BAD_TARGET.search(target):
         return "bad-target"
     host = rng = ua = b""
     body = 0
     if line_end >= 0:
-        for hline in head[line_end + 2 :].split(b"\r\n"):
-            name, sep, value = hline.partition(b":")
-            if not sep:
-                return "bad-header"
-            lname = name.strip().lower()
+        rest = head[line_end:]
+        if _BAD_LINE.search(rest):
+            return "bad-header"
+        for name, value in _FIELDS.findall(rest):
+            lname = name.lower()
             if lname == b"host":
-                host = value.strip()
+                host = value.rstrip(b" \t")
             elif lname == b"range":
-                rng = value.strip()
+                rng = value.rstrip(b" \t")
             elif lname == b"user-agent":
-                ua = value.strip()
-            elif lname == b"content-length":
-                try:
-                    body = int(value.strip())
-                except ValueError:
+                ua = value.rstrip(b" \t")
+            else:
+                v = value.strip()
+                if not v.isdigit():
                     return "bad-content-length"
-                if body < 0:
-                    return "bad-content-length"
+                body = int(v)
     if not host and not target.startswith((b"http://", b"https://")):
         return "no-host"
     try:
-        return (
-            HttpRequest(
-                method=method.decode("ascii"),
-                target=target.decode("ascii"),
-                host=host.decode("ascii"),
-                range=rng.decode("ascii"),
-                user_agent=ua.decode("latin-1"),
-            ),
-            body,
-        )
+        return HttpRequest(method.decode("ascii"), target.decode("ascii"), host.decode("ascii"),
+                           rng.decode("ascii"), ua.decode("latin-1")), body
     except UnicodeDecodeError:
         return "non-ascii"
+
+
+def parse_sni(payload: bytes) -> str | None:
+    """The server name of a TLS ClientHello in one segment, or None (not a ClientHello, no SNI,
+    or cut short). Pure slicing of RFC 8446 / RFC 6066 structures."""
+    try:
+        if len(payload) < 43 or payload[0] != 0x16 or payload[1] != 0x03 or payload[5] != 0x01:
+            return None
+        end = min(len(payload), 5 + ((payload[3] << 8) | payload[4]))
+        pos = 5 + 4 + 2 + 32  # record header, handshake header, client_version, random
+        pos += 1 + payload[pos]  # session id
+        pos += 2 + ((payload[pos] << 8) | payload[pos + 1])  # cipher suites
+        pos += 1 + payload[pos]  # compression methods
+        ext_end = min(end, pos + 2 + ((payload[pos] << 8) | payload[pos + 1]))
+        pos += 2
+        while pos + 4 <= ext_end:
+            etype = (payload[pos] << 8) | payload[pos + 1]
+            elen = (payload[pos + 2] << 8) | payload[pos + 3]
+            pos += 4
+            if etype == 0:  # server_name: list length, then (type, length, name)*
+                p = pos + 2
+                stop = min(pos + elen, ext_end)
+                while p + 3 <= stop:
+                    ntype, nlen = payload[p], (payload[p + 1] << 8) | payload[p + 2]
+                    name = payload[p + 3 : p + 3 + nlen]
+                    if ntype == 0 and len(name) == nlen and nlen:
+                        return name.decode("ascii")
+                    p += 3 + nlen
+                return None
+            pos += elen
+    except (IndexError, UnicodeDecodeError):
+        return None
+    return None
 
 
 def ua_class(user_agent: str) -> str:

@@ -21,6 +21,7 @@ from heatcache.cachekey import key_host
 from heatcache.contract import HotUrl, RequestEvent
 
 KeyState = dict[str, Any]
+ADMISSIBLE = frozenset({"GET", "HEAD"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,10 +42,14 @@ class HeatRule:
 
 
 def group_by_key(events: Iterable[RequestEvent]) -> dict[str, list[RequestEvent]]:
-    """Aggregate a batch before touching state: one state write per distinct key."""
+    """Aggregate a batch before touching state: one state write per distinct key.
+
+    Host-level TLS events (no URL to fetch) are left out: they are reported, never admitted.
+    """
     out: dict[str, list[RequestEvent]] = defaultdict(list)
     for ev in events:
-        out[ev.cache_key].append(ev)
+        if ev.method in ADMISSIBLE:
+            out[ev.cache_key].append(ev)
     return out
 
 

@@ -10,7 +10,8 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw
 
-from sniffer.parse import LINKTYPE_ETHERNET, LINKTYPE_RAW, Segment, parse_frame, parse_requests
+from sniffer.parse import LINKTYPE_ETHERNET, LINKTYPE_RAW, Segment, parse_frame, parse_requests, parse_sni
+from sniffer.synth import client_hello
 
 GET = b"GET /a/b.iso?x=1 HTTP/1.1\r\nHost: example.com\r\nRange: bytes=0-99\r\nUser-Agent: curl/8\r\n\r\n"
 
@@ -21,7 +22,7 @@ def frame(pkt: object) -> bytes:
 
 def test_ipv4_tcp_payload() -> None:
     seg = parse_frame(frame(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=4000, dport=80) / Raw(GET)))
-    assert seg == Segment("10.0.0.1", "10.0.0.2", 4000, 80, GET)
+    assert seg == Segment("10.0.0.1", "10.0.0.2", 4000, 80, GET, 0)
 
 
 def test_ipv6_with_extension_header_and_vlan() -> None:
@@ -60,8 +61,8 @@ def test_rejections_have_reasons(data: bytes, reason: str) -> None:
 
 
 def test_http_request_fields() -> None:
-    reqs, rejects = parse_requests(GET)
-    assert rejects == []
+    reqs, rejects, rest = parse_requests(GET)
+    assert rejects == [] and rest == b""
     assert len(reqs) == 1
     r = reqs[0]
     assert (r.method, r.target, r.host, r.range, r.user_agent) == ("GET", "/a/b.iso?x=1", "example.com",
@@ -71,15 +72,14 @@ def test_http_request_fields() -> None:
 def test_pipelined_requests_and_bodies() -> None:
     post = b"POST /form HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello"
     head = b"HEAD /h HTTP/1.1\r\nHost: b\r\n\r\n"
-    reqs, rejects = parse_requests(GET + post + head + GET)
+    reqs, rejects, rest = parse_requests(GET + post + head + GET + GET[:20])
     assert [r.method for r in reqs] == ["GET", "POST", "HEAD", "GET"]
-    assert rejects == []
+    assert rejects == [] and rest == GET[:20]
 
 
 @pytest.mark.parametrize(
     ("payload", "reason"),
     [
-        (b"GET /a HTTP/1.1\r\nHost: exa", "incomplete-head"),
         (b"\x16\x03\x01\x02\x00binary", "not-http"),
         (b"GET /a SPDY/3\r\nHost: a\r\n\r\n", "bad-version"),
         (b"GET /a HTTP/1.1\r\nNoColonHere\r\n\r\n", "bad-header"),
@@ -89,15 +89,27 @@ def test_pipelined_requests_and_bodies() -> None:
     ],
 )
 def test_http_rejections(payload: bytes, reason: str) -> None:
-    reqs, rejects = parse_requests(payload)
-    assert reqs == [] and rejects == [reason]
+    reqs, rejects, rest = parse_requests(payload)
+    assert reqs == [] and rejects == [reason] and rest == b""
 
 
-def test_split_request_line_is_never_misparsed() -> None:
-    first, second = GET[:10], GET[10:]
-    assert parse_requests(first) == ([], ["incomplete-head"])
-    reqs, _ = parse_requests(second)
+@pytest.mark.parametrize("cut", [1, 2, 3, 4, 10, 30, len(GET) - 1])
+def test_split_request_is_handed_back_never_misparsed(cut: int) -> None:
+    first, second = GET[:cut], GET[cut:]
+    assert parse_requests(first) == ([], [], first)
+    reqs, _, _ = parse_requests(second)
     assert reqs == []  # the tail alone is not taken for a request
+    whole, _, _ = parse_requests(first + second)
+    assert [r.target for r in whole] == ["/a/b.iso?x=1"]
+
+
+def test_sni_of_a_client_hello() -> None:
+    # SNI extraction is checked against tshark on a whole capture in tests/sniffer/test_tshark.py
+    assert parse_sni(client_hello("video.example.org")) == "video.example.org"
+    assert parse_sni(client_hello(None)) is None
+    assert parse_sni(GET) is None
+    hello = client_hello("video.example.org")
+    assert all(parse_sni(hello[:i]) in (None, "video.example.org") for i in range(len(hello)))
 
 
 @settings(max_examples=2000, deadline=None)
@@ -106,8 +118,9 @@ def test_random_bytes_never_raise(data: bytes, linktype: int) -> None:
     seg = parse_frame(data, linktype)
     assert isinstance(seg, (Segment, str))
     if isinstance(seg, Segment):
-        reqs, rejects = parse_requests(seg.payload)
-        assert isinstance(reqs, list) and isinstance(rejects, list)
+        reqs, rejects, rest = parse_requests(seg.payload)
+        assert isinstance(reqs, list) and isinstance(rejects, list) and isinstance(rest, bytes)
+        parse_sni(seg.payload)
 
 
 @settings(max_examples=1000, deadline=None)

@@ -64,7 +64,8 @@ def test_min_requests_and_cap() -> None:
 
 
 def test_group_by_key_aggregates_a_batch() -> None:
-    groups = group_by_key([ev("a", 0), ev("b", 0, "k2"), ev("c", 0)])
+    tls = RequestEvent(0, "d", "TLS", "example.com", "", "https://example.com/", "https://example.com/")
+    groups = group_by_key([ev("a", 0), ev("b", 0, "k2"), ev("c", 0), tls])
     assert {k: len(v) for k, v in groups.items()} == {K: 2, "k2": 1}
 
 
