@@ -4,6 +4,7 @@ cache index, everything else forwarded verbatim to the upstream resolver."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import socket
@@ -147,6 +148,8 @@ class DnsServer:
             pass
         finally:
             writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
 
     async def stop(self) -> None:
         for t in self._transports:

@@ -12,6 +12,7 @@ from heatcache import contract
 from heatcache.cachekey import KeyRules
 from heatcache.kafkautil import producer, publish_metrics
 from heatcache.lifecycle import StopFlag, announce_ready
+from heatcache.metrics import serve_metrics
 from heatcache.settings import Settings
 from sniffer.capture import LiveCapture, pcap_frames
 from sniffer.events import ClientHasher, Filters, FrameParser
@@ -57,6 +58,8 @@ class Sniffer:
 
     def run(self, stop: StopFlag) -> Counter[str]:
         s = self.settings
+        if s.metrics_port:
+            serve_metrics(s.metrics_port, "sniffer", self.counters)
         last_metrics = time.monotonic()
         capture: LiveCapture | None = None
         if s.sniff_pcap is not None:

@@ -89,11 +89,14 @@ class FrameParser:
     max_partial: int = 1024  # flows with a head cut across segments, waiting for the rest
     partial_ttl_s: float = 5.0
     _keys: dict[tuple[str, str], str | None] = field(default_factory=dict)
+    _uas: dict[str, str] = field(default_factory=dict)
     _partials: dict[tuple[str, int, str, int], _Partial] = field(default_factory=dict)
+    _rules_on: bool = False
 
     def __post_init__(self) -> None:
         if self.filters is None:
             self.filters = Filters(ignore_addresses=self.ignore)
+        self._rules_on = bool(self.filters.ignore_hosts or self.filters.ignore_paths)
 
     def events(self, frame: bytes, ts: float, linktype: int = LINKTYPE_ETHERNET) -> list[RequestEvent]:
         counters = self.counters
@@ -102,9 +105,8 @@ class FrameParser:
         if isinstance(seg, str):
             counters["drop." + seg] += 1
             return []
-        filters = self.filters
-        assert filters is not None
-        if filters.ignore_addresses and (seg.src in filters.ignore_addresses or seg.dst in filters.ignore_addresses):
+        ignored = self.filters.ignore_addresses  # type: ignore[union-attr]
+        if ignored and (seg.src in ignored or seg.dst in ignored):
             counters["drop.ignored-address"] += 1
             return []
         if seg.dport in self.ports:
@@ -121,9 +123,9 @@ class FrameParser:
     def _http(self, src: str, sport: int, dst: str, dport: int, seq: int, payload: bytes,
               ts: float) -> list[RequestEvent]:
         counters = self.counters
-        flow = (src, sport, dst, dport)
+        next_seq = (seq + len(payload)) & 0xFFFFFFFF
         if self._partials:
-            part = self._partials.pop(flow, None)
+            part = self._partials.pop((src, sport, dst, dport), None)
             if part is not None:
                 if part.next_seq == seq and ts - part.ts <= self.partial_ttl_s:
                     payload = part.data + payload
@@ -134,38 +136,44 @@ class FrameParser:
         for reason in rejects:
             counters["drop." + reason] += 1
         if rest:
-            self._hold(flow, seq, payload, rest, ts)
+            self._hold((src, sport, dst, dport), next_seq, rest, ts)
         out = []
+        keys, uas, client_id = self._keys, self._uas, self.hasher.client_id
         for req in requests:
             if req.method not in KEEP_METHODS:
                 counters["drop.method"] += 1
                 continue
             memo_key = (req.host, req.target)
-            key = self._keys.get(memo_key, "")
+            key = keys.get(memo_key, "")
             if key == "":
                 try:
                     key = cache_key(req.host, req.target, self.rules)
                 except BadUrl:
                     key = None
-                if len(self._keys) >= _MEMO_MAX:
-                    self._keys.clear()
-                self._keys[memo_key] = key
+                if len(keys) >= _MEMO_MAX:
+                    keys.clear()
+                keys[memo_key] = key
             if key is None:
                 counters["drop.bad-url"] += 1
                 continue
             authority = key[7 : key.find("/", 7)] if key.startswith("http://") else key.split("/")[2]
             target = req.target
             path = target if target[0] == "/" else "/" + target.partition("://")[2].partition("/")[2]
-            if self.filters is not None and (self.filters.host_ignored(authority.partition(":")[0])
-                                             or self.filters.path_ignored(path)):
+            if self._rules_on and (self.filters.host_ignored(authority.partition(":")[0])  # type: ignore[union-attr]
+                                   or self.filters.path_ignored(path)):  # type: ignore[union-attr]
                 counters["drop.ignored-rule"] += 1
                 continue
-            out.append(RequestEvent(ts, self.hasher.client_id(src, ts), req.method, authority, path,
-                                    f"http://{authority}{path}", key, req.range, ua_class(req.user_agent)))
+            ua = uas.get(req.user_agent)
+            if ua is None:
+                if len(uas) >= _MEMO_MAX:
+                    uas.clear()
+                ua = uas[req.user_agent] = ua_class(req.user_agent)
+            out.append(RequestEvent(ts, client_id(src, ts), req.method, authority, path,
+                                    f"http://{authority}{path}", key, req.range, ua))
         counters["requests"] += len(out)
         return out
 
-    def _hold(self, flow: tuple[str, int, str, int], seq: int, payload: bytes, rest: bytes, ts: float) -> None:
+    def _hold(self, flow: tuple[str, int, str, int], next_seq: int, rest: bytes, ts: float) -> None:
         """Keep a cut head for the flow's next segment, within bounds; otherwise count it dropped."""
         if len(rest) > MAX_HEAD:
             self.counters["drop.head-too-large"] += 1
@@ -175,7 +183,7 @@ class FrameParser:
             if len(self._partials) >= self.max_partial:
                 self.counters["drop.reassembly-full"] += 1
                 return
-        self._partials[flow] = _Partial((seq + len(payload)) & 0xFFFFFFFF, rest, ts)
+        self._partials[flow] = _Partial(next_seq, rest, ts)
         self.counters["held"] += 1
 
     def expire(self, now: float) -> None:

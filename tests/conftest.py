@@ -7,6 +7,7 @@ its service fails the test with the reason.
 
 from __future__ import annotations
 
+import gc
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,3 +75,10 @@ def dnsmasq() -> Iterator[Dnsmasq]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage() -> Iterator[None]:
+    """Collect after each test, so a leaked socket or transport fails the test that leaked it."""
+    yield
+    gc.collect()

@@ -61,6 +61,7 @@ def start_edge(edge: Edge, port: int) -> tuple[asyncio.AbstractEventLoop, web.Ap
 
 def stop_edge(loop: asyncio.AbstractEventLoop, runner: web.AppRunner, thread: threading.Thread) -> None:
     asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+    asyncio.run_coroutine_threadsafe(asyncio.sleep(0.2), loop).result(5)  # let closing transports finish
     loop.call_soon_threadsafe(loop.stop)
     thread.join(5)
     loop.close()

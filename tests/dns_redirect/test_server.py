@@ -45,6 +45,7 @@ def dns_server(dnsmasq: Dnsmasq, tmp_path: Path) -> Iterator[DnsServer]:
     assert started.wait(10)
     yield server
     asyncio.run_coroutine_threadsafe(server.stop(), loop).result(5)
+    asyncio.run_coroutine_threadsafe(asyncio.sleep(0.2), loop).result(5)  # let closing transports finish
     loop.call_soon_threadsafe(loop.stop)
     thread.join(5)
     loop.close()

@@ -57,3 +57,41 @@ def test_absolute_form_target() -> None:
     evs = parser().events(pkt(b"GET http://Proxy.Example:8080/x?gclid=1 HTTP/1.1\r\n\r\n"), 1)
     assert [e.cache_key for e in evs] == ["http://proxy.example:8080/x"]
     assert evs[0].path == "/x?gclid=1"
+
+
+def test_host_and_path_rules_and_raw_ids() -> None:
+    from sniffer.events import Filters
+
+    p = parser(filters=Filters(ignore_hosts=("ads.example",), ignore_paths=("/health",)))
+    assert p.events(pkt(b"GET /x HTTP/1.1\r\nHost: img.ads.example\r\n\r\n"), 1) == []
+    assert p.events(pkt(b"GET /healthz HTTP/1.1\r\nHost: a.example\r\n\r\n"), 1) == []
+    assert len(p.events(pkt(b"GET /x HTTP/1.1\r\nHost: notads.example\r\n\r\n"), 1)) == 1
+    assert p.counters["drop.ignored-rule"] == 2
+    raw = FrameParser(ports=frozenset({80}), rules=KeyRules.load(), hasher=ClientHasher(b"k", 60, raw=True))
+    assert raw.events(pkt(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"), 1)[0].client == "10.0.0.5"
+
+
+def test_tls_client_hello_is_a_host_event() -> None:
+    from sniffer.synth import client_hello
+
+    p = parser(tls_ports=frozenset({443}))
+    evs = p.events(pkt(client_hello("Video.Example.org"), dport=443), 5.0)
+    assert [(e.method, e.host, e.path, e.cache_key) for e in evs] == [
+        ("TLS", "video.example.org", "", "https://video.example.org/")]
+    assert p.events(pkt(b"\x17\x03\x03\x00\x05hello", dport=443), 5.0) == []
+    assert p.counters["drop.not-client-hello"] == 1
+
+
+def test_head_split_across_segments_is_reassembled_once() -> None:
+    from sniffer.synth import tcp_frame
+
+    head = b"GET /big.iso HTTP/1.1\r\nHost: a.example\r\nCookie: " + b"c" * 3000 + b"\r\n\r\n"
+    p = parser()
+    assert p.events(tcp_frame("10.0.0.9", "203.0.113.1", 40000, 80, head[:1400], seq=100), 1.0) == []
+    assert p.events(tcp_frame("10.0.0.9", "203.0.113.1", 40000, 80, head[1400:2800], seq=1500), 1.1) == []
+    evs = p.events(tcp_frame("10.0.0.9", "203.0.113.1", 40000, 80, head[2800:], seq=2900), 1.2)
+    assert [e.path for e in evs] == ["/big.iso"] and p.counters["reassembled"] == 2
+    # a gap (lost segment) drops the partial head instead of gluing unrelated bytes
+    assert p.events(tcp_frame("10.0.0.9", "203.0.113.1", 40001, 80, head[:1400], seq=100), 2.0) == []
+    assert p.events(tcp_frame("10.0.0.9", "203.0.113.1", 40001, 80, head[2800:], seq=2900), 2.1) == []
+    assert p.counters["drop.reassembly-gap"] == 1

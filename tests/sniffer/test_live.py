@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from heatcache.contract import RequestBatch
 from heatcache.kafkautil import read_topic
 from heatcache.lifecycle import READY_MARK
 from heatcache.netns import GatewayLab
+from heatcache.netutil import free_port
 from heatcache.settings import Settings
 from heatcache.stack import settings_env
 
@@ -59,8 +61,10 @@ def gateway_lab(tmp_path: Path) -> Iterator[GatewayLab]:
 def test_sniffer_on_gateway_publishes_exactly_what_was_sent(gateway_lab: GatewayLab,
                                                             kafka_settings: Settings) -> None:
     lab = gateway_lab
+    metrics_port = free_port()
     settings = kafka_settings.model_copy(update={
-        "sniff_iface": lab.gw_client_if, "sniff_netns": lab.gateway, "sniff_ports": (80,), "batch_linger_ms": 50})
+        "sniff_iface": lab.gw_client_if, "sniff_netns": lab.gateway, "sniff_ports": (80,), "batch_linger_ms": 50,
+        "metrics_port": metrics_port})
     env = {**os.environ, **settings_env(settings)}
     sniffer = subprocess.Popen([sys.executable, "-m", "heatcache.cli", "sniff"], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
@@ -73,7 +77,14 @@ def test_sniffer_on_gateway_publishes_exactly_what_was_sent(gateway_lab: Gateway
     n = 300
     subprocess.run(lab.exec_args(lab.client, sys.executable, "-c", CLIENT, lab.origin_ip, str(n)), check=True,
                    timeout=60)
-    # the curl readiness probe went through the gateway too, before the sniffer started
+    # Prometheus sees the same counters while the sniffer runs
+    deadline = time.monotonic() + 10
+    while True:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        if f'heatcache_sniffer_total{{counter="requests"}} {float(n)}' in body or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert f'heatcache_sniffer_total{{counter="requests"}} {float(n)}' in body
     sniffer.send_signal(signal.SIGTERM)
     out, _ = sniffer.communicate(timeout=30)
     assert sniffer.returncode == 0, out

@@ -1,0 +1,158 @@
+"""bench/sniffer: the sniffer's fast path against tshark and scapy's dissection on one capture,
+then live capture on a veth at a fixed request rate (kernel drops printed).
+
+All three read the same generated pcap in the same run; the ratios are what matter on a noisy
+machine. Last line: ``sniffer: ... ratio=<fast/tshark> (reference tshark)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from heatcache.netns import GatewayLab  # noqa: E402
+from heatcache.settings import load_settings  # noqa: E402
+from sniffer.app import build_parser  # noqa: E402
+from sniffer.capture import LiveCapture, in_netns, pcap_frames  # noqa: E402
+from sniffer.synth import generate, tcp_frame  # noqa: E402
+
+
+def fast_path(pcap: Path) -> tuple[int, float]:
+    parser = build_parser(load_settings(client_id_secret="bench"))
+    start = time.perf_counter()
+    n = 0
+    for frame, ts, linktype in pcap_frames(pcap):
+        for ev in parser.events(frame, ts, linktype):
+            n += ev.method != "TLS"  # tshark's http.request count has no TLS hosts
+    return n, time.perf_counter() - start
+
+
+def tshark(pcap: Path) -> tuple[int, float]:
+    start = time.perf_counter()
+    proc = subprocess.run(["tshark", "-n", "-r", str(pcap), "-Y", "http.request", "-T", "fields", "-E",
+                           "aggregator=|", "-e", "http.request.method", "-e", "http.host", "-e", "http.request.uri"],
+                          capture_output=True, text=True, check=True)
+    elapsed = time.perf_counter() - start
+    n = sum(m in ("GET", "HEAD") for line in proc.stdout.splitlines() for m in line.split("\t")[0].split("|"))
+    return n, elapsed
+
+
+def scapy_dissect(pcap: Path, limit: int) -> tuple[int, float]:
+    from scapy.layers.http import HTTPRequest
+    from scapy.layers.inet import TCP
+    from scapy.packet import bind_layers
+    from scapy.utils import PcapReader
+
+    bind_layers(TCP, HTTPRequest, dport=8080)
+    start = time.perf_counter()
+    n = 0
+    with PcapReader(str(pcap)) as reader:
+        for i, pkt in enumerate(reader):
+            if i >= limit:
+                break
+            layer = pkt.getlayer(HTTPRequest)
+            while layer is not None:  # pipelined requests are chained layers
+                if layer.Method in (b"GET", b"HEAD"):
+                    n += 1
+                layer = layer.payload.getlayer(HTTPRequest) if layer.payload else None
+    return n, time.perf_counter() - start
+
+
+def live(rate: int, seconds: float) -> dict[str, float]:
+    """Frames at ``rate``/s into a veth in one namespace; the sniffer's capture+parse loop reads
+    them on the peer in another. Publishing is left out: this measures the capture side."""
+    lab = GatewayLab().start()
+    try:
+        frame = tcp_frame(lab.client_ip, lab.origin_ip, 40000, 80,
+                          b"GET /live/object.bin HTTP/1.1\r\nHost: live.example\r\nUser-Agent: bench\r\n\r\n")
+        # the gateway's MAC as destination, so the peer takes the frames as PACKET_HOST
+        link = subprocess.run(["ip", "-n", lab.gateway, "-o", "link", "show", "dev", lab.gw_client_if],
+                              capture_output=True, text=True, check=True).stdout
+        gw_mac = bytes.fromhex(link.split("link/ether ")[1].split()[0].replace(":", ""))
+        frame = gw_mac + frame[6:]
+        capture = LiveCapture(lab.gw_client_if, (80,), netns=lab.gateway)
+        parser = build_parser(load_settings(client_id_secret="bench"))
+        stop = threading.Event()
+        got = Counter[str]()
+
+        def consume() -> None:
+            for item in capture.frames(stop):
+                if item is not None:
+                    got["requests"] += len(parser.events(item[0], item[1], item[2]))
+
+        reader = threading.Thread(target=consume)
+        reader.start()
+        with in_netns(lab.client):
+            sender = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+            sender.bind((f"cg{lab.tag}", 0))
+        sent = 0
+        start = time.perf_counter()
+        interval = 1.0 / rate
+        while (now := time.perf_counter()) - start < seconds:
+            due = int((now - start) / interval) + 1
+            while sent < due:
+                sender.send(frame)
+                sent += 1
+        send_time = time.perf_counter() - start
+        time.sleep(1.0)
+        stop.set()
+        reader.join(5)
+        drops = capture.kernel_drops()
+        capture.close()
+        sender.close()
+        return {"sent": sent, "rate": sent / send_time, "requests": got["requests"], "kernel_drops": drops}
+    finally:
+        lab.stop()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="smaller capture, shorter live run (< 50 s)")
+    ap.add_argument("--rate", type=int, default=20_000, help="live requests per second")
+    args = ap.parse_args()
+    n_requests = 30_000 if args.quick else 200_000
+    if shutil.which("tshark") is None:
+        print("sniffer: tshark missing (apt-get install tshark)", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="bench-sniffer-"))
+    try:
+        pcap = work / "gateway.pcap"
+        traffic = generate(n_requests, seed=5)
+        traffic.write_pcap(pcap)
+        print(f"capture: {len(traffic.frames):,} frames, "
+              f"{sum(r[0] in ('GET', 'HEAD') for r in traffic.requests):,} GET/HEAD requests")
+        fast_n, fast_t = fast_path(pcap)
+        print(f"fast path : {fast_n:,} requests in {fast_t:.2f}s = {fast_n / fast_t:,.0f} req/s")
+        ts_n, ts_t = tshark(pcap)
+        print(f"tshark    : {ts_n:,} requests in {ts_t:.2f}s = {ts_n / ts_t:,.0f} req/s")
+        sc_n, sc_t = scapy_dissect(pcap, 3_000 if args.quick else 20_000)
+        print(f"scapy     : {sc_n:,} requests in {sc_t:.2f}s = {sc_n / sc_t:,.0f} req/s (first frames only)")
+        if fast_n != ts_n:
+            print(f"WARNING: fast path found {fast_n} requests, tshark {ts_n}")
+        if os.geteuid() == 0:
+            res = live(args.rate, 4.0 if args.quick else 15.0)
+            print(f"live      : sent {res['sent']:,} at {res['rate']:,.0f}/s, parsed {res['requests']:,}, "
+                  f"kernel drops {res['kernel_drops']}")
+        ratio = (fast_n / fast_t) / (ts_n / ts_t)
+        print(f"sniffer: fast={fast_n / fast_t:,.0f} req/s tshark={ts_n / ts_t:,.0f} req/s "
+              f"scapy={sc_n / sc_t:,.0f} req/s scapy_ratio={(fast_n / fast_t) / (sc_n / sc_t):.1f} "
+              f"ratio={ratio:.2f} (reference tshark)")
+        return 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
