@@ -8,16 +8,24 @@ Hosts that are not steered are refused: the edge is not an open proxy.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hmac
 import logging
+import time
 from collections import Counter
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+from confluent_kafka import Producer
 
 from dns_redirect.index import CacheIndex
+from fetcher.catalog import Catalog
 from fetcher.paths import resolve_in_root
+from heatcache import contract
 from heatcache.cachekey import BadUrl, cache_key, split_host
+from heatcache.contract import CacheEvent
 from heatcache.resolve import ResolveError, make_async_resolver, resolve_origin_async
 from heatcache.safety import ForbiddenAddress, check_origin_address
 from heatcache.settings import Settings
@@ -28,37 +36,105 @@ VIA = "1.1 heatcache"
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
                         "transfer-encoding", "upgrade", "proxy-connection"})
 HEALTH_PATH = "/.heatcache/health"
+PURGE_PATH = "/.heatcache/purge"
+HIT_FLUSH_S = 5.0
 
 
 class Edge:
     """The edge's state and handlers; ``app()`` builds the aiohttp application."""
 
-    def __init__(self, settings: Settings, index: CacheIndex, rules: Any) -> None:
+    def __init__(self, settings: Settings, index: CacheIndex, rules: Any, catalog: Catalog | None = None,
+                 producer: Producer | None = None) -> None:
         self.settings = settings
         self.index = index
         self.rules = rules
+        self.catalog = catalog
+        self.producer = producer
         self.root = settings.cache_root.resolve()
         self.resolver = make_async_resolver(settings.upstream_dns)
         self.counters: Counter[str] = Counter()
         self.session: aiohttp.ClientSession | None = None
+        self.pending_hits: dict[str, tuple[int, float]] = {}
+        self._flusher: asyncio.Task[None] | None = None
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1024**2, handler_args={"max_field_size": 16384, "max_headers": 100})
         app.router.add_get(HEALTH_PATH, self.health)
+        app.router.add_post(PURGE_PATH, self.purge)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         app.on_startup.append(self._startup)
         app.on_cleanup.append(self._cleanup)
         return app
 
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HIT_FLUSH_S)
+            await self.flush_hits()
+
+    async def flush_hits(self) -> None:
+        """Hit bookkeeping goes to the catalog in batches, off the event loop."""
+        if not self.pending_hits or self.catalog is None:
+            return
+        batch, self.pending_hits = self.pending_hits, {}
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.catalog.record_hits, batch)
+        except Exception as exc:  # a database outage must not take the edge down; counts are kept
+            log.warning("hit bookkeeping failed, will retry: %s", exc)
+            for key, (n, last) in batch.items():
+                old_n, old_last = self.pending_hits.get(key, (0, 0.0))
+                self.pending_hits[key] = (old_n + n, max(old_last, last))
+
     async def _startup(self, _app: web.Application) -> None:
+        if self.catalog is not None:
+            self._flusher = asyncio.create_task(self._flush_loop())
         local = (self.settings.outbound_address, 0) if self.settings.outbound_address else None
         self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=local, limit=256),
                                              auto_decompress=False,
                                              timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60))
 
     async def _cleanup(self, _app: web.Application) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        await self.flush_hits()
         if self.session is not None:
             await self.session.close()
+
+    async def purge(self, request: web.Request) -> web.Response:
+        """``POST /.heatcache/purge`` with ``Authorization: Bearer <token>`` and {"url": "..."}."""
+        token = self.settings.purge_token
+        if not token:
+            return web.Response(status=404, text="purge is disabled\n")
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            self.counters["refused.purge-auth"] += 1
+            return web.Response(status=401, headers={"WWW-Authenticate": "Bearer"}, text="unauthorized\n")
+        try:
+            body = await request.json()
+            url = str(body["url"])
+            scheme, _, rest = url.partition("://")
+            authority, slash, tail = rest.partition("/")
+            key = cache_key(authority, slash + tail if slash else "/", self.rules, scheme or "http")
+        except (ValueError, KeyError, TypeError, BadUrl) as exc:
+            return web.Response(status=400, text=f"bad purge request: {exc}\n")
+        entry = self.index.get(key)
+        if entry is None:
+            return web.json_response({"purged": False, "cache_key": key}, status=404)
+        event = CacheEvent(cache_key=key, state="purged", url=entry.url, host=entry.host,
+                           node=self.settings.node_name, ts=time.time())
+        self.index.apply(event)  # misses from now on, before the topic comes back round
+        with contextlib.suppress(ValueError, OSError):
+            resolve_in_root(self.root, entry.path).unlink()
+        if self.catalog is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.catalog.set_state, key, "purged")
+        if self.producer is not None:
+            self.producer.produce(self.settings.topic(contract.CACHE_EVENTS), key=key.encode(),
+                                  value=contract.encode(event))
+            self.producer.poll(0)
+        self.counters["purged"] += 1
+        log.info("purged %s", key)
+        return web.json_response({"purged": True, "cache_key": key})
 
     async def health(self, _request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "objects": len(self.index.objects), **self.counters})
@@ -77,7 +153,9 @@ class Edge:
         except BadUrl as exc:
             self.counters["refused.bad-request"] += 1
             return web.Response(status=400, text=f"bad request: {exc}\n")
-        if not self.index.is_steered(host):
+        # A host unsteered moments ago is still passed through: clients may hold our DNS answer
+        # for up to a TTL, and must not be stranded.
+        if not self.index.is_steered(host) and not self.index.recently_steered(host, 2 * self.settings.dns_ttl):
             self.counters["refused.not-steered"] += 1
             return web.Response(status=421, text="host not served here\n")
         entry = self.index.get(key)
@@ -88,6 +166,8 @@ class Edge:
                 path = None
             if path is not None and path.is_file():
                 self.counters["hits"] += 1
+                n, _last = self.pending_hits.get(key, (0, 0.0))
+                self.pending_hits[key] = (n + 1, time.time())
                 headers = {"X-Cache": "HIT", "Content-Type": entry.content_type or "application/octet-stream"}
                 if entry.last_modified:
                     headers["X-Origin-Last-Modified"] = entry.last_modified
@@ -114,6 +194,7 @@ class Edge:
         headers["Via"] = VIA
         assert self.session is not None
         self.counters["misses"] += 1
+        resp: web.StreamResponse | None = None
         try:
             async with self.session.request(request.method, f"http://{literal}:{port}{request.raw_path}",
                                             headers=headers, allow_redirects=False) as upstream:
@@ -128,6 +209,11 @@ class Edge:
                 return resp
         except (aiohttp.ClientError, TimeoutError) as exc:
             self.counters["miss.origin-failed"] += 1
+            if resp is not None and resp.prepared:
+                # headers are gone already: cut the connection so the client sees a short body
+                if request.transport is not None:
+                    request.transport.close()
+                return resp
             return web.Response(status=502, text=f"origin failed: {exc}\n")
 
     def edge_port(self, request: web.Request) -> int:

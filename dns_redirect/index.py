@@ -24,6 +24,7 @@ class CacheIndex:
     def __init__(self) -> None:
         self.objects: dict[str, CacheEvent] = {}
         self.hosts: Counter[str] = Counter()
+        self.unsteered_at: dict[str, float] = {}  # host -> when its last object went away
 
     def apply(self, event: CacheEvent) -> None:
         old = self.objects.pop(event.cache_key, None)
@@ -31,7 +32,9 @@ class CacheIndex:
             self._drop_host(key_host(old.cache_key))
         if event.state == "cached":
             self.objects[event.cache_key] = event
-            self.hosts[key_host(event.cache_key)] += 1
+            host = key_host(event.cache_key)
+            self.hosts[host] += 1
+            self.unsteered_at.pop(host, None)
 
     def remove(self, cache_key: str) -> None:
         """A tombstone (null value) on the compacted topic."""
@@ -43,6 +46,12 @@ class CacheIndex:
         self.hosts[host] -= 1
         if self.hosts[host] <= 0:
             del self.hosts[host]
+            self.unsteered_at[host] = time.monotonic()
+
+    def recently_steered(self, host: str, grace_s: float, now: float | None = None) -> bool:
+        """True while clients may still hold a DNS answer pointing here (within ``grace_s``)."""
+        since = self.unsteered_at.get(host.lower().rstrip("."))
+        return since is not None and (time.monotonic() if now is None else now) - since < grace_s
 
     def is_steered(self, host: str) -> bool:
         return host.lower().rstrip(".") in self.hosts

@@ -1,5 +1,6 @@
 """The DNS server's I/O shell: asyncio UDP and TCP listeners; steered names answered from the
-cache index, everything else forwarded verbatim to the upstream resolver."""
+cache index while the edge is healthy, everything else forwarded to the upstream resolver (with a
+TTL-honouring response cache). Only campus networks may ask; each client is rate limited."""
 
 from __future__ import annotations
 
@@ -9,15 +10,18 @@ import logging
 import random
 import socket
 import struct
+import time
 from collections import Counter
 from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
-from dnslib import DNSRecord
+import aiohttp
+from dnslib import RCODE, DNSRecord
 
 from dns_redirect.answer import error_reply, steered_reply
 from dns_redirect.index import CacheIndex
+from dns_redirect.policy import ClientAcl, RateLimiter, ResponseCache, never_steer
 from heatcache.settings import Settings, parse_hostport
 
 log = logging.getLogger(__name__)
@@ -51,17 +55,35 @@ class _UpstreamProtocol(asyncio.DatagramProtocol):
 class DnsServer:
     """Answers steered names itself and forwards the rest; counters say which was which."""
 
-    def __init__(self, settings: Settings, index: CacheIndex) -> None:
+    def __init__(self, settings: Settings, index: CacheIndex, health_check: bool = True) -> None:
         self.settings = settings
         self.index = index
         upstreams = settings.upstream_dns or system_upstreams()
         self.upstreams = [parse_hostport(u, 53) for u in upstreams]
+        self.acl = ClientAcl(settings.dns_client_networks)
+        self.limiter = RateLimiter(settings.dns_rate_qps, settings.dns_rate_burst)
+        self.cache = ResponseCache(max_entries=settings.dns_cache_entries) if settings.dns_cache_entries else None
         self.counters: Counter[str] = Counter()
+        # Until the first health check answers, assume the edge is down: never strand clients.
+        self.edge_healthy = not health_check
+        self.health_check = health_check
         self._transports: list[asyncio.BaseTransport] = []
         self._tcp: asyncio.Server | None = None
+        self._health_task: asyncio.Task[None] | None = None
         self.port = settings.dns_port
 
-    async def handle(self, raw: bytes) -> bytes | None:
+    def is_steered(self, name: str) -> bool:
+        return (self.edge_healthy and self.index.is_steered(name)
+                and not never_steer(name, self.settings.never_steer_hosts))
+
+    async def handle(self, raw: bytes, client: str = "127.0.0.1") -> bytes | None:
+        """The reply to one query from ``client``, or None to send nothing."""
+        if not self.acl.allowed(client):
+            self.counters["refused"] += 1
+            return error_reply(raw, RCODE.REFUSED)
+        if not self.limiter.allow(client, time.monotonic()):
+            self.counters["rate-limited"] += 1
+            return None  # dropping, not answering, gives a spoofed-source flood nothing to reflect
         try:
             request = DNSRecord.parse(raw)
         except Exception:  # dnslib raises many types (DNSError, BufferError, struct.error...) on garbage
@@ -71,15 +93,26 @@ class DnsServer:
             self.counters["malformed"] += 1
             return None
         s = self.settings
-        reply = steered_reply(request, self.index.is_steered, s.node_address, s.node_address6, s.dns_ttl)
+        reply = steered_reply(request, self.is_steered, s.node_address, s.node_address6, s.dns_ttl)
         if reply is not None:
             self.counters["steered"] += 1
             return bytes(reply.pack())
+        now = time.monotonic()
+        if self.cache is not None:
+            cached = self.cache.get(request, now)
+            if cached is not None:
+                self.counters["cache-hit"] += 1
+                return cached
         self.counters["forwarded"] += 1
         answer = await self.forward(raw, request.header.id)
         if answer is None:
             self.counters["upstream-failed"] += 1
             return error_reply(raw)
+        if self.cache is not None:
+            try:
+                self.cache.put(request, DNSRecord.parse(answer), now)
+            except Exception:  # an upstream answer dnslib cannot parse is passed on, not cached
+                self.counters["uncacheable"] += 1
         return answer
 
     async def forward(self, raw: bytes, qid: int) -> bytes | None:
@@ -102,8 +135,34 @@ class DnsServer:
                 transport.close()
         return None
 
-    async def start(self) -> None:
+    async def check_health(self, session: aiohttp.ClientSession) -> bool:
+        try:
+            async with session.get(self.settings.health_url) as resp:
+                healthy = resp.status == 200
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            healthy = False
+        if healthy != self.edge_healthy:
+            log.warning("edge %s: steering %s", "healthy" if healthy else "DOWN",
+                        "on" if healthy else "off (answers come from upstream)")
+        self.edge_healthy = healthy
+        return healthy
+
+    async def _health_loop(self, session: aiohttp.ClientSession) -> None:
+        try:
+            while True:
+                await asyncio.sleep(self.settings.health_interval)
+                await self.check_health(session)
+        finally:
+            await session.close()
+
+    async def start(self, udp_sock: socket.socket | None = None, tcp_sock: socket.socket | None = None) -> None:
+        """Listen on the configured address (or on sockets made elsewhere, e.g. in a namespace)."""
         loop = asyncio.get_running_loop()
+        if self.health_check:
+            interval = self.settings.health_interval
+            session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=min(2.0, interval)))
+            await self.check_health(session)
+            self._health_task = asyncio.create_task(self._health_loop(session))
         host = self.settings.dns_host
         server = self
 
@@ -119,27 +178,36 @@ class DnsServer:
                 task.add_done_callback(self.tasks.discard)
 
             async def _answer(self, data: bytes, addr: tuple[str, int]) -> None:
-                reply = await server.handle(data)
+                reply = await server.handle(data, addr[0])
                 if reply is not None:
-                    if len(reply) > 512 and not _has_edns(data):
+                    if len(reply) > _udp_limit(data):
+                        server.counters["truncated"] += 1
                         reply = _truncate(reply)
                     self.transport.sendto(reply, addr)  # type: ignore[attr-defined]
 
-        transport, _ = await loop.create_datagram_endpoint(Udp, local_addr=(host, self.port))
+        if udp_sock is not None:
+            transport, _ = await loop.create_datagram_endpoint(Udp, sock=udp_sock)
+        else:
+            transport, _ = await loop.create_datagram_endpoint(Udp, local_addr=(host, self.port))
         sock = transport.get_extra_info("socket")
         if sock is not None:  # absorb bursts: a full buffer drops queries silently
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
         self._transports.append(transport)
         self.port = transport.get_extra_info("sockname")[1]
-        self._tcp = await asyncio.start_server(self._tcp_client, host, self.port)
+        if tcp_sock is not None:
+            self._tcp = await asyncio.start_server(self._tcp_client, sock=tcp_sock)
+        else:
+            self._tcp = await asyncio.start_server(self._tcp_client, host, self.port)
         log.info("DNS on %s:%d (udp+tcp), upstream %s", host, self.port, self.upstreams)
 
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        client = peer[0] if peer else "0.0.0.0"
         try:
             while True:
                 head = await asyncio.wait_for(reader.readexactly(2), 10)
                 raw = await reader.readexactly(struct.unpack("!H", head)[0])
-                reply = await self.handle(raw)
+                reply = await self.handle(raw, client)
                 if reply is None:
                     break
                 writer.write(struct.pack("!H", len(reply)) + reply)
@@ -152,6 +220,10 @@ class DnsServer:
                 await writer.wait_closed()
 
     async def stop(self) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
         for t in self._transports:
             t.close()
         if self._tcp is not None:
@@ -159,11 +231,15 @@ class DnsServer:
             await self._tcp.wait_closed()
 
 
-def _has_edns(raw: bytes) -> bool:
+def _udp_limit(raw: bytes) -> int:
+    """512 bytes, or the client's EDNS(0) buffer size (RFC 6891), capped at 4096."""
     try:
-        return any(rr.rtype == 41 for rr in DNSRecord.parse(raw).ar)
+        for rr in DNSRecord.parse(raw).ar:
+            if rr.rtype == 41:
+                return max(512, min(int(rr.rclass), 4096))
     except Exception:  # dnslib raises assorted types on garbage
-        return False
+        pass
+    return 512
 
 
 def _truncate(reply: bytes) -> bytes:

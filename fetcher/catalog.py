@@ -28,6 +28,7 @@ class Entry:
     state: str
     fetched_at: float
     hits: int = 0
+    last_hit: float = 0.0
 
 
 COLUMNS = [f.name for f in fields(Entry)]
@@ -35,6 +36,8 @@ COLUMNS = [f.name for f in fields(Entry)]
 
 class Catalog(Protocol):
     def upsert(self, entry: Entry) -> None: ...
+    def record_hits(self, hits: dict[str, tuple[int, float]]) -> None: ...
+    def set_state(self, cache_key: str, state: str) -> None: ...
     def get(self, cache_key: str) -> Entry | None: ...
     def all(self) -> list[Entry]: ...
     def close(self) -> None: ...
@@ -49,18 +52,28 @@ class SqliteCatalog:
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS objects (cache_key TEXT PRIMARY KEY, url TEXT, host TEXT, path TEXT,"
             " size INTEGER, sha256 TEXT, etag TEXT, last_modified TEXT, content_type TEXT, state TEXT,"
-            " fetched_at REAL, hits INTEGER DEFAULT 0)"
+            " fetched_at REAL, hits INTEGER DEFAULT 0, last_hit REAL DEFAULT 0)"
         )
 
     def upsert(self, entry: Entry) -> None:
         cols = ",".join(COLUMNS)
         marks = ",".join("?" * len(COLUMNS))
-        updates = ",".join(f"{c}=excluded.{c}" for c in COLUMNS if c not in ("cache_key", "hits"))
+        updates = ",".join(f"{c}=excluded.{c}" for c in COLUMNS if c not in ("cache_key", "hits", "last_hit"))
         with self._lock:
             self._db.execute(
                 f"INSERT INTO objects ({cols}) VALUES ({marks}) ON CONFLICT(cache_key) DO UPDATE SET {updates}",
                 astuple(entry),
             )
+
+    def record_hits(self, hits: dict[str, tuple[int, float]]) -> None:
+        """Add a batch of (hits, last hit time) per key: one transaction per batch."""
+        with self._lock:
+            self._db.executemany("UPDATE objects SET hits = hits + ?, last_hit = MAX(last_hit, ?) WHERE cache_key = ?",
+                                 [(n, last, key) for key, (n, last) in hits.items()])
+
+    def set_state(self, cache_key: str, state: str) -> None:
+        with self._lock:
+            self._db.execute("UPDATE objects SET state = ? WHERE cache_key = ?", (state, cache_key))
 
     def get(self, cache_key: str) -> Entry | None:
         with self._lock:
@@ -89,6 +102,7 @@ class MySqlCatalog:
                 "CREATE TABLE IF NOT EXISTS objects (cache_key VARBINARY(2048) NOT NULL, url TEXT, host VARCHAR(255),"
                 " path VARCHAR(255), size BIGINT, sha256 CHAR(64), etag VARCHAR(255), last_modified VARCHAR(64),"
                 " content_type VARCHAR(255), state VARCHAR(16), fetched_at DOUBLE, hits BIGINT DEFAULT 0,"
+                " last_hit DOUBLE DEFAULT 0,"
                 " PRIMARY KEY (cache_key(255)), KEY host (host))"
             )
 
@@ -105,10 +119,21 @@ class MySqlCatalog:
     def upsert(self, entry: Entry) -> None:
         cols = ",".join(COLUMNS)
         marks = ",".join(["%s"] * len(COLUMNS))
-        updates = ",".join(f"{c}=VALUES({c})" for c in COLUMNS if c not in ("cache_key", "hits"))
+        updates = ",".join(f"{c}=VALUES({c})" for c in COLUMNS if c not in ("cache_key", "hits", "last_hit"))
         with self._lock, self._cursor() as cur:
             cur.execute(f"INSERT INTO objects ({cols}) VALUES ({marks}) ON DUPLICATE KEY UPDATE {updates}",
                         astuple(entry))
+
+    def record_hits(self, hits: dict[str, tuple[int, float]]) -> None:
+        with self._lock, self._cursor() as cur:
+            cur.executemany(
+                "UPDATE objects SET hits = hits + %s, last_hit = GREATEST(last_hit, %s) WHERE cache_key = %s",
+                [(n, last, key) for key, (n, last) in hits.items()],
+            )
+
+    def set_state(self, cache_key: str, state: str) -> None:
+        with self._lock, self._cursor() as cur:
+            cur.execute("UPDATE objects SET state = %s WHERE cache_key = %s", (state, cache_key))
 
     def get(self, cache_key: str) -> Entry | None:
         with self._lock, self._cursor() as cur:

@@ -80,9 +80,13 @@ def _serve(settings: Settings, stage: str) -> int:
             from aiohttp import web
 
             from dns_redirect.edge import Edge
+            from fetcher.catalog import open_catalog
             from heatcache.cachekey import KeyRules
+            from heatcache.kafkautil import producer
 
-            edge = Edge(settings, index, KeyRules.load(settings.cache_key_rules))
+            prod = producer(_bootstrap(settings))
+            catalog = open_catalog(settings.catalog)
+            edge = Edge(settings, index, KeyRules.load(settings.cache_key_rules), catalog, prod)
             runner = web.AppRunner(edge.app(), access_log=None)
             await runner.setup()
             site = web.TCPSite(runner, settings.edge_host, settings.edge_port, reuse_address=True)
@@ -90,7 +94,9 @@ def _serve(settings: Settings, stage: str) -> int:
             log.info("edge on %s:%d", settings.edge_host, settings.edge_port)
             announce_ready("edge")
             await stop.wait()
-            await runner.cleanup()
+            await runner.cleanup()  # flushes pending hit counts to the catalog
+            prod.flush(10)
+            catalog.close()
             log.info("edge stopped: %s", dict(edge.counters))
 
     try:

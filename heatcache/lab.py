@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import threading
 from collections import Counter
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ def lab_settings(base: Settings, state_dir: Path, port: int, upstream: str, **up
         "allow_private_origins": True, "node_address": NODE_IP, "outbound_address": NODE_IP,
         "edge_host": NODE_IP, "edge_port": port, "dns_host": "127.0.0.1", "dns_port": free_port_udp_tcp(),
         "aria2_rpc_port": free_port(), "batch_linger_ms": 100, "catalog_url": "",
+        "dns_health_interval_s": 0.5,
     }
     values.update(update)
     return base.model_copy(update=values)
@@ -61,6 +63,14 @@ class Origin:
                 pass
 
             def _serve(self, body: bool) -> None:
+                if self.path == "/__hits":  # the access counter, for checks from other hosts
+                    data = json.dumps(dict(origin.hits)).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
                 name = self.path.split("?")[0].lstrip("/")
                 path = (origin.root / name).resolve()
                 if origin.root.resolve() not in path.parents or not path.is_file():
@@ -161,3 +171,18 @@ def client_sources(n: int, base: str = "127.0.1.") -> list[str]:
     if n > 250:
         raise ValueError("at most 250 lab clients")
     return [f"{base}{i + 1}" for i in range(n)]
+
+
+def serve_origin_main() -> None:
+    """``python -m heatcache.lab ROOT ADDRESS PORT``: an Origin in the foreground (for namespaces)."""
+    import signal
+    import sys
+
+    origin = Origin(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])).start()
+    print("origin ready", flush=True)
+    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    origin.stop()
+
+
+if __name__ == "__main__":
+    serve_origin_main()

@@ -3,9 +3,11 @@ origin) joined by veth pairs, with addresses that exist only inside them."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 def sh(*args: str) -> str:
@@ -77,3 +79,77 @@ class GatewayLab:
         for ns in (self.client, self.gateway, self.origin):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
         self.up = False
+
+
+@dataclass
+class CampusLab:
+    """client --(veth)-- router --(veth)-- origin, and router --(veth)-- this host, the cache node.
+
+    The client's resolver (``/etc/netns/<client>/resolv.conf``, which ``ip netns exec`` mounts
+    over /etc/resolv.conf) is the cache node's address: curl and aria2c in the client namespace
+    resolve through heatcache's DNS on port 53, exactly as campus clients would.
+    """
+
+    tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
+    client_ip: str = "10.232.1.2"
+    origin_ip: str = "10.232.2.2"
+    node_ip: str = "10.232.3.1"
+    router_ips: tuple[str, str, str] = ("10.232.1.1", "10.232.2.1", "10.232.3.2")
+
+    @property
+    def client(self) -> str:
+        return f"hc-c-{self.tag}"
+
+    @property
+    def router(self) -> str:
+        return f"hc-r-{self.tag}"
+
+    @property
+    def origin(self) -> str:
+        return f"hc-o-{self.tag}"
+
+    @property
+    def node_if(self) -> str:
+        return f"hn{self.tag}"
+
+    def start(self) -> CampusLab:
+        try:
+            for ns in (self.client, self.router, self.origin):
+                sh("ip", "netns", "add", ns)
+                sh("ip", "-n", ns, "link", "set", "lo", "up")
+            r1, r2, r3 = self.router_ips
+            for ns, ifname, ip, rif, rip in ((self.client, f"hc{self.tag}", self.client_ip, f"rc{self.tag}", r1),
+                                             (self.origin, f"ho{self.tag}", self.origin_ip, f"ro{self.tag}", r2)):
+                sh("ip", "link", "add", ifname, "netns", ns, "type", "veth", "peer", "name", rif, "netns",
+                   self.router)
+                sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", ifname)
+                sh("ip", "-n", self.router, "addr", "add", f"{rip}/24", "dev", rif)
+                sh("ip", "-n", ns, "link", "set", ifname, "up")
+                sh("ip", "-n", self.router, "link", "set", rif, "up")
+                sh("ip", "-n", ns, "route", "add", "default", "via", rip)
+            # the cache node is this host's own namespace, on a veth of its own
+            sh("ip", "link", "add", self.node_if, "type", "veth", "peer", "name", f"rn{self.tag}", "netns",
+               self.router)
+            sh("ip", "addr", "add", f"{self.node_ip}/24", "dev", self.node_if)
+            sh("ip", "-n", self.router, "addr", "add", f"{r3}/24", "dev", f"rn{self.tag}")
+            sh("ip", "link", "set", self.node_if, "up")
+            sh("ip", "-n", self.router, "link", "set", f"rn{self.tag}", "up")
+            for net in ("10.232.1.0/24", "10.232.2.0/24"):
+                sh("ip", "route", "add", net, "via", r3, "dev", self.node_if)
+            sh("ip", "netns", "exec", self.router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+            resolv = Path("/etc/netns") / self.client
+            resolv.mkdir(parents=True, exist_ok=True)
+            (resolv / "resolv.conf").write_text(f"nameserver {self.node_ip}\noptions timeout:2 attempts:2\n")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def exec_args(self, ns: str, *args: str) -> list[str]:
+        return ["ip", "netns", "exec", ns, *args]
+
+    def stop(self) -> None:
+        subprocess.run(["ip", "link", "del", self.node_if], capture_output=True, check=False)
+        for ns in (self.client, self.router, self.origin):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+        shutil.rmtree(Path("/etc/netns") / self.client, ignore_errors=True)

@@ -83,6 +83,16 @@ class Settings(BaseSettings):
     dns_port: int = Field(default=5353, ge=0, le=65535)
     dns_ttl: int = Field(default=30, ge=1)
     upstream_dns: Annotated[tuple[str, ...], NoDecode] = ()  # "ip" or "ip:port"; empty = the system's resolv.conf
+    dns_client_networks: Annotated[tuple[str, ...], NoDecode] = (
+        "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "::1/128", "fc00::/7",
+    )  # campus networks allowed to use the resolver; everyone else is REFUSED
+    dns_rate_qps: float = Field(default=500.0, ge=0)  # per client address; 0 = unlimited
+    dns_rate_burst: float = Field(default=1000.0, ge=1)
+    dns_cache_entries: int = Field(default=50_000, ge=0)  # forwarded-answer cache; 0 = off
+    never_steer_hosts: Annotated[tuple[str, ...], NoDecode] = ()  # always resolved normally
+    edge_health_url: str = ""  # default http://<node_address>:<edge_port>/.heatcache/health
+    dns_health_interval_s: float = Field(default=0.0, ge=0)  # 0 = a third of the steered TTL
+    purge_token: str = ""  # bearer token for the edge's purge API; empty = purge disabled
     edge_host: str = "127.0.0.1"
     edge_port: int = Field(default=8080, ge=0, le=65535)
 
@@ -93,7 +103,8 @@ class Settings(BaseSettings):
             return tuple(int(p) for p in value.replace(" ", "").split(",") if p)
         return value
 
-    @field_validator("ignore_addresses", "upstream_dns", "ignore_hosts", "ignore_paths", mode="before")
+    @field_validator("ignore_addresses", "upstream_dns", "ignore_hosts", "ignore_paths", "dns_client_networks",
+                     "never_steer_hosts", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -114,7 +125,14 @@ class Settings(BaseSettings):
             raise ValueError("each port must be in 1..65535")
         return value
 
-    @field_validator("ignore_hosts")
+    @field_validator("dns_client_networks")
+    @classmethod
+    def _check_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            ipaddress.ip_network(item, strict=False)
+        return value
+
+    @field_validator("ignore_hosts", "never_steer_hosts")
     @classmethod
     def _lower_hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(h.lower().rstrip(".") for h in value)
@@ -148,6 +166,17 @@ class Settings(BaseSettings):
     @property
     def catalog(self) -> str:
         return self.catalog_url or f"sqlite:///{(self.state_dir / 'catalog.sqlite3').resolve()}"
+
+    @property
+    def health_url(self) -> str:
+        if self.edge_health_url:
+            return self.edge_health_url
+        host = f"[{self.node_address}]" if ":" in self.node_address else self.node_address
+        return f"http://{host}:{self.edge_port}/.heatcache/health"
+
+    @property
+    def health_interval(self) -> float:
+        return self.dns_health_interval_s or max(0.5, self.dns_ttl / 3)
 
     @property
     def aria2_url(self) -> str:

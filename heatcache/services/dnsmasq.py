@@ -51,7 +51,7 @@ class Dnsmasq:
         self.port = self.port or free_port_udp_tcp(self.address)
         args = [binary, "--keep-in-foreground", "--no-resolv", "--no-hosts", "--no-poll", "--bind-interfaces",
                 f"--listen-address={self.address}", f"--port={self.port}", "--user=root", "--pid-file=",
-                "--log-facility=-", "--cache-size=1000"]
+                "--log-facility=-", "--cache-size=1000", "--local-ttl=60"]
         args += [f"--address=/{name}/{ip}" for name, ip in self.records.items()]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         deadline = time.monotonic() + timeout

@@ -48,5 +48,7 @@ def test_index_follows_states() -> None:
     assert idx.is_steered("cdn.example") and idx.get("http://cdn.example/a") is None
     idx.remove("http://cdn.example:8080/b")
     assert not idx.is_steered("cdn.example")
+    assert idx.recently_steered("cdn.example", 60) and not idx.recently_steered("cdn.example", 0)
+    assert not idx.recently_steered("never.example", 60)
     idx.apply(CacheEvent("http://x.example/c", "failed"))
     assert not idx.is_steered("x.example")

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from dns_redirect.edge import Edge
 from dns_redirect.index import CacheIndex
+from fetcher.catalog import Entry, open_catalog
 from fetcher.paths import object_relpath
 from heatcache.cachekey import KeyRules
 from heatcache.contract import CacheEvent
@@ -73,7 +74,7 @@ def lab(tmp_path: Path, dnsmasq: Dnsmasq) -> Iterator[EdgeLab]:
     files = make_sample_files(tmp_path / "www", {"cached.bin": 300_000, "passed.bin": 200_000})
     origin = Origin(tmp_path / "www", ORIGIN_IP, port).start()
     settings = load_settings(state_dir=tmp_path / "state", upstream_dns=(dnsmasq.upstream,), node_address=NODE_IP,
-                             allow_private_origins=True, outbound_address=NODE_IP)
+                             allow_private_origins=True, outbound_address=NODE_IP, purge_token="s3cret")
     key = f"http://origin.lab.test:{port}/cached.bin"
     rel = object_relpath(key)
     path = settings.cache_root / rel
@@ -83,10 +84,13 @@ def lab(tmp_path: Path, dnsmasq: Dnsmasq) -> Iterator[EdgeLab]:
     index.apply(CacheEvent(key, "cached", path=rel, size=len(files["cached.bin"]), content_type="video/mp4"))
     index.apply(CacheEvent(f"http://internal.lab.test:{port}/x", "cached", path="objects/00/x"))
     index.apply(CacheEvent(f"http://escape.lab.test:{port}/x", "cached", path="../../../../etc/passwd"))
-    edge = Edge(settings, index, KeyRules.load())
+    catalog = open_catalog(settings.catalog)
+    catalog.upsert(Entry(key, key, "origin.lab.test", rel, 300_000, "0" * 64, "", "", "video/mp4", "cached", 1.0))
+    edge = Edge(settings, index, KeyRules.load(), catalog)
     running = start_edge(edge, port)
     yield EdgeLab(port, edge, origin, files)
     stop_edge(*running)
+    catalog.close()
     origin.stop()
 
 
@@ -139,3 +143,45 @@ def test_internal_origin_refused_when_private_not_allowed(tmp_path: Path, dnsmas
         assert lab.get("/other", host="origin.lab.test")[0] == 403  # 127.0.0.2
     finally:
         stop_edge(*running)
+
+
+def post_purge(lab: EdgeLab, body: bytes, token: str | None) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(NODE_IP, lab.port, timeout=10)
+    try:
+        headers = {"Content-Type": "application/json"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        conn.request("POST", "/.heatcache/purge", body=body, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def test_purge_is_authenticated_and_removes_the_object(lab: EdgeLab) -> None:
+    url = f'{{"url": "http://origin.lab.test:{lab.port}/cached.bin"}}'.encode()
+    assert post_purge(lab, url, None)[0] == 401
+    assert post_purge(lab, url, "wrong")[0] == 401
+    assert post_purge(lab, b"not json", "s3cret")[0] == 400
+    assert lab.get("/cached.bin")[1]["x-cache"] == "HIT"
+    status, body = post_purge(lab, url, "s3cret")
+    assert status == 200 and b'"purged":true' in body.replace(b" ", b"")
+    status, headers, data = lab.get("/cached.bin")
+    assert headers["x-cache"] == "MISS" and data == lab.files["cached.bin"] and lab.origin.hits["/cached.bin"] == 1
+    assert post_purge(lab, url, "s3cret")[0] == 404
+    assert lab.edge.catalog is not None
+    row = lab.edge.catalog.get(f"http://origin.lab.test:{lab.port}/cached.bin")
+    assert row is not None and row.state == "purged"
+
+
+def test_hits_are_booked_in_batches(lab: EdgeLab) -> None:
+    for _ in range(3):
+        assert lab.get("/cached.bin")[1]["x-cache"] == "HIT"
+    key = f"http://origin.lab.test:{lab.port}/cached.bin"
+    assert lab.edge.pending_hits[key][0] == 3
+    assert lab.edge.catalog is not None
+    row = lab.edge.catalog.get(key)
+    assert row is not None and row.hits == 0  # not yet: bookkeeping is batched
+    asyncio.run(lab.edge.flush_hits())
+    row = lab.edge.catalog.get(key)
+    assert row is not None and row.hits == 3 and row.last_hit > 0 and lab.edge.pending_hits == {}

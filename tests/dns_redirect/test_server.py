@@ -14,6 +14,7 @@ import dns.message
 import dns.query
 import dns.rcode
 import pytest
+from dnslib import DNSRecord
 
 from dns_redirect.index import CacheIndex
 from dns_redirect.server import DnsServer
@@ -30,7 +31,7 @@ def dns_server(dnsmasq: Dnsmasq, tmp_path: Path) -> Iterator[DnsServer]:
                                        upstream_dns=(dnsmasq.upstream,), dns_ttl=7)
     index = CacheIndex()
     index.apply(CacheEvent("http://cdn.lab.test/a", "cached", path="objects/aa/a"))
-    server = DnsServer(settings, index)
+    server = DnsServer(settings, index, health_check=False)
     loop = asyncio.new_event_loop()
     started = threading.Event()
 
@@ -68,7 +69,8 @@ def test_steered_and_forwarded(dns_server: DnsServer) -> None:
     assert addresses(ask(dns_server, "cdn.lab.test", tcp=True)) == ["192.0.2.10"]
     assert addresses(ask(dns_server, "origin.lab.test")) == ["127.0.0.2"]  # from dnsmasq
     assert addresses(ask(dns_server, "origin.lab.test", tcp=True)) == ["127.0.0.2"]
-    assert dns_server.counters["steered"] == 2 and dns_server.counters["forwarded"] == 2
+    c = dns_server.counters
+    assert c["steered"] == 2 and c["forwarded"] == 1 and c["cache-hit"] == 1  # the TCP query hit the cache
 
 
 def test_upstream_nxdomain_passes_through(dns_server: DnsServer, dnsmasq: Dnsmasq) -> None:
@@ -81,7 +83,7 @@ def test_dead_upstream_gives_servfail(tmp_path: Path) -> None:
     dead = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     dead.bind(("127.0.0.1", 0))  # bound but never answers
     settings = load_settings(state_dir=tmp_path, dns_port=0, upstream_dns=(f"127.0.0.1:{dead.getsockname()[1]}",))
-    server = DnsServer(settings, CacheIndex())
+    server = DnsServer(settings, CacheIndex(), health_check=False)
 
     async def go() -> bytes | None:
         return await server.handle(dns.message.make_query("x.example", "A").to_wire())
@@ -103,3 +105,87 @@ def test_garbage_is_dropped_and_server_survives(dns_server: DnsServer) -> None:
         time.sleep(0.2)
     assert addresses(ask(dns_server, "cdn.lab.test")) == ["192.0.2.10"]
     assert dns_server.counters["malformed"] > 200
+
+
+def run_handle(server: DnsServer, raws: list[bytes], client: str = "127.0.0.1") -> list[bytes | None]:
+    async def go() -> list[bytes | None]:
+        return [await server.handle(raw, client) for raw in raws]
+
+    return asyncio.run(go())
+
+
+def test_open_resolver_refused_for_non_campus_sources(tmp_path: Path, dnsmasq: Dnsmasq) -> None:
+    settings = load_settings(state_dir=tmp_path, dns_port=0, upstream_dns=(dnsmasq.upstream,),
+                             dns_client_networks=("10.0.0.0/8",))
+    server = DnsServer(settings, CacheIndex(), health_check=False)
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(server.start())
+    try:
+        q = dns.message.make_query("origin.lab.test", "A")
+        future = loop.run_in_executor(None, lambda: dns.query.udp(q, "127.0.0.1", port=server.port, timeout=5))
+        reply = loop.run_until_complete(future)
+        assert reply.rcode() == dns.rcode.REFUSED and reply.answer == []
+        assert server.counters["refused"] == 1 and server.counters["forwarded"] == 0
+        inside = run_handle(server, [q.to_wire()], client="10.2.3.4")[0]
+        assert inside is not None and dns.message.from_wire(inside).rcode() == dns.rcode.NOERROR
+    finally:
+        loop.run_until_complete(server.stop())
+        loop.close()
+
+
+def test_forwarded_answers_are_cached(tmp_path: Path, dnsmasq: Dnsmasq) -> None:
+    settings = load_settings(state_dir=tmp_path, upstream_dns=(dnsmasq.upstream,))
+    server = DnsServer(settings, CacheIndex(), health_check=False)
+    q = dns.message.make_query("origin.lab.test", "A")
+    replies = run_handle(server, [q.to_wire(), q.to_wire(), q.to_wire()])
+    assert server.counters["forwarded"] == 1 and server.counters["cache-hit"] == 2
+    assert {tuple(addresses(dns.message.from_wire(r or b""))) for r in replies} == {("127.0.0.2",)}
+
+
+def test_rate_limit_drops_a_flooding_client(tmp_path: Path, dnsmasq: Dnsmasq) -> None:
+    settings = load_settings(state_dir=tmp_path, upstream_dns=(dnsmasq.upstream,), dns_rate_qps=1, dns_rate_burst=3)
+    index = CacheIndex()
+    index.apply(CacheEvent("http://cdn.lab.test/a", "cached", path="objects/aa/a"))
+    server = DnsServer(settings, index, health_check=False)
+    q = dns.message.make_query("cdn.lab.test", "A").to_wire()
+    replies = run_handle(server, [q] * 10)
+    assert sum(r is not None for r in replies) == 3 and server.counters["rate-limited"] == 7
+    assert run_handle(server, [q], client="127.0.0.9")[0] is not None
+
+
+def test_100k_malformed_packets(tmp_path: Path) -> None:
+    import random
+
+    settings = load_settings(state_dir=tmp_path, upstream_dns=("127.0.0.1:9",), dns_rate_qps=0)
+    index = CacheIndex()
+    index.apply(CacheEvent("http://cdn.lab.test/a", "cached", path="objects/aa/a"))
+    server = DnsServer(settings, index, health_check=False)
+    rng = random.Random(99)
+    good = dns.message.make_query("cdn.lab.test", "A", want_dnssec=True).to_wire()
+    packets = []
+    for i in range(100_000):
+        if i % 2:
+            packets.append(rng.randbytes(rng.randrange(0, 80)))
+        else:
+            data = bytearray(good)
+            for _ in range(rng.randrange(1, 4)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            if rng.random() < 0.3:
+                del data[rng.randrange(len(data)):]
+            if len(data) > 2:
+                data[2] &= 0x07  # QR=0 and opcode QUERY: parseable ones reach the answer logic
+            packets.append(bytes(data))
+
+    async def go() -> int:
+        answered = 0
+        for raw in packets:
+            reply = await server.handle(raw)
+            if reply is not None:
+                DNSRecord.parse(reply)  # whatever we answer is well-formed
+                answered += 1
+        return answered
+
+    answered = asyncio.run(go())
+    c = server.counters
+    assert c["malformed"] + c["steered"] + c["forwarded"] + c["cache-hit"] == 100_000
+    assert c["malformed"] > 50_000 and answered >= c["steered"]

@@ -24,6 +24,16 @@ def exercise(cat: Catalog) -> None:
     long_key = "http://a/" + "x" * 1500
     cat.upsert(Entry(long_key, long_key, "a", "objects/cd/cde", 1, "0" * 64, "", "", "", "cached", 1.0))
     assert cat.get(long_key) is not None
+    cat.record_hits({"http://a/x": (3, 100.0), long_key: (1, 50.0), "http://unknown/": (9, 1.0)})
+    cat.record_hits({"http://a/x": (2, 90.0)})
+    got = cat.get("http://a/x")
+    assert got is not None and (got.hits, got.last_hit) == (5, 100.0)
+    cat.upsert(replace(e, size=12))  # a refetch keeps the hit counts
+    got = cat.get("http://a/x")
+    assert got is not None and got.hits == 5 and got.size == 12
+    cat.set_state("http://a/x", "purged")
+    got = cat.get("http://a/x")
+    assert got is not None and got.state == "purged"
 
 
 def test_sqlite(tmp_path: Path) -> None:

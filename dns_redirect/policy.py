@@ -1,0 +1,133 @@
+"""Pure DNS policy: who may ask (campus networks), how fast (per-client token buckets), what is
+never steered (overrides), and a response cache for forwarded answers that honours TTLs.
+
+Time is passed in, never read, so every rule is testable without sleeping.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from dnslib import QTYPE, RCODE, DNSHeader, DNSRecord
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ClientAcl:
+    """Recursion only for configured client networks; everyone else is REFUSED."""
+
+    def __init__(self, networks: Iterable[str]) -> None:
+        self.networks: tuple[IpNetwork, ...] = tuple(ipaddress.ip_network(n, strict=False) for n in networks)
+        self._memo: dict[str, bool] = {}
+
+    def allowed(self, address: str) -> bool:
+        verdict = self._memo.get(address)
+        if verdict is None:
+            ip = ipaddress.ip_address(address.split("%")[0])
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped
+            verdict = any(ip in net for net in self.networks)
+            if len(self._memo) > 100_000:
+                self._memo.clear()
+            self._memo[address] = verdict
+        return verdict
+
+
+class RateLimiter:
+    """A token bucket per client address: ``rate`` queries/s sustained, ``burst`` at once."""
+
+    def __init__(self, rate: float, burst: float, max_clients: int = 100_000) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_clients = max_clients
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def allow(self, client: str, now: float) -> bool:
+        if self.rate <= 0:
+            return True
+        tokens, last = self._buckets.pop(client, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        ok = tokens >= 1.0
+        if ok:
+            tokens -= 1.0
+        self._buckets[client] = (tokens, now)
+        if len(self._buckets) > self.max_clients:
+            self._buckets.popitem(last=False)  # forget the least recently seen client
+        return ok
+
+
+def never_steer(host: str, overrides: Iterable[str]) -> bool:
+    """Operator overrides: these hosts (and their subdomains) always resolve normally."""
+    return any(host == o or host.endswith("." + o) for o in overrides)
+
+
+@dataclass(slots=True)
+class _Entry:
+    record: DNSRecord
+    stored: float
+    expires: float
+
+
+class ResponseCache:
+    """Forwarded answers by (name, type, class), kept for their smallest TTL (negative answers for
+    the SOA minimum), served with TTLs counted down. SERVFAIL and truncated answers are not kept."""
+
+    def __init__(self, max_entries: int = 50_000, max_ttl: int = 86_400, negative_ttl: int = 300) -> None:
+        self.max_entries = max_entries
+        self.max_ttl = max_ttl
+        self.negative_ttl = negative_ttl
+        self._entries: OrderedDict[tuple[str, int, int], _Entry] = OrderedDict()
+
+    @staticmethod
+    def key(request: DNSRecord) -> tuple[str, int, int] | None:
+        if len(request.questions) != 1:
+            return None
+        q = request.q
+        return str(q.qname).lower(), int(q.qtype), int(q.qclass)
+
+    def put(self, request: DNSRecord, response: DNSRecord, now: float) -> None:
+        key = self.key(request)
+        if key is None or response.header.tc:
+            return
+        rcode = response.header.rcode
+        if rcode == RCODE.NOERROR and response.rr:
+            ttl = min(rr.ttl for rr in response.rr)
+        elif rcode == RCODE.NXDOMAIN or (rcode == RCODE.NOERROR and not response.rr):
+            soa = [rr for rr in response.auth if rr.rtype == QTYPE.SOA]
+            ttl = min([self.negative_ttl] + [min(rr.ttl, rr.rdata.times[-1]) for rr in soa])
+        else:
+            return
+        ttl = min(ttl, self.max_ttl)
+        if ttl <= 0:
+            return
+        self._entries.pop(key, None)
+        self._entries[key] = _Entry(response, now, now + ttl)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def get(self, request: DNSRecord, now: float) -> bytes | None:
+        """The cached answer for this request (its id, TTLs counted down), or None."""
+        key = self.key(request)
+        entry = self._entries.get(key) if key is not None else None
+        if entry is None:
+            return None
+        if now >= entry.expires:
+            del self._entries[key]  # type: ignore[arg-type]
+            return None
+        age = int(now - entry.stored)
+        reply = DNSRecord(header=DNSHeader(id=request.header.id, bitmap=entry.record.header.bitmap),
+                          questions=request.questions)
+        for section, target in ((entry.record.rr, reply.rr), (entry.record.auth, reply.auth),
+                                (entry.record.ar, reply.ar)):
+            for rr in section:
+                copy = rr.__class__(rr.rname, rr.rtype, rr.rclass, rr.ttl, rr.rdata)
+                if rr.rtype != QTYPE.OPT:
+                    copy.ttl = max(0, rr.ttl - age)
+                target.append(copy)
+        return bytes(reply.pack())
+
+    def __len__(self) -> int:
+        return len(self._entries)
