@@ -69,6 +69,8 @@ class _Entry:
     record: DNSRecord
     stored: float
     expires: float
+    age: int = -1  # the age (whole seconds) ``wire`` was rendered for
+    wire: bytes = b""
 
 
 class ResponseCache:
@@ -79,14 +81,16 @@ class ResponseCache:
         self.max_entries = max_entries
         self.max_ttl = max_ttl
         self.negative_ttl = negative_ttl
-        self._entries: OrderedDict[tuple[str, int, int], _Entry] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, int, int, bool], _Entry] = OrderedDict()
 
     @staticmethod
-    def key(request: DNSRecord) -> tuple[str, int, int] | None:
+    def key(request: DNSRecord) -> tuple[str, int, int, bool] | None:
+        """(name, type, class, EDNS?): the same key the wire-level fast path computes."""
         if len(request.questions) != 1:
             return None
         q = request.q
-        return str(q.qname).lower(), int(q.qtype), int(q.qclass)
+        edns = any(rr.rtype == QTYPE.OPT for rr in request.ar)
+        return str(q.qname).lower().rstrip("."), int(q.qtype), int(q.qclass), edns
 
     def put(self, request: DNSRecord, response: DNSRecord, now: float) -> None:
         key = self.key(request)
@@ -109,19 +113,40 @@ class ResponseCache:
             self._entries.popitem(last=False)
 
     def get(self, request: DNSRecord, now: float) -> bytes | None:
-        """The cached answer for this request (its id, TTLs counted down), or None."""
+        """The cached answer for this request (its id and question, TTLs counted down), or None."""
         key = self.key(request)
-        entry = self._entries.get(key) if key is not None else None
+        if key is None:
+            return None
+        raw = bytes(request.pack())
+        return self.get_wire(key, raw, self._question_end(raw), now)
+
+    @staticmethod
+    def _question_end(raw: bytes) -> int:
+        pos = 12
+        while raw[pos]:
+            pos += 1 + raw[pos]
+        return pos + 5
+
+    def get_wire(self, key: tuple[str, int, int, bool], raw: bytes, question_end: int, now: float) -> bytes | None:
+        """Fast path: splice the query's id and question (0x20 case kept) into the cached answer,
+        re-rendered at most once per second of age so TTLs count down."""
+        entry = self._entries.get(key)
         if entry is None:
             return None
         if now >= entry.expires:
-            del self._entries[key]  # type: ignore[arg-type]
+            del self._entries[key]
             return None
         age = int(now - entry.stored)
-        reply = DNSRecord(header=DNSHeader(id=request.header.id, bitmap=entry.record.header.bitmap),
-                          questions=request.questions)
-        for section, target in ((entry.record.rr, reply.rr), (entry.record.auth, reply.auth),
-                                (entry.record.ar, reply.ar)):
+        if age != entry.age:
+            entry.wire = self._render(entry.record, age)
+            entry.age = age
+        wire = entry.wire
+        return raw[:2] + wire[2:12] + raw[12:question_end] + wire[question_end:]
+
+    @staticmethod
+    def _render(record: DNSRecord, age: int) -> bytes:
+        reply = DNSRecord(header=DNSHeader(id=0, bitmap=record.header.bitmap), questions=record.questions)
+        for section, target in ((record.rr, reply.rr), (record.auth, reply.auth), (record.ar, reply.ar)):
             for rr in section:
                 copy = rr.__class__(rr.rname, rr.rtype, rr.rclass, rr.ttl, rr.rdata)
                 if rr.rtype != QTYPE.OPT:

@@ -22,9 +22,11 @@ from dnslib import RCODE, DNSRecord
 from dns_redirect.answer import error_reply, steered_reply
 from dns_redirect.index import CacheIndex
 from dns_redirect.policy import ClientAcl, RateLimiter, ResponseCache, never_steer
+from dns_redirect.wire import CLASS_IN, QTYPE_A, QTYPE_AAAA, pack_address, parse_question, steered_answer
 from heatcache.settings import Settings, parse_hostport
 
 log = logging.getLogger(__name__)
+FULL = object()  # the fast path's "take the general path" answer
 
 
 def system_upstreams(resolv_conf: Path = Path("/etc/resolv.conf")) -> tuple[str, ...]:
@@ -71,17 +73,41 @@ class DnsServer:
         self._tcp: asyncio.Server | None = None
         self._health_task: asyncio.Task[None] | None = None
         self.port = settings.dns_port
+        self._v4 = pack_address(settings.node_address)
+        self._v6 = pack_address(settings.node_address6)
+
+    def fast(self, raw: bytes, client: str) -> bytes | object | None:
+        """The synchronous hot path for UDP: steered answers and cache hits without dnslib and
+        without a task. Returns the reply, None (drop), or FULL for the general path."""
+        if not self.acl.allowed(client):
+            return FULL
+        if not self.limiter.allow(client, time.monotonic()):
+            self.counters["rate-limited"] += 1
+            return None
+        q = parse_question(raw)
+        if q is None:
+            return FULL
+        if q.qclass == CLASS_IN and q.qtype in (QTYPE_A, QTYPE_AAAA) and self.is_steered(q.name):
+            self.counters["steered"] += 1
+            return steered_answer(raw, q, self._v4, self._v6, self.settings.dns_ttl)
+        if self.cache is not None:
+            reply = self.cache.get_wire((q.name, q.qtype, q.qclass, q.edns), raw, q.end, time.monotonic())
+            if reply is not None and (q.edns or len(reply) <= 512):
+                self.counters["cache-hit"] += 1
+                return reply
+        return FULL
 
     def is_steered(self, name: str) -> bool:
         return (self.edge_healthy and self.index.is_steered(name)
                 and not never_steer(name, self.settings.never_steer_hosts))
 
-    async def handle(self, raw: bytes, client: str = "127.0.0.1") -> bytes | None:
-        """The reply to one query from ``client``, or None to send nothing."""
+    async def handle(self, raw: bytes, client: str = "127.0.0.1", checked: bool = False) -> bytes | None:
+        """The reply to one query from ``client``, or None to send nothing. ``checked``: the
+        fast path already applied the rate limit."""
         if not self.acl.allowed(client):
             self.counters["refused"] += 1
             return error_reply(raw, RCODE.REFUSED)
-        if not self.limiter.allow(client, time.monotonic()):
+        if not checked and not self.limiter.allow(client, time.monotonic()):
             self.counters["rate-limited"] += 1
             return None  # dropping, not answering, gives a spoofed-source flood nothing to reflect
         try:
@@ -173,12 +199,16 @@ class DnsServer:
                 self.transport = transport
 
             def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-                task = loop.create_task(self._answer(data, addr))
-                self.tasks.add(task)
-                task.add_done_callback(self.tasks.discard)
+                reply = server.fast(data, addr[0])
+                if reply is FULL:
+                    task = loop.create_task(self._answer(data, addr))
+                    self.tasks.add(task)
+                    task.add_done_callback(self.tasks.discard)
+                elif reply is not None:
+                    self.transport.sendto(reply, addr)  # type: ignore[attr-defined]
 
             async def _answer(self, data: bytes, addr: tuple[str, int]) -> None:
-                reply = await server.handle(data, addr[0])
+                reply = await server.handle(data, addr[0], checked=True)
                 if reply is not None:
                     if len(reply) > _udp_limit(data):
                         server.counters["truncated"] += 1

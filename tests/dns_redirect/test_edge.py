@@ -86,7 +86,7 @@ def lab(tmp_path: Path, dnsmasq: Dnsmasq) -> Iterator[EdgeLab]:
     index.apply(CacheEvent(f"http://escape.lab.test:{port}/x", "cached", path="../../../../etc/passwd"))
     catalog = open_catalog(settings.catalog)
     catalog.upsert(Entry(key, key, "origin.lab.test", rel, 300_000, "0" * 64, "", "", "video/mp4", "cached", 1.0))
-    edge = Edge(settings, index, KeyRules.load(), catalog)
+    edge = Edge(settings, index, KeyRules.load(), catalog, hit_flush_s=3600)  # flushed by hand in tests
     running = start_edge(edge, port)
     yield EdgeLab(port, edge, origin, files)
     stop_edge(*running)

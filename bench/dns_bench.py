@@ -1,0 +1,118 @@
+"""bench/dns: dnsperf against heatcache's DNS and against dnsmasq answering the same names, in
+the same run: steered names (answered locally by both) and forwarded names with a warm cache
+(both forward to the same upstream dnsmasq). Last line: ``dns: ... ratio=<steered ours/dnsmasq>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from heatcache.netutil import free_port_udp_tcp  # noqa: E402
+from heatcache.services.dnsmasq import Dnsmasq  # noqa: E402
+
+SERVER = r"""
+import asyncio, sys
+from dns_redirect.index import CacheIndex
+from dns_redirect.server import DnsServer
+from heatcache.contract import CacheEvent
+from heatcache.settings import load_settings
+port, upstream, names = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+index = CacheIndex()
+for i in range(names):
+    index.apply(CacheEvent(f"http://steered{i}.bench.test/f", "cached", path="objects/00/x"))
+settings = load_settings(dns_host="127.0.0.1", dns_port=port, upstream_dns=(upstream,), node_address="192.0.2.10",
+                         dns_rate_qps=1e9, dns_rate_burst=1e9)  # limiter on, never binding
+async def main():
+    server = DnsServer(settings, index, health_check=False)
+    await server.start()
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+try:
+    import uvloop
+    uvloop.run(main())
+except ImportError:
+    asyncio.run(main())
+"""
+
+
+def dnsperf(port: int, queries: Path, seconds: int) -> float:
+    proc = subprocess.run(["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(queries), "-c", "4",
+                           "-l", str(seconds), "-q", "200"], capture_output=True, text=True, check=True)
+    match = re.search(r"Queries per second:\s+([\d.]+)", proc.stdout)
+    lost = re.search(r"Queries lost:\s+(\d+)", proc.stdout)
+    if not match:
+        raise RuntimeError(proc.stdout + proc.stderr)
+    if lost and int(lost.group(1)) > 0:
+        print(f"  (dnsperf lost {lost.group(1)} queries on port {port})")
+    return float(match.group(1))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    seconds = 5 if args.quick else 20
+    names = 200
+    for tool in ("dnsperf", "dnsmasq"):
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+            print(f"dns: {tool} missing (apt-get install dnsperf dnsmasq-base)", file=sys.stderr)
+            return 2
+    work = Path(tempfile.mkdtemp(prefix="bench-dns-"))
+    procs: list[subprocess.Popen[str]] = []
+    upstream = Dnsmasq({f"fwd{i}.bench.test": f"198.51.100.{i % 250 + 1}" for i in range(names)})
+    steered_ref = Dnsmasq({f"steered{i}.bench.test": "192.0.2.10" for i in range(names)})
+    try:
+        upstream.start()
+        steered_ref.start()
+        # dnsmasq as a caching forwarder to the same upstream, for the forwarded names
+        fwd_port = free_port_udp_tcp()
+        fwd = subprocess.Popen(["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--bind-interfaces",
+                                "--listen-address=127.0.0.1", f"--port={fwd_port}", "--user=root", "--pid-file=",
+                                f"--server=127.0.0.1#{upstream.port}", "--cache-size=10000"], text=True)
+        procs.append(fwd)
+        ours_port = free_port_udp_tcp()
+        ours = subprocess.Popen([sys.executable, "-c", SERVER, str(ours_port), upstream.upstream, str(names)],
+                                stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        procs.append(ours)
+        assert ours.stdout is not None and ours.stdout.readline().strip() == "ready"
+        time.sleep(0.5)
+        steered_q = work / "steered.txt"
+        steered_q.write_text("".join(f"steered{i}.bench.test A\n" for i in range(names)))
+        fwd_q = work / "forwarded.txt"
+        fwd_q.write_text("".join(f"fwd{i}.bench.test A\n" for i in range(names)))
+        # warm both caches
+        dnsperf(ours_port, fwd_q, 1)
+        dnsperf(fwd_port, fwd_q, 1)
+        s_ours = dnsperf(ours_port, steered_q, seconds)
+        s_ref = dnsperf(steered_ref.port, steered_q, seconds)
+        f_ours = dnsperf(ours_port, fwd_q, seconds)
+        f_ref = dnsperf(fwd_port, fwd_q, seconds)
+        print(f"steered  : heatcache {s_ours:,.0f} q/s, dnsmasq {s_ref:,.0f} q/s, ratio {s_ours / s_ref:.2f}")
+        print(f"forwarded: heatcache {f_ours:,.0f} q/s, dnsmasq {f_ref:,.0f} q/s (warm caches), "
+              f"ratio {f_ours / f_ref:.2f}")
+        print(f"dns: steered={s_ours:,.0f} q/s forwarded={f_ours:,.0f} q/s forwarded_ratio={f_ours / f_ref:.2f} "
+              f"ratio={s_ours / s_ref:.2f} (reference dnsmasq, dnsperf -c 4)")
+        return 0
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(10)
+            if p.stdout is not None:
+                p.stdout.close()
+        steered_ref.stop()
+        upstream.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""bench/edge: wrk against the edge (cache hits from disk) and against nginx serving the same
+files, in the same run, for 1 MiB and 64 KiB objects. Last line:
+``edge: ... ratio=<1 MiB edge/nginx> (reference nginx)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fetcher.paths import object_relpath  # noqa: E402
+from heatcache.netutil import free_port, wait_for_port  # noqa: E402
+
+EDGE = r"""
+import asyncio, sys
+from pathlib import Path
+from aiohttp import web
+from dns_redirect.edge import Edge
+from dns_redirect.index import CacheIndex
+from heatcache.cachekey import KeyRules
+from heatcache.contract import CacheEvent
+from heatcache.settings import load_settings
+port, cache_dir = int(sys.argv[1]), Path(sys.argv[2])
+settings = load_settings(cache_dir=cache_dir, edge_port=port)
+index = CacheIndex()
+for line in sys.argv[3:]:
+    key, rel, size = line.split("|")
+    index.apply(CacheEvent(key, "cached", path=rel, size=int(size), content_type="application/octet-stream"))
+async def main():
+    runner = web.AppRunner(Edge(settings, index, KeyRules.load()).app(), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port, backlog=1024).start()
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+asyncio.run(main())  # the default loop: uvloop has no loop.sendfile, hits would be copied through Python
+"""
+
+NGINX = """
+user root;
+worker_processes 1;
+daemon off;
+pid {work}/nginx.pid;
+error_log {work}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 100000;
+    client_body_temp_path {work}/tmp;
+    proxy_temp_path {work}/tmp;
+    fastcgi_temp_path {work}/tmp;
+    uwsgi_temp_path {work}/tmp;
+    scgi_temp_path {work}/tmp;
+    server {{
+        listen 127.0.0.1:{port};
+        root {www};
+    }}
+}}
+"""
+
+
+def wrk(port: int, path: str, host: str, seconds: int) -> tuple[float, float]:
+    proc = subprocess.run(["wrk", "-t2", "-c32", f"-d{seconds}s", "-H", f"Host: {host}",
+                           f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, check=True)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", proc.stdout).group(1))  # type: ignore[union-attr]
+    tr = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", proc.stdout)
+    scale = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9}
+    bps = float(tr.group(1)) * scale.get(tr.group(2), 1) if tr else 0.0
+    if "Non-2xx" in proc.stdout or "Socket errors" in proc.stdout:
+        print(f"  wrk on port {port}: {proc.stdout.strip().splitlines()[-3:]}")
+    return rps, bps
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    seconds = 5 if args.quick else 20
+    nginx_bin = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(nginx_bin).exists() or shutil.which("wrk") is None:
+        print("edge: nginx and wrk are needed (apt-get install nginx-light wrk)", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="bench-edge-"))
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        www = work / "www"
+        www.mkdir()
+        (work / "tmp").mkdir()
+        cache = work / "cache"
+        files = {"1m.bin": 1024 * 1024, "64k.bin": 64 * 1024}
+        edge_port, nginx_port = free_port(), free_port()
+        entries = []
+        for name, size in files.items():
+            data = os.urandom(size)
+            (www / name).write_bytes(data)
+            key = f"http://bench.test:{edge_port}/{name}"
+            rel = object_relpath(key)
+            (cache / rel).parent.mkdir(parents=True, exist_ok=True)
+            (cache / rel).write_bytes(data)
+            entries.append(f"{key}|{rel}|{size}")
+        (work / "nginx.conf").write_text(NGINX.format(work=work, port=nginx_port, www=www))
+        procs.append(subprocess.Popen([nginx_bin, "-c", str(work / "nginx.conf"), "-p", str(work)], text=True))
+        edge = subprocess.Popen([sys.executable, "-c", EDGE, str(edge_port), str(cache), *entries],
+                                stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        procs.append(edge)
+        assert edge.stdout is not None and edge.stdout.readline().strip() == "ready"
+        assert wait_for_port("127.0.0.1", nginx_port, 10)
+        time.sleep(0.3)
+        results = {}
+        for name in files:
+            e_rps, e_bps = wrk(edge_port, f"/{name}", f"bench.test:{edge_port}", seconds)
+            n_rps, n_bps = wrk(nginx_port, f"/{name}", "bench.test", seconds)
+            results[name] = e_rps / n_rps
+            print(f"{name:>8}: edge {e_rps:,.0f} req/s ({e_bps / 1e9:.2f} GB/s), "
+                  f"nginx {n_rps:,.0f} req/s ({n_bps / 1e9:.2f} GB/s), ratio {e_rps / n_rps:.2f}")
+        print(f"edge: 1MiB_ratio={results['1m.bin']:.2f} 64KiB_ratio={results['64k.bin']:.2f} "
+              f"ratio={results['1m.bin']:.2f} (reference nginx, 1 worker, wrk -t2 -c32)")
+        return 0
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(10)
+            if p.stdout is not None:
+                p.stdout.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

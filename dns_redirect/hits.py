@@ -1,0 +1,81 @@
+"""Pure HTTP semantics of a cache hit: which status, which bytes, which headers (RFC 9110
+ranges and conditional requests), decided from the request headers and the object's metadata."""
+
+from __future__ import annotations
+
+from email.utils import formatdate, parsedate_to_datetime
+from typing import NamedTuple
+
+
+class HitPlan(NamedTuple):
+    status: int  # 200, 206, 304, 412 or 416
+    start: int
+    length: int  # bytes of body to send (0 for HEAD is decided by the caller)
+    headers: dict[str, str]
+
+
+def etag_for(sha256: str, size: int) -> str:
+    """A strong validator from the content digest: stable across restarts and nodes."""
+    return f'"{sha256[:32]}"' if sha256 else f'"size-{size}"'
+
+
+def _etag_listed(header: str, etag: str) -> bool:
+    if header.strip() == "*":
+        return True
+    tags = [t.strip() for t in header.split(",")]
+    return any(t == etag or t == "W/" + etag for t in tags)  # weak comparison for If-None-Match
+
+
+def _parse_range(header: str, size: int) -> tuple[int, int] | str | None:
+    """(start, end) of a single byte range; None to ignore the header; "unsatisfiable"."""
+    if not header.startswith("bytes=") or "," in header:
+        return None  # other units or multiple ranges: answer the whole object, as RFC 9110 allows
+    first, sep, last = header[6:].strip().partition("-")
+    if not sep:
+        return None
+    try:
+        if first == "":
+            n = int(last)
+            if n <= 0:
+                return "unsatisfiable"
+            return max(0, size - n), size - 1
+        start = int(first)
+        end = int(last) if last else size - 1
+    except ValueError:
+        return None
+    if start < 0 or (last and end < start):
+        return None
+    if start >= size:
+        return "unsatisfiable"
+    return start, min(end, size - 1)
+
+
+def plan_hit(size: int, etag: str, last_modified: str, content_type: str, if_none_match: str = "",
+             if_modified_since: str = "", range_header: str = "", if_range: str = "") -> HitPlan:
+    headers = {"Content-Type": content_type or "application/octet-stream", "ETag": etag,
+               "Accept-Ranges": "bytes", "X-Cache": "HIT"}
+    if last_modified:
+        headers["Last-Modified"] = last_modified
+    if if_none_match:
+        if _etag_listed(if_none_match, etag):
+            return HitPlan(304, 0, 0, headers)
+    elif if_modified_since and last_modified:
+        try:
+            if parsedate_to_datetime(last_modified) <= parsedate_to_datetime(if_modified_since):
+                return HitPlan(304, 0, 0, headers)
+        except (TypeError, ValueError):
+            pass
+    if range_header and (not if_range or if_range.strip() == etag):
+        parsed = _parse_range(range_header, size)
+        if parsed == "unsatisfiable":
+            headers["Content-Range"] = f"bytes */{size}"
+            return HitPlan(416, 0, 0, headers)
+        if isinstance(parsed, tuple):
+            start, end = parsed
+            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+            return HitPlan(206, start, end - start + 1, headers)
+    return HitPlan(200, 0, size, headers)
+
+
+def http_date(ts: float) -> str:
+    return formatdate(ts, usegmt=True)
