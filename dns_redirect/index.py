@@ -25,8 +25,10 @@ class CacheIndex:
         self.objects: dict[str, CacheEvent] = {}
         self.hosts: Counter[str] = Counter()
         self.unsteered_at: dict[str, float] = {}  # host -> when its last object went away
+        self.version = 0  # bumped on every change: answer memos keyed on it stay correct
 
     def apply(self, event: CacheEvent) -> None:
+        self.version += 1
         old = self.objects.pop(event.cache_key, None)
         if old is not None:
             self._drop_host(key_host(old.cache_key))
@@ -38,6 +40,7 @@ class CacheIndex:
 
     def remove(self, cache_key: str) -> None:
         """A tombstone (null value) on the compacted topic."""
+        self.version += 1
         old = self.objects.pop(cache_key, None)
         if old is not None:
             self._drop_host(key_host(cache_key))

@@ -73,6 +73,8 @@ class DnsServer:
         self._tcp: asyncio.Server | None = None
         self._health_task: asyncio.Task[None] | None = None
         self.port = settings.dns_port
+        self._memo: dict[bytes, bytes] = {}
+        self._memo_gen: tuple[int, bool] = (-1, False)
         self._v4 = pack_address(settings.node_address)
         self._v6 = pack_address(settings.node_address6)
 
@@ -84,12 +86,26 @@ class DnsServer:
         if not self.limiter.allow(client, time.monotonic()):
             self.counters["rate-limited"] += 1
             return None
+        # Steered answers differ from the query only after its id: memoize them by the query's
+        # bytes, valid for one version of the index and one health state.
+        gen = (self.index.version, self.edge_healthy)
+        if gen != self._memo_gen:
+            self._memo.clear()
+            self._memo_gen = gen
+        body = raw[2:]
+        tail = self._memo.get(body)
+        if tail is not None:
+            self.counters["steered"] += 1
+            return raw[:2] + tail
         q = parse_question(raw)
         if q is None:
             return FULL
         if q.qclass == CLASS_IN and q.qtype in (QTYPE_A, QTYPE_AAAA) and self.is_steered(q.name):
             self.counters["steered"] += 1
-            return steered_answer(raw, q, self._v4, self._v6, self.settings.dns_ttl)
+            answer = steered_answer(raw, q, self._v4, self._v6, self.settings.dns_ttl)
+            if len(self._memo) < 50_000:
+                self._memo[body] = answer[2:]
+            return answer
         if self.cache is not None:
             reply = self.cache.get_wire((q.name, q.qtype, q.qclass, q.edns), raw, q.end, time.monotonic())
             if reply is not None and (q.edns or len(reply) <= 512):

@@ -189,3 +189,28 @@ def test_100k_malformed_packets(tmp_path: Path) -> None:
     c = server.counters
     assert c["malformed"] + c["steered"] + c["forwarded"] + c["cache-hit"] == 100_000
     assert c["malformed"] > 50_000 and answered >= c["steered"]
+
+
+def test_fast_path_follows_index_and_health(tmp_path: Path) -> None:
+    settings = load_settings(state_dir=tmp_path, upstream_dns=("127.0.0.1:9",), node_address="192.0.2.10",
+                             never_steer_hosts=("bank.lab.test",))
+    index = CacheIndex()
+    index.apply(CacheEvent("http://cdn.lab.test/a", "cached", path="objects/aa/a"))
+    index.apply(CacheEvent("http://bank.lab.test/a", "cached", path="objects/aa/b"))
+    server = DnsServer(settings, index, health_check=False)
+    from dns_redirect.server import FULL
+
+    q = dns.message.make_query("cdn.lab.test", "A")
+    for _ in range(2):  # the second answer comes from the memo
+        reply = server.fast(q.to_wire(), "127.0.0.1")
+        assert isinstance(reply, bytes) and addresses(dns.message.from_wire(reply)) == ["192.0.2.10"]
+    q.id ^= 0x5555
+    reply = server.fast(q.to_wire(), "127.0.0.1")
+    assert isinstance(reply, bytes) and dns.message.from_wire(reply).id == q.id
+    assert server.fast(dns.message.make_query("bank.lab.test", "A").to_wire(), "127.0.0.1") is FULL
+    server.edge_healthy = False  # a failed health check: not steered any more, memo or not
+    assert server.fast(q.to_wire(), "127.0.0.1") is FULL
+    server.edge_healthy = True
+    index.apply(CacheEvent("http://cdn.lab.test/a", "evicted"))
+    assert server.fast(q.to_wire(), "127.0.0.1") is FULL
+    assert server.counters["steered"] == 3
