@@ -22,10 +22,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from heatcache import contract  # noqa: E402
+from heatcache.kafkautil import producer  # noqa: E402
 from heatcache.netns import GatewayLab  # noqa: E402
+from heatcache.services.kafka import EmbeddedKafka, ensure_topics  # noqa: E402
 from heatcache.settings import load_settings  # noqa: E402
 from sniffer.app import build_parser  # noqa: E402
 from sniffer.capture import LiveCapture, in_netns, pcap_frames  # noqa: E402
+from sniffer.publish import BatchPublisher  # noqa: E402
 from sniffer.synth import generate, tcp_frame  # noqa: E402
 
 
@@ -70,7 +74,7 @@ def scapy_dissect(pcap: Path, limit: int) -> tuple[int, float]:
     return n, time.perf_counter() - start
 
 
-def live(rate: int, seconds: float) -> dict[str, float]:
+def live(rate: int, seconds: float, bootstrap: str) -> dict[str, object]:
     """Frames at ``rate``/s into a veth in one namespace; the sniffer's capture+parse loop reads
     them on the peer in another. Publishing is left out: this measures the capture side."""
     lab = GatewayLab().start()
@@ -83,36 +87,61 @@ def live(rate: int, seconds: float) -> dict[str, float]:
         gw_mac = bytes.fromhex(link.split("link/ether ")[1].split()[0].replace(":", ""))
         frame = gw_mac + frame[6:]
         capture = LiveCapture(lab.gw_client_if, (80,), netns=lab.gateway)
-        parser = build_parser(load_settings(client_id_secret="bench"))
-        stop = threading.Event()
         got = Counter[str]()
+        parser = build_parser(load_settings(client_id_secret="bench"), got)
+        stop = threading.Event()
+        # the whole sniffer loop: capture, parse, and publish batches to a real Kafka broker
+        settings = load_settings(topic_prefix="bench-")
+        ensure_topics(bootstrap, settings, names=(contract.REQUESTS,))
+        prod = producer(bootstrap, **{"linger.ms": settings.batch_linger_ms})
+        publisher = BatchPublisher(prod, settings.topic(contract.REQUESTS), settings.kafka_partitions,
+                                   settings.batch_max_events, settings.batch_linger_ms / 1000, got)
 
         def consume() -> None:
             for item in capture.frames(stop):
                 if item is not None:
-                    got["requests"] += len(parser.events(item[0], item[1], item[2]))
+                    for ev in parser.events(item[0], item[1], item[2]):
+                        publisher.add(ev)
+                publisher.tick()
+            publisher.flush()
 
         reader = threading.Thread(target=consume)
         reader.start()
-        with in_netns(lab.client):
-            sender = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-            sender.bind((f"cg{lab.tag}", 0))
-        sent = 0
-        start = time.perf_counter()
-        interval = 1.0 / rate
-        while (now := time.perf_counter()) - start < seconds:
-            due = int((now - start) / interval) + 1
-            while sent < due:
-                sender.send(frame)
-                sent += 1
-        send_time = time.perf_counter() - start
+        if shutil.which("tcpreplay"):
+            # a C sender: tcpreplay paces the frames at the asked rate from the client namespace
+            pcap = Path(tempfile.mkdtemp(prefix="bench-live-")) / "live.pcap"
+            from sniffer.synth import Traffic
+
+            Traffic(frames=[frame] * int(rate * seconds)).write_pcap(pcap)
+            start = time.perf_counter()
+            subprocess.run(lab.exec_args(lab.client, "tcpreplay", "-q", f"--pps={rate}", "-i", f"cg{lab.tag}",
+                                         str(pcap)), capture_output=True, check=True)
+            send_time = time.perf_counter() - start
+            sent = int(rate * seconds)
+            shutil.rmtree(pcap.parent, ignore_errors=True)
+            sender_name = "tcpreplay"
+        else:
+            with in_netns(lab.client):
+                sender = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+                sender.bind((f"cg{lab.tag}", 0))
+            sent = 0
+            start = time.perf_counter()
+            interval = 1.0 / rate
+            while (now := time.perf_counter()) - start < seconds:
+                due = int((now - start) / interval) + 1
+                while sent < due:
+                    sender.send(frame)
+                    sent += 1
+            send_time = time.perf_counter() - start
+            sender.close()
+            sender_name = "python"
         time.sleep(1.0)
         stop.set()
         reader.join(5)
         drops = capture.kernel_drops()
         capture.close()
-        sender.close()
-        return {"sent": sent, "rate": sent / send_time, "requests": got["requests"], "kernel_drops": drops}
+        return {"sent": sent, "rate": sent / send_time, "requests": got["requests"], "kernel_drops": drops,
+                "sender": sender_name, "published": got["published"], "produce_errors": got["produce.errors"]}
     finally:
         lab.stop()
 
@@ -142,9 +171,14 @@ def main() -> int:
         if fast_n != ts_n:
             print(f"WARNING: fast path found {fast_n} requests, tshark {ts_n}")
         if os.geteuid() == 0:
-            res = live(args.rate, 4.0 if args.quick else 15.0)
-            print(f"live      : sent {res['sent']:,} at {res['rate']:,.0f}/s, parsed {res['requests']:,}, "
-                  f"kernel drops {res['kernel_drops']}")
+            broker = EmbeddedKafka(work / "kafka")
+            try:
+                res = live(args.rate, 4.0 if args.quick else 15.0, broker.start())
+            finally:
+                broker.stop()
+            print(f"live      : sent {res['sent']:,} at {res['rate']:,.0f}/s ({res['sender']}), "
+                  f"parsed {res['requests']:,}, published {res['published']:,}, "
+                  f"produce errors {res['produce_errors']}, kernel drops {res['kernel_drops']}")
         ratio = (fast_n / fast_t) / (ts_n / ts_t)
         print(f"sniffer: fast={fast_n / fast_t:,.0f} req/s tshark={ts_n / ts_t:,.0f} req/s "
               f"scapy={sc_n / sc_t:,.0f} req/s scapy_ratio={(fast_n / fast_t) / (sc_n / sc_t):.1f} "
