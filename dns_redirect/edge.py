@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import logging
 import os
 import time
+import uuid
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +26,10 @@ import aiohttp
 from aiohttp import web
 from confluent_kafka import Producer
 
-from dns_redirect.hits import etag_for, http_date, plan_hit
+from dns_redirect.hits import etag_for, http_date, may_fill, plan_hit
 from dns_redirect.index import CacheIndex
-from fetcher.catalog import Catalog
-from fetcher.paths import resolve_in_root
+from fetcher.catalog import Catalog, Entry
+from fetcher.paths import object_relpath, resolve_in_root
 from heatcache import contract
 from heatcache.cachekey import BadUrl, cache_key, split_host
 from heatcache.contract import CacheEvent
@@ -172,11 +175,8 @@ class Edge:
             if path is not None:
                 resp = await self.serve_hit(request, path, entry)
                 if resp is not None:
-                    self.counters["hits"] += 1
-                    n, _last = self.pending_hits.get(key, (0, 0.0))
-                    self.pending_hits[key] = (n + 1, time.time())
                     return resp
-        return await self.pass_through(request, host, port)
+        return await self.pass_through(request, host, port, key)
 
     async def serve_hit(self, request: web.Request, path: Path, entry: CacheEvent) -> web.StreamResponse | None:
         """Headers from the pure planner, body by ``loop.sendfile`` (zero copy), no thread hops:
@@ -185,6 +185,10 @@ class Edge:
             fobj = open(path, "rb")
         except OSError:
             return None  # evicted under us: pass through
+        # booked before the first byte leaves: the client may have it all before we return
+        self.counters["hits"] += 1
+        n, _last = self.pending_hits.get(entry.cache_key, (0, 0.0))
+        self.pending_hits[entry.cache_key] = (n + 1, time.time())
         try:
             st = os.fstat(fobj.fileno())
             h = request.headers
@@ -210,8 +214,9 @@ class Edge:
         finally:
             fobj.close()
 
-    async def pass_through(self, request: web.Request, host: str, port: int) -> web.StreamResponse:
-        """Stream a miss from the origin without buffering the body."""
+    async def pass_through(self, request: web.Request, host: str, port: int, key: str = "") -> web.StreamResponse:
+        """Stream a miss from the origin without buffering the body; store it as it passes when
+        ``may_fill`` allows (the bytes cross the uplink once either way)."""
         try:
             address = await resolve_origin_async(self.resolver, host, self.settings.allow_private_origins)
         except ForbiddenAddress:
@@ -237,10 +242,46 @@ class Edge:
                 out_headers["X-Cache"] = "MISS"
                 resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=out_headers)
                 await resp.prepare(request)
-                if request.method != "HEAD":
-                    async for chunk in upstream.content.iter_chunked(64 * 1024):
-                        await resp.write(chunk)
-                await resp.write_eof()
+                fill = None
+                if key and self.settings.edge_fill:
+                    reason = may_fill(request.method, request.headers, upstream.status, upstream.headers,
+                                      self.settings.max_object_bytes)
+                    if reason:
+                        self.counters["fill.skipped." + reason] += 1
+                    else:
+                        fill = _Fill(self.root, key)
+                try:
+                    # One chunk is held back: a stored copy is in place (and the index knows it)
+                    # before the client has the last byte, so its next request is a hit.
+                    held = b""
+                    if request.method != "HEAD":
+                        async for chunk in upstream.content.iter_chunked(64 * 1024):
+                            if held:
+                                await resp.write(held)
+                            held = chunk
+                            if fill is not None and not fill.add(chunk, self.settings.max_object_bytes):
+                                fill.abort()
+                                fill = None
+                                self.counters["fill.skipped.size"] += 1
+                    if fill is not None:
+                        length = upstream.headers.get("Content-Length")
+                        if length is None or int(length) == fill.size:
+                            try:
+                                await self._finish_fill(fill, key, host, request, upstream.headers)
+                            except Exception as exc:  # storing is a bonus: the client still gets its bytes
+                                log.warning("in-path store of %s failed: %s", key, exc)
+                                self.counters["fill.failed"] += 1
+                                fill.abort()
+                        else:
+                            fill.abort()
+                            self.counters["fill.skipped.short"] += 1
+                        fill = None
+                    if held:
+                        await resp.write(held)
+                    await resp.write_eof()
+                finally:
+                    if fill is not None:
+                        fill.abort()
                 return resp
         except (aiohttp.ClientError, TimeoutError) as exc:
             self.counters["miss.origin-failed"] += 1
@@ -251,6 +292,64 @@ class Edge:
                 return resp
             return web.Response(status=502, text=f"origin failed: {exc}\n")
 
+    async def _finish_fill(self, fill: _Fill, key: str, host: str, request: web.Request,
+                           headers: Mapping[str, str]) -> None:
+        """Move the stored copy into place and announce it like a fetched object."""
+        rel = fill.commit()
+        url = f"http://{request.headers.get('Host', host)}{request.raw_path}"
+        now = time.time()
+        event = CacheEvent(cache_key=key, state="cached", url=url, host=host, path=rel, size=fill.size,
+                           sha256=fill.digest.hexdigest(), etag=headers.get("ETag", ""),
+                           last_modified=headers.get("Last-Modified", ""),
+                           content_type=headers.get("Content-Type", ""), node=self.settings.node_name, ts=now,
+                           source="fill")
+        self.index.apply(event)  # the next request is a hit, before the topic comes back round
+        if self.catalog is not None:
+            entry = Entry(key, url, host, rel, fill.size, event.sha256, event.etag, event.last_modified,
+                          event.content_type, "cached", now)
+            await asyncio.get_running_loop().run_in_executor(None, self.catalog.upsert, entry)
+        if self.producer is not None:
+            self.producer.produce(self.settings.topic(contract.CACHE_EVENTS), key=key.encode(),
+                                  value=contract.encode(event))
+            self.producer.poll(0)
+        self.counters["fill.stored"] += 1
+        self.counters["fill.bytes"] += fill.size
+        log.info("stored in path: %s (%d bytes)", key, fill.size)
+
     def edge_port(self, request: web.Request) -> int:
         sockname = request.transport.get_extra_info("sockname") if request.transport else None
         return int(sockname[1]) if sockname else self.settings.edge_port
+
+
+class _Fill:
+    """A copy of a passing response being written to a temporary file next to the objects."""
+
+    def __init__(self, root: Path, key: str) -> None:
+        self.root = root
+        self.rel = object_relpath(key)
+        tmp = root / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.path = tmp / f"fill-{uuid.uuid4().hex}"
+        self.fh = open(self.path, "wb")
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def add(self, chunk: bytes, limit: int) -> bool:
+        self.size += len(chunk)
+        if self.size > limit:
+            return False
+        self.fh.write(chunk)
+        self.digest.update(chunk)
+        return True
+
+    def commit(self) -> str:
+        self.fh.close()
+        final = resolve_in_root(self.root, self.rel)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.path, final)  # atomic: a reader sees the old file or the whole new one
+        return self.rel
+
+    def abort(self) -> None:
+        self.fh.close()
+        with contextlib.suppress(OSError):
+            self.path.unlink()

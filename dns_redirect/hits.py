@@ -3,6 +3,7 @@ ranges and conditional requests), decided from the request headers and the objec
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from email.utils import formatdate, parsedate_to_datetime
 from typing import NamedTuple
 
@@ -79,3 +80,29 @@ def plan_hit(size: int, etag: str, last_modified: str, content_type: str, if_non
 
 def http_date(ts: float) -> str:
     return formatdate(ts, usegmt=True)
+
+
+def may_fill(method: str, request_headers: Mapping[str, str], status: int, response_headers: Mapping[str, str],
+             max_bytes: int) -> str:
+    """Whether a miss passing through may be stored as it passes (in-path fill): "" if yes,
+    else the reason not to. Only whole, shared, unencoded 200 answers to plain GETs are kept."""
+    if method != "GET":
+        return "method"
+    if status != 200:
+        return "status"
+    if "Range" in request_headers or "Authorization" in request_headers:
+        return "request"
+    if "Set-Cookie" in response_headers:
+        return "cookie"
+    cc = response_headers.get("Cache-Control", "").lower()
+    if any(d in cc for d in ("no-store", "private", "no-cache")):
+        return "cache-control"
+    if response_headers.get("Content-Encoding", "identity").lower() != "identity":
+        return "encoded"
+    vary = [v.strip().lower() for v in response_headers.get("Vary", "").split(",") if v.strip()]
+    if any(v != "accept-encoding" for v in vary):
+        return "vary"
+    length = response_headers.get("Content-Length")
+    if length is not None and (not length.isdigit() or int(length) > max_bytes):
+        return "size"
+    return ""

@@ -28,7 +28,7 @@ from heatcache.cachekey import BadUrl, split_host
 from heatcache.contract import CacheEvent, DecodeError, HotUrl
 from heatcache.kafkautil import consumer, dead_letter, producer, publish_metrics
 from heatcache.lifecycle import StopFlag, announce_ready
-from heatcache.resolve import ResolveError, make_resolver, resolve_origin
+from heatcache.resolve import ResolveError, make_async_resolver, resolve_origin
 from heatcache.safety import ForbiddenAddress
 from heatcache.settings import Settings
 
@@ -84,7 +84,7 @@ class Fetcher:
         self.tmp = self.root / "tmp"
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.catalog = catalog or open_catalog(settings.catalog)
-        self.resolver = make_resolver(settings.upstream_dns)
+        self.resolver = make_async_resolver(settings.upstream_dns)
         self.aria2 = aria2p.API(aria2p.Client(host=settings.aria2_rpc_host, port=settings.aria2_rpc_port,
                                               secret=settings.aria2_secret, timeout=10))
         self.producer = producer(bootstrap)
@@ -166,7 +166,7 @@ class Fetcher:
         log.info("cached %s (%d bytes)", hot.cache_key, size)
         return CacheEvent(cache_key=hot.cache_key, state="cached", url=hot.url, host=hot.host, path=rel, size=size,
                           sha256=digest, etag=meta.get("etag", ""), last_modified=meta.get("last-modified", ""),
-                          content_type=meta.get("content-type", ""), node=s.node_name, ts=now)
+                          content_type=meta.get("content-type", ""), node=s.node_name, ts=now, source="fetch")
 
     def _download(self, target: Target, work: Path) -> Path:
         s = self.settings

@@ -90,6 +90,7 @@ class CacheEvent:
     node: str = ""
     ts: float = 0.0
     error: str = ""
+    source: str = ""  # "fetch" (prefetched by heat) or "fill" (stored in-path by the edge)
 
     def __post_init__(self) -> None:
         if self.state not in CACHE_STATES:

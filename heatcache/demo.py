@@ -85,7 +85,7 @@ def run_demo(base: Settings, verbose: bool = False, clients: int = 5) -> int:
         # steering starts with the first cached object; wait for the rest before round 2
         while time.monotonic() < deadline:
             cached = _cache_events(stack.bootstrap, settings)
-            if sum(1 for e in cached.values() if e.state == "cached") >= len(FILES):
+            if sum(1 for e in cached.values() if e.state == "cached" and e.source == "fetch") >= len(FILES):
                 break
             time.sleep(0.5)
         console.print(f"{ORIGIN_HOST} now resolves to {NODE_IP}: round 2 goes to the edge")
@@ -117,7 +117,9 @@ def _report(console: Console, stack: Stack, settings: Settings, replies: Counter
     requests = sum(len(contract.decode(m.value(), RequestBatch).events)
                    for m in read_topic(stack.bootstrap, settings.topic(contract.REQUESTS)))
     hot = [contract.decode(m.value(), HotUrl) for m in read_topic(stack.bootstrap, settings.topic(contract.HOT_URLS))]
-    cached = [e for e in _cache_events(stack.bootstrap, settings).values() if e.state == "cached"]
+    events = [e for e in _cache_events(stack.bootstrap, settings).values() if e.state == "cached"]
+    cached = [e for e in events if e.source == "fetch"]
+    filled = [e for e in events if e.source == "fill"]
     hits = sum(v for k, v in replies.items() if k.startswith("round2:HIT:ok"))
     bad = sum(v for k, v in replies.items() if k.endswith("BAD"))
     sizes = {f"/{n}": len(b) for n, b in files.items()}
@@ -127,7 +129,8 @@ def _report(console: Console, stack: Stack, settings: Settings, replies: Counter
     table.add_row("requests seen by the sniffer (on Kafka)", str(requests))
     table.add_row("hot URLs emitted by streams", str(len(hot)))
     table.add_row("objects fetched by aria2 into the cache", str(len(cached)))
-    table.add_row("bytes fetched once through the uplink", f"{sum(e.size for e in cached):,}")
+    table.add_row("bytes prefetched once through the uplink", f"{sum(e.size for e in cached):,}")
+    table.add_row("objects stored in-path by the edge (misses of a steered host)", str(len(filled)))
     table.add_row("round 2 requests served locally (X-Cache: HIT, bytes identical)", str(hits))
     table.add_row("round 2 requests that reached the origin", str(origin_round2))
     table.add_row("bytes served locally in round 2", f"{replies['hit-bytes']:,}")

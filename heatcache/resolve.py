@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 
 import dns.asyncresolver
@@ -28,12 +29,6 @@ def _configure(res: dns.resolver.BaseResolver, upstreams: tuple[str, ...]) -> No
     res.lifetime = 5.0
 
 
-def make_resolver(upstreams: tuple[str, ...]) -> dns.resolver.Resolver:
-    res = dns.resolver.Resolver(configure=not upstreams)
-    _configure(res, upstreams)
-    return res
-
-
 def make_async_resolver(upstreams: tuple[str, ...]) -> dns.asyncresolver.Resolver:
     res = dns.asyncresolver.Resolver(configure=not upstreams)
     _configure(res, upstreams)
@@ -47,27 +42,13 @@ def _literal(host: str) -> str | None:
         return None
 
 
-def resolve_origin(resolver: dns.resolver.Resolver, host: str, allow_private: bool) -> str:
-    """First allowed address of ``host`` (A first, then AAAA); ForbiddenAddress if none is."""
-    literal = _literal(host)
-    if literal is not None:
-        return check_origin_address(literal, allow_private)
-    addresses = []
-    for rdtype in ("A", "AAAA"):
-        try:
-            addresses += [r.to_text() for r in resolver.resolve(host, rdtype)]
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer, dns.resolver.NoNameservers):
-            continue
-        except dns.exception.Timeout as exc:
-            raise ResolveError(f"timeout resolving {host}") from exc
-        if addresses:
-            break
-    if not addresses:
-        raise ResolveError(f"{host} has no address")
-    return check_origin_address(addresses[0], allow_private)
+def resolve_origin(resolver: dns.asyncresolver.Resolver, host: str, allow_private: bool) -> str:
+    """The same, for synchronous callers (the fetcher resolves once per object)."""
+    return asyncio.run(resolve_origin_async(resolver, host, allow_private))
 
 
 async def resolve_origin_async(resolver: dns.asyncresolver.Resolver, host: str, allow_private: bool) -> str:
+    """First allowed address of ``host`` (A first, then AAAA); ForbiddenAddress if it is not."""
     literal = _literal(host)
     if literal is not None:
         return check_origin_address(literal, allow_private)

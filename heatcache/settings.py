@@ -93,6 +93,7 @@ class Settings(BaseSettings):
     edge_health_url: str = ""  # default http://<node_address>:<edge_port>/.heatcache/health
     dns_health_interval_s: float = Field(default=0.0, ge=0)  # 0 = a third of the steered TTL
     purge_token: str = ""  # bearer token for the edge's purge API; empty = purge disabled
+    edge_fill: bool = True  # store cacheable misses of steered hosts as they pass through the edge
     edge_host: str = "127.0.0.1"
     edge_port: int = Field(default=8080, ge=0, le=65535)
 

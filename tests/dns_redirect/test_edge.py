@@ -168,6 +168,8 @@ def test_purge_is_authenticated_and_removes_the_object(lab: EdgeLab) -> None:
     assert status == 200 and b'"purged":true' in body.replace(b" ", b"")
     status, headers, data = lab.get("/cached.bin")
     assert headers["x-cache"] == "MISS" and data == lab.files["cached.bin"] and lab.origin.hits["/cached.bin"] == 1
+    # that miss stored the object again as it passed; a second purge removes it again
+    assert post_purge(lab, url, "s3cret")[0] == 200
     assert post_purge(lab, url, "s3cret")[0] == 404
     assert lab.edge.catalog is not None
     row = lab.edge.catalog.get(f"http://origin.lab.test:{lab.port}/cached.bin")
@@ -185,3 +187,37 @@ def test_hits_are_booked_in_batches(lab: EdgeLab) -> None:
     asyncio.run(lab.edge.flush_hits())
     row = lab.edge.catalog.get(key)
     assert row is not None and row.hits == 3 and row.last_hit > 0 and lab.edge.pending_hits == {}
+
+
+def test_misses_are_stored_as_they_pass(lab: EdgeLab) -> None:
+    status, headers, body = lab.get("/passed.bin")
+    assert headers["x-cache"] == "MISS" and body == lab.files["passed.bin"]
+    status, headers, body = lab.get("/passed.bin?utm_source=again")  # same cache key
+    assert status == 200 and headers["x-cache"] == "HIT" and body == lab.files["passed.bin"]
+    assert lab.origin.hits["/passed.bin"] == 1  # the bytes crossed the uplink once
+    key = f"http://origin.lab.test:{lab.port}/passed.bin"
+    assert lab.edge.catalog is not None
+    row = lab.edge.catalog.get(key)
+    assert row is not None and row.size == len(lab.files["passed.bin"]) and row.state == "cached"
+    # ranges, HEADs and errors pass through without being stored
+    assert lab.get("/missing.bin")[0] == 404
+    lab.get("/cached.bin", host="origin.lab.test")  # a hit, nothing to store
+    c = lab.edge.counters
+    assert c["fill.stored"] == 1 and c["fill.skipped.status"] == 1
+    assert not any((lab.edge.root / "tmp").iterdir())
+
+
+def test_fill_decisions() -> None:
+    from dns_redirect.hits import may_fill
+
+    ok = {"Content-Length": "10", "Content-Type": "video/mp4"}
+    assert may_fill("GET", {}, 200, ok, 100) == ""
+    assert may_fill("HEAD", {}, 200, ok, 100) == "method"
+    assert may_fill("GET", {"Range": "bytes=0-1"}, 200, ok, 100) == "request"
+    assert may_fill("GET", {}, 206, ok, 100) == "status"
+    assert may_fill("GET", {}, 200, {**ok, "Set-Cookie": "a=b"}, 100) == "cookie"
+    assert may_fill("GET", {}, 200, {**ok, "Cache-Control": "private, max-age=5"}, 100) == "cache-control"
+    assert may_fill("GET", {}, 200, {**ok, "Content-Encoding": "gzip"}, 100) == "encoded"
+    assert may_fill("GET", {}, 200, {**ok, "Vary": "Cookie"}, 100) == "vary"
+    assert may_fill("GET", {}, 200, {**ok, "Vary": "Accept-Encoding"}, 100) == ""
+    assert may_fill("GET", {}, 200, ok, 5) == "size"
