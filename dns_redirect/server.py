@@ -74,6 +74,7 @@ class DnsServer:
         self._health_task: asyncio.Task[None] | None = None
         self.port = settings.dns_port
         self._memo: dict[bytes, bytes] = {}
+        self._questions: dict[bytes, tuple[tuple[str, int, int, bool], int]] = {}
         self._memo_gen: tuple[int, bool] = (-1, False)
         self._v4 = pack_address(settings.node_address)
         self._v6 = pack_address(settings.node_address6)
@@ -97,6 +98,13 @@ class DnsServer:
         if tail is not None:
             self.counters["steered"] += 1
             return raw[:2] + tail
+        cache = self.cache
+        known = self._questions.get(body)  # a query seen before: skip parsing it again
+        if known is not None and cache is not None:
+            reply = cache.get_wire(known[0], raw, known[1], time.monotonic())
+            if reply is not None and (known[0][3] or len(reply) <= 512):
+                self.counters["cache-hit"] += 1
+                return reply
         q = parse_question(raw)
         if q is None:
             return FULL
@@ -106,9 +114,13 @@ class DnsServer:
             if len(self._memo) < 50_000:
                 self._memo[body] = answer[2:]
             return answer
-        if self.cache is not None:
-            reply = self.cache.get_wire((q.name, q.qtype, q.qclass, q.edns), raw, q.end, time.monotonic())
+        if cache is not None:
+            key = (q.name, q.qtype, q.qclass, q.edns)
+            reply = cache.get_wire(key, raw, q.end, time.monotonic())
             if reply is not None and (q.edns or len(reply) <= 512):
+                if len(self._questions) >= 50_000:
+                    self._questions.clear()
+                self._questions[body] = (key, q.end)
                 self.counters["cache-hit"] += 1
                 return reply
         return FULL
