@@ -214,3 +214,21 @@ def test_fast_path_follows_index_and_health(tmp_path: Path) -> None:
     index.apply(CacheEvent("http://cdn.lab.test/a", "evicted"))
     assert server.fast(q.to_wire(), "127.0.0.1") is FULL
     assert server.counters["steered"] == 3
+
+
+def test_fast_path_serves_cached_forwarded_answers(tmp_path: Path, dnsmasq: Dnsmasq) -> None:
+    from dns_redirect.server import FULL
+
+    settings = load_settings(state_dir=tmp_path, upstream_dns=(dnsmasq.upstream,))
+    server = DnsServer(settings, CacheIndex(), health_check=False)
+    q = dns.message.make_query("Origin.Lab.Test", "A")
+    assert server.fast(q.to_wire(), "127.0.0.1") is FULL  # nothing cached yet: the general path
+    run_handle(server, [q.to_wire()])  # forwards and caches
+    for qid in (1, 2, 3):  # the first parses the question, the next ones reuse it
+        q.id = qid
+        reply = server.fast(q.to_wire(), "127.0.0.1")
+        assert isinstance(reply, bytes)
+        msg = dns.message.from_wire(reply)
+        assert msg.id == qid and addresses(msg) == ["127.0.0.2"]
+        assert msg.question[0].name.to_text() == "Origin.Lab.Test."  # the client's own case
+    assert server.counters["cache-hit"] == 3 and server.counters["forwarded"] == 1
