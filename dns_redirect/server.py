@@ -181,13 +181,36 @@ class DnsServer:
             try:
                 transport.sendto(packet)
                 data = await asyncio.wait_for(future, 2.0)
-                if len(data) >= 2 and struct.unpack("!H", data[:2])[0] == out_id:
-                    return struct.pack("!H", qid) + data[2:]
             except (TimeoutError, OSError):
                 continue
             finally:
                 transport.close()
+            if len(data) < 4 or struct.unpack("!H", data[:2])[0] != out_id:
+                continue
+            if data[2] & 0x02:  # TC: the upstream's answer did not fit; ask it again over TCP
+                full = await self._forward_tcp(host, port, packet)
+                if full is not None and struct.unpack("!H", full[:2])[0] == out_id:
+                    data = full
+            return struct.pack("!H", qid) + data[2:]
         return None
+
+    @staticmethod
+    async def _forward_tcp(host: str, port: int, packet: bytes) -> bytes | None:
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2.0)
+        except (TimeoutError, OSError):
+            return None
+        try:
+            writer.write(struct.pack("!H", len(packet)) + packet)
+            await writer.drain()
+            size = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), 2.0))[0]
+            return await asyncio.wait_for(reader.readexactly(size), 2.0)
+        except (TimeoutError, OSError, asyncio.IncompleteReadError):
+            return None
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
 
     async def check_health(self, session: aiohttp.ClientSession) -> bool:
         try:

@@ -22,8 +22,10 @@ class DnsmasqSetupError(RuntimeError):
 
 
 class Dnsmasq:
-    def __init__(self, records: Mapping[str, str], address: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, records: Mapping[str, str], address: str = "127.0.0.1", port: int = 0,
+                 txt: Mapping[str, list[str]] | None = None) -> None:
         self.records = dict(records)
+        self.txt = dict(txt or {})
         self.address = address
         self.port = port
         self.proc: subprocess.Popen[bytes] | None = None
@@ -53,6 +55,7 @@ class Dnsmasq:
                 f"--listen-address={self.address}", f"--port={self.port}", "--user=root", "--pid-file=",
                 "--log-facility=-", "--cache-size=1000", "--local-ttl=60"]
         args += [f"--address=/{name}/{ip}" for name, ip in self.records.items()]
+        args += [f"--txt-record={name},{','.join(texts)}" for name, texts in self.txt.items()]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         deadline = time.monotonic() + timeout
         name = next(iter(self.records), "heatcache.invalid")

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import dns.flags
 import dns.message
 import dns.query
 import dns.rcode
@@ -232,3 +233,35 @@ def test_fast_path_serves_cached_forwarded_answers(tmp_path: Path, dnsmasq: Dnsm
         assert msg.id == qid and addresses(msg) == ["127.0.0.2"]
         assert msg.question[0].name.to_text() == "Origin.Lab.Test."  # the client's own case
     assert server.counters["cache-hit"] == 3 and server.counters["forwarded"] == 1
+
+
+def test_large_answers_are_truncated_for_plain_udp(tmp_path: Path) -> None:
+    big = Dnsmasq({"origin.lab.test": "127.0.0.2"}, txt={"big.lab.test": [f"chunk{i:02d}-" + "x" * 90
+                                                                          for i in range(12)]})
+    big.start()
+    settings = load_settings(state_dir=tmp_path, dns_port=0, upstream_dns=(big.upstream,))
+    server = DnsServer(settings, CacheIndex(), health_check=False)
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(server.start())
+
+    def query(**kw: object) -> dns.message.Message:
+        q = dns.message.make_query("big.lab.test", "TXT", **kw)  # type: ignore[arg-type]
+        fut = loop.run_in_executor(None, lambda: dns.query.udp(q, "127.0.0.1", port=server.port, timeout=5,
+                                                                ignore_trailing=True))
+        return loop.run_until_complete(fut)
+
+    try:
+        plain = query()
+        assert plain.flags & dns.flags.TC and plain.answer == []  # retry over TCP, says the server
+        edns = query(use_edns=0, payload=4096)
+        assert not edns.flags & dns.flags.TC and sum(len(r.to_text()) for r in edns.answer[0]) > 1000
+        fut = loop.run_in_executor(None, lambda: dns.query.tcp(dns.message.make_query("big.lab.test", "TXT"),
+                                                                "127.0.0.1", port=server.port, timeout=5))
+        over_tcp = loop.run_until_complete(fut)
+        assert len(over_tcp.answer[0]) == 1 and not over_tcp.flags & dns.flags.TC
+        assert server.counters["truncated"] == 1
+    finally:
+        loop.run_until_complete(server.stop())
+        loop.run_until_complete(asyncio.sleep(0.1))
+        loop.close()
+        big.stop()
