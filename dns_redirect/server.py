@@ -91,7 +91,9 @@ class DnsServer:
         # bytes, valid for one version of the index and one health state.
         gen = (self.index.version, self.edge_healthy)
         if gen != self._memo_gen:
+            # both memos hold decisions of one generation: "steered" and "not steered, cached"
             self._memo.clear()
+            self._questions.clear()
             self._memo_gen = gen
         body = raw[2:]
         tail = self._memo.get(body)

@@ -265,3 +265,17 @@ def test_large_answers_are_truncated_for_plain_udp(tmp_path: Path) -> None:
         loop.run_until_complete(asyncio.sleep(0.1))
         loop.close()
         big.stop()
+
+
+def test_a_cached_upstream_answer_never_hides_new_steering(tmp_path: Path, dnsmasq: Dnsmasq) -> None:
+    settings = load_settings(state_dir=tmp_path, upstream_dns=(dnsmasq.upstream,), node_address="192.0.2.10")
+    index = CacheIndex()
+    server = DnsServer(settings, index, health_check=False)
+    q = dns.message.make_query("origin.lab.test", "A")
+    run_handle(server, [q.to_wire()])  # forwarded and cached (dnsmasq's TTL is 60 s)
+    for _ in range(2):  # the question is now known to the fast path
+        reply = server.fast(q.to_wire(), "127.0.0.1")
+        assert isinstance(reply, bytes) and addresses(dns.message.from_wire(reply)) == ["127.0.0.2"]
+    index.apply(CacheEvent("http://origin.lab.test/video.bin", "cached", path="objects/aa/v"))
+    reply = server.fast(q.to_wire(), "127.0.0.1")  # steered at once, not after the cached TTL
+    assert isinstance(reply, bytes) and addresses(dns.message.from_wire(reply)) == ["192.0.2.10"]
