@@ -9,11 +9,12 @@ import time
 import uuid
 from collections import Counter
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from heatcache import contract
 from heatcache.cachekey import key_host
 from heatcache.contract import CacheEvent, DecodeError
+from heatcache.kafkautil import assign_from_beginning
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +82,7 @@ class CacheEventsFollower(threading.Thread):
         })
 
     def run(self) -> None:
-        md = self.consumer.list_topics(self.topic, timeout=30)
-        parts = list(md.topics[self.topic].partitions) if self.topic in md.topics else []
-        self.consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in parts])
+        parts = assign_from_beginning(self.consumer, self.topic)
         # Caught up once every partition reached the end it had when we started.
         pending = {p for p in parts if self._has_data(p)}
         if not pending:

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
 
 from heatcache import contract
 from heatcache.settings import Settings
@@ -62,17 +62,20 @@ def publish_metrics(prod: Producer, settings: Settings, stage: str, values: dict
     prod.produce(settings.topic(contract.METRICS), key=stage.encode(), value=orjson.dumps(record))
 
 
+def assign_from_beginning(cons: Consumer, topic: str, timeout: float = 30.0) -> list[int]:
+    """Assign every partition of ``topic`` at its first offset (no group offsets); the partitions."""
+    md = cons.list_topics(topic, timeout=timeout)
+    parts = list(md.topics[topic].partitions) if topic in md.topics else []
+    cons.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+    return parts
+
+
 def read_topic(bootstrap: str, topic: str, timeout: float = 20.0) -> list[Message]:
     """Every message now in ``topic`` (all partitions, from the beginning): for tools and tests."""
-    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
-
     cons = Consumer({"bootstrap.servers": bootstrap, "group.id": "heatcache-reader", "enable.auto.commit": False,
                      "enable.partition.eof": True})
     try:
-        md = cons.list_topics(topic, timeout=timeout)
-        parts = list(md.topics[topic].partitions) if topic in md.topics else []
-        cons.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-        pending = set(parts)
+        pending = set(assign_from_beginning(cons, topic, timeout))
         out: list[Message] = []
         deadline = time.monotonic() + timeout
         while pending and time.monotonic() < deadline:
