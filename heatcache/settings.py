@@ -179,10 +179,6 @@ class Settings(BaseSettings):
     def health_interval(self) -> float:
         return self.dns_health_interval_s or max(0.5, self.dns_ttl / 3)
 
-    @property
-    def aria2_url(self) -> str:
-        return f"{self.aria2_rpc_host}:{self.aria2_rpc_port}"
-
     def topic(self, name: str) -> str:
         """Full topic name for a logical one ('requests', 'hot-urls', ...)."""
         field = "topic_" + name.replace("-", "_")

@@ -89,12 +89,10 @@ class StageProcess:
 class Stack:
     """Everything `heatcache up` runs. Use as a context manager or call start()/stop()."""
 
-    def __init__(self, settings: Settings, stages: Iterable[str] = STAGES, console: TextIO | None = sys.stdout,
-                 extra_env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, settings: Settings, stages: Iterable[str] = STAGES, console: TextIO | None = sys.stdout) -> None:
         self.settings = settings
         self.stages = [s for s in STAGES if s in set(stages)]
         self.console = console
-        self.extra_env = dict(extra_env or {})
         self.state_dir = settings.state_dir.resolve()
         self.broker: EmbeddedKafka | None = None
         self.aria2: Aria2Daemon | None = None
@@ -110,7 +108,7 @@ class Stack:
                 self.bootstrap = self.broker.start()
                 log.info("Kafka %s up at %s", "broker", self.bootstrap)
             ensure_topics(self.bootstrap, s)
-            env = {**os.environ, **settings_env(s), **self.extra_env, "HEATCACHE_KAFKA_BOOTSTRAP": self.bootstrap,
+            env = {**os.environ, **settings_env(s), "HEATCACHE_KAFKA_BOOTSTRAP": self.bootstrap,
                    "PYTHONUNBUFFERED": "1"}
             if "fetch" in self.stages:
                 self.aria2 = Aria2Daemon(self.state_dir / "aria2", s.aria2_secret, s.aria2_rpc_port,
