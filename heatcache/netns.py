@@ -17,6 +17,26 @@ def sh(*args: str) -> str:
     return proc.stdout
 
 
+def _ip(ns: str | None, *args: str) -> str:
+    """``ip`` inside namespace ``ns``, or in this host's own namespace for None."""
+    return sh("ip", *(("-n", ns) if ns else ()), *args)
+
+
+def add_namespaces(*names: str) -> None:
+    for ns in names:
+        sh("ip", "netns", "add", ns)
+        _ip(ns, "link", "set", "lo", "up")
+
+
+def veth(ns_a: str | None, if_a: str, ip_a: str, ns_b: str, if_b: str, ip_b: str) -> None:
+    """A veth pair between two namespaces (None: this host's), a /24 address and up on each end."""
+    where_a = ("netns", ns_a) if ns_a else ()
+    sh("ip", "link", "add", if_a, *where_a, "type", "veth", "peer", "name", if_b, "netns", ns_b)
+    for ns, ifname, ip in ((ns_a, if_a, ip_a), (ns_b, if_b, ip_b)):
+        _ip(ns, "addr", "add", f"{ip}/24", "dev", ifname)
+        _ip(ns, "link", "set", ifname, "up")
+
+
 @dataclass
 class GatewayLab:
     """client --(veth)-- gateway --(veth)-- origin, the gateway routing between them.
@@ -49,13 +69,9 @@ class GatewayLab:
 
     def start(self) -> GatewayLab:
         try:
-            for ns in (self.client, self.gateway, self.origin):
-                sh("ip", "netns", "add", ns)
-                sh("ip", "-n", ns, "link", "set", "lo", "up")
-            self._link(self.client, f"cg{self.tag}", self.client_ip, self.gateway, self.gw_client_if,
-                       self.gw_client_ip)
-            self._link(self.origin, f"og{self.tag}", self.origin_ip, self.gateway, f"go{self.tag}",
-                       self.gw_origin_ip)
+            add_namespaces(self.client, self.gateway, self.origin)
+            veth(self.client, f"cg{self.tag}", self.client_ip, self.gateway, self.gw_client_if, self.gw_client_ip)
+            veth(self.origin, f"og{self.tag}", self.origin_ip, self.gateway, f"go{self.tag}", self.gw_origin_ip)
             sh("ip", "netns", "exec", self.gateway, "sysctl", "-qw", "net.ipv4.ip_forward=1")
             sh("ip", "-n", self.client, "route", "add", "default", "via", self.gw_client_ip)
             sh("ip", "-n", self.origin, "route", "add", "default", "via", self.gw_origin_ip)
@@ -64,13 +80,6 @@ class GatewayLab:
             self.stop()
             raise
         return self
-
-    def _link(self, ns_a: str, if_a: str, ip_a: str, ns_b: str, if_b: str, ip_b: str) -> None:
-        sh("ip", "link", "add", if_a, "netns", ns_a, "type", "veth", "peer", "name", if_b, "netns", ns_b)
-        sh("ip", "-n", ns_a, "addr", "add", f"{ip_a}/24", "dev", if_a)
-        sh("ip", "-n", ns_b, "addr", "add", f"{ip_b}/24", "dev", if_b)
-        sh("ip", "-n", ns_a, "link", "set", if_a, "up")
-        sh("ip", "-n", ns_b, "link", "set", if_b, "up")
 
     def exec_args(self, ns: str, *args: str) -> list[str]:
         return ["ip", "netns", "exec", ns, *args]
@@ -114,26 +123,14 @@ class CampusLab:
 
     def start(self) -> CampusLab:
         try:
-            for ns in (self.client, self.router, self.origin):
-                sh("ip", "netns", "add", ns)
-                sh("ip", "-n", ns, "link", "set", "lo", "up")
+            add_namespaces(self.client, self.router, self.origin)
             r1, r2, r3 = self.router_ips
-            for ns, ifname, ip, rif, rip in ((self.client, f"hc{self.tag}", self.client_ip, f"rc{self.tag}", r1),
-                                             (self.origin, f"ho{self.tag}", self.origin_ip, f"ro{self.tag}", r2)):
-                sh("ip", "link", "add", ifname, "netns", ns, "type", "veth", "peer", "name", rif, "netns",
-                   self.router)
-                sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", ifname)
-                sh("ip", "-n", self.router, "addr", "add", f"{rip}/24", "dev", rif)
-                sh("ip", "-n", ns, "link", "set", ifname, "up")
-                sh("ip", "-n", self.router, "link", "set", rif, "up")
-                sh("ip", "-n", ns, "route", "add", "default", "via", rip)
+            veth(self.client, f"hc{self.tag}", self.client_ip, self.router, f"rc{self.tag}", r1)
+            veth(self.origin, f"ho{self.tag}", self.origin_ip, self.router, f"ro{self.tag}", r2)
+            for ns, gateway in ((self.client, r1), (self.origin, r2)):
+                _ip(ns, "route", "add", "default", "via", gateway)
             # the cache node is this host's own namespace, on a veth of its own
-            sh("ip", "link", "add", self.node_if, "type", "veth", "peer", "name", f"rn{self.tag}", "netns",
-               self.router)
-            sh("ip", "addr", "add", f"{self.node_ip}/24", "dev", self.node_if)
-            sh("ip", "-n", self.router, "addr", "add", f"{r3}/24", "dev", f"rn{self.tag}")
-            sh("ip", "link", "set", self.node_if, "up")
-            sh("ip", "-n", self.router, "link", "set", f"rn{self.tag}", "up")
+            veth(None, self.node_if, self.node_ip, self.router, f"rn{self.tag}", r3)
             for net in ("10.232.1.0/24", "10.232.2.0/24"):
                 sh("ip", "route", "add", net, "via", r3, "dev", self.node_if)
             sh("ip", "netns", "exec", self.router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
