@@ -24,7 +24,6 @@ from heatcache.netutil import free_port, wait_for_port  # noqa: E402
 EDGE = r"""
 import asyncio, sys
 from pathlib import Path
-from aiohttp import web
 from dns_redirect.edge import Edge
 from dns_redirect.index import CacheIndex
 from heatcache.cachekey import KeyRules
@@ -37,12 +36,11 @@ for line in sys.argv[3:]:
     key, rel, size = line.split("|")
     index.apply(CacheEvent(key, "cached", path=rel, size=int(size), content_type="application/octet-stream"))
 async def main():
-    runner = web.AppRunner(Edge(settings, index, KeyRules.load()).app(), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port, backlog=1024).start()
+    await Edge(settings, index, KeyRules.load()).start("127.0.0.1", port)
     print("ready", flush=True)
     await asyncio.Event().wait()
-asyncio.run(main())  # the default loop: uvloop has no loop.sendfile, hits would be copied through Python
+import uvloop
+uvloop.run(main())  # as `heatcache edge` runs
 """
 
 NGINX = """

@@ -1,7 +1,8 @@
 """The edge HTTP server on the cache node.
 
-A request for a cached object is served from disk (``loop.sendfile``: zero copy; Range, HEAD
-and conditional requests decided by the pure planner in ``hits.py``); anything else for a
+A request for a cached object is served from disk (zero copy ``sendfile``; Range, HEAD and
+conditional requests decided by the pure planner in ``hits.py``), by the lean protocol in
+``front.py`` for plain requests and by aiohttp otherwise; anything else for a
 steered host is streamed through from the origin, resolved through the upstream resolver (never
 our own DNS) and never to internal addresses. Hosts that are not steered are refused: the edge is
 not an open proxy.
@@ -26,7 +27,8 @@ import aiohttp
 from aiohttp import web
 from confluent_kafka import Producer
 
-from dns_redirect.hits import etag_for, http_date, may_fill, plan_hit
+from dns_redirect.front import HitFront, OpenObjects
+from dns_redirect.hits import SimpleHead, etag_for, head_end, head_start, http_date, may_fill, plan_hit
 from dns_redirect.index import CacheIndex
 from fetcher.catalog import Catalog, Entry
 from fetcher.paths import object_relpath, resolve_in_root
@@ -64,6 +66,85 @@ class Edge:
         self.session: aiohttp.ClientSession | None = None
         self.pending_hits: dict[str, tuple[int, float]] = {}
         self._flusher: asyncio.Task[None] | None = None
+        self._keys: dict[tuple[str, str], tuple[str, str]] = {}  # (Host, target) -> (cache key, host)
+        self._date: tuple[int, dict[tuple[bool, bool], bytes]] = (0, {})
+        self._open = OpenObjects(self.root)
+        self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
+        self._fronts: set[HitFront] = set()
+
+    async def start(self, host: str, port: int, *, reuse_address: bool = True, backlog: int = 1024) -> None:
+        """Listen on host:port: the hit front first, aiohttp behind it for everything else."""
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        server = self._runner.server
+        assert server is not None
+        self._listener = await asyncio.get_running_loop().create_server(
+            lambda: HitFront(self, server, self._fronts), host, port, reuse_address=reuse_address, backlog=backlog)
+
+    async def stop(self) -> None:
+        """Stop listening, close idle front connections, let aiohttp finish its own (and flush
+        the pending hit counts to the catalog)."""
+        if self._listener is not None:
+            self._listener.close()
+        for front in list(self._fronts):
+            front.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._listener is not None:
+            await self._listener.wait_closed()
+            self._listener = None
+        self._open.close()
+
+    def _head_end(self, head: SimpleHead) -> bytes:
+        """Date changes once a second: the three possible tails are built then, not per hit."""
+        now = int(time.time())
+        if self._date[0] != now:
+            date = http_date(now)
+            self._date = (now, {(ka, h10): head_end(date, ka, h10) for ka in (True, False) for h10 in (True, False)})
+        return self._date[1][head.keep_alive, head.http10]
+
+    def _book_hit(self, key: str) -> None:
+        self.counters["hits"] += 1
+        n, _last = self.pending_hits.get(key, (0, 0.0))
+        self.pending_hits[key] = (n + 1, time.time())
+
+    def front_hit(self, head: SimpleHead) -> tuple[bytes, int, int, int] | None:
+        """A plain request the front can answer from disk: (head bytes, open file descriptor
+        (shared: not to be closed), offset, length); None when it is not a servable hit, and
+        aiohttp's ``handle`` decides (the same checks, in the same order, so both paths refuse
+        and pass through alike)."""
+        h = head.headers
+        if VIA in h.get("via", ""):
+            return None
+        host_header = h.get("host", "")
+        memo = self._keys.get((host_header, head.target))
+        if memo is None:
+            try:
+                memo = (cache_key(host_header, head.target, self.rules), split_host(host_header)[0])
+            except BadUrl:
+                return None
+            if len(self._keys) >= 8192:
+                self._keys.clear()
+            self._keys[(host_header, head.target)] = memo
+        key, host = memo
+        if not self.index.is_steered(host) and not self.index.recently_steered(host, 2 * self.settings.dns_ttl):
+            return None
+        entry = self.index.get(key)
+        if entry is None:
+            return None
+        obj = self._open.get(entry, self.index.version)
+        if obj is None:
+            return None
+        self._book_hit(entry.cache_key)
+        if "range" in h or "if-none-match" in h or "if-modified-since" in h:
+            plan = plan_hit(obj.size, obj.etag, obj.last_modified, obj.content_type, h.get("if-none-match", ""),
+                            h.get("if-modified-since", ""), h.get("range", ""), h.get("if-range", ""))
+            header = head_start(plan) + self._head_end(head)
+            length = plan.length if plan.status in (200, 206) and head.method != "HEAD" else 0
+            return header, obj.fd, plan.start, length
+        return obj.plain + self._head_end(head), obj.fd, 0, obj.size if head.method != "HEAD" else 0
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1024**2, handler_args={"max_field_size": 16384, "max_headers": 100})
@@ -185,10 +266,7 @@ class Edge:
             fobj = open(path, "rb")
         except OSError:
             return None  # evicted under us: pass through
-        # booked before the first byte leaves: the client may have it all before we return
-        self.counters["hits"] += 1
-        n, _last = self.pending_hits.get(entry.cache_key, (0, 0.0))
-        self.pending_hits[entry.cache_key] = (n + 1, time.time())
+        self._book_hit(entry.cache_key)  # before the first byte leaves: the client may have it all first
         try:
             st = os.fstat(fobj.fileno())
             h = request.headers
@@ -205,7 +283,14 @@ class Edge:
                     transport = request.transport
                     if transport is None:
                         raise ConnectionResetError("connection lost")
-                    await asyncio.get_running_loop().sendfile(transport, fobj, plan.start, plan.length)
+                    try:
+                        await asyncio.get_running_loop().sendfile(transport, fobj, plan.start, plan.length)
+                    except NotImplementedError:  # uvloop has no loop.sendfile: copy (a rare path here)
+                        fobj.seek(plan.start)
+                        left = plan.length
+                        while left > 0 and (chunk := fobj.read(min(left, 256 * 1024))):
+                            await resp.write(chunk)
+                            left -= len(chunk)
                 await resp.write_eof()
             except ConnectionError:
                 self.counters["client-gone"] += 1  # the client hung up mid-answer: nothing to send

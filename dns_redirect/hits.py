@@ -106,3 +106,79 @@ def may_fill(method: str, request_headers: Mapping[str, str], status: int, respo
     if length is not None and (not length.isdigit() or int(length) > max_bytes):
         return "size"
     return ""
+
+
+class SimpleHead(NamedTuple):
+    """A plain GET/HEAD request head without a body: the only kind the hit front answers itself."""
+
+    method: str
+    target: str
+    http10: bool
+    headers: dict[str, str]  # lower-case names
+    keep_alive: bool
+
+
+MAX_HEAD = 16384
+MAX_HEADERS = 100
+_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+# a request with any of these needs the full HTTP server (bodies, upgrades, 100-continue)
+_NOT_SIMPLE = frozenset({"content-length", "transfer-encoding", "expect", "upgrade", "http2-settings"})
+
+
+def parse_simple_head(head: bytes) -> SimpleHead | None:
+    """Parse a request head (without its final CRLFCRLF) if, and only if, it is plainly a body-less
+    GET or HEAD in HTTP/1.x; None for anything else, including anything malformed or unusual,
+    which the caller hands to the full HTTP server (whose strict parser answers errors).
+
+    Conservative on purpose: a false None costs speed, a false parse could mean smuggling."""
+    if len(head) > MAX_HEAD or not head.isascii():
+        return None
+    lines = head.decode("ascii").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3:
+        return None
+    method, target, version = parts
+    if method not in ("GET", "HEAD") or version not in ("HTTP/1.1", "HTTP/1.0") or not target.startswith("/"):
+        return None
+    if not target.isprintable() or len(lines) > MAX_HEADERS + 1:
+        return None
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if not colon or not name or not _TOKEN.issuperset(name):  # also rejects obs-fold and "\n" alone
+            return None
+        name = name.lower()
+        if name in headers or name in _NOT_SIMPLE or not value.isprintable():
+            return None  # duplicates (two Hosts...) are for the strict parser to judge
+        headers[name] = value.strip(" \t")
+    http10 = version == "HTTP/1.0"
+    if not http10 and "host" not in headers:
+        return None
+    tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
+    keep_alive = "keep-alive" in tokens if http10 else "close" not in tokens
+    return SimpleHead(method, target, http10, headers, keep_alive)
+
+
+_REASONS = {200: "OK", 206: "Partial Content", 304: "Not Modified", 412: "Precondition Failed",
+            416: "Range Not Satisfiable"}
+
+
+def head_start(plan: HitPlan) -> bytes:
+    """The status line and the object's headers of a planned hit (the part that does not change
+    from one request to the next)."""
+    lines = [f"HTTP/1.1 {plan.status} {_REASONS.get(plan.status, 'OK')}"]
+    lines.extend(f"{k}: {v}" for k, v in plan.headers.items())
+    if plan.status != 304:  # a 304 carries neither a body nor a length
+        lines.append(f"Content-Length: {plan.length if plan.status in (200, 206) else 0}")
+    return ("\r\n".join(lines) + "\r\n").encode("latin-1", "replace")
+
+
+def head_end(date: str, keep_alive: bool, http10: bool) -> bytes:
+    """The per-request tail of a response head: Date, Server, the connection's fate, blank line."""
+    conn = "" if keep_alive and not http10 else "Connection: keep-alive\r\n" if keep_alive else "Connection: close\r\n"
+    return f"Date: {date}\r\nServer: heatcache\r\n{conn}\r\n".encode("latin-1")
+
+
+def response_head(plan: HitPlan, date: str, keep_alive: bool, http10: bool) -> bytes:
+    """The status line and headers of a planned hit, as bytes ready for the socket."""
+    return head_start(plan) + head_end(date, keep_alive, http10)

@@ -77,8 +77,6 @@ def _serve(settings: Settings, stage: str) -> int:
             await server.stop()
             log.info("dns stopped: %s", dict(server.counters))
         else:
-            from aiohttp import web
-
             from dns_redirect.edge import Edge
             from fetcher.catalog import open_catalog
             from heatcache.cachekey import KeyRules
@@ -87,25 +85,20 @@ def _serve(settings: Settings, stage: str) -> int:
             prod = producer(_bootstrap(settings))
             catalog = open_catalog(settings.catalog)
             edge = Edge(settings, index, KeyRules.load(settings.cache_key_rules), catalog, prod)
-            runner = web.AppRunner(edge.app(), access_log=None)
-            await runner.setup()
-            site = web.TCPSite(runner, settings.edge_host, settings.edge_port, reuse_address=True)
-            await site.start()
+            await edge.start(settings.edge_host, settings.edge_port)
             log.info("edge on %s:%d", settings.edge_host, settings.edge_port)
             announce_ready("edge")
             await stop.wait()
-            await runner.cleanup()  # flushes pending hit counts to the catalog
+            await edge.stop()  # flushes pending hit counts to the catalog
             prod.flush(10)
             catalog.close()
             log.info("edge stopped: %s", dict(edge.counters))
 
     try:
-        if stage == "dns":
-            import uvloop  # libuv's loop: more DNS answers per core
+        import uvloop  # libuv's loop: more DNS answers and edge hits per core (the edge's hit
+        # front sends bodies with os.sendfile itself, so uvloop's missing loop.sendfile is no loss)
 
-            uvloop.run(main())
-        else:
-            asyncio.run(main())  # the default loop: uvloop has no loop.sendfile, which hits need
+        uvloop.run(main())
     finally:
         follower.stop()
         follower.join(5)

@@ -5,93 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import http.client
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
-from aiohttp import web
 
 from dns_redirect.edge import Edge
 from dns_redirect.index import CacheIndex
-from fetcher.catalog import Entry, open_catalog
-from fetcher.paths import object_relpath
 from heatcache.cachekey import KeyRules
 from heatcache.contract import CacheEvent
-from heatcache.lab import NODE_IP, ORIGIN_IP, Origin, make_sample_files, shared_port
+from heatcache.lab import NODE_IP, shared_port
 from heatcache.services.dnsmasq import Dnsmasq
 from heatcache.settings import load_settings
-
-
-@dataclass
-class EdgeLab:
-    port: int
-    edge: Edge
-    origin: Origin
-    files: dict[str, bytes]
-
-    def get(self, path: str, host: str = "origin.lab.test", method: str = "GET",
-            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection(NODE_IP, self.port, timeout=10)
-        try:
-            conn.request(method, path, headers={"Host": f"{host}:{self.port}", **(headers or {})})
-            resp = conn.getresponse()
-            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-        finally:
-            conn.close()
-
-
-def start_edge(edge: Edge, port: int) -> tuple[asyncio.AbstractEventLoop, web.AppRunner, threading.Thread]:
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(edge.app(), access_log=None)
-    ready = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, NODE_IP, port).start())
-        ready.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    return loop, runner, thread
-
-
-def stop_edge(loop: asyncio.AbstractEventLoop, runner: web.AppRunner, thread: threading.Thread) -> None:
-    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-    asyncio.run_coroutine_threadsafe(asyncio.sleep(0.2), loop).result(5)  # let closing transports finish
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
-    loop.close()
-
-
-@pytest.fixture
-def lab(tmp_path: Path, dnsmasq: Dnsmasq) -> Iterator[EdgeLab]:
-    port = shared_port()
-    files = make_sample_files(tmp_path / "www", {"cached.bin": 300_000, "passed.bin": 200_000})
-    origin = Origin(tmp_path / "www", ORIGIN_IP, port).start()
-    settings = load_settings(state_dir=tmp_path / "state", upstream_dns=(dnsmasq.upstream,), node_address=NODE_IP,
-                             allow_private_origins=True, outbound_address=NODE_IP, purge_token="s3cret")
-    key = f"http://origin.lab.test:{port}/cached.bin"
-    rel = object_relpath(key)
-    path = settings.cache_root / rel
-    path.parent.mkdir(parents=True)
-    path.write_bytes(files["cached.bin"])
-    index = CacheIndex()
-    index.apply(CacheEvent(key, "cached", path=rel, size=len(files["cached.bin"]), content_type="video/mp4"))
-    index.apply(CacheEvent(f"http://internal.lab.test:{port}/x", "cached", path="objects/00/x"))
-    index.apply(CacheEvent(f"http://escape.lab.test:{port}/x", "cached", path="../../../../etc/passwd"))
-    catalog = open_catalog(settings.catalog)
-    catalog.upsert(Entry(key, key, "origin.lab.test", rel, 300_000, "0" * 64, "", "", "video/mp4", "cached", 1.0))
-    edge = Edge(settings, index, KeyRules.load(), catalog, hit_flush_s=3600)  # flushed by hand in tests
-    running = start_edge(edge, port)
-    yield EdgeLab(port, edge, origin, files)
-    stop_edge(*running)
-    catalog.close()
-    origin.stop()
+from tests.dns_redirect.edgelab import EdgeLab, start_edge, stop_edge
 
 
 def test_hit_is_served_from_disk(lab: EdgeLab) -> None:

@@ -1,10 +1,21 @@
-"""Unit tests for hit semantics (dns_redirect/hits.py): ranges and conditional requests."""
+"""Unit tests for hit semantics (dns_redirect/hits.py): ranges and conditional requests, the
+hit front's request recognizer and response heads."""
 
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from dns_redirect.hits import etag_for, plan_hit
+from dns_redirect.hits import (
+    SimpleHead,
+    etag_for,
+    head_end,
+    head_start,
+    parse_simple_head,
+    plan_hit,
+    response_head,
+)
 
 ETAG = etag_for("ab" * 32, 1000)
 LM = "Mon, 23 Nov 2026 08:00:00 GMT"
@@ -44,3 +55,69 @@ def test_conditionals() -> None:
     assert plan_hit(1000, ETAG, LM, "", range_header="bytes=0-9", if_range='"old"').status == 200
     assert plan_hit(1000, ETAG, LM, "", range_header="bytes=0-9", if_range=ETAG).status == 206
     assert plan_hit(10, etag_for("", 10), "", "").headers["Content-Type"] == "application/octet-stream"
+
+
+# -- the hit front's request recognizer: plain requests only, everything else to aiohttp
+
+
+def test_plain_get_and_head_are_recognized() -> None:
+    head = parse_simple_head(b"GET /a/b.iso?x=1 HTTP/1.1\r\nHost: mirror.test\r\nRange:  bytes=0-9 \r\n"
+                             b"User-Agent: curl/8\r\nConnection: keep-alive")
+    assert head == SimpleHead("GET", "/a/b.iso?x=1", False,
+                              {"host": "mirror.test", "range": "bytes=0-9", "user-agent": "curl/8",
+                               "connection": "keep-alive"}, True)
+    assert parse_simple_head(b"HEAD / HTTP/1.1\r\nhOsT: m.test\r\nConnection: close") == SimpleHead(
+        "HEAD", "/", False, {"host": "m.test", "connection": "close"}, False)
+
+
+def test_http10_keeps_alive_only_when_asked() -> None:
+    plain = parse_simple_head(b"GET / HTTP/1.0\r\nHost: m.test")
+    assert plain is not None and plain.http10 and not plain.keep_alive
+    asked = parse_simple_head(b"GET / HTTP/1.0\r\nHost: m.test\r\nConnection: Keep-Alive")
+    assert asked is not None and asked.keep_alive
+
+
+@pytest.mark.parametrize("head", [
+    b"POST / HTTP/1.1\r\nHost: m.test",
+    b"GET / HTTP/1.1\r\nHost: m.test\r\nContent-Length: 0",  # a body: the full server's job
+    b"GET / HTTP/1.1\r\nHost: m.test\r\nTransfer-Encoding: chunked",
+    b"GET / HTTP/1.1\r\nHost: m.test\r\nExpect: 100-continue",
+    b"GET / HTTP/1.1\r\nHost: m.test\r\nUpgrade: websocket",
+    b"GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test",  # two Hosts: smuggling bait
+    b"GET / HTTP/1.1\r\nHost: m.test\r\n folded: line",
+    b"GET / HTTP/1.1\r\nHost : m.test",  # whitespace before the colon (RFC 9112 5.1: reject)
+    b"GET / HTTP/1.1\r\nHost: m.test\r\nX: a\x00b",
+    b"GET / HTTP/1.1\r\nHost: m.test\nX: lf-only",
+    b"GET /\xc3\xa9 HTTP/1.1\r\nHost: m.test",
+    b"GET / HTTP/1.1",  # no Host in 1.1
+    b"GET http://m.test/ HTTP/1.1\r\nHost: m.test",  # absolute form: proxy requests are not hits
+    b"GET  / HTTP/1.1\r\nHost: m.test",
+    b"GET / HTTP/2.0\r\nHost: m.test",
+    b"GET / HTTP/1.1\r\nHost: m.test\r\n",  # an empty header line inside the head
+    b"GET / HTTP/1.1\r\nHost: m.test\r\n" + b"X-A: b\r\n" * 120,
+    b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\nHost: m.test",
+    b"",
+])
+def test_anything_unusual_goes_to_the_full_server(head: bytes) -> None:
+    assert parse_simple_head(head) is None
+
+
+@given(st.binary(max_size=300))
+@settings(max_examples=3000)
+def test_recognizer_never_raises(data: bytes) -> None:
+    head = parse_simple_head(data)
+    assert head is None or head.method in ("GET", "HEAD")
+
+
+def test_response_heads() -> None:
+    plan = plan_hit(10, '"e"', "", "text/plain")
+    assert response_head(plan, "D", True, False) == (
+        b'HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nETag: "e"\r\nAccept-Ranges: bytes\r\nX-Cache: HIT\r\n'
+        b"Content-Length: 10\r\nDate: D\r\nServer: heatcache\r\n\r\n")
+    assert head_end("D", False, False).endswith(b"Connection: close\r\n\r\n")
+    assert head_end("D", True, True).endswith(b"Connection: keep-alive\r\n\r\n")
+    not_modified = plan_hit(10, '"e"', "", "text/plain", if_none_match='"e"')
+    assert b"Content-Length" not in head_start(not_modified) and head_start(not_modified).startswith(
+        b"HTTP/1.1 304 Not Modified\r\n")
+    unsatisfiable = plan_hit(10, '"e"', "", "", range_header="bytes=50-")
+    assert b"Content-Length: 0\r\n" in head_start(unsatisfiable)
