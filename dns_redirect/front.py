@@ -198,6 +198,8 @@ class HitFront(asyncio.Protocol):
         transport, sock, pending = self.transport, self.sock, self.pending
         assert transport is not None and sock is not None and pending is not None
         fd, offset, end, keep_alive = pending
+        if transport.get_write_buffer_size():
+            return  # the head is still in the transport's buffer: it must leave first
         try:
             with contextlib.suppress(BlockingIOError):
                 while offset < end:

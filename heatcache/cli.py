@@ -77,6 +77,8 @@ def _serve(settings: Settings, stage: str) -> int:
             await server.stop()
             log.info("dns stopped: %s", dict(server.counters))
         else:
+            import resource
+
             from dns_redirect.edge import Edge
             from fetcher.catalog import open_catalog
             from heatcache.cachekey import KeyRules
@@ -85,6 +87,9 @@ def _serve(settings: Settings, stage: str) -> int:
             prod = producer(_bootstrap(settings))
             catalog = open_catalog(settings.catalog)
             edge = Edge(settings, index, KeyRules.load(settings.cache_key_rules), catalog, prod)
+            # one descriptor per connection plus the open objects: take what the system allows
+            _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
             await edge.start(settings.edge_host, settings.edge_port)
             log.info("edge on %s:%d", settings.edge_host, settings.edge_port)
             announce_ready("edge")

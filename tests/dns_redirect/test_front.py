@@ -176,3 +176,19 @@ def test_stop_closes_idle_front_connections(lab: EdgeLab) -> None:
             pass
     finally:
         sock.close()
+
+
+def test_a_pipelining_client_that_reads_late_gets_every_answer_intact(lab: EdgeLab) -> None:
+    """Forty answers (12 MB) pipelined to a client that does not read at first: every answer
+    leaves whole and in order although the socket fills up mid-body many times."""
+    with connect(lab) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+        n = 40
+        sock.sendall(b"".join(request(lab, "/cached.bin", "HEAD" if i % 3 == 2 else "GET") for i in range(n)))
+        time.sleep(0.5)  # nobody reads: the edge's socket fills up mid-answer
+        buf = bytearray()
+        for i in range(n):
+            method = "HEAD" if i % 3 == 2 else "GET"
+            status, _, body = read_response(sock, buf, method)
+            assert status == 200 and body == (b"" if method == "HEAD" else lab.files["cached.bin"]), i
+    assert lab.edge.counters["hits"] == n
