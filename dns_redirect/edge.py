@@ -22,13 +22,14 @@ from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
 from confluent_kafka import Producer
 
 from dns_redirect.front import HitFront, OpenObjects
-from dns_redirect.hits import SimpleHead, etag_for, head_end, head_start, http_date, may_fill, plan_hit
+from dns_redirect.hits import SimpleHead, accel_head, etag_for, head_end, head_start, http_date, may_fill, plan_hit
 from dns_redirect.index import CacheIndex
 from fetcher.catalog import Catalog, Entry
 from fetcher.paths import object_relpath, resolve_in_root
@@ -138,6 +139,9 @@ class Edge:
         if obj is None:
             return None
         self._book_hit(entry.cache_key)
+        if self.settings.edge_accel_prefix:
+            return accel_head(self.settings.edge_accel_prefix, entry.path, obj.content_type) + self._head_end(head), \
+                obj.fd, 0, 0
         if "range" in h or "if-none-match" in h or "if-modified-since" in h:
             plan = plan_hit(obj.size, obj.etag, obj.last_modified, obj.content_type, h.get("if-none-match", ""),
                             h.get("if-modified-since", ""), h.get("range", ""), h.get("if-range", ""))
@@ -267,6 +271,10 @@ class Edge:
         except OSError:
             return None  # evicted under us: pass through
         self._book_hit(entry.cache_key)  # before the first byte leaves: the client may have it all first
+        if self.settings.edge_accel_prefix:
+            fobj.close()
+            return web.Response(headers={"X-Accel-Redirect": self.settings.edge_accel_prefix + quote(entry.path),
+                                         "Content-Type": entry.content_type or "application/octet-stream"})
         try:
             st = os.fstat(fobj.fileno())
             h = request.headers

@@ -137,6 +137,17 @@ def cmd_broker(settings: Settings, _args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_nginx_conf(settings: Settings, args: argparse.Namespace) -> int:
+    """Print the nginx server block that fronts the edge (hits by X-Accel-Redirect)."""
+    from heatcache.nginxconf import server_block
+
+    try:
+        print(server_block(settings, args.listen), end="")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    return 0
+
+
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     from heatcache.stack import STAGES, Stack
 
@@ -170,6 +181,7 @@ COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], int], str]] =
     "fetch": (cmd_fetch, "fetch hot URLs through aria2c into the cache"),
     "dns": (cmd_dns, "DNS server steering cached hosts to the cache node"),
     "edge": (cmd_edge, "edge HTTP server: hits from disk, misses passed through"),
+    "nginx-conf": (cmd_nginx_conf, "print the nginx server block to put nginx in front of the edge"),
     "broker": (cmd_broker, "run the embedded single-node Kafka broker alone"),
     "up": (cmd_up, "run the whole stack locally (embedded Kafka, aria2c, every stage)"),
     "demo": (cmd_demo, "the stack plus a sample origin and clients; prints what happened"),
@@ -185,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "up":
             p.add_argument("--without", action="append", choices=["streams", "fetch", "dns", "edge", "sniff"],
                            help="leave a stage out (repeatable)")
+        if name == "nginx-conf":
+            p.add_argument("--listen", default="80", help="nginx's listen directive (default 80)")
         if name == "demo":
             p.add_argument("--verbose", action="store_true", help="show every stage's log lines")
     return parser

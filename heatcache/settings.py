@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     edge_fill: bool = True  # store cacheable misses of steered hosts as they pass through the edge
     edge_host: str = "127.0.0.1"
     edge_port: int = Field(default=8080, ge=0, le=65535)
+    # with nginx in front: hits answer "X-Accel-Redirect: <prefix><object path>" and nginx sends
+    # the file from an internal location aliased to the cache's objects; empty = the edge sends
+    edge_accel_prefix: str = ""
 
     @field_validator("sniff_ports", "sniff_tls_ports", mode="before")
     @classmethod
@@ -143,6 +146,13 @@ class Settings(BaseSettings):
     def _check_ips(cls, value: Any) -> Any:
         for item in (value,) if isinstance(value, str) else value:
             ipaddress.ip_address(item)
+        return value
+
+    @field_validator("edge_accel_prefix")
+    @classmethod
+    def _check_accel_prefix(cls, value: str) -> str:
+        if value and not (value.startswith("/") and value.endswith("/") and value.isascii() and " " not in value):
+            raise ValueError("must be a URI path that starts and ends with '/', e.g. /.heatcache/objects/")
         return value
 
     @field_validator("upstream_dns")

@@ -3,6 +3,7 @@ behind it), the lab origin for pass-through, dnsmasq as the upstream resolver.""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,18 +16,22 @@ from fetcher.paths import object_relpath
 from heatcache.cachekey import KeyRules
 from heatcache.contract import CacheEvent
 from heatcache.lab import NODE_IP, ORIGIN_IP, Origin, make_sample_files, shared_port
+from heatcache.netutil import free_port
 from heatcache.services.dnsmasq import Dnsmasq
+from heatcache.services.nginx import NginxFront
 from heatcache.settings import load_settings
 from tests.dns_redirect.edgelab import EdgeLab, start_edge, stop_edge
 
 
-@pytest.fixture
-def lab(tmp_path: Path, dnsmasq: Dnsmasq) -> Iterator[EdgeLab]:
+@contextlib.contextmanager
+def edge_lab(tmp_path: Path, dnsmasq: Dnsmasq, nginx: bool = False) -> Iterator[EdgeLab]:
     port = shared_port()
     files = make_sample_files(tmp_path / "www", {"cached.bin": 300_000, "passed.bin": 200_000})
     origin = Origin(tmp_path / "www", ORIGIN_IP, port).start()
     settings = load_settings(state_dir=tmp_path / "state", upstream_dns=(dnsmasq.upstream,), node_address=NODE_IP,
-                             allow_private_origins=True, outbound_address=NODE_IP, purge_token="s3cret")
+                             allow_private_origins=True, outbound_address=NODE_IP, purge_token="s3cret",
+                             edge_host="127.0.0.1" if nginx else NODE_IP, edge_port=free_port() if nginx else port,
+                             edge_accel_prefix="/.heatcache/cache/" if nginx else "")
     key = f"http://origin.lab.test:{port}/cached.bin"
     rel = object_relpath(key)
     path = settings.cache_root / rel
@@ -39,10 +44,28 @@ def lab(tmp_path: Path, dnsmasq: Dnsmasq) -> Iterator[EdgeLab]:
     catalog = open_catalog(settings.catalog)
     catalog.upsert(Entry(key, key, "origin.lab.test", rel, 300_000, "0" * 64, "", "", "video/mp4", "cached", 1.0))
     edge = Edge(settings, index, KeyRules.load(), catalog, hit_flush_s=3600)  # flushed by hand in tests
-    running = start_edge(edge, port)
-    yield EdgeLab(port, edge, origin, files)
-    stop_edge(*running)
-    catalog.close()
-    origin.stop()
+    running = start_edge(edge, settings.edge_host, settings.edge_port)
+    front = NginxFront(settings, NODE_IP, port) if nginx else None
+    try:
+        if front is not None:
+            front.start()
+        yield EdgeLab(port, edge, origin, files)
+    finally:
+        if front is not None:
+            front.stop()
+        stop_edge(*running)
+        catalog.close()
+        origin.stop()
 
 
+@pytest.fixture
+def lab(tmp_path: Path, dnsmasq: Dnsmasq) -> Iterator[EdgeLab]:
+    with edge_lab(tmp_path, dnsmasq) as running:
+        yield running
+
+
+@pytest.fixture
+def nginx_lab(tmp_path: Path, dnsmasq: Dnsmasq) -> Iterator[EdgeLab]:
+    """The same lab with nginx (X-Accel-Redirect) in front of the edge on the node address."""
+    with edge_lab(tmp_path, dnsmasq, nginx=True) as running:
+        yield running

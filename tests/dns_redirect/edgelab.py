@@ -30,13 +30,13 @@ class EdgeLab:
             conn.close()
 
 
-def start_edge(edge: Edge, port: int) -> tuple[asyncio.AbstractEventLoop, Edge, threading.Thread]:
+def start_edge(edge: Edge, host: str, port: int) -> tuple[asyncio.AbstractEventLoop, Edge, threading.Thread]:
     loop = asyncio.new_event_loop()
     ready = threading.Event()
 
     def run() -> None:
         asyncio.set_event_loop(loop)
-        loop.run_until_complete(edge.start(NODE_IP, port))
+        loop.run_until_complete(edge.start(host, port))
         ready.set()
         loop.run_forever()
 

@@ -59,7 +59,7 @@ def test_internal_origin_refused_when_private_not_allowed(tmp_path: Path, dnsmas
     index = CacheIndex()
     index.apply(CacheEvent(f"http://internal.lab.test:{port}/a", "cached", path="objects/00/a"))
     index.apply(CacheEvent(f"http://origin.lab.test:{port}/a", "cached", path="objects/00/b"))
-    running = start_edge(Edge(settings, index, KeyRules.load()), port)
+    running = start_edge(Edge(settings, index, KeyRules.load()), NODE_IP, port)
     try:
         lab = EdgeLab(port, None, None, {})  # type: ignore[arg-type]
         assert lab.get("/other", host="internal.lab.test")[0] == 403  # 10.1.2.3

@@ -1,0 +1,54 @@
+"""nginx (Debian ``nginx-light``) in front of the edge, for tests and the lab: the standalone
+config from ``heatcache.nginxconf`` in a private directory, on a given address."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from heatcache.netutil import wait_for_port
+from heatcache.nginxconf import standalone
+from heatcache.settings import Settings
+
+
+class NginxSetupError(RuntimeError):
+    """nginx is missing or did not start."""
+
+
+class NginxFront:
+    def __init__(self, settings: Settings, host: str, port: int) -> None:
+        self.settings = settings
+        self.host = host
+        self.port = port
+        self.workdir = Path(tempfile.mkdtemp(prefix="heatcache-nginx-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> str:
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        if not Path(binary).exists():
+            raise NginxSetupError("nginx not found (apt-get install nginx-light)")
+        (self.workdir / "tmp").mkdir()
+        conf = self.workdir / "nginx.conf"
+        conf.write_text(standalone(self.settings, f"{self.host}:{self.port}", str(self.workdir)))
+        self.proc = subprocess.Popen([binary, "-c", str(conf), "-p", str(self.workdir)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if not wait_for_port(self.host, self.port, timeout, self.proc):
+            self.stop()
+            log = (self.workdir / "error.log").read_text() if (self.workdir / "error.log").exists() else ""
+            raise NginxSetupError(f"nginx did not listen on {self.host}:{self.port}: {log[-2000:]}")
+        return f"{self.host}:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+            if self.proc.stderr is not None:
+                self.proc.stderr.close()
+            self.proc = None
+        shutil.rmtree(self.workdir, ignore_errors=True)
