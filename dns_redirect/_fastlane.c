@@ -426,9 +426,9 @@ static PyObject *Lane_learn(Lane *self, PyObject *args) {
     if (ok) {
         for (Py_ssize_t i = DNS_HEADER; i < qend; i++) {
             uint8_t a = (uint8_t)answer_buf[i], q = (uint8_t)query[i];
-            if (a >= 'A' && a <= 'Z')
+            if (i < qend - 4 && a >= 'A' && a <= 'Z')  /* the name's case only, not type and class */
                 a = (uint8_t)(a + 32);
-            if (q >= 'A' && q <= 'Z')
+            if (i < qend - 4 && q >= 'A' && q <= 'Z')
                 q = (uint8_t)(q + 32);
             if (a != q) {
                 ok = 0;
@@ -455,6 +455,36 @@ static PyObject *Lane_learn(Lane *self, PyObject *args) {
     Py_RETURN_TRUE;
 }
 
+/* The UDP clients' bucket for a client known by its address text (a TCP peer): one bucket per
+ * client whichever transport it uses, as with the Python path's single RateLimiter. */
+static PyObject *Lane_allow(Lane *self, PyObject *args) {
+    const char *text;
+    if (!PyArg_ParseTuple(args, "s", &text))
+        return NULL;
+    char host[INET6_ADDRSTRLEN + 1];
+    size_t len = strcspn(text, "%");  /* a scope id does not make another client */
+    if (len >= sizeof host) {
+        PyErr_Format(PyExc_ValueError, "not an IP address: %s", text);
+        return NULL;
+    }
+    memcpy(host, text, len);
+    host[len] = 0;
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    if (inet_pton(AF_INET, host, &((struct sockaddr_in *)&ss)->sin_addr) == 1) {
+        ss.ss_family = AF_INET;
+    } else if (inet_pton(AF_INET6, host, &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1) {
+        ss.ss_family = AF_INET6;
+    } else {
+        PyErr_Format(PyExc_ValueError, "not an IP address: %s", text);
+        return NULL;
+    }
+    uint8_t key[16];
+    int is_v4;
+    client_key(&ss, key, &is_v4);
+    return PyBool_FromLong(bucket_allow(self, key, now_monotonic()));
+}
+
 static PyObject *Lane_clear(Lane *self, PyObject *Py_UNUSED(ignored)) {
     PyDict_Clear(self->table);
     Py_RETURN_NONE;
@@ -475,6 +505,8 @@ static PyMethodDef Lane_methods[] = {
      "drain(rounds=4) -> list of (datagram, address) for the Python path; answers known ones"},
     {"learn", (PyCFunction)Lane_learn, METH_VARARGS,
      "learn(query, answer, deadline, kind) -> bool: answer this question (any id, any case) until deadline"},
+    {"allow", (PyCFunction)Lane_allow, METH_VARARGS,
+     "allow(address) -> bool: take a token from this client's bucket (the one its UDP queries use)"},
     {"clear", (PyCFunction)Lane_clear, METH_NOARGS, "forget every learned answer"},
     {"take_counters", (PyCFunction)Lane_take_counters, METH_NOARGS,
      "(steered, cache_hits, rate_limited, send_dropped) since the last call"},

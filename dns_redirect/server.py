@@ -107,7 +107,7 @@ class DnsServer:
         is taught to the lane, which gives it again to the same question without Python."""
         if not self.acl.allowed(client):
             return FULL
-        if not checked and not self.limiter.allow(client, time.monotonic()):
+        if not checked and not self._allow(client):
             self.counters["rate-limited"] += 1
             return None
         # Steered answers differ from the query only after its id: memoize them by the query's
@@ -202,6 +202,12 @@ class DnsServer:
         except OSError:  # a full socket buffer (or a closed socket at shutdown) drops the answer
             self.counters["send-dropped"] += 1
 
+    def _allow(self, client: str) -> bool:
+        """One token bucket per client: the lane's (shared with its UDP queries) when it runs."""
+        if self.lane is not None:
+            return self.lane.allow(client)
+        return self.limiter.allow(client, time.monotonic())
+
     def is_steered(self, name: str) -> bool:
         return (self.edge_healthy and self.index.is_steered(name)
                 and not never_steer(name, self.settings.never_steer_hosts))
@@ -212,7 +218,7 @@ class DnsServer:
         if not self.acl.allowed(client):
             self.counters["refused"] += 1
             return error_reply(raw, RCODE.REFUSED)
-        if not checked and not self.limiter.allow(client, time.monotonic()):
+        if not checked and not self._allow(client):
             self.counters["rate-limited"] += 1
             return None  # dropping, not answering, gives a spoofed-source flood nothing to reflect
         try:

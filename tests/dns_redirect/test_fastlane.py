@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import random
+import select
 import socket
 import threading
 import time
@@ -24,6 +25,8 @@ import dns.rrset
 import pytest
 from aiohttp import web
 from dnslib import DNSRecord
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dns_redirect import _fastlane
 from dns_redirect.index import CacheIndex
@@ -279,8 +282,8 @@ def test_edge_down_stops_steering_within_one_ttl(tmp_path: Path) -> None:
 
     # the upstream is a closed port: a query that is not steered gets SERVFAIL, never the node
     health_url = f"http://127.0.0.1:{edge_sock.getsockname()[1]}/.heatcache/health"
-    settings = settings_for(tmp_path, "127.0.0.1:9", dns_ttl=2, edge_health_url=health_url)
-    server = DnsServer(settings, steering_index("cdn.lab.test"), health_check=True)
+    conf = settings_for(tmp_path, "127.0.0.1:9", dns_ttl=2, edge_health_url=health_url)
+    server = DnsServer(conf, steering_index("cdn.lab.test"), health_check=True)
     raw = _query("cdn.lab.test", "A")
 
     with running(server, start_edge) as r:
@@ -291,7 +294,7 @@ def test_edge_down_stops_steering_within_one_ttl(tmp_path: Path) -> None:
             assert server.counters["lane"] >= 1
             healthy["ok"] = False
             t0 = time.monotonic()
-            while time.monotonic() - t0 < settings.dns_ttl:
+            while time.monotonic() - t0 < conf.dns_ttl:
                 reply = exchange(server.port, raw)
                 assert reply is not None
                 if addresses(dns.message.from_wire(reply)) == []:
@@ -321,9 +324,9 @@ def test_rendered_until_is_the_next_second_of_age_or_expiry() -> None:
 def test_100k_malformed_packets_through_the_lane(tmp_path: Path) -> None:
     """The server's 100k fuzz, as datagrams through the compiled lane: every packet is accounted
     for, whatever is answered parses, and the server still steers afterwards."""
-    settings = load_settings(state_dir=tmp_path, dns_port=0, upstream_dns=("127.0.0.1:9",), dns_rate_qps=0,
-                             node_address="192.0.2.10")
-    server = DnsServer(settings, steering_index("cdn.lab.test"), health_check=False)
+    conf = load_settings(state_dir=tmp_path, dns_port=0, upstream_dns=("127.0.0.1:9",), dns_rate_qps=0,
+                         node_address="192.0.2.10")
+    server = DnsServer(conf, steering_index("cdn.lab.test"), health_check=False)
     rng = random.Random(99)
     good = dns.message.make_query("cdn.lab.test", "A", want_dnssec=True).to_wire()
     packets = []
@@ -368,3 +371,153 @@ def test_100k_malformed_packets_through_the_lane(tmp_path: Path) -> None:
         assert c["malformed"] > 50_000 and c["lane"] > 3_000 and answered >= c["steered"]
         assert addresses(dns.query.udp(dns.message.make_query("cdn.lab.test", "A"), "127.0.0.1",
                                        port=server.port, timeout=5)) == ["192.0.2.10"]
+
+
+def test_tcp_and_udp_queries_share_the_clients_bucket(tmp_path: Path, dnsmasq: Dnsmasq) -> None:
+    server = DnsServer(settings_for(tmp_path, dnsmasq.upstream, dns_rate_qps=0.01, dns_rate_burst=3),
+                       steering_index("cdn.lab.test"), health_check=False)
+    q = dns.message.make_query("cdn.lab.test", "A")
+    with running(server):
+        for _ in range(2):
+            assert addresses(dns.query.udp(q, "127.0.0.1", port=server.port, timeout=5)) == ["192.0.2.10"]
+        assert addresses(dns.query.tcp(q, "127.0.0.1", port=server.port, timeout=5)) == ["192.0.2.10"]
+        with pytest.raises((EOFError, ConnectionError)):  # the bucket is empty: the server hangs up
+            dns.query.tcp(q, "127.0.0.1", port=server.port, timeout=5)
+        assert exchange(server.port, q.to_wire(), timeout=0.5) is None
+        assert server.counters["rate-limited"] == 2
+
+
+# -- the extension alone, on a real UDP socket (no event loop)
+
+@contextmanager
+def bare_lane(rate: float = 0.0, networks: tuple[str, ...] = ("127.0.0.0/8",)) -> Iterator[
+        tuple[_fastlane.Lane, socket.socket, socket.socket]]:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as srv, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as cli:
+        srv.bind(("127.0.0.1", 0))
+        srv.setblocking(False)
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        cli.bind(("127.0.0.1", 0))
+        cli.connect(srv.getsockname())
+        cli.settimeout(2)
+        yield _fastlane.Lane(srv.fileno(), lane_networks(ClientAcl(networks)), rate, 3.0), srv, cli
+
+
+def drain(lane: _fastlane.Lane, srv: socket.socket, expected: int = 1) -> list[tuple[bytes, Any]]:
+    """What the lane hands to Python once ``expected`` datagrams were handled (answered or not)."""
+    out: list[tuple[bytes, Any]] = []
+    handled = 0
+    deadline = time.monotonic() + 5
+    while handled < expected and time.monotonic() < deadline:
+        if select.select([srv], [], [], 0.1)[0]:
+            got = lane.drain()
+            steered, hits, limited, _ = lane.take_counters()
+            handled += len(got) + steered + hits + limited
+            out += got
+    return out
+
+
+def steered_answer_for(raw: bytes) -> bytes:
+    """The Python path's answer to ``raw`` when cdn.lab.test is steered."""
+    server = DnsServer(load_settings(upstream_dns=("127.0.0.1:9",), node_address="192.0.2.10"),
+                       steering_index("cdn.lab.test"), health_check=False)
+    reply = server.fast(raw, "127.0.0.1")
+    assert isinstance(reply, bytes)
+    return reply
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.binary(max_size=700), min_size=1, max_size=150))
+def test_unknown_datagrams_come_back_unchanged(datagrams: list[bytes]) -> None:
+    steered = _query("cdn.lab.test", "A")
+    with bare_lane() as (lane, srv, cli):
+        assert lane.learn(steered, steered_answer_for(steered), float("inf"), _fastlane.KIND_STEERED)
+        datagrams = [d for d in datagrams if d[2:].lower() != steered[2:]]
+        for d in datagrams:
+            cli.send(d)
+        back = drain(lane, srv, len(datagrams))
+        assert [d for d, _ in back] == datagrams and {a for _, a in back} == {cli.getsockname()}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.binary(max_size=200))
+def test_learn_takes_only_answers_that_carry_the_question(query: bytes, answer: bytes) -> None:
+    with bare_lane() as (lane, srv, cli):
+        if not lane.learn(query, answer, float("inf"), _fastlane.KIND_STEERED):
+            return
+        cli.send(query)
+        assert drain(lane, srv) == []
+        got = cli.recv(65535)
+        # the learned answer around the client's id, with the client's own question bytes
+        assert len(got) == len(answer) and got[:2] == query[:2] and got[2:12] == answer[2:12]
+        assert got[12:].lower() == answer[12:].lower()
+
+
+def test_learn_refuses_a_question_of_another_type() -> None:
+    raw = _query("cdn.lab.test", "A")
+    answer = bytearray(steered_answer_for(raw))
+    end = len(raw)
+    answer[end - 3] = ord("a")  # qtype 0x0061 is not 0x0001 (nor 0x0041): only the name may differ in case
+    with bare_lane() as (lane, _, _):
+        assert not lane.learn(raw, bytes(answer), float("inf"), _fastlane.KIND_STEERED)
+        q = bytearray(raw)
+        q[end - 3] = ord("A")
+        assert not lane.learn(bytes(q), bytes(answer), float("inf"), _fastlane.KIND_STEERED)
+        assert lane.learn(raw, steered_answer_for(raw), float("inf"), _fastlane.KIND_STEERED)
+
+
+labels = st.lists(st.binary(min_size=1, max_size=63), min_size=1, max_size=4)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=12, max_size=12), labels, st.binary(min_size=4, max_size=4), st.binary(max_size=40),
+       st.binary(min_size=12, max_size=12), st.binary(max_size=100), st.randoms(use_true_random=False))
+def test_any_learned_question_is_answered_with_the_clients_bytes(
+        header: bytes, name: list[bytes], type_class: bytes, trailer: bytes, answer_header: bytes, rest: bytes,
+        rng: random.Random) -> None:
+    question = b"".join(bytes([len(label)]) + label for label in name) + b"\0" + type_class
+    query = header + question + trailer
+    learned_question = bytes(c ^ 0x20 if 65 <= c ^ 0x20 <= 90 and rng.random() < 0.5 else c
+                             for c in question[:-4]) + type_class  # another case of the same name
+    answer = answer_header + learned_question + rest
+    with bare_lane() as (lane, srv, cli):
+        assert lane.learn(query, answer, float("inf"), _fastlane.KIND_CACHE_HIT)
+        cli.send(with_id(query, 0x1234))
+        assert drain(lane, srv) == []
+        assert cli.recv(65535) == b"\x12\x34" + answer_header[2:] + question + rest
+
+
+def test_learned_answers_splice_id_and_case_and_expire() -> None:
+    raw = _query("cdn.lab.test", "A")
+    answer = steered_answer_for(raw)
+    with bare_lane() as (lane, srv, cli):
+        assert lane.learn(raw, answer, float("inf"), _fastlane.KIND_STEERED) and len(lane) == 1
+        mixed = with_id(_query("CDN.lab.TeSt", "A"), 0xBEEF)
+        cli.send(mixed)
+        assert drain(lane, srv) == []
+        got = cli.recv(512)
+        end = len(mixed)
+        assert got == mixed[:2] + answer[2:12] + mixed[12:end] + answer[end:]
+        assert got == steered_answer_for(mixed)  # what the Python path says for the same bytes
+        # a forwarded answer past its deadline goes back to Python
+        assert lane.learn(raw, answer, time.monotonic() - 1, _fastlane.KIND_CACHE_HIT)
+        cli.send(raw)
+        assert [d for d, _ in drain(lane, srv)] == [raw]
+        lane.clear()
+        assert len(lane) == 0
+
+
+def test_bucket_and_acl_of_the_bare_lane() -> None:
+    raw = _query("cdn.lab.test", "A")
+    with bare_lane(rate=0.001) as (lane, srv, cli):
+        for qid in range(5):
+            cli.send(with_id(raw, qid))
+        assert [d[:2] for d, _ in drain(lane, srv, 5)] == [b"\0\0", b"\0\1", b"\0\2"]  # a burst of 3
+        assert lane.allow("::ffff:127.0.0.1") is False  # the same client in its v4-mapped spelling
+        assert lane.allow("127.0.0.2") is True and lane.allow("fe80::1%eth0") is True
+        with pytest.raises(ValueError):
+            lane.allow("not-an-address")
+    with bare_lane(networks=("10.0.0.0/8",)) as (lane, srv, cli):
+        lane.learn(raw, steered_answer_for(raw), float("inf"), _fastlane.KIND_STEERED)
+        cli.send(raw)
+        assert [d for d, _ in drain(lane, srv)] == [raw]  # not campus: Python answers REFUSED
