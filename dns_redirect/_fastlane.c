@@ -62,6 +62,7 @@ typedef struct {
     struct mmsghdr msgs[MAX_BATCH];
     struct iovec rx_iov[MAX_BATCH];
     struct sockaddr_storage peers[MAX_BATCH];
+    int busy;              /* inside drain(): the buffers above are in use (GIL released around syscalls) */
     /* counters, read by Python after each drain */
     unsigned long long steered, cache_hits, limited, send_dropped;
 } Lane;
@@ -306,9 +307,14 @@ static PyObject *Lane_drain(Lane *self, PyObject *args) {
     int rounds = 4;
     if (!PyArg_ParseTuple(args, "|i", &rounds))
         return NULL;
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "Lane.drain() is already running in another thread");
+        return NULL;
+    }
     PyObject *slow = PyList_New(0);
     if (slow == NULL)
         return NULL;
+    self->busy = 1;
     uint8_t *keybuf = self->keybuf;
     struct mmsghdr out[MAX_BATCH];
     struct iovec out_iov[MAX_BATCH][4];
@@ -392,6 +398,7 @@ static PyObject *Lane_drain(Lane *self, PyObject *args) {
             for (int k = 0; k < n_out; k++)
                 Py_DECREF(held[k]);
             Py_DECREF(slow);
+            self->busy = 0;
             return NULL;
         }
         flush(self, out, n_out);
@@ -400,6 +407,7 @@ static PyObject *Lane_drain(Lane *self, PyObject *args) {
         if (got < self->batch)
             break;  /* the socket is empty: back to the event loop */
     }
+    self->busy = 0;
     return slow;
 }
 

@@ -196,9 +196,11 @@ class DnsServer:
             self._send_udp(reply, addr)
 
     def _send_udp(self, reply: bytes, addr: tuple[str, int] | tuple[str, int, int, int]) -> None:
-        assert self._udp_sock is not None
+        sock = self._udp_sock
+        if sock is None:  # stopped while the answer was being forwarded
+            return
         try:
-            self._udp_sock.sendto(reply, addr)
+            sock.sendto(reply, addr)
         except OSError:  # a full socket buffer (or a closed socket at shutdown) drops the answer
             self.counters["send-dropped"] += 1
 
