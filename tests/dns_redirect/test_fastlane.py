@@ -121,7 +121,11 @@ def test_the_extension_is_built_and_the_server_uses_it(tmp_path: Path) -> None:
         assert addresses(reply) == ["192.0.2.10"]
 
 
-def test_python_lane_is_selectable(tmp_path: Path) -> None:
+def test_python_lane_is_selectable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HEATCACHE_DNS_FASTLANE", raising=False)
+    assert load_settings().dns_fastlane is True
+    monkeypatch.setenv("HEATCACHE_DNS_FASTLANE", "false")
+    assert load_settings().dns_fastlane is False
     server = DnsServer(settings_for(tmp_path, "127.0.0.1:9", dns_fastlane=False), steering_index("cdn.lab.test"),
                        health_check=False)
     with running(server):
