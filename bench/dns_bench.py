@@ -1,11 +1,14 @@
 """bench/dns: dnsperf against heatcache's DNS and against dnsmasq answering the same names, in
 the same run: steered names (answered locally by both) and forwarded names with a warm cache
-(both forward to the same upstream dnsmasq). Last line: ``dns: ... ratio=<steered ours/dnsmasq>``.
+(both forward to the same upstream dnsmasq). Our server runs with its default UDP lane (the
+compiled one when built); the steered names are also measured once on the pure-Python path
+(HEATCACHE_DNS_FASTLANE=false) for comparison. Last line: ``dns: ... ratio=<steered ours/dnsmasq>``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -35,7 +38,7 @@ settings = load_settings(dns_host="127.0.0.1", dns_port=port, upstream_dns=(upst
 async def main():
     server = DnsServer(settings, index, health_check=False)
     await server.start()
-    print("ready", flush=True)
+    print("ready", "compiled" if server.lane is not None else "python", flush=True)
     await asyncio.Event().wait()
 try:
     import uvloop
@@ -80,11 +83,19 @@ def main() -> int:
                                 "--listen-address=127.0.0.1", f"--port={fwd_port}", "--user=root", "--pid-file=",
                                 f"--server=127.0.0.1#{upstream.port}", "--cache-size=10000"], text=True)
         procs.append(fwd)
-        ours_port = free_port_udp_tcp()
-        ours = subprocess.Popen([sys.executable, "-c", SERVER, str(ours_port), upstream.upstream, str(names)],
-                                stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        procs.append(ours)
-        assert ours.stdout is not None and ours.stdout.readline().strip() == "ready"
+        def start_ours(**env: str) -> tuple[int, str]:
+            port = free_port_udp_tcp()
+            proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port), upstream.upstream, str(names)],
+                                    stdout=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, **env})
+            procs.append(proc)
+            assert proc.stdout is not None
+            word, lane = proc.stdout.readline().split()
+            assert word == "ready"
+            return port, lane
+
+        ours_port, lane = start_ours()
+        py_port, py_lane = start_ours(HEATCACHE_DNS_FASTLANE="false")
+        assert py_lane == "python"
         time.sleep(0.5)
         steered_q = work / "steered.txt"
         steered_q.write_text("".join(f"steered{i}.bench.test A\n" for i in range(names)))
@@ -95,13 +106,15 @@ def main() -> int:
         dnsperf(fwd_port, fwd_q, 1)
         s_ours = dnsperf(ours_port, steered_q, seconds)
         s_ref = dnsperf(steered_ref.port, steered_q, seconds)
+        s_py = dnsperf(py_port, steered_q, seconds)
         f_ours = dnsperf(ours_port, fwd_q, seconds)
         f_ref = dnsperf(fwd_port, fwd_q, seconds)
-        print(f"steered  : heatcache {s_ours:,.0f} q/s, dnsmasq {s_ref:,.0f} q/s, ratio {s_ours / s_ref:.2f}")
+        print(f"steered  : heatcache {s_ours:,.0f} q/s ({lane} UDP lane), dnsmasq {s_ref:,.0f} q/s, "
+              f"ratio {s_ours / s_ref:.2f}; Python lane {s_py:,.0f} q/s, ratio {s_py / s_ref:.2f}")
         print(f"forwarded: heatcache {f_ours:,.0f} q/s, dnsmasq {f_ref:,.0f} q/s (warm caches), "
               f"ratio {f_ours / f_ref:.2f}")
         print(f"dns: steered={s_ours:,.0f} q/s forwarded={f_ours:,.0f} q/s forwarded_ratio={f_ours / f_ref:.2f} "
-              f"ratio={s_ours / s_ref:.2f} (reference dnsmasq, dnsperf -c 4)")
+              f"lane={lane} ratio={s_ours / s_ref:.2f} (reference dnsmasq, dnsperf -c 4)")
         return 0
     finally:
         for p in procs:

@@ -36,6 +36,19 @@ class ClientAcl:
         return verdict
 
 
+def lane_networks(acl: ClientAcl) -> list[tuple[bool, bytes, int]]:
+    """The ACL in the compiled lane's form: (IPv4?, 16 address bytes, prefix over 128 bits).
+    IPv4 networks become ::ffff:a.b.c.d/(96+n); the lane matches them only against IPv4 (and
+    IPv4-mapped) clients, and IPv6 networks only against the others, as ``ClientAcl`` does."""
+    out = []
+    for net in acl.networks:
+        if isinstance(net, ipaddress.IPv4Network):
+            out.append((True, b"\x00" * 10 + b"\xff\xff" + net.network_address.packed, 96 + net.prefixlen))
+        else:
+            out.append((False, net.network_address.packed, net.prefixlen))
+    return out
+
+
 class RateLimiter:
     """A token bucket per client address: ``rate`` queries/s sustained, ``burst`` at once."""
 
@@ -126,6 +139,14 @@ class ResponseCache:
         while raw[pos]:
             pos += 1 + raw[pos]
         return pos + 5
+
+    def rendered_until(self, key: tuple[str, int, int, bool], now: float) -> float:
+        """Until when the answer ``get_wire`` just gave for ``key`` stays the same bytes: the next
+        whole second of its age (its TTLs count down) or its expiry, whichever comes first."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return now
+        return min(entry.expires, entry.stored + int(now - entry.stored) + 1)
 
     def get_wire(self, key: tuple[str, int, int, bool], raw: bytes, question_end: int, now: float) -> bytes | None:
         """Fast path: splice the query's id and question (0x20 case kept) into the cached answer,

@@ -1,6 +1,10 @@
 """The DNS server's I/O shell: asyncio UDP and TCP listeners; steered names answered from the
 cache index while the edge is healthy, everything else forwarded to the upstream resolver (with a
-TTL-honouring response cache). Only campus networks may ask; each client is rate limited."""
+TTL-honouring response cache). Only campus networks may ask; each client is rate limited.
+
+UDP goes through the compiled lane (dns_redirect/_fastlane.c) when it is built and enabled: it
+answers, in batches, the questions this module already answered once (taught with
+``Lane.learn``) and hands everything else to the same Python path, which stays the reference."""
 
 from __future__ import annotations
 
@@ -14,19 +18,32 @@ import time
 from collections import Counter
 from functools import partial
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import aiohttp
 from dnslib import RCODE, DNSRecord
 
 from dns_redirect.answer import error_reply, steered_reply
 from dns_redirect.index import CacheIndex
-from dns_redirect.policy import ClientAcl, RateLimiter, ResponseCache, never_steer
+from dns_redirect.policy import ClientAcl, RateLimiter, ResponseCache, lane_networks, never_steer
 from dns_redirect.wire import CLASS_IN, QTYPE_A, QTYPE_AAAA, pack_address, parse_question, steered_answer
 from heatcache.settings import Settings, parse_hostport
 
+if TYPE_CHECKING:
+    from dns_redirect._fastlane import Lane
+
 log = logging.getLogger(__name__)
 FULL = object()  # the fast path's "take the general path" answer
+STEERED, CACHE_HIT = 0, 1  # the lane's kinds of learned answer (KIND_* in _fastlane.c)
+
+
+def fastlane_available() -> bool:
+    """True when the compiled lane was built for this interpreter."""
+    try:
+        import dns_redirect._fastlane  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def system_upstreams(resolv_conf: Path = Path("/etc/resolv.conf")) -> tuple[str, ...]:
@@ -78,13 +95,19 @@ class DnsServer:
         self._memo_gen: tuple[int, bool] = (-1, False)
         self._v4 = pack_address(settings.node_address)
         self._v6 = pack_address(settings.node_address6)
+        self.lane: Lane | None = None  # the compiled UDP lane, once start() made one
+        self._lane_gen: tuple[int, bool] = (-1, False)
+        self._udp_sock: socket.socket | None = None
+        self._udp_tasks: set[asyncio.Task[None]] = set()
 
-    def fast(self, raw: bytes, client: str) -> bytes | object | None:
+    def fast(self, raw: bytes, client: str, checked: bool = False) -> bytes | object | None:
         """The synchronous hot path for UDP: steered answers and cache hits without dnslib and
-        without a task. Returns the reply, None (drop), or FULL for the general path."""
+        without a task. Returns the reply, None (drop), or FULL for the general path.
+        ``checked``: the compiled lane already applied the rate limit. Every answer given here
+        is taught to the lane, which gives it again to the same question without Python."""
         if not self.acl.allowed(client):
             return FULL
-        if not self.limiter.allow(client, time.monotonic()):
+        if not checked and not self._allow(client):
             self.counters["rate-limited"] += 1
             return None
         # Steered answers differ from the query only after its id: memoize them by the query's
@@ -96,16 +119,22 @@ class DnsServer:
             self._questions.clear()
             self._memo_gen = gen
         body = raw[2:]
+        lane = self.lane
         tail = self._memo.get(body)
         if tail is not None:
             self.counters["steered"] += 1
+            if lane is not None:  # e.g. the lane's table overflowed and was cleared
+                lane.learn(raw, raw[:2] + tail, _FOREVER, STEERED)
             return raw[:2] + tail
         cache = self.cache
         known = self._questions.get(body)  # a query seen before: skip parsing it again
         if known is not None and cache is not None:
-            reply = cache.get_wire(known[0], raw, known[1], time.monotonic())
+            now = time.monotonic()
+            reply = cache.get_wire(known[0], raw, known[1], now)
             if reply is not None and (known[0][3] or len(reply) <= 512):
                 self.counters["cache-hit"] += 1
+                if lane is not None:
+                    lane.learn(raw, reply, cache.rendered_until(known[0], now), CACHE_HIT)
                 return reply
         q = parse_question(raw)
         if q is None:
@@ -115,17 +144,71 @@ class DnsServer:
             answer = steered_answer(raw, q, self._v4, self._v6, self.settings.dns_ttl)
             if len(self._memo) < 50_000:
                 self._memo[body] = answer[2:]
+            if lane is not None:
+                lane.learn(raw, answer, _FOREVER, STEERED)
             return answer
         if cache is not None:
             key = (q.name, q.qtype, q.qclass, q.edns)
-            reply = cache.get_wire(key, raw, q.end, time.monotonic())
+            now = time.monotonic()
+            reply = cache.get_wire(key, raw, q.end, now)
             if reply is not None and (q.edns or len(reply) <= 512):
                 if len(self._questions) >= 50_000:
                     self._questions.clear()
                 self._questions[body] = (key, q.end)
                 self.counters["cache-hit"] += 1
+                if lane is not None:
+                    lane.learn(raw, reply, cache.rendered_until(key, now), CACHE_HIT)
                 return reply
         return FULL
+
+    def lane_readable(self) -> None:
+        """The UDP socket is readable: the lane answers what it knows, Python the rest."""
+        lane = self.lane
+        assert lane is not None
+        gen = (self.index.version, self.edge_healthy)
+        if gen != self._lane_gen:  # a new index version or health state: nothing learned holds
+            lane.clear()
+            self._lane_gen = gen
+        slow = lane.drain()
+        steered, hits, limited, dropped = lane.take_counters()
+        if steered or hits or limited or dropped:
+            c = self.counters
+            c["steered"] += steered
+            c["cache-hit"] += hits
+            c["lane"] += steered + hits  # of those, answered without Python
+            c["rate-limited"] += limited
+            c["send-dropped"] += dropped
+        for data, addr in slow:
+            reply = self.fast(data, addr[0], checked=True)  # the lane applied the rate limit
+            if reply is FULL:
+                task = asyncio.get_running_loop().create_task(self._answer_udp(data, addr))
+                self._udp_tasks.add(task)  # strong refs until each answer is sent
+                task.add_done_callback(self._udp_tasks.discard)
+            elif isinstance(reply, bytes):
+                self._send_udp(reply, addr)
+
+    async def _answer_udp(self, data: bytes, addr: tuple[str, int] | tuple[str, int, int, int]) -> None:
+        reply = await self.handle(data, addr[0], checked=True)
+        if reply is not None:
+            if len(reply) > _udp_limit(data):
+                self.counters["truncated"] += 1
+                reply = _truncate(reply)
+            self._send_udp(reply, addr)
+
+    def _send_udp(self, reply: bytes, addr: tuple[str, int] | tuple[str, int, int, int]) -> None:
+        sock = self._udp_sock
+        if sock is None:  # stopped while the answer was being forwarded
+            return
+        try:
+            sock.sendto(reply, addr)
+        except OSError:  # a full socket buffer (or a closed socket at shutdown) drops the answer
+            self.counters["send-dropped"] += 1
+
+    def _allow(self, client: str) -> bool:
+        """One token bucket per client: the lane's (shared with its UDP queries) when it runs."""
+        if self.lane is not None:
+            return self.lane.allow(client)
+        return self.limiter.allow(client, time.monotonic())
 
     def is_steered(self, name: str) -> bool:
         return (self.edge_healthy and self.index.is_steered(name)
@@ -137,7 +220,7 @@ class DnsServer:
         if not self.acl.allowed(client):
             self.counters["refused"] += 1
             return error_reply(raw, RCODE.REFUSED)
-        if not checked and not self.limiter.allow(client, time.monotonic()):
+        if not checked and not self._allow(client):
             self.counters["rate-limited"] += 1
             return None  # dropping, not answering, gives a spoofed-source flood nothing to reflect
         try:
@@ -268,20 +351,35 @@ class DnsServer:
                         reply = _truncate(reply)
                     self.transport.sendto(reply, addr)  # type: ignore[attr-defined]
 
-        if udp_sock is not None:
-            transport, _ = await loop.create_datagram_endpoint(Udp, sock=udp_sock)
+        if self.settings.dns_fastlane and fastlane_available():
+            from dns_redirect._fastlane import Lane
+
+            sock = udp_sock if udp_sock is not None else _bind_udp(host, self.port)
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)  # absorb bursts
+            s = self.settings
+            self.lane = Lane(sock.fileno(), lane_networks(self.acl), s.dns_rate_qps, s.dns_rate_burst)
+            self._udp_sock = sock
+            loop.add_reader(sock.fileno(), self.lane_readable)
+            self.port = sock.getsockname()[1]
         else:
-            transport, _ = await loop.create_datagram_endpoint(Udp, local_addr=(host, self.port))
-        sock = transport.get_extra_info("socket")
-        if sock is not None:  # absorb bursts: a full buffer drops queries silently
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-        self._transports.append(transport)
-        self.port = transport.get_extra_info("sockname")[1]
+            if self.settings.dns_fastlane:
+                log.warning("the compiled DNS lane is not built (dns_redirect/_fastlane.c): UDP on the Python path")
+            if udp_sock is not None:
+                transport, _ = await loop.create_datagram_endpoint(Udp, sock=udp_sock)
+            else:
+                transport, _ = await loop.create_datagram_endpoint(Udp, local_addr=(host, self.port))
+            sock = transport.get_extra_info("socket")
+            if sock is not None:  # absorb bursts: a full buffer drops queries silently
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+            self._transports.append(transport)
+            self.port = transport.get_extra_info("sockname")[1]
         if tcp_sock is not None:
             self._tcp = await asyncio.start_server(self._tcp_client, sock=tcp_sock)
         else:
             self._tcp = await asyncio.start_server(self._tcp_client, host, self.port)
-        log.info("DNS on %s:%d (udp+tcp), upstream %s", host, self.port, self.upstreams)
+        log.info("DNS on %s:%d (udp+tcp, %s UDP lane), upstream %s", host, self.port,
+                 "compiled" if self.lane is not None else "Python", self.upstreams)
 
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
@@ -309,9 +407,28 @@ class DnsServer:
                 await self._health_task
         for t in self._transports:
             t.close()
+        if self._udp_sock is not None:
+            asyncio.get_running_loop().remove_reader(self._udp_sock.fileno())
+            self._udp_sock.close()
+            self._udp_sock = None
         if self._tcp is not None:
             self._tcp.close()
             await self._tcp.wait_closed()
+
+
+_FOREVER = float("inf")  # steered answers hold until the index or the edge's health changes
+
+
+def _bind_udp(host: str, port: int) -> socket.socket:
+    family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM,
+                                                      flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.bind(addr)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _udp_limit(raw: bytes) -> int:

@@ -89,6 +89,7 @@ class Settings(BaseSettings):
     dns_rate_qps: float = Field(default=500.0, ge=0)  # per client address; 0 = unlimited
     dns_rate_burst: float = Field(default=1000.0, ge=1)
     dns_cache_entries: int = Field(default=50_000, ge=0)  # forwarded-answer cache; 0 = off
+    dns_fastlane: bool = True  # UDP through the compiled lane (recvmmsg/sendmmsg) when it is built; false = pure Python
     never_steer_hosts: Annotated[tuple[str, ...], NoDecode] = ()  # always resolved normally
     edge_health_url: str = ""  # default http://<node_address>:<edge_port>/.heatcache/health
     dns_health_interval_s: float = Field(default=0.0, ge=0)  # 0 = a third of the steered TTL

@@ -24,12 +24,12 @@ from heatcache.services.dnsmasq import Dnsmasq
 from heatcache.settings import Settings, load_settings
 
 
-@pytest.fixture
-def dns_server(dnsmasq: Dnsmasq, tmp_path: Path) -> Iterator[DnsServer]:
+@pytest.fixture(params=[True, False], ids=["compiled-lane", "python-lane"])
+def dns_server(dnsmasq: Dnsmasq, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[DnsServer]:
     import threading
 
     settings: Settings = load_settings(state_dir=tmp_path, dns_port=0, node_address="192.0.2.10",
-                                       upstream_dns=(dnsmasq.upstream,), dns_ttl=7)
+                                       upstream_dns=(dnsmasq.upstream,), dns_ttl=7, dns_fastlane=request.param)
     index = CacheIndex()
     index.apply(CacheEvent("http://cdn.lab.test/a", "cached", path="objects/aa/a"))
     server = DnsServer(settings, index, health_check=False)
@@ -115,9 +115,10 @@ def run_handle(server: DnsServer, raws: list[bytes], client: str = "127.0.0.1") 
     return asyncio.run(go())
 
 
-def test_open_resolver_refused_for_non_campus_sources(tmp_path: Path, dnsmasq: Dnsmasq) -> None:
+@pytest.mark.parametrize("fastlane", [True, False], ids=["compiled-lane", "python-lane"])
+def test_open_resolver_refused_for_non_campus_sources(tmp_path: Path, dnsmasq: Dnsmasq, fastlane: bool) -> None:
     settings = load_settings(state_dir=tmp_path, dns_port=0, upstream_dns=(dnsmasq.upstream,),
-                             dns_client_networks=("10.0.0.0/8",))
+                             dns_client_networks=("10.0.0.0/8",), dns_fastlane=fastlane)
     server = DnsServer(settings, CacheIndex(), health_check=False)
     loop = asyncio.new_event_loop()
     loop.run_until_complete(server.start())
@@ -235,11 +236,12 @@ def test_fast_path_serves_cached_forwarded_answers(tmp_path: Path, dnsmasq: Dnsm
     assert server.counters["cache-hit"] == 3 and server.counters["forwarded"] == 1
 
 
-def test_large_answers_are_truncated_for_plain_udp(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fastlane", [True, False], ids=["compiled-lane", "python-lane"])
+def test_large_answers_are_truncated_for_plain_udp(tmp_path: Path, fastlane: bool) -> None:
     big = Dnsmasq({"origin.lab.test": "127.0.0.2"}, txt={"big.lab.test": [f"chunk{i:02d}-" + "x" * 90
                                                                           for i in range(12)]})
     big.start()
-    settings = load_settings(state_dir=tmp_path, dns_port=0, upstream_dns=(big.upstream,))
+    settings = load_settings(state_dir=tmp_path, dns_port=0, upstream_dns=(big.upstream,), dns_fastlane=fastlane)
     server = DnsServer(settings, CacheIndex(), health_check=False)
     loop = asyncio.new_event_loop()
     loop.run_until_complete(server.start())
@@ -260,6 +262,8 @@ def test_large_answers_are_truncated_for_plain_udp(tmp_path: Path) -> None:
         over_tcp = loop.run_until_complete(fut)
         assert len(over_tcp.answer[0]) == 1 and not over_tcp.flags & dns.flags.TC
         assert server.counters["truncated"] == 1
+        again = query()  # now a cache hit, still too big for plain UDP: never a learned answer of the lane
+        assert again.flags & dns.flags.TC and server.counters["truncated"] == 2
     finally:
         loop.run_until_complete(server.stop())
         loop.run_until_complete(asyncio.sleep(0.1))
