@@ -53,6 +53,7 @@ def _serve(settings: Settings, stage: str) -> int:
     """dns and edge: follow cache-events, serve until SIGTERM, then close listeners."""
     from dns_redirect.index import CacheEventsFollower, CacheIndex
     from heatcache import contract
+    from heatcache.metrics import serve_metrics
 
     index = CacheIndex()
     follower = CacheEventsFollower(_bootstrap(settings), settings.topic(contract.CACHE_EVENTS), index)
@@ -72,6 +73,8 @@ def _serve(settings: Settings, stage: str) -> int:
 
             server = DnsServer(settings, index)
             await server.start()
+            if settings.metrics_port:
+                serve_metrics(settings.metrics_port, "dns", server.counters)
             announce_ready("dns")
             await stop.wait()
             await server.stop()
@@ -91,6 +94,8 @@ def _serve(settings: Settings, stage: str) -> int:
             _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
             await edge.start(settings.edge_host, settings.edge_port)
+            if settings.metrics_port:
+                serve_metrics(settings.metrics_port, "edge", edge.counters)
             log.info("edge on %s:%d", settings.edge_host, settings.edge_port)
             announce_ready("edge")
             await stop.wait()

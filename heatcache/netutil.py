@@ -37,6 +37,15 @@ def free_port_udp_tcp(host: str = "127.0.0.1") -> int:
     raise OSError("no port free for both UDP and TCP")
 
 
+def free_port_run(count: int, host: str = "0.0.0.0") -> int:
+    """The first of ``count`` consecutive ports free now on ``host`` (per-stage /metrics ports)."""
+    for _ in range(100):
+        base = free_port(host)
+        if base + count <= _LISTEN_RANGE[1] and all(port_is_free(base + i, host) for i in range(1, count)):
+            return base
+    raise OSError(f"no run of {count} free ports")
+
+
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -115,7 +115,10 @@ class Stack:
                                          s.outbound_address)
                 env["HEATCACHE_ARIA2_RPC_PORT"] = str(self.aria2.start())
             for stage in self.stages:
-                self.children[stage] = StageProcess(stage, env, self.state_dir / "logs", self.console)
+                stage_env = env
+                if s.metrics_port:  # one /metrics port per stage process: base + its place in STAGES
+                    stage_env = {**env, "HEATCACHE_METRICS_PORT": str(s.metrics_port + STAGES.index(stage))}
+                self.children[stage] = StageProcess(stage, stage_env, self.state_dir / "logs", self.console)
             self.wait_ready(ready_timeout)
         except BaseException:
             self.stop()

@@ -9,7 +9,9 @@ launcher as `heatcache up`.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +36,10 @@ from heatcache.lab import (
     resolve_via,
     shared_port,
 )
+from heatcache.netutil import free_port_run
 from heatcache.services.dnsmasq import Dnsmasq
 from heatcache.settings import Settings
-from heatcache.stack import Stack
+from heatcache.stack import STAGES, Stack
 
 HOST = "origin.lab.test"
 FILES = {"video.bin": 700_000, "single.bin": 50_000}
@@ -92,7 +95,7 @@ def assert_hit(lab: Lab, settings: Settings, client: int) -> None:
 def test_request_to_local_hit(catalog: str, lab: Lab, kafka_settings: Settings, tmp_path: Path,
                               request: pytest.FixtureRequest) -> None:
     db_url = request.getfixturevalue("mariadb").url if catalog == "mariadb" else ""
-    settings = lab.settings(kafka_settings, tmp_path / "state", catalog_url=db_url)
+    settings = lab.settings(kafka_settings, tmp_path / "state", catalog_url=db_url, metrics_port=free_port_run(5))
     key = f"http://{HOST}:{lab.port}/video.bin"
     with Stack(settings, console=None) as stack:
         # Poison messages first: each consumer dead-letters them and goes on.
@@ -144,6 +147,14 @@ def test_request_to_local_hit(catalog: str, lab: Lab, kafka_settings: Settings, 
         single = lab.get(2, settings, "/single.bin")
         assert single.address == NODE_IP and single.headers["x-cache"] == "MISS"
         assert single.body == lab.files["single.bin"]
+        # Each serving stage exports its counters for Prometheus, on base + its place in STAGES.
+        def scrape(stage: str) -> str:
+            url = f"http://127.0.0.1:{settings.metrics_port + STAGES.index(stage)}/metrics"
+            return urllib.request.urlopen(url, timeout=5).read().decode()
+
+        assert re.search(r'^heatcache_edge_total\{counter="hits"\} [1-9]', scrape("edge"), re.M)
+        assert re.search(r'^heatcache_dns_total\{counter="steered"\} [1-9]', scrape("dns"), re.M)
+        assert re.search(r'^heatcache_sniffer_total\{counter="requests"\} [1-9]', scrape("sniff"), re.M)
         dead = read_topic(stack.bootstrap, settings.topic(contract.DEAD_LETTER))
         assert sorted(orjson.loads(m.value())["topic"] for m in dead) == sorted(
             [settings.topic(contract.REQUESTS), settings.topic(contract.HOT_URLS)])
