@@ -27,6 +27,7 @@ from dns_redirect.answer import error_reply, steered_reply
 from dns_redirect.index import CacheIndex
 from dns_redirect.policy import ClientAcl, RateLimiter, ResponseCache, lane_networks, never_steer
 from dns_redirect.wire import CLASS_IN, QTYPE_A, QTYPE_AAAA, pack_address, parse_question, steered_answer
+from heatcache.netutil import free_port_udp_tcp
 from heatcache.settings import Settings, parse_hostport
 
 if TYPE_CHECKING:
@@ -326,6 +327,10 @@ class DnsServer:
             await self.check_health(session)
             self._health_task = asyncio.create_task(self._health_loop(session))
         host = self.settings.dns_host
+        if self.port == 0 and udp_sock is None and ":" not in host:
+            # Port 0 would give UDP an ephemeral port whose TCP twin any outgoing connection may
+            # hold; take one free for both, below the ephemeral range.
+            self.port = free_port_udp_tcp(host)
         server = self
 
         class Udp(asyncio.DatagramProtocol):
