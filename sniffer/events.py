@@ -1,6 +1,11 @@
 """Pure mapping from captured frames to RequestEvents: filters, client pseudonyms, cache keys,
 bounded reassembly of request heads split across segments, and TLS server names.
 
+Two interchangeable paths: the pure-Python reference (sniffer/parse.py underneath) and the
+compiled fast path (sniffer/_fastpath.c does link/IP/TCP and HTTP heads in one call per frame),
+the default when the extension imports. They give the same events and the same counters;
+tests/sniffer/test_fastpath.py holds them to that.
+
 Everything here is deterministic given its inputs (frames and capture times); the only state is
 bounded: memo tables (cache keys, client ids) and the partial heads of at most ``max_partial``
 flows, expired on capture time.
@@ -17,9 +22,20 @@ from heatcache.cachekey import BadUrl, KeyRules, cache_key, split_host
 from heatcache.contract import RequestEvent
 from sniffer.parse import LINKTYPE_ETHERNET, MAX_HEAD, parse_frame, parse_requests, parse_sni, ua_class
 
+try:
+    from sniffer import _fastpath
+except ImportError:  # not built (no compiler): the reference still works; tests import it directly
+    _fastpath = None  # type: ignore[assignment]
+
 KEEP_METHODS = frozenset({"GET", "HEAD"})
 TLS_METHOD = "TLS"  # host-level events from a ClientHello: no path, never fetched
 _MEMO_MAX = 65_536
+_new_tuple = tuple.__new__  # RequestEvent without its Python-level __new__: same tuple, fewer calls
+
+
+def compiled_available() -> bool:
+    """Whether the compiled fast path (sniffer._fastpath) was built and imports."""
+    return _fastpath is not None
 
 
 @dataclass(slots=True)
@@ -92,13 +108,31 @@ class FrameParser:
     _uas: dict[str, str] = field(default_factory=dict)
     _partials: dict[tuple[str, int, str, int], _Partial] = field(default_factory=dict)
     _rules_on: bool = False
+    compiled: bool | None = None  # None: the compiled fast path when it imports, else the reference
+    _portmap: bytes = b""
+    _entries: dict[tuple[str, str], tuple[str, str, str, str] | str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.filters is None:
             self.filters = Filters(ignore_addresses=self.ignore)
         self._rules_on = bool(self.filters.ignore_hosts or self.filters.ignore_paths)
+        if self.compiled is None:
+            self.compiled = _fastpath is not None
+        if self.compiled:
+            if _fastpath is None:
+                raise ImportError("sniffer._fastpath is not built (./dev builds it; needs gcc and Python headers)")
+            # destination port -> 0 other, 1 HTTP, 2 TLS (HTTP wins, as in events())
+            portmap = bytearray(65536)
+            for port in self.tls_ports:
+                portmap[port] = 2
+            for port in self.ports:
+                portmap[port] = 1
+            self._portmap = bytes(portmap)
 
     def events(self, frame: bytes, ts: float, linktype: int = LINKTYPE_ETHERNET) -> list[RequestEvent]:
+        """The events in one captured frame (none if dropped: every drop is counted by reason)."""
+        if self.compiled:
+            return self._events_compiled(frame, ts, linktype)
         counters = self.counters
         counters["packets"] += 1
         seg = parse_frame(frame, linktype)
@@ -119,6 +153,96 @@ class FrameParser:
             return self._tls(seg.src, seg.payload, ts)
         counters["drop.other-port"] += 1
         return []
+
+    def _events_compiled(self, frame: bytes, ts: float, linktype: int = LINKTYPE_ETHERNET) -> list[RequestEvent]:
+        """events() with the per-frame work in C; what C leaves open (a held partial head for
+        this flow, TLS, an ignored address) is decided here exactly as in the reference."""
+        counters = self.counters
+        counters["packets"] += 1
+        ignored = self.filters.ignore_addresses  # type: ignore[union-attr]
+        res = _fastpath.scan(frame, linktype, self._portmap, bool(ignored))
+        if isinstance(res, str):  # a final drop reason, already "drop.<reason>"
+            counters[res] += 1
+            return []
+        src, dst, sport, dport, seq, payload, kind, parsed = res
+        if ignored:
+            if src in ignored or dst in ignored:
+                counters["drop.ignored-address"] += 1
+                return []
+            if kind == 0:
+                counters["drop.other-port"] += 1
+                return []
+            if kind == 1 and not payload:
+                counters["drop.no-payload"] += 1
+                return []
+        if kind == 2:
+            return self._tls(src, payload, ts)
+        if self._partials:
+            part = self._partials.pop((src, sport, dst, dport), None)
+            if part is not None:
+                if part.next_seq == seq and ts - part.ts <= self.partial_ttl_s:
+                    requests, rejects, rest = _fastpath.parse_requests(part.data + payload)
+                    counters["reassembled"] += 1
+                    for reason in rejects:
+                        counters["drop." + reason] += 1
+                    if rest:
+                        self._hold((src, sport, dst, dport), (seq + len(payload)) & 0xFFFFFFFF, rest, ts)
+                    return self._emit(requests, src, ts)
+                counters["drop.reassembly-gap"] += 1
+        requests, rejects, rest = parsed
+        for reason in rejects:  # already "drop.<reason>"
+            counters[reason] += 1
+        if rest:
+            self._hold((src, sport, dst, dport), (seq + len(payload)) & 0xFFFFFFFF, rest, ts)
+        return self._emit(requests, src, ts) if requests else []
+
+    def _emit(self, requests: list[tuple[str, str, str, str, str]], src: str, ts: float) -> list[RequestEvent]:
+        """Requests -> events for the compiled path: one memo entry per (host, target) holds the
+        key, authority, path and URL (or the drop reason), so a repeated URL costs two lookups."""
+        counters = self.counters
+        out: list[RequestEvent] = []
+        entries, uas = self._entries, self._uas
+        cid = ""
+        for method, target, host, rng, user_agent in requests:
+            if method not in KEEP_METHODS:
+                counters["drop.method"] += 1
+                continue
+            entry = entries.get((host, target))
+            if entry is None:
+                entry = self._entry(host, target)
+            if isinstance(entry, str):
+                counters[entry] += 1
+                continue
+            key, authority, path, url = entry
+            ua = uas.get(user_agent)
+            if ua is None:
+                if len(uas) >= _MEMO_MAX:
+                    uas.clear()
+                ua = uas[user_agent] = ua_class(user_agent)
+            if not cid:
+                cid = self.hasher.client_id(src, ts)
+            out.append(_new_tuple(RequestEvent, (ts, cid, method, authority, path, url, key, rng, ua)))
+        counters["requests"] += len(out)
+        return out
+
+    def _entry(self, host: str, target: str) -> tuple[str, str, str, str] | str:
+        """The memo entry for one (host, target): computed as the reference's _http does."""
+        try:
+            key = cache_key(host, target, self.rules)
+        except BadUrl:
+            entry: tuple[str, str, str, str] | str = "drop.bad-url"
+        else:
+            authority = key[7 : key.find("/", 7)] if key.startswith("http://") else key.split("/")[2]
+            path = target if target[0] == "/" else "/" + target.partition("://")[2].partition("/")[2]
+            if self._rules_on and (self.filters.host_ignored(authority.partition(":")[0])  # type: ignore[union-attr]
+                                   or self.filters.path_ignored(path)):  # type: ignore[union-attr]
+                entry = "drop.ignored-rule"
+            else:
+                entry = (key, authority, path, f"http://{authority}{path}")
+        if len(self._entries) >= _MEMO_MAX:
+            self._entries.clear()
+        self._entries[(host, target)] = entry
+        return entry
 
     def _http(self, src: str, sport: int, dst: str, dport: int, seq: int, payload: bytes,
               ts: float) -> list[RequestEvent]:

@@ -1,0 +1,552 @@
+/* sniffer._fastpath: the compiled fast path of sniffer/parse.py.
+ *
+ * The same byte-level rules as the Python reference (sniffer/parse.py), rule for rule and in the
+ * same order, so every frame gives the same segment or the same rejection reason, and every
+ * payload the same request heads, rejects and cut-off rest. tests/sniffer/test_fastpath.py checks
+ * that differentially. What this file does not decide (reassembly of cut heads, TLS ClientHellos,
+ * cache keys, client ids) stays in Python: scan() hands it back.
+ *
+ *   parse_frame(frame, linktype)      -> (src, dst, sport, dport, payload, seq) | reason
+ *   parse_requests(payload)           -> ([(method, target, host, range, ua)], [reason], rest)
+ *   scan(frame, linktype, portmap, strict) -> "drop.<reason>" | (src, dst, sport, dport, seq,
+ *                                         payload, kind, parsed-or-None)
+ *   pcap_records(buf, offset, big_endian, linktype, limit) -> ([(frame, ts, linktype)], offset)
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <arpa/inet.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#define MAX_HEAD (16 * 1024)
+#define MTU 65535
+
+/* ---- reasons: one interned string each, bare (parse_*) and counter-ready ("drop." + reason) */
+enum {
+    R_NONE = -1,
+    R_SHORT_ETHERNET, R_SHORT_VLAN, R_SHORT_SLL, R_SHORT_IP, R_SHORT_NULL, R_UNKNOWN_LINKTYPE,
+    R_NOT_IP, R_BAD_IP_VERSION, R_BAD_IP_HEADER, R_IP_FRAGMENT, R_NOT_TCP, R_BAD_IP_LENGTH,
+    R_BAD_IPV6_EXT, R_SHORT_TCP, R_BAD_TCP_HEADER, R_HEAD_TOO_LARGE, R_NOT_HTTP, R_BAD_VERSION,
+    R_BAD_TARGET, R_BAD_HEADER, R_BAD_CONTENT_LENGTH, R_NO_HOST, R_NON_ASCII, R_OTHER_PORT,
+    R_NO_PAYLOAD, R_COUNT
+};
+static const char *reason_names[R_COUNT] = {
+    "short-ethernet", "short-vlan", "short-sll", "short-ip", "short-null", "unknown-linktype",
+    "not-ip", "bad-ip-version", "bad-ip-header", "ip-fragment", "not-tcp", "bad-ip-length",
+    "bad-ipv6-ext", "short-tcp", "bad-tcp-header", "head-too-large", "not-http", "bad-version",
+    "bad-target", "bad-header", "bad-content-length", "no-host", "non-ascii", "other-port",
+    "no-payload",
+};
+static PyObject *reason_bare[R_COUNT];
+static PyObject *reason_drop[R_COUNT];
+
+static const char *method_names[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE",
+                                     "CONNECT"};
+#define N_METHODS 9
+static PyObject *method_str[N_METHODS];
+static PyObject *empty_bytes;
+static PyObject *empty_str;
+
+/* ---- link, IP and TCP headers (parse.py: parse_frame, _ipv4, _ipv6, _tcp) */
+
+typedef struct {
+    int family;
+    const uint8_t *src, *dst;
+    unsigned sport, dport;
+    uint32_t seq;
+    Py_ssize_t pay_off, pay_end;
+} segment;
+
+static int tcp_hdr(const uint8_t *f, Py_ssize_t off, Py_ssize_t end, segment *s) {
+    if (end < off + 20) return R_SHORT_TCP;
+    Py_ssize_t doff = (f[off + 12] >> 4) * 4;
+    if (doff < 20 || off + doff > end) return R_BAD_TCP_HEADER;
+    s->sport = ((unsigned)f[off] << 8) | f[off + 1];
+    s->dport = ((unsigned)f[off + 2] << 8) | f[off + 3];
+    s->seq = ((uint32_t)f[off + 4] << 24) | ((uint32_t)f[off + 5] << 16) | ((uint32_t)f[off + 6] << 8) | f[off + 7];
+    s->pay_off = off + doff;
+    s->pay_end = end;
+    return R_NONE;
+}
+
+static int ipv4_hdr(const uint8_t *f, Py_ssize_t n, Py_ssize_t off, segment *s) {
+    if (n < off + 20) return R_SHORT_IP;
+    uint8_t vihl = f[off];
+    if (vihl >> 4 != 4) return R_BAD_IP_VERSION;
+    Py_ssize_t ihl = (vihl & 0x0F) * 4;
+    if (ihl < 20) return R_BAD_IP_HEADER;
+    Py_ssize_t total = ((Py_ssize_t)f[off + 2] << 8) | f[off + 3];
+    if ((((unsigned)f[off + 6] << 8) | f[off + 7]) & 0x3FFF) return R_IP_FRAGMENT;
+    if (f[off + 9] != 6) return R_NOT_TCP;
+    Py_ssize_t end = total ? off + total : n; /* total 0: TSO-sized capture */
+    if ((total && total < ihl) || end > n) return R_BAD_IP_LENGTH;
+    s->family = AF_INET;
+    s->src = f + off + 12;
+    s->dst = f + off + 16;
+    return tcp_hdr(f, off + ihl, end, s);
+}
+
+static int ipv6_hdr(const uint8_t *f, Py_ssize_t n, Py_ssize_t off, segment *s) {
+    if (n < off + 40) return R_SHORT_IP;
+    if (f[off] >> 4 != 6) return R_BAD_IP_VERSION;
+    Py_ssize_t end = off + 40 + (((Py_ssize_t)f[off + 4] << 8) | f[off + 5]);
+    if (end > n) return R_BAD_IP_LENGTH;
+    unsigned nxt = f[off + 6];
+    Py_ssize_t pos = off + 40;
+    int hops = 0;
+    while (nxt == 0 || nxt == 43 || nxt == 60) { /* hop-by-hop, routing, destination options */
+        if (pos + 8 > end || hops > 8) return R_BAD_IPV6_EXT;
+        nxt = f[pos];
+        pos += ((Py_ssize_t)f[pos + 1] + 1) * 8;
+        hops++;
+    }
+    if (nxt == 44) return R_IP_FRAGMENT;
+    if (nxt != 6) return R_NOT_TCP;
+    s->family = AF_INET6;
+    s->src = f + off + 8;
+    s->dst = f + off + 24;
+    return tcp_hdr(f, pos, end, s);
+}
+
+static int frame_segment(const uint8_t *f, Py_ssize_t n, long long linktype, segment *s) {
+    unsigned ethertype;
+    Py_ssize_t off;
+    if (linktype == 1) { /* Ethernet */
+        if (n < 14) return R_SHORT_ETHERNET;
+        ethertype = ((unsigned)f[12] << 8) | f[13];
+        off = 14;
+        while (ethertype == 0x8100 || ethertype == 0x88A8 || ethertype == 0x9100) { /* 802.1Q, QinQ */
+            if (n < off + 4) return R_SHORT_VLAN;
+            ethertype = ((unsigned)f[off + 2] << 8) | f[off + 3];
+            off += 4;
+        }
+    } else if (linktype == 113) { /* Linux SLL */
+        if (n < 16) return R_SHORT_SLL;
+        ethertype = ((unsigned)f[14] << 8) | f[15];
+        off = 16;
+    } else if (linktype == 101) { /* raw IP */
+        if (n == 0) return R_SHORT_IP;
+        ethertype = f[0] >> 4 == 4 ? 0x0800 : 0x86DD;
+        off = 0;
+    } else if (linktype == 0) { /* BSD loopback: host-order address family */
+        if (n < 4) return R_SHORT_NULL;
+        uint32_t family = (uint32_t)f[0] | ((uint32_t)f[1] << 8) | ((uint32_t)f[2] << 16) | ((uint32_t)f[3] << 24);
+        if (family > 0xFFFF)  /* written by a big-endian host */
+            family = ((uint32_t)f[0] << 24) | ((uint32_t)f[1] << 16) | ((uint32_t)f[2] << 8) | f[3];
+        ethertype = family == 2 ? 0x0800 : 0x86DD;
+        off = 4;
+    } else {
+        return R_UNKNOWN_LINKTYPE;
+    }
+    if (ethertype == 0x0800) return ipv4_hdr(f, n, off, s);
+    if (ethertype == 0x86DD) return ipv6_hdr(f, n, off, s);
+    return R_NOT_IP;
+}
+
+static PyObject *address(const segment *s, const uint8_t *a) {
+    char text[INET6_ADDRSTRLEN];
+    /* libc's inet_ntop, the same function socket.inet_ntop uses: identical text */
+    if (inet_ntop(s->family, a, text, sizeof text) == NULL) return PyErr_SetFromErrno(PyExc_OSError);
+    return PyUnicode_FromString(text);
+}
+
+static int linktype_arg(PyObject *obj, long long *out) {
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    *out = overflow ? -2 : v; /* any huge value is just an unknown link type */
+    return 0;
+}
+
+/* ---- HTTP request heads (parse.py: parse_requests, _looks_like_request, _parse_head) */
+
+static int method_index(const uint8_t *p, Py_ssize_t len) {
+    for (int i = 0; i < N_METHODS; i++)
+        if ((Py_ssize_t)strlen(method_names[i]) == len && memcmp(method_names[i], p, (size_t)len) == 0) return i;
+    return -1;
+}
+
+static int looks_like_request(const uint8_t *p, Py_ssize_t len) {
+    Py_ssize_t lim = len < 8 ? len : 8, sp = -1;
+    for (Py_ssize_t i = 0; i < lim; i++)
+        if (p[i] == ' ') { sp = i; break; }
+    if (sp < 0) { /* a head cut inside its method ("GE"): a prefix of a method and nothing else */
+        if (!(0 < len && len < 8)) return 0;
+        for (int i = 0; i < N_METHODS; i++)
+            if ((Py_ssize_t)strlen(method_names[i]) >= len && memcmp(method_names[i], p, (size_t)len) == 0) return 1;
+        return 0;
+    }
+    return method_index(p, sp) >= 0;
+}
+
+static Py_ssize_t find_crlfcrlf(const uint8_t *p, Py_ssize_t from, Py_ssize_t n) {
+    const uint8_t *q = p + from, *stop = p + n;
+    while (stop - q >= 4) {
+        const uint8_t *r = memchr(q, '\r', (size_t)(stop - q - 3));
+        if (r == NULL) return -1;
+        if (r[1] == '\n' && r[2] == '\r' && r[3] == '\n') return r - p;
+        q = r + 1;
+    }
+    return -1;
+}
+
+static int lower_eq(const uint8_t *p, Py_ssize_t avail, const char *word, Py_ssize_t wlen) {
+    if (avail < wlen) return 0;
+    for (Py_ssize_t i = 0; i < wlen; i++) {
+        uint8_t c = p[i];
+        if (c >= 'A' && c <= 'Z') c = (uint8_t)(c + 32);
+        if (c != (uint8_t)word[i]) return 0;
+    }
+    return 1;
+}
+
+static int is_ascii(const uint8_t *p, Py_ssize_t len) {
+    for (Py_ssize_t i = 0; i < len; i++)
+        if (p[i] & 0x80) return 0;
+    return 1;
+}
+
+static PyObject *ascii_str(const uint8_t *p, Py_ssize_t len) {
+    if (len == 0) { Py_INCREF(empty_str); return empty_str; }
+    PyObject *s = PyUnicode_New(len, 127);
+    if (s != NULL) memcpy(PyUnicode_DATA(s), p, (size_t)len);
+    return s;
+}
+
+typedef struct { const uint8_t *p; Py_ssize_t len; } span;
+
+/* One head (without its blank line): a request tuple in *out and the body length to skip, or a
+ * reason. Mirrors _parse_head's checks in order. */
+static int parse_head(const uint8_t *h, Py_ssize_t n, PyObject **out, Py_ssize_t *body) {
+    *out = NULL;
+    Py_ssize_t line_end = -1;
+    for (Py_ssize_t i = 0; i + 1 < n; i++)
+        if (h[i] == '\r' && h[i + 1] == '\n') { line_end = i; break; }
+    Py_ssize_t llen = line_end < 0 ? n : line_end;
+    /* line.split(b" ") must give exactly three parts */
+    Py_ssize_t sp1 = -1, sp2 = -1;
+    for (Py_ssize_t i = 0; i < llen; i++) {
+        if (h[i] == ' ') {
+            if (sp1 < 0) sp1 = i;
+            else if (sp2 < 0) sp2 = i;
+            else return R_NOT_HTTP;
+        }
+    }
+    if (sp2 < 0) return R_NOT_HTTP;
+    int m = method_index(h, sp1);
+    if (m < 0) return R_NOT_HTTP;
+    span target = {h + sp1 + 1, sp2 - sp1 - 1};
+    if (llen - sp2 - 1 < 7 || memcmp(h + sp2 + 1, "HTTP/1.", 7) != 0) return R_BAD_VERSION;
+    if (target.len == 0) return R_BAD_TARGET;
+    for (Py_ssize_t i = 0; i < target.len; i++)
+        if (target.p[i] <= 0x20 || target.p[i] == 0x7F) return R_BAD_TARGET;
+    span host = {NULL, 0}, rng = {NULL, 0}, ua = {NULL, 0};
+    unsigned long long blen = 0;
+    if (line_end >= 0) {
+        const uint8_t *r = h + line_end;
+        Py_ssize_t rn = n - line_end;
+        /* _BAD_LINE: a "\r\n" followed by a line without a colon, ending in "\r\n" or at the end
+         * (where Python's $ also matches before one final "\n") */
+        for (Py_ssize_t i = 0; i + 1 < rn; i++) {
+            if (r[i] != '\r' || r[i + 1] != '\n') continue;
+            Py_ssize_t k = i + 2;
+            while (k < rn && r[k] != ':' && r[k] != '\r' && r[k] != '\n') k++;
+            if (k == rn || (k + 1 < rn && r[k] == '\r' && r[k + 1] == '\n') || (k == rn - 1 && r[k] == '\n'))
+                return R_BAD_HEADER;
+        }
+        /* _FIELDS: "\r\n" name [ \t]* ":" [ \t]* value, each "\r\n" tried in turn */
+        for (Py_ssize_t i = 0; i + 1 < rn; i++) {
+            if (r[i] != '\r' || r[i + 1] != '\n') continue;
+            const uint8_t *p = r + i + 2;
+            Py_ssize_t avail = rn - i - 2, nl;
+            int which;
+            if (lower_eq(p, avail, "host", 4)) { which = 0; nl = 4; }
+            else if (lower_eq(p, avail, "range", 5)) { which = 1; nl = 5; }
+            else if (lower_eq(p, avail, "user-agent", 10)) { which = 2; nl = 10; }
+            else if (lower_eq(p, avail, "content-length", 14)) { which = 3; nl = 14; }
+            else continue;
+            Py_ssize_t k = nl;
+            while (k < avail && (p[k] == ' ' || p[k] == '\t')) k++;
+            if (k >= avail || p[k] != ':') continue;
+            k++;
+            while (k < avail && (p[k] == ' ' || p[k] == '\t')) k++;
+            Py_ssize_t vs = k;
+            while (k < avail && p[k] != '\r' && p[k] != '\n') k++;
+            Py_ssize_t ve = k, vend = k;
+            if (which == 3) { /* value.strip(): all ASCII whitespace; then isdigit() */
+                while (vs < ve && (p[vs] == ' ' || (p[vs] >= '\t' && p[vs] <= '\r'))) vs++;
+                while (ve > vs && (p[ve - 1] == ' ' || (p[ve - 1] >= '\t' && p[ve - 1] <= '\r'))) ve--;
+                if (ve == vs) return R_BAD_CONTENT_LENGTH;
+                unsigned long long v = 0;
+                for (Py_ssize_t j = vs; j < ve; j++) {
+                    if (p[j] < '0' || p[j] > '9') return R_BAD_CONTENT_LENGTH;
+                    if (v < (1ULL << 50)) v = v * 10 + (unsigned)(p[j] - '0'); /* saturate: ends the payload */
+                }
+                blen = v;
+            } else {
+                while (ve > vs && (p[ve - 1] == ' ' || p[ve - 1] == '\t')) ve--;
+                span *dst = which == 0 ? &host : which == 1 ? &rng : &ua;
+                dst->p = p + vs;
+                dst->len = ve - vs;
+            }
+            i = i + 2 + vend - 1; /* continue after the value (findall does not overlap) */
+        }
+    }
+    if (host.len == 0 && !(target.len >= 7 && memcmp(target.p, "http://", 7) == 0)
+        && !(target.len >= 8 && memcmp(target.p, "https://", 8) == 0))
+        return R_NO_HOST;
+    if (!is_ascii(target.p, target.len) || !is_ascii(host.p, host.len) || !is_ascii(rng.p, rng.len))
+        return R_NON_ASCII;
+    PyObject *t = PyTuple_New(5);
+    if (t == NULL) return R_NONE;
+    Py_INCREF(method_str[m]);
+    PyTuple_SET_ITEM(t, 0, method_str[m]);
+    PyObject *items[4] = {ascii_str(target.p, target.len), ascii_str(host.p, host.len), ascii_str(rng.p, rng.len),
+                          PyUnicode_DecodeLatin1((const char *)ua.p, ua.len, NULL)};
+    for (int j = 0; j < 4; j++) {
+        if (items[j] == NULL) {
+            for (int q = j + 1; q < 4; q++) Py_XDECREF(items[q]);
+            Py_DECREF(t);
+            return R_NONE;
+        }
+        PyTuple_SET_ITEM(t, j + 1, items[j]);
+    }
+    *out = t;
+    *body = blen > (unsigned long long)PY_SSIZE_T_MAX / 2 ? PY_SSIZE_T_MAX / 2 : (Py_ssize_t)blen;
+    return R_NONE;
+}
+
+/* parse_requests on p[0:n]; reasons from `table` (bare or "drop."-prefixed). NULL on error. */
+static PyObject *requests_of(const uint8_t *p, Py_ssize_t n, PyObject *payload_obj, PyObject **table) {
+    PyObject *reqs = PyList_New(0), *rejects = PyList_New(0), *rest = NULL;
+    if (reqs == NULL || rejects == NULL) goto fail;
+    Py_ssize_t pos = 0;
+    while (pos < n) {
+        Py_ssize_t end = find_crlfcrlf(p, pos, n);
+        if (end < 0) {
+            const uint8_t *r = p + pos;
+            Py_ssize_t rlen = n - pos;
+            if (looks_like_request(r, rlen)) {
+                if (rlen > MAX_HEAD) {
+                    if (PyList_Append(rejects, table[R_HEAD_TOO_LARGE]) < 0) goto fail;
+                    break;
+                }
+                if (pos == 0 && payload_obj != NULL) {
+                    Py_INCREF(payload_obj);
+                    rest = payload_obj;
+                } else {
+                    rest = PyBytes_FromStringAndSize((const char *)r, rlen);
+                    if (rest == NULL) goto fail;
+                }
+                break;
+            }
+            for (Py_ssize_t i = 0; i < rlen; i++) {
+                if (r[i] != '\r' && r[i] != '\n') {
+                    if (PyList_Append(rejects, table[R_NOT_HTTP]) < 0) goto fail;
+                    break;
+                }
+            }
+            break;
+        }
+        if (end - pos > MAX_HEAD) {
+            if (PyList_Append(rejects, table[R_HEAD_TOO_LARGE]) < 0) goto fail;
+            break;
+        }
+        PyObject *req;
+        Py_ssize_t body = 0;
+        int why = parse_head(p + pos, end - pos, &req, &body);
+        pos = end + 4;
+        if (why != R_NONE) {
+            if (PyList_Append(rejects, table[why]) < 0) goto fail;
+            if (why == R_NOT_HTTP) break; /* a body or binary data: nothing after it is a new head */
+            continue;
+        }
+        if (req == NULL) goto fail;
+        int rc = PyList_Append(reqs, req);
+        Py_DECREF(req);
+        if (rc < 0) goto fail;
+        pos = body >= n - pos ? n : pos + body; /* skip a body so a pipelined head after it is found */
+    }
+    if (rest == NULL) {
+        Py_INCREF(empty_bytes);
+        rest = empty_bytes;
+    }
+    return Py_BuildValue("(NNN)", reqs, rejects, rest);
+fail:
+    Py_XDECREF(reqs);
+    Py_XDECREF(rejects);
+    Py_XDECREF(rest);
+    return NULL;
+}
+
+/* ---- Python entry points */
+
+static PyObject *py_parse_requests(PyObject *self, PyObject *arg) {
+    (void)self;
+    Py_buffer buf;
+    if (PyObject_GetBuffer(arg, &buf, PyBUF_SIMPLE) < 0) return NULL;
+    PyObject *res = requests_of(buf.buf, buf.len, PyBytes_CheckExact(arg) ? arg : NULL, reason_bare);
+    PyBuffer_Release(&buf);
+    return res;
+}
+
+static PyObject *segment_tuple(const segment *s, PyObject *payload, PyObject *kind, PyObject *parsed) {
+    PyObject *src = address(s, s->src);
+    if (src == NULL) return NULL;
+    PyObject *dst = address(s, s->dst);
+    if (dst == NULL) { Py_DECREF(src); return NULL; }
+    if (kind == NULL) /* parse_frame's shape: Segment(src, dst, sport, dport, payload, seq) */
+        return Py_BuildValue("(NNIIOk)", src, dst, s->sport, s->dport, payload, (unsigned long)s->seq);
+    return Py_BuildValue("(NNIIkOOO)", src, dst, s->sport, s->dport, (unsigned long)s->seq, payload, kind, parsed);
+}
+
+static PyObject *py_parse_frame(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer buf;
+    PyObject *lt;
+    long long linktype;
+    if (!PyArg_ParseTuple(args, "y*O", &buf, &lt)) return NULL;
+    if (linktype_arg(lt, &linktype) < 0) { PyBuffer_Release(&buf); return NULL; }
+    segment s;
+    int why = frame_segment(buf.buf, buf.len, linktype, &s);
+    PyObject *res;
+    if (why != R_NONE) {
+        Py_INCREF(reason_bare[why]);
+        res = reason_bare[why];
+    } else {
+        PyObject *payload = PyBytes_FromStringAndSize((const char *)buf.buf + s.pay_off, s.pay_end - s.pay_off);
+        res = payload == NULL ? NULL : segment_tuple(&s, payload, NULL, NULL);
+        Py_XDECREF(payload);
+    }
+    PyBuffer_Release(&buf);
+    return res;
+}
+
+static PyObject *kind_obj[3];
+
+/* The per-frame hot path. portmap: 65536 bytes, 0 other / 1 HTTP / 2 TLS per destination port.
+ * strict (ignored addresses configured): other-port and no-payload are decided in Python, after
+ * the address check, so they come back as tuples too. */
+static PyObject *py_scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "scan(frame, linktype, portmap, strict)");
+        return NULL;
+    }
+    PyObject *frame = args[0];
+    long long linktype;
+    if (!PyBytes_Check(frame)) {
+        PyErr_SetString(PyExc_TypeError, "frame must be bytes");
+        return NULL;
+    }
+    if (linktype_arg(args[1], &linktype) < 0) return NULL;
+    if (!PyBytes_Check(args[2]) || PyBytes_GET_SIZE(args[2]) != 65536) {
+        PyErr_SetString(PyExc_TypeError, "portmap must be 65536 bytes");
+        return NULL;
+    }
+    const uint8_t *portmap = (const uint8_t *)PyBytes_AS_STRING(args[2]);
+    int strict = PyObject_IsTrue(args[3]);
+    const uint8_t *f = (const uint8_t *)PyBytes_AS_STRING(frame);
+    Py_ssize_t n = PyBytes_GET_SIZE(frame);
+    segment s;
+    int why = frame_segment(f, n, linktype, &s);
+    if (why != R_NONE) {
+        Py_INCREF(reason_drop[why]);
+        return reason_drop[why];
+    }
+    int kind = portmap[s.dport];
+    Py_ssize_t plen = s.pay_end - s.pay_off;
+    if (!strict && (kind == 0 || (kind == 1 && plen == 0))) {
+        why = kind == 0 ? R_OTHER_PORT : R_NO_PAYLOAD;
+        Py_INCREF(reason_drop[why]);
+        return reason_drop[why];
+    }
+    PyObject *payload = PyBytes_FromStringAndSize((const char *)f + s.pay_off, plen);
+    if (payload == NULL) return NULL;
+    PyObject *parsed;
+    if (kind == 1 && plen > 0) {
+        parsed = requests_of((const uint8_t *)PyBytes_AS_STRING(payload), plen, payload, reason_drop);
+        if (parsed == NULL) { Py_DECREF(payload); return NULL; }
+    } else {
+        Py_INCREF(Py_None);
+        parsed = Py_None;
+    }
+    PyObject *res = segment_tuple(&s, payload, kind_obj[kind > 2 ? 0 : kind], parsed);
+    Py_DECREF(payload);
+    Py_DECREF(parsed);
+    return res;
+}
+
+/* Classic pcap records from a buffer holding the whole file, read the way scapy's RawPcapReader
+ * reads them (frames cut at 65535 bytes, a short last record kept as it is). */
+static PyObject *py_pcap_records(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer buf;
+    Py_ssize_t off, limit;
+    int big;
+    PyObject *lt;
+    if (!PyArg_ParseTuple(args, "y*npOn", &buf, &off, &big, &lt, &limit)) return NULL;
+    PyObject *out = PyList_New(0);
+    if (out == NULL) { PyBuffer_Release(&buf); return NULL; }
+    const uint8_t *p = buf.buf;
+    Py_ssize_t n = buf.len;
+    while (off >= 0 && n - off >= 16 && PyList_GET_SIZE(out) < limit) {
+        const uint8_t *h = p + off;
+        uint32_t v[4];
+        for (int i = 0; i < 4; i++) {
+            const uint8_t *q = h + 4 * i;
+            v[i] = big ? ((uint32_t)q[0] << 24 | (uint32_t)q[1] << 16 | (uint32_t)q[2] << 8 | q[3])
+                       : ((uint32_t)q[3] << 24 | (uint32_t)q[2] << 16 | (uint32_t)q[1] << 8 | q[0]);
+        }
+        Py_ssize_t caplen = (Py_ssize_t)v[2], avail = n - off - 16;
+        Py_ssize_t take = caplen < avail ? caplen : avail;
+        if (take > MTU) take = MTU;
+        double ts = (double)v[0] + (double)v[1] / 1e6; /* capture.py's _ts, same arithmetic */
+        PyObject *rec = Py_BuildValue("(y#dO)", (const char *)h + 16, take, ts, lt);
+        if (rec == NULL || PyList_Append(out, rec) < 0) {
+            Py_XDECREF(rec);
+            Py_DECREF(out);
+            PyBuffer_Release(&buf);
+            return NULL;
+        }
+        Py_DECREF(rec);
+        off = caplen < avail ? off + 16 + caplen : n;
+    }
+    PyBuffer_Release(&buf);
+    return Py_BuildValue("(Nn)", out, off);
+}
+
+static PyMethodDef methods[] = {
+    {"parse_frame", py_parse_frame, METH_VARARGS, "parse.parse_frame, compiled: a segment tuple or a reason."},
+    {"parse_requests", py_parse_requests, METH_O, "parse.parse_requests, compiled."},
+    {"scan", (PyCFunction)(void (*)(void))py_scan, METH_FASTCALL,
+     "One frame: a 'drop.<reason>' counter name, or (src, dst, sport, dport, seq, payload, kind, parsed)."},
+    {"pcap_records", py_pcap_records, METH_VARARGS, "Classic pcap records from a whole-file buffer."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "sniffer._fastpath",
+                                    "Compiled fast path of sniffer/parse.py (see the C source).", -1, methods,
+                                    NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__fastpath(void) {
+    for (int i = 0; i < R_COUNT; i++) {
+        reason_bare[i] = PyUnicode_InternFromString(reason_names[i]);
+        reason_drop[i] = PyUnicode_FromFormat("drop.%s", reason_names[i]);
+        if (reason_bare[i] == NULL || reason_drop[i] == NULL) return NULL;
+        PyUnicode_InternInPlace(&reason_drop[i]);
+    }
+    for (int i = 0; i < N_METHODS; i++)
+        if ((method_str[i] = PyUnicode_InternFromString(method_names[i])) == NULL) return NULL;
+    for (int i = 0; i < 3; i++)
+        if ((kind_obj[i] = PyLong_FromLong(i)) == NULL) return NULL;
+    empty_bytes = PyBytes_FromStringAndSize(NULL, 0);
+    empty_str = PyUnicode_New(0, 0);
+    if (empty_bytes == NULL || empty_str == NULL) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    if (PyModule_AddIntConstant(m, "MAX_HEAD", MAX_HEAD) < 0) return NULL;
+    return m;
+}

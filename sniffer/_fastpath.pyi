@@ -1,0 +1,16 @@
+"""Type stub for the compiled fast path (sniffer/_fastpath.c); sniffer/parse.py is its reference."""
+
+from __future__ import annotations
+
+from typing import Any
+
+MAX_HEAD: int
+
+def parse_frame(frame: bytes, linktype: int, /) -> tuple[str, str, int, int, bytes, int] | str: ...
+def parse_requests(
+    payload: bytes, /
+) -> tuple[list[tuple[str, str, str, str, str]], list[str], bytes]: ...
+def scan(frame: bytes, linktype: int, portmap: bytes, strict: bool, /) -> str | tuple[Any, ...]: ...
+def pcap_records(
+    buf: Any, offset: int, big_endian: bool, linktype: int, limit: int, /
+) -> tuple[list[tuple[bytes, float, int]], int]: ...

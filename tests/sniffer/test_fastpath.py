@@ -1,0 +1,191 @@
+"""The compiled fast path (sniffer/_fastpath.c) against its Python reference (sniffer/parse.py,
+sniffer/events.py, scapy's pcap reader): same segments, same request heads, same events and the
+same drop counters, on generated traffic and on a mutation/hypothesis fuzz corpus.
+
+The extension is imported unconditionally: a failed build fails here instead of silently
+falling back to the slow path.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from heatcache.cachekey import KeyRules
+from heatcache.settings import load_settings
+from sniffer import _fastpath  # imported unconditionally: no skip, the build must work
+from sniffer.app import build_parser
+from sniffer.capture import pcap_frames
+from sniffer.events import ClientHasher, Filters, FrameParser, compiled_available
+from sniffer.parse import parse_frame, parse_requests
+from sniffer.synth import client_hello, generate, tcp_frame
+from tests.sniffer.test_fuzz import mutate
+
+HEADS = [
+    b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET /x?utm_source=1&k=2 HTTP/1.1\r\nHost: A.Example:80\r\nUser-Agent: curl/8\r\nRange: bytes=1-\r\n\r\n",
+    b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET /after HTTP/1.1\r\nhost:\tb \t\r\n\r\n",
+    b"HEAD http://h.example:8080/abs HTTP/1.0\r\n\r\n",
+    b"GET /\xff HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nbroken line\n\r\n\r\n",
+    b"GET / HTTP/1.1\r\nContent-Length: \x0b12\x0c\r\nHost: a\r\n\r\n",
+    b"GET / HTTP/1.1\r\nUser-Agent: \xe9t\xe9\r\nHost: a\r\n\r\nGE",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+]
+
+
+def reference(**kw: object) -> FrameParser:
+    return FrameParser(ports=frozenset({80, 8080}), rules=KeyRules.load(), hasher=ClientHasher(b"k", 3600),
+                       compiled=False, **kw)  # type: ignore[arg-type]
+
+
+def compiled(**kw: object) -> FrameParser:
+    return FrameParser(ports=frozenset({80, 8080}), rules=KeyRules.load(), hasher=ClientHasher(b"k", 3600),
+                       compiled=True, **kw)  # type: ignore[arg-type]
+
+
+def same_frames(frames: list[tuple[bytes, float, int]], **kw: object) -> Counter[str]:
+    """Both parsers over the frames: identical events per frame and identical counters."""
+    ref, fast = reference(**kw), compiled(**kw)
+    for frame, ts, linktype in frames:
+        assert fast.events(frame, ts, linktype) == ref.events(frame, ts, linktype), (frame, linktype)
+    ref.flush()
+    fast.flush()
+    assert fast.counters == ref.counters
+    return fast.counters
+
+
+def test_extension_is_built_and_default() -> None:
+    assert compiled_available()
+    assert build_parser(load_settings(client_id_secret="x")).compiled is True
+    assert build_parser(load_settings(client_id_secret="x", sniff_compiled=False)).compiled is False
+
+
+def check_frame(frame: bytes, linktype: int) -> None:
+    ref = parse_frame(frame, linktype)
+    got = _fastpath.parse_frame(frame, linktype)
+    assert got == (ref if isinstance(ref, str) else tuple(ref)), (frame, linktype)
+
+
+def check_requests(payload: bytes) -> None:
+    reqs, rejects, rest = parse_requests(payload)
+    assert _fastpath.parse_requests(payload) == ([tuple(r) for r in reqs], rejects, rest), payload
+
+
+def test_parse_functions_on_mutated_corpus() -> None:
+    """80k frames and 80k payloads: random bytes on every link type, mutated real frames."""
+    rng = random.Random(99)
+    seeds = [*generate(1_000, seed=4).frames,
+             tcp_frame("2001:db8::1", "2001:db8::2", 40001, 80, HEADS[1], vlan=5)]
+    for i in range(80_000):
+        if i % 3 == 0:
+            frame, linktype = rng.randbytes(rng.randrange(0, 120)), rng.choice([1, 0, 101, 113, 7, 2**70])
+        else:
+            frame, linktype = mutate(rng, rng.choice(seeds)), 1
+        check_frame(frame, linktype)
+        check_requests(mutate(rng, rng.choice(HEADS)) if i % 2 else rng.choice(seeds)[54:])
+
+
+def test_parse_requests_edge_cases() -> None:
+    for payload in [*HEADS, b"", b"\r\n", b"G", b"GET", b"GET /", b"XYZ /", b"GET " + b"a" * 20_000,
+                    b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n" * 3, b"GET /a HTTP/1.1\r\nHost: a\r\nRange:\r\n\r\n",
+                    b"GET /a HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\nGET"]:
+        check_requests(payload)
+
+
+header_line = st.sampled_from([b"Host: a.example", b"host:b", b"HOST :  c ", b"Range: bytes=0-", b"User-Agent: x",
+                               b"Content-Length: 0", b"Content-Length: 4", b"content-length: x", b"X-A: 1", b"bad",
+                               b"", b"Host: \x80", b"\n"])
+
+
+@settings(max_examples=3_000, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([b"GET", b"HEAD", b"POST", b"GE", b"get", b"PUT"]),
+                          st.sampled_from([b"/", b"/a?b=1", b"http://x/y", b"", b"/\x7f", b"/ /"]),
+                          st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2", b""]),
+                          st.lists(header_line, max_size=4),
+                          st.sampled_from([b"\r\n\r\n", b"\r\n", b"", b"\r\n\r\nabcd"])), min_size=1, max_size=3),
+       st.integers(0, 200))
+def test_parse_requests_hypothesis(heads: list[tuple[bytes, bytes, bytes, list[bytes], bytes]], cut: int) -> None:
+    payload = b"".join(m + b" " + t + b" " + v + b"".join(b"\r\n" + h for h in hs) + end for m, t, v, hs, end in heads)
+    check_requests(payload)
+    check_requests(payload[:cut])
+    check_requests(payload[cut:])
+
+
+@settings(max_examples=2_000, deadline=None)
+@given(st.binary(max_size=100), st.sampled_from([0, 1, 101, 113, 228]))
+def test_parse_frame_hypothesis(data: bytes, linktype: int) -> None:
+    check_frame(data, linktype)
+    check_frame(tcp_frame("10.0.0.1", "10.0.0.2", 1, 80, b"")[:14] + data, 1)
+
+
+def test_frame_parser_on_generated_traffic() -> None:
+    traffic = generate(8_000, seed=21)
+    frames = [(f, 1_790_000_000.0 + i * 1e-4, 1) for i, f in enumerate(traffic.frames)]
+    c = same_frames(frames, tls_ports=frozenset({443}))
+    assert c["requests"] >= 8_000 and c["reassembled"] > 100 and c["tls-hosts"] > 100
+    # with every filter on: ignored addresses, hosts, paths (the Python-side decisions)
+    busy = Counter(traffic.requests).most_common(1)[0][0][1].partition(":")[0]
+    c = same_frames(frames, tls_ports=frozenset({443}),
+                    filters=Filters(frozenset({"203.0.113.7", "2001:db8:99::80"}), (busy,), ("/files/1/",)))
+    assert c["drop.ignored-address"] > 100 and c["drop.ignored-rule"] > 100
+
+
+def test_frame_parser_on_mutated_traffic() -> None:
+    """60k mutated and random frames through both FrameParsers: events and counters agree."""
+    rng = random.Random(7)
+    seeds = [*generate(1_500, seed=8).frames, tcp_frame("10.0.0.1", "203.0.113.5", 40000, 443, client_hello("a.b"))]
+    head = b"GET /big HTTP/1.1\r\nHost: a.example\r\nCookie: " + b"c" * 100 + b"\r\n\r\n"
+    frames = []
+    for i in range(60_000):
+        ts = 1_790_000_000.0 + i * 0.001
+        if i % 7 == 0:  # a head cut in two, sometimes with a gap or out of order
+            seq = rng.getrandbits(32)
+            cut = rng.randrange(1, len(head))
+            first = tcp_frame("10.1.0.1", "203.0.113.9", 41000 + i % 50, 80, head[:cut], seq=seq)
+            second = tcp_frame("10.1.0.1", "203.0.113.9", 41000 + i % 50, 80, head[cut:],
+                               seq=seq + cut + rng.choice([0, 0, 0, 1]))
+            frames += [(first, ts, 1), (second, ts + rng.choice([0.0, 0.0, 9.0]), 1)]
+        elif i % 2:
+            frames.append((rng.randbytes(rng.randrange(0, 200)), ts, rng.choice([1, 1, 0, 101, 113, 7])))
+        else:
+            frames.append((mutate(rng, rng.choice(seeds)), ts, 1))
+    c = same_frames(frames, tls_ports=frozenset({443}), max_partial=64)
+    assert c["reassembled"] > 1000 and c["drop.reassembly-gap"] > 100
+
+
+def write_pcap(path: Path, frames: list[bytes], big: bool = False, linktype: int = 1) -> None:
+    end = ">" if big else "<"
+    with open(path, "wb") as fh:
+        fh.write(struct.pack(end + "IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, linktype))
+        for i, frame in enumerate(frames):
+            fh.write(struct.pack(end + "IIII", 1_790_000_000 + i, (i * 7919) % 1_000_000, len(frame), len(frame)))
+            fh.write(frame)
+
+
+@pytest.mark.parametrize("big", [False, True])
+def test_pcap_reader_matches_scapy(tmp_path: Path, big: bool) -> None:
+    frames = [*generate(300, seed=2).frames, b"", b"\x00" * 70_000]
+    path = tmp_path / "c.pcap"
+    write_pcap(path, frames, big=big, linktype=113)
+    ref = list(pcap_frames(path, compiled=False))
+    assert list(pcap_frames(path, compiled=True)) == ref and len(ref) == len(frames)
+    assert len(ref[-1][0]) == 65535  # cut at scapy's MTU, as RawPcapReader does
+    path.write_bytes(path.read_bytes()[:-69_990])  # a short last record is kept as it is
+    assert list(pcap_frames(path, compiled=True)) == list(pcap_frames(path, compiled=False))
+
+
+def test_pcapng_falls_back_to_scapy(tmp_path: Path) -> None:
+    from scapy.utils import PcapNgWriter
+
+    path = tmp_path / "c.pcapng"
+    with PcapNgWriter(str(path)) as w:
+        for f in generate(20, seed=1).frames:
+            w.write(f)
+    assert list(pcap_frames(path, compiled=True)) == list(pcap_frames(path, compiled=False))
