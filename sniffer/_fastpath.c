@@ -11,11 +11,13 @@
  *   scan(frame, linktype, portmap, strict) -> "drop.<reason>" | (src, dst, sport, dport, seq,
  *                                         payload, kind, parsed-or-None)
  *   pcap_records(buf, offset, big_endian, linktype, limit) -> ([(frame, ts, linktype)], offset)
+ *   FastPath(...).events(frame, ts, linktype) -> [RequestEvent] | None (None: run the Python path)
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include <arpa/inet.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -518,6 +520,341 @@ static PyObject *py_pcap_records(PyObject *self, PyObject *args) {
     return Py_BuildValue("(Nn)", out, off);
 }
 
+/* ---- FastPath: FrameParser.events for the common frame, entirely in C.
+ *
+ * It reads the parser's own state (counters, memo dicts, held partial heads, the hasher's
+ * current client-id memo) and decides a frame only when every lookup hits: a drop, or HTTP
+ * requests whose (host, target) entry, user-agent class and client id are all memoized. Then it
+ * counts exactly what the Python path would count and returns the events. Anything else (TLS, a
+ * head to hold or to reassemble, a memo miss, a new client-id period) returns None before
+ * touching any state, and events.py runs the Python path for that frame. */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *portmap, *counters, *entries, *uas, *partials, *hasher, *ignored, *event_type, *bases, *params;
+    double rotation;
+    int raw, rules_on;
+} FastPath;
+
+static PyObject *s_packets, *s_requests, *s_method, *s_ignored_address, *s_epoch, *s_memo, *s_bad_url;
+
+static int bump(PyObject *counters, PyObject *key, Py_ssize_t by) {
+    PyObject *v = PyDict_GetItemWithError(counters, key); /* borrowed */
+    PyObject *nv;
+    if (v == NULL) {
+        if (PyErr_Occurred()) return -1;
+        nv = PyLong_FromSsize_t(by);
+    } else {
+        PyObject *inc = PyLong_FromSsize_t(by);
+        if (inc == NULL) return -1;
+        nv = PyNumber_Add(v, inc);
+        Py_DECREF(inc);
+    }
+    if (nv == NULL) return -1;
+    int rc = PyDict_SetItem(counters, key, nv);
+    Py_DECREF(nv);
+    return rc;
+}
+
+static PyObject *drop1(FastPath *self, PyObject *reason) {
+    if (bump(self->counters, s_packets, 1) < 0 || bump(self->counters, reason, 1) < 0) return NULL;
+    return PyList_New(0);
+}
+
+/* float // float exactly as CPython computes it (Objects/floatobject.c, _float_div_mod) */
+static double py_floordiv(double vx, double wx) {
+    double mod = fmod(vx, wx), div = (vx - mod) / wx;
+    if (mod && ((wx < 0) != (mod < 0))) div -= 1.0;
+    if (div) {
+        double fl = floor(div);
+        return div - fl > 0.5 ? fl + 1.0 : fl;
+    }
+    return copysign(0.0, vx / wx);
+}
+
+/* The client id the hasher would give now, borrowed from its memo; NULL without an error when
+ * only the Python path can tell (new period, unknown address, ts not a float). */
+static PyObject *memo_client(FastPath *self, PyObject *src, PyObject *ts) {
+    if (self->raw) return src;
+    if (!PyFloat_CheckExact(ts)) return NULL;
+    double e = py_floordiv(PyFloat_AS_DOUBLE(ts), self->rotation);
+    if (!(e > -4e18 && e < 4e18)) return NULL;
+    PyObject *cur = PyObject_GetAttr(self->hasher, s_epoch);
+    if (cur == NULL) return NULL;
+    int overflow = 0;
+    long long have = PyLong_AsLongLongAndOverflow(cur, &overflow);
+    Py_DECREF(cur);
+    if ((have == -1 && PyErr_Occurred()) || overflow || have != (long long)e) return NULL;
+    PyObject *memo = PyObject_GetAttr(self->hasher, s_memo);
+    if (memo == NULL) return NULL;
+    PyObject *cid = PyDict_Check(memo) ? PyDict_GetItemWithError(memo, src) : NULL;
+    Py_DECREF(memo); /* the hasher keeps the dict (and so the id) alive */
+    return cid;
+}
+
+/* A new (host, target) whose path is known and whose query has only known parameter names:
+ * FrameParser._entry computed in C from its own memos (bases: (host, path) -> (key of the path,
+ * host for the query rules) or None; params: (host, name) -> keep?). New reference to the entry
+ * (also stored in entries), or NULL: without an error, Python must compute it. */
+static PyObject *query_entry(FastPath *self, PyObject *host, PyObject *target, PyObject *mk) {
+    if (self->rules_on || !PyUnicode_IS_ASCII(target)) return NULL;
+    const char *t = (const char *)PyUnicode_DATA(target);
+    Py_ssize_t tlen = PyUnicode_GET_LENGTH(target);
+    const char *qm = memchr(t, '?', (size_t)tlen);
+    if (qm == NULL || qm == t || t[0] != '/' || memchr(t, '#', (size_t)tlen) != NULL) return NULL;
+    Py_ssize_t q = qm - t;
+    PyObject *path = PyUnicode_Substring(target, 0, q);
+    if (path == NULL) return NULL;
+    PyObject *bk = PyTuple_Pack(2, host, path);
+    Py_DECREF(path);
+    if (bk == NULL) return NULL;
+    PyObject *base = PyDict_GetItemWithError(self->bases, bk); /* borrowed */
+    Py_DECREF(bk);
+    if (base == NULL) return NULL;
+    PyObject *entry;
+    if (base == Py_None) {
+        entry = s_bad_url;
+        Py_INCREF(entry);
+    } else {
+        if (!PyTuple_Check(base) || PyTuple_GET_SIZE(base) != 2) return NULL;
+        PyObject *base_key = PyTuple_GET_ITEM(base, 0), *name_host = PyTuple_GET_ITEM(base, 1);
+        if (!PyUnicode_Check(base_key) || !PyUnicode_IS_ASCII(base_key)) return NULL;
+        const char *b = (const char *)PyUnicode_DATA(base_key);
+        Py_ssize_t blen = PyUnicode_GET_LENGTH(base_key);
+        if (blen < 8 || memcmp(b, "http://", 7) != 0) return NULL;
+        const char *slash = memchr(b + 7, '/', (size_t)(blen - 7));
+        if (slash == NULL) return NULL;
+        /* key = base_key + "?" + the kept parameters joined by "&" */
+        char *key = PyMem_Malloc((size_t)(blen + tlen + 1));
+        if (key == NULL) { PyErr_NoMemory(); return NULL; }
+        memcpy(key, b, (size_t)blen);
+        Py_ssize_t klen = blen;
+        const char *p = qm + 1, *end = t + tlen;
+        while (p <= end) {
+            const char *amp = memchr(p, '&', (size_t)(end - p));
+            const char *stop = amp ? amp : end;
+            if (stop > p) {
+                const char *eq = memchr(p, '=', (size_t)(stop - p));
+                PyObject *name = PyUnicode_FromStringAndSize(p, (eq ? eq : stop) - p);
+                PyObject *pk = name ? PyTuple_Pack(2, name_host, name) : NULL;
+                Py_XDECREF(name);
+                PyObject *keep = pk ? PyDict_GetItemWithError(self->params, pk) : NULL;
+                Py_XDECREF(pk);
+                if (keep == NULL) { PyMem_Free(key); return NULL; } /* unknown name (or an error) */
+                if (keep == Py_True) {
+                    key[klen] = klen == blen ? '?' : '&';
+                    klen++;
+                    memcpy(key + klen, p, (size_t)(stop - p));
+                    klen += stop - p;
+                }
+            }
+            if (amp == NULL) break;
+            p = amp + 1;
+        }
+        PyObject *k = PyUnicode_FromStringAndSize(key, klen);
+        PyMem_Free(key);
+        if (k == NULL) return NULL;
+        PyObject *authority = PyUnicode_FromStringAndSize(b + 7, slash - (b + 7));
+        PyObject *url = authority ? PyUnicode_FromFormat("http://%U%U", authority, target) : NULL;
+        entry = url ? PyTuple_Pack(4, k, authority, target, url) : NULL;
+        Py_DECREF(k);
+        Py_XDECREF(authority);
+        Py_XDECREF(url);
+        if (entry == NULL) return NULL;
+    }
+    if (PyDict_GET_SIZE(self->entries) >= 65536) PyDict_Clear(self->entries); /* events.py's _MEMO_MAX */
+    if (PyDict_SetItem(self->entries, mk, entry) < 0) { Py_DECREF(entry); return NULL; }
+    return entry;
+}
+
+static PyObject *fp_events(FastPath *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "events(frame: bytes, ts, linktype)");
+        return NULL;
+    }
+    PyObject *frame = args[0], *ts = args[1];
+    long long linktype;
+    if (linktype_arg(args[2], &linktype) < 0) return NULL;
+    const uint8_t *f = (const uint8_t *)PyBytes_AS_STRING(frame);
+    segment s;
+    int why = frame_segment(f, PyBytes_GET_SIZE(frame), linktype, &s);
+    if (why != R_NONE) return drop1(self, reason_drop[why]);
+    int kind = ((const uint8_t *)PyBytes_AS_STRING(self->portmap))[s.dport];
+    Py_ssize_t plen = s.pay_end - s.pay_off;
+    PyObject *src = NULL, *dst = NULL, *parsed = NULL, *out = NULL, *res = NULL;
+    if (self->ignored != Py_None && PySet_GET_SIZE(self->ignored)) {
+        if ((src = address(&s, s.src)) == NULL || (dst = address(&s, s.dst)) == NULL) goto done;
+        int hit = PySet_Contains(self->ignored, src);
+        if (hit == 0) hit = PySet_Contains(self->ignored, dst);
+        if (hit < 0) goto done;
+        if (hit) { res = drop1(self, s_ignored_address); goto done; }
+    }
+    if (kind == 0) { res = drop1(self, reason_drop[R_OTHER_PORT]); goto done; }
+    if (kind != 1) { res = Py_None; Py_INCREF(res); goto done; } /* TLS: Python */
+    if (plen == 0) { res = drop1(self, reason_drop[R_NO_PAYLOAD]); goto done; }
+    if (src == NULL && (src = address(&s, s.src)) == NULL) goto done;
+    if (PyDict_GET_SIZE(self->partials)) { /* this flow has a cut head waiting: Python glues it */
+        if (dst == NULL && (dst = address(&s, s.dst)) == NULL) goto done;
+        PyObject *flow = Py_BuildValue("(OIOI)", src, s.sport, dst, s.dport);
+        if (flow == NULL) goto done;
+        int held = PyDict_Contains(self->partials, flow);
+        Py_DECREF(flow);
+        if (held < 0) goto done;
+        if (held) { res = Py_None; Py_INCREF(res); goto done; }
+    }
+    parsed = requests_of(f + s.pay_off, plen, NULL, reason_drop);
+    if (parsed == NULL) goto done;
+    PyObject *reqs = PyTuple_GET_ITEM(parsed, 0), *rejects = PyTuple_GET_ITEM(parsed, 1);
+    if (PyBytes_GET_SIZE(PyTuple_GET_ITEM(parsed, 2))) { res = Py_None; Py_INCREF(res); goto done; } /* to hold */
+    Py_ssize_t nreq = PyList_GET_SIZE(reqs), methods_dropped = 0;
+    PyObject *entry_drops[8];
+    int n_entry_drops = 0;
+    if ((out = PyList_New(0)) == NULL) goto done;
+    PyObject *cid = NULL;
+    for (Py_ssize_t i = 0; i < nreq; i++) {
+        PyObject *req = PyList_GET_ITEM(reqs, i);
+        PyObject *method = PyTuple_GET_ITEM(req, 0), *target = PyTuple_GET_ITEM(req, 1);
+        PyObject *host = PyTuple_GET_ITEM(req, 2), *ua_s = PyTuple_GET_ITEM(req, 4);
+        if (method != method_str[0] && method != method_str[1]) { methods_dropped++; continue; }
+        PyObject *mk = PyTuple_Pack(2, host, target);
+        if (mk == NULL) goto done;
+        PyObject *entry = PyDict_GetItemWithError(self->entries, mk);
+        if (entry == NULL && !PyErr_Occurred()) {
+            entry = query_entry(self, host, target, mk);
+            Py_XDECREF(entry); /* entries holds it now */
+        }
+        Py_DECREF(mk);
+        if (entry == NULL) {
+            if (PyErr_Occurred()) goto done;
+            res = Py_None; Py_INCREF(res); goto done; /* new (host, target): Python computes the key */
+        }
+        if (PyUnicode_Check(entry)) { /* a memoized drop reason ("drop.bad-url", ...) */
+            if (n_entry_drops == 8) { res = Py_None; Py_INCREF(res); goto done; }
+            entry_drops[n_entry_drops++] = entry;
+            continue;
+        }
+        if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 4) { res = Py_None; Py_INCREF(res); goto done; }
+        PyObject *ua = PyDict_GetItemWithError(self->uas, ua_s);
+        if (ua == NULL) {
+            if (PyErr_Occurred()) goto done;
+            res = Py_None; Py_INCREF(res); goto done;
+        }
+        if (cid == NULL && (cid = memo_client(self, src, ts)) == NULL) {
+            if (PyErr_Occurred()) goto done;
+            res = Py_None; Py_INCREF(res); goto done;
+        }
+        /* RequestEvent(ts, client, method, host, path, url, cache_key, range, ua_class): a tuple
+         * subtype filled in place, as tuple.__new__ does */
+        PyObject *ev = ((PyTypeObject *)self->event_type)->tp_alloc((PyTypeObject *)self->event_type, 9);
+        if (ev == NULL) goto done;
+        PyObject *items[9] = {ts, cid, method, PyTuple_GET_ITEM(entry, 1), PyTuple_GET_ITEM(entry, 2),
+                              PyTuple_GET_ITEM(entry, 3), PyTuple_GET_ITEM(entry, 0), PyTuple_GET_ITEM(req, 3), ua};
+        for (int j = 0; j < 9; j++) {
+            Py_INCREF(items[j]);
+            PyTuple_SET_ITEM(ev, j, items[j]);
+        }
+        int rc = PyList_Append(out, ev);
+        Py_DECREF(ev);
+        if (rc < 0) goto done;
+    }
+    /* decided: count what the Python path counts for this frame */
+    if (bump(self->counters, s_packets, 1) < 0) goto done;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(rejects); i++)
+        if (bump(self->counters, PyList_GET_ITEM(rejects, i), 1) < 0) goto done;
+    if (methods_dropped && bump(self->counters, s_method, methods_dropped) < 0) goto done;
+    for (int i = 0; i < n_entry_drops; i++)
+        if (bump(self->counters, entry_drops[i], 1) < 0) goto done;
+    if (bump(self->counters, s_requests, PyList_GET_SIZE(out)) < 0) goto done;
+    res = out;
+    out = NULL;
+done:
+    Py_XDECREF(src);
+    Py_XDECREF(dst);
+    Py_XDECREF(parsed);
+    Py_XDECREF(out);
+    return res;
+}
+
+static int fp_init(FastPath *self, PyObject *args, PyObject *kwds) {
+    static char *kw[] = {"portmap", "counters", "entries", "uas", "partials", "hasher", "rotation_s", "raw",
+                         "ignored", "event_type", "bases", "params", "rules_on", NULL};
+    PyObject *portmap, *counters, *entries, *uas, *partials, *hasher, *ignored, *event_type, *bases, *params;
+    double rotation;
+    int raw, rules_on;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "SO!O!O!O!OdpOOO!O!p:FastPath", kw, &portmap, &PyDict_Type,
+                                     &counters, &PyDict_Type, &entries, &PyDict_Type, &uas, &PyDict_Type, &partials,
+                                     &hasher, &rotation, &raw, &ignored, &event_type, &PyDict_Type, &bases,
+                                     &PyDict_Type, &params, &rules_on))
+        return -1;
+    if (PyBytes_GET_SIZE(portmap) != 65536) {
+        PyErr_SetString(PyExc_ValueError, "portmap must be 65536 bytes");
+        return -1;
+    }
+    if (!PyType_Check(event_type) || !PyType_IsSubtype((PyTypeObject *)event_type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "event_type must be a tuple subclass (RequestEvent)");
+        return -1;
+    }
+    if (ignored != Py_None && !PyAnySet_Check(ignored)) {
+        PyErr_SetString(PyExc_TypeError, "ignored must be a set, a frozenset or None");
+        return -1;
+    }
+    if (!(rotation > 0)) {
+        PyErr_SetString(PyExc_ValueError, "rotation_s must be positive");
+        return -1;
+    }
+    PyObject **slots[] = {&self->portmap, &self->counters, &self->entries, &self->uas, &self->partials,
+                          &self->hasher, &self->ignored, &self->event_type, &self->bases, &self->params};
+    PyObject *vals[] = {portmap, counters, entries, uas, partials, hasher, ignored, event_type, bases, params};
+    for (int i = 0; i < 10; i++) {
+        Py_INCREF(vals[i]);
+        Py_XSETREF(*slots[i], vals[i]);
+    }
+    self->rotation = rotation;
+    self->raw = raw;
+    self->rules_on = rules_on;
+    return 0;
+}
+
+static int fp_traverse(FastPath *self, visitproc visit, void *arg) {
+    Py_VISIT(self->portmap); Py_VISIT(self->counters); Py_VISIT(self->entries); Py_VISIT(self->uas);
+    Py_VISIT(self->partials); Py_VISIT(self->hasher); Py_VISIT(self->ignored); Py_VISIT(self->event_type);
+    Py_VISIT(self->bases); Py_VISIT(self->params);
+    return 0;
+}
+
+static int fp_clear(FastPath *self) {
+    Py_CLEAR(self->portmap); Py_CLEAR(self->counters); Py_CLEAR(self->entries); Py_CLEAR(self->uas);
+    Py_CLEAR(self->partials); Py_CLEAR(self->hasher); Py_CLEAR(self->ignored); Py_CLEAR(self->event_type);
+    Py_CLEAR(self->bases); Py_CLEAR(self->params);
+    return 0;
+}
+
+static void fp_dealloc(FastPath *self) {
+    PyObject_GC_UnTrack(self);
+    fp_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef fp_methods[] = {
+    {"events", (PyCFunction)(void (*)(void))fp_events, METH_FASTCALL,
+     "events(frame, ts, linktype): the frame's events (state updated), or None: run the Python path."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject FastPathType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sniffer._fastpath.FastPath",
+    .tp_basicsize = sizeof(FastPath),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "FrameParser.events for frames decided by memo hits alone (see the C source).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)fp_init,
+    .tp_dealloc = (destructor)fp_dealloc,
+    .tp_traverse = (traverseproc)fp_traverse,
+    .tp_clear = (inquiry)fp_clear,
+    .tp_methods = fp_methods,
+};
+
 static PyMethodDef methods[] = {
     {"parse_frame", py_parse_frame, METH_VARARGS, "parse.parse_frame, compiled: a segment tuple or a reason."},
     {"parse_requests", py_parse_requests, METH_O, "parse.parse_requests, compiled."},
@@ -545,8 +882,16 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     empty_bytes = PyBytes_FromStringAndSize(NULL, 0);
     empty_str = PyUnicode_New(0, 0);
     if (empty_bytes == NULL || empty_str == NULL) return NULL;
+    const char *names[] = {"packets", "requests", "drop.method", "drop.ignored-address", "_epoch", "_memo",
+                           "drop.bad-url"};
+    PyObject **objs[] = {&s_packets, &s_requests, &s_method, &s_ignored_address, &s_epoch, &s_memo, &s_bad_url};
+    for (int i = 0; i < 7; i++)
+        if ((*objs[i] = PyUnicode_InternFromString(names[i])) == NULL) return NULL;
+    if (PyType_Ready(&FastPathType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
+    Py_INCREF(&FastPathType);
+    if (PyModule_AddObject(m, "FastPath", (PyObject *)&FastPathType) < 0) return NULL;
     if (PyModule_AddIntConstant(m, "MAX_HEAD", MAX_HEAD) < 0) return NULL;
     return m;
 }

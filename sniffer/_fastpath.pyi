@@ -14,3 +14,11 @@ def scan(frame: bytes, linktype: int, portmap: bytes, strict: bool, /) -> str | 
 def pcap_records(
     buf: Any, offset: int, big_endian: bool, linktype: int, limit: int, /
 ) -> tuple[list[tuple[bytes, float, int]], int]: ...
+
+class FastPath:
+    def __init__(
+        self, *, portmap: bytes, counters: dict[str, int], entries: dict[Any, Any], uas: dict[str, str],
+        partials: dict[Any, Any], hasher: Any, rotation_s: float, raw: bool, ignored: frozenset[str] | None,
+        event_type: type, bases: dict[Any, Any], params: dict[Any, Any], rules_on: bool,
+    ) -> None: ...
+    def events(self, frame: bytes, ts: float, linktype: int, /) -> list[Any] | None: ...

@@ -16,9 +16,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from heatcache.cachekey import BadUrl, KeyRules, cache_key, split_host
+from heatcache.cachekey import BadUrl, KeyRules, _filter_query, cache_key, split_host
 from heatcache.contract import RequestEvent
 from sniffer.parse import LINKTYPE_ETHERNET, MAX_HEAD, parse_frame, parse_requests, parse_sni, ua_class
 
@@ -111,6 +112,9 @@ class FrameParser:
     compiled: bool | None = None  # None: the compiled fast path when it imports, else the reference
     _portmap: bytes = b""
     _entries: dict[tuple[str, str], tuple[str, str, str, str] | str] = field(default_factory=dict)
+    _bases: dict[tuple[str, str], tuple[str, str] | None] = field(default_factory=dict)
+    _params: dict[tuple[str, str], bool] = field(default_factory=dict)
+    _fast_events: Callable[[bytes, float, int], list[RequestEvent] | None] | None = None
 
     def __post_init__(self) -> None:
         if self.filters is None:
@@ -128,11 +132,19 @@ class FrameParser:
             for port in self.ports:
                 portmap[port] = 1
             self._portmap = bytes(portmap)
+            # frames decided by memo hits alone never leave C; None sends one to _events_compiled
+            self._fast_events = _fastpath.FastPath(
+                portmap=self._portmap, counters=self.counters, entries=self._entries, uas=self._uas,
+                partials=self._partials, hasher=self.hasher, rotation_s=float(self.hasher.rotation_s),
+                raw=self.hasher.raw, ignored=self.filters.ignore_addresses, event_type=RequestEvent,
+                bases=self._bases, params=self._params, rules_on=self._rules_on,
+            ).events
 
     def events(self, frame: bytes, ts: float, linktype: int = LINKTYPE_ETHERNET) -> list[RequestEvent]:
         """The events in one captured frame (none if dropped: every drop is counted by reason)."""
         if self.compiled:
-            return self._events_compiled(frame, ts, linktype)
+            out = self._fast_events(frame, ts, linktype)  # type: ignore[misc]
+            return out if out is not None else self._events_compiled(frame, ts, linktype)
         counters = self.counters
         counters["packets"] += 1
         seg = parse_frame(frame, linktype)
@@ -194,7 +206,7 @@ class FrameParser:
             counters[reason] += 1
         if rest:
             self._hold((src, sport, dst, dport), (seq + len(payload)) & 0xFFFFFFFF, rest, ts)
-        return self._emit(requests, src, ts) if requests else []
+        return self._emit(requests, src, ts)
 
     def _emit(self, requests: list[tuple[str, str, str, str, str]], src: str, ts: float) -> list[RequestEvent]:
         """Requests -> events for the compiled path: one memo entry per (host, target) holds the
@@ -226,23 +238,70 @@ class FrameParser:
         return out
 
     def _entry(self, host: str, target: str) -> tuple[str, str, str, str] | str:
-        """The memo entry for one (host, target): computed as the reference's _http does."""
-        try:
-            key = cache_key(host, target, self.rules)
-        except BadUrl:
-            entry: tuple[str, str, str, str] | str = "drop.bad-url"
-        else:
-            authority = key[7 : key.find("/", 7)] if key.startswith("http://") else key.split("/")[2]
-            path = target if target[0] == "/" else "/" + target.partition("://")[2].partition("/")[2]
-            if self._rules_on and (self.filters.host_ignored(authority.partition(":")[0])  # type: ignore[union-attr]
-                                   or self.filters.path_ignored(path)):  # type: ignore[union-attr]
-                entry = "drop.ignored-rule"
+        """The memo entry for one (host, target), as the reference's _http computes it.
+
+        Most misses are a known path with a new query (tokens, session ids): the key of the
+        path is memoized per (host, path) and the keep/drop decision per (host, parameter name),
+        which is all _filter_query looks at, so a miss costs a split and a few lookups instead
+        of a whole cache_key. Targets here come from the C head parser: origin- or absolute-form,
+        never with control characters or spaces.
+        """
+        q = target.find("?")
+        if q > 0 and target[0] == "/" and "#" not in target:
+            base = self._bases.get((host, target[:q]))
+            if base is None:
+                base = self._base(host, target[:q])
+            if base is None:
+                entry: tuple[str, str, str, str] | str = "drop.bad-url"
             else:
-                entry = (key, authority, path, f"http://{authority}{path}")
+                kept = self._kept_query(target[q + 1 :], base[1])
+                key = f"{base[0]}?{kept}" if kept else base[0]
+                entry = self._entry_of(key, target)
+        else:
+            try:
+                entry = self._entry_of(cache_key(host, target, self.rules), target)
+            except BadUrl:
+                entry = "drop.bad-url"
         if len(self._entries) >= _MEMO_MAX:
             self._entries.clear()
         self._entries[(host, target)] = entry
         return entry
+
+    def _base(self, host: str, path: str) -> tuple[str, str] | None:
+        """(cache key of the path without query, the host _filter_query sees), None if BadUrl."""
+        try:
+            base: tuple[str, str] | None = (cache_key(host, path, self.rules), split_host(host)[0])
+        except BadUrl:
+            base = None
+        if len(self._bases) >= _MEMO_MAX:
+            self._bases.clear()
+        self._bases[(host, path)] = base
+        return base
+
+    def _kept_query(self, query: str, host: str) -> str:
+        """_filter_query(query, host, rules), one memoized decision per parameter name."""
+        params = self._params
+        out = []
+        for part in query.split("&"):
+            if not part:
+                continue
+            name = part.partition("=")[0]
+            keep = params.get((host, name))
+            if keep is None:
+                if len(params) >= _MEMO_MAX:
+                    params.clear()
+                keep = params[(host, name)] = _filter_query(part, host, self.rules) == part
+            if keep:
+                out.append(part)
+        return "&".join(out)
+
+    def _entry_of(self, key: str, target: str) -> tuple[str, str, str, str] | str:
+        authority = key[7 : key.find("/", 7)] if key.startswith("http://") else key.split("/")[2]
+        path = target if target[0] == "/" else "/" + target.partition("://")[2].partition("/")[2]
+        if self._rules_on and (self.filters.host_ignored(authority.partition(":")[0])  # type: ignore[union-attr]
+                               or self.filters.path_ignored(path)):  # type: ignore[union-attr]
+            return "drop.ignored-rule"
+        return key, authority, path, f"http://{authority}{path}"
 
     def _http(self, src: str, sport: int, dst: str, dport: int, seq: int, payload: bytes,
               ts: float) -> list[RequestEvent]:

@@ -40,18 +40,19 @@ HEADS = [
 ]
 
 
-def reference(**kw: object) -> FrameParser:
-    return FrameParser(ports=frozenset({80, 8080}), rules=KeyRules.load(), hasher=ClientHasher(b"k", 3600),
+def reference(rotation_s: int = 3600, raw: bool = False, **kw: object) -> FrameParser:
+    return FrameParser(ports=frozenset({80, 8080}), rules=KeyRules.load(), hasher=ClientHasher(b"k", rotation_s, raw),
                        compiled=False, **kw)  # type: ignore[arg-type]
 
 
-def compiled(**kw: object) -> FrameParser:
-    return FrameParser(ports=frozenset({80, 8080}), rules=KeyRules.load(), hasher=ClientHasher(b"k", 3600),
+def compiled(rotation_s: int = 3600, raw: bool = False, **kw: object) -> FrameParser:
+    return FrameParser(ports=frozenset({80, 8080}), rules=KeyRules.load(), hasher=ClientHasher(b"k", rotation_s, raw),
                        compiled=True, **kw)  # type: ignore[arg-type]
 
 
 def same_frames(frames: list[tuple[bytes, float, int]], **kw: object) -> Counter[str]:
-    """Both parsers over the frames: identical events per frame and identical counters."""
+    """Both parsers over the frames: identical events per frame and identical counters. The
+    compiled one decides most frames inside C (FastPath) and hands the rest to Python."""
     ref, fast = reference(**kw), compiled(**kw)
     for frame, ts, linktype in frames:
         assert fast.events(frame, ts, linktype) == ref.events(frame, ts, linktype), (frame, linktype)
@@ -130,6 +131,13 @@ def test_frame_parser_on_generated_traffic() -> None:
     frames = [(f, 1_790_000_000.0 + i * 1e-4, 1) for i, f in enumerate(traffic.frames)]
     c = same_frames(frames, tls_ports=frozenset({443}))
     assert c["requests"] >= 8_000 and c["reassembled"] > 100 and c["tls-hosts"] > 100
+    # client-id periods rolling over every 60 s of capture time, and raw addresses
+    spread = [(f, 1_790_000_000.0 + i * 0.05, 1) for i, f in enumerate(traffic.frames)]
+    assert same_frames(spread, rotation_s=60)["requests"] >= 8_000
+    assert same_frames(frames, raw=True)["requests"] >= 8_000
+    # ignored addresses alone (the C side checks them; query keys still computed in C)
+    c = same_frames(frames, ignore=frozenset({"203.0.113.7", "203.0.113.8", "2001:db8:99::80"}))
+    assert c["drop.ignored-address"] > 100
     # with every filter on: ignored addresses, hosts, paths (the Python-side decisions)
     busy = Counter(traffic.requests).most_common(1)[0][0][1].partition(":")[0]
     c = same_frames(frames, tls_ports=frozenset({443}),
@@ -189,3 +197,15 @@ def test_pcapng_falls_back_to_scapy(tmp_path: Path) -> None:
         for f in generate(20, seed=1).frames:
             w.write(f)
     assert list(pcap_frames(path, compiled=True)) == list(pcap_frames(path, compiled=False))
+
+
+def test_fast_path_decides_repeated_frames_in_c() -> None:
+    """Once the memos know the URLs and clients, HTTP frames never leave C (FastPath)."""
+    frames = generate(3_000, seed=5).frames
+    parser = compiled()
+    for i, f in enumerate(frames):
+        parser.events(f, 1_790_000_000.0 + i * 1e-4, 1)
+    fast = parser._fast_events
+    assert fast is not None
+    decided = sum(fast(f, 1_790_000_000.5, 1) is not None for f in frames)
+    assert decided > 0.85 * len(frames)
