@@ -18,6 +18,7 @@
 
 #include <arpa/inet.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -531,12 +532,13 @@ static PyObject *py_pcap_records(PyObject *self, PyObject *args) {
 
 typedef struct {
     PyObject_HEAD
-    PyObject *portmap, *counters, *entries, *uas, *partials, *hasher, *ignored, *event_type, *bases, *params;
+    PyObject *portmap, *counters, *entries, *uas, *partials, *hasher, *ignored, *event_type, *params;
     double rotation;
     int raw, rules_on;
 } FastPath;
 
-static PyObject *s_packets, *s_requests, *s_method, *s_ignored_address, *s_epoch, *s_memo, *s_bad_url;
+static PyObject *s_packets, *s_requests, *s_method, *s_ignored_address, *s_epoch, *s_memo, *s_bad_url, *s_client_id,
+    *s_tls, *s_tls_hosts, *s_not_hello, *s_bad_sni;
 
 static int bump(PyObject *counters, PyObject *key, Py_ssize_t by) {
     PyObject *v = PyDict_GetItemWithError(counters, key); /* borrowed */
@@ -572,77 +574,177 @@ static double py_floordiv(double vx, double wx) {
     return copysign(0.0, vx / wx);
 }
 
-/* The client id the hasher would give now, borrowed from its memo; NULL without an error when
- * only the Python path can tell (new period, unknown address, ts not a float). */
-static PyObject *memo_client(FastPath *self, PyObject *src, PyObject *ts) {
+/* The client id for src at ts, borrowed from the hasher's memo; on a miss (new address, new
+ * period, ts not a float) hasher.client_id(src, ts) itself is called, with the same side
+ * effects the Python path would have at this point, and a new reference is parked in *owned. */
+static PyObject *client_of(FastPath *self, PyObject *src, PyObject *ts, PyObject **owned) {
     if (self->raw) return src;
-    if (!PyFloat_CheckExact(ts)) return NULL;
-    double e = py_floordiv(PyFloat_AS_DOUBLE(ts), self->rotation);
-    if (!(e > -4e18 && e < 4e18)) return NULL;
-    PyObject *cur = PyObject_GetAttr(self->hasher, s_epoch);
-    if (cur == NULL) return NULL;
-    int overflow = 0;
-    long long have = PyLong_AsLongLongAndOverflow(cur, &overflow);
-    Py_DECREF(cur);
-    if ((have == -1 && PyErr_Occurred()) || overflow || have != (long long)e) return NULL;
-    PyObject *memo = PyObject_GetAttr(self->hasher, s_memo);
-    if (memo == NULL) return NULL;
-    PyObject *cid = PyDict_Check(memo) ? PyDict_GetItemWithError(memo, src) : NULL;
-    Py_DECREF(memo); /* the hasher keeps the dict (and so the id) alive */
-    return cid;
+    if (PyFloat_CheckExact(ts)) {
+        double e = py_floordiv(PyFloat_AS_DOUBLE(ts), self->rotation);
+        PyObject *cur = PyObject_GetAttr(self->hasher, s_epoch);
+        if (cur == NULL) return NULL;
+        int overflow = 0;
+        long long have = PyLong_AsLongLongAndOverflow(cur, &overflow);
+        Py_DECREF(cur);
+        if (have == -1 && PyErr_Occurred()) return NULL;
+        if (!overflow && e > -4e18 && e < 4e18 && have == (long long)e) {
+            PyObject *memo = PyObject_GetAttr(self->hasher, s_memo);
+            if (memo == NULL) return NULL;
+            PyObject *cid = PyDict_Check(memo) ? PyDict_GetItemWithError(memo, src) : NULL;
+            Py_DECREF(memo); /* the hasher keeps the dict (and so the id) alive */
+            if (cid != NULL || PyErr_Occurred()) return cid;
+        }
+    }
+    *owned = PyObject_CallMethodObjArgs(self->hasher, s_client_id, src, ts, NULL);
+    return *owned;
 }
 
-/* A new (host, target) whose path is known and whose query has only known parameter names:
- * FrameParser._entry computed in C from its own memos (bases: (host, path) -> (key of the path,
- * host for the query rules) or None; params: (host, name) -> keep?). New reference to the entry
- * (also stored in entries), or NULL: without an error, Python must compute it. */
-static PyObject *query_entry(FastPath *self, PyObject *host, PyObject *target, PyObject *mk) {
-    if (self->rules_on || !PyUnicode_IS_ASCII(target)) return NULL;
+/* parse.parse_sni: the server name of a ClientHello in one segment, as a span of the payload;
+ * 0 when the reference returns None (not a ClientHello, no SNI, cut short, not ASCII). */
+static int sni_c(const uint8_t *p, Py_ssize_t n, const uint8_t **name, Py_ssize_t *name_len) {
+    if (n < 43 || p[0] != 0x16 || p[1] != 0x03 || p[5] != 0x01) return 0;
+    Py_ssize_t rec = 5 + (((Py_ssize_t)p[3] << 8) | p[4]);
+    Py_ssize_t end = n < rec ? n : rec;
+    Py_ssize_t pos = 5 + 4 + 2 + 32; /* record header, handshake header, client_version, random */
+    if (pos >= n) return 0;          /* each index past the end is the reference's IndexError */
+    pos += 1 + p[pos];               /* session id */
+    if (pos + 1 >= n) return 0;
+    pos += 2 + (((Py_ssize_t)p[pos] << 8) | p[pos + 1]); /* cipher suites */
+    if (pos >= n) return 0;
+    pos += 1 + p[pos]; /* compression methods */
+    if (pos + 1 >= n) return 0;
+    Py_ssize_t ext = pos + 2 + (((Py_ssize_t)p[pos] << 8) | p[pos + 1]);
+    Py_ssize_t ext_end = end < ext ? end : ext;
+    pos += 2;
+    while (pos + 4 <= ext_end) {
+        unsigned etype = ((unsigned)p[pos] << 8) | p[pos + 1];
+        Py_ssize_t elen = ((Py_ssize_t)p[pos + 2] << 8) | p[pos + 3];
+        pos += 4;
+        if (etype == 0) { /* server_name: list length, then (type, length, name)* */
+            Py_ssize_t q = pos + 2, stop = pos + elen < ext_end ? pos + elen : ext_end;
+            while (q + 3 <= stop) {
+                unsigned ntype = p[q];
+                Py_ssize_t nlen = ((Py_ssize_t)p[q + 1] << 8) | p[q + 2];
+                Py_ssize_t have = n - (q + 3);
+                if (have > nlen) have = nlen;
+                if (have < 0) have = 0;
+                if (ntype == 0 && have == nlen && nlen) {
+                    if (!is_ascii(p + q + 3, nlen)) return 0; /* UnicodeDecodeError */
+                    *name = p + q + 3;
+                    *name_len = nlen;
+                    return 1;
+                }
+                q += 3 + nlen;
+            }
+            return 0;
+        }
+        pos += elen;
+    }
+    return 0;
+}
+
+/* heatcache.cachekey.split_host for an ASCII Host header: the lower-case name into `name` (at
+ * most 260 bytes) and the port. 0: valid, 1: BadUrl, 2: only Python can tell (IPv6 literal). */
+static int is_strip_space(uint8_t c) { /* str.strip()'s whitespace, ASCII part */
+    return c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1c && c <= 0x1f);
+}
+
+static int split_host_c(const uint8_t *h, Py_ssize_t n, char *name, Py_ssize_t *name_len, long *port, long dflt) {
+    while (n > 0 && is_strip_space(h[0])) { h++; n--; }
+    while (n > 0 && is_strip_space(h[n - 1])) n--;
+    if (n == 0 || n > 260) return 1;
+    if (h[0] == '[') return 2;
+    const uint8_t *colon = memchr(h, ':', (size_t)n);
+    Py_ssize_t nl = colon ? colon - h : n;
+    *port = dflt;
+    if (colon) { /* _port: all digits and 0 < port < 65536 */
+        Py_ssize_t pl = n - nl - 1;
+        if (pl == 0) return 1;
+        long v = 0;
+        for (Py_ssize_t i = 0; i < pl; i++) {
+            uint8_t c = colon[1 + i];
+            if (c < '0' || c > '9') return 1;
+            if (v < 1000000) v = v * 10 + (c - '0');
+        }
+        if (!(v > 0 && v < 65536)) return 1;
+        *port = v;
+    }
+    while (nl > 0 && h[nl - 1] == '.') nl--;
+    /* _HOST_RE: 1..253 chars, dot-separated labels [a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])? */
+    if (nl < 1 || nl > 253) return 1;
+    Py_ssize_t start = 0;
+    for (Py_ssize_t i = 0; i <= nl; i++) {
+        uint8_t c = i < nl ? h[i] : '.';
+        if (c >= 'A' && c <= 'Z') c = (uint8_t)(c + 32);
+        if (c == '.') {
+            Py_ssize_t len = i - start;
+            if (len < 1 || len > 63 || name[start] == '-' || name[i - 1] == '-') return 1;
+            if (i < nl) name[i] = '.';
+            start = i + 1;
+            continue;
+        }
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-')) return 1;
+        name[i] = (char)c;
+    }
+    *name_len = nl;
+    return 0;
+}
+
+/* FrameParser._entry for an origin-form target, computed in C as cache_key does: split_host,
+ * path and query split at "?" and "#", query parameters kept or dropped by the parser's
+ * per-(host, name) memo (params), the default port dropped. New reference to the entry (also
+ * stored in entries), or NULL: without an error, Python must compute it. */
+static PyObject *compute_entry(FastPath *self, PyObject *host, PyObject *target, PyObject *mk) {
+    if (self->rules_on || !PyUnicode_IS_ASCII(target) || !PyUnicode_IS_ASCII(host)) return NULL;
     const char *t = (const char *)PyUnicode_DATA(target);
     Py_ssize_t tlen = PyUnicode_GET_LENGTH(target);
-    const char *qm = memchr(t, '?', (size_t)tlen);
-    if (qm == NULL || qm == t || t[0] != '/' || memchr(t, '#', (size_t)tlen) != NULL) return NULL;
-    Py_ssize_t q = qm - t;
-    PyObject *path = PyUnicode_Substring(target, 0, q);
-    if (path == NULL) return NULL;
-    PyObject *bk = PyTuple_Pack(2, host, path);
-    Py_DECREF(path);
-    if (bk == NULL) return NULL;
-    PyObject *base = PyDict_GetItemWithError(self->bases, bk); /* borrowed */
-    Py_DECREF(bk);
-    if (base == NULL) return NULL;
-    PyObject *entry;
-    if (base == Py_None) {
+    if ((tlen >= 7 && memcmp(t, "http://", 7) == 0) || (tlen >= 8 && memcmp(t, "https://", 8) == 0))
+        return NULL; /* absolute-form: rare, Python */
+    PyObject *entry = NULL;
+    char name[264];
+    Py_ssize_t name_len = 0;
+    long port = 80;
+    int rc = tlen > 0 && t[0] == '/'
+                 ? split_host_c(PyUnicode_DATA(host), PyUnicode_GET_LENGTH(host), name, &name_len, &port, 80)
+                 : 1;
+    if (rc == 2) return NULL;
+    if (rc == 1) {
         entry = s_bad_url;
         Py_INCREF(entry);
     } else {
-        if (!PyTuple_Check(base) || PyTuple_GET_SIZE(base) != 2) return NULL;
-        PyObject *base_key = PyTuple_GET_ITEM(base, 0), *name_host = PyTuple_GET_ITEM(base, 1);
-        if (!PyUnicode_Check(base_key) || !PyUnicode_IS_ASCII(base_key)) return NULL;
-        const char *b = (const char *)PyUnicode_DATA(base_key);
-        Py_ssize_t blen = PyUnicode_GET_LENGTH(base_key);
-        if (blen < 8 || memcmp(b, "http://", 7) != 0) return NULL;
-        const char *slash = memchr(b + 7, '/', (size_t)(blen - 7));
-        if (slash == NULL) return NULL;
-        /* key = base_key + "?" + the kept parameters joined by "&" */
-        char *key = PyMem_Malloc((size_t)(blen + tlen + 1));
+        const char *qm = memchr(t, '?', (size_t)tlen);
+        Py_ssize_t q = qm ? qm - t : tlen;
+        const char *hash = memchr(t, '#', (size_t)q);
+        Py_ssize_t path_len = hash ? hash - t : q;
+        const char *qs = qm ? qm + 1 : t + tlen, *qe = t + tlen;
+        const char *qh = memchr(qs, '#', (size_t)(qe - qs));
+        if (qh) qe = qh;
+        char auth[272];
+        Py_ssize_t alen = name_len;
+        memcpy(auth, name, (size_t)name_len);
+        if (port != 80) alen += snprintf(auth + alen, sizeof auth - (size_t)alen, ":%ld", port);
+        char *key = PyMem_Malloc((size_t)(7 + alen + tlen + 2));
         if (key == NULL) { PyErr_NoMemory(); return NULL; }
-        memcpy(key, b, (size_t)blen);
-        Py_ssize_t klen = blen;
-        const char *p = qm + 1, *end = t + tlen;
-        while (p <= end) {
-            const char *amp = memchr(p, '&', (size_t)(end - p));
-            const char *stop = amp ? amp : end;
+        memcpy(key, "http://", 7);
+        memcpy(key + 7, auth, (size_t)alen);
+        memcpy(key + 7 + alen, t, (size_t)path_len);
+        Py_ssize_t base = 7 + alen + path_len, klen = base;
+        PyObject *host_name = NULL;
+        const char *p = qs;
+        while (p < qe) {
+            const char *amp = memchr(p, '&', (size_t)(qe - p));
+            const char *stop = amp ? amp : qe;
             if (stop > p) {
+                if (host_name == NULL && (host_name = PyUnicode_FromStringAndSize(name, name_len)) == NULL) break;
                 const char *eq = memchr(p, '=', (size_t)(stop - p));
-                PyObject *name = PyUnicode_FromStringAndSize(p, (eq ? eq : stop) - p);
-                PyObject *pk = name ? PyTuple_Pack(2, name_host, name) : NULL;
-                Py_XDECREF(name);
+                PyObject *pname = PyUnicode_FromStringAndSize(p, (eq ? eq : stop) - p);
+                PyObject *pk = pname ? PyTuple_Pack(2, host_name, pname) : NULL;
+                Py_XDECREF(pname);
                 PyObject *keep = pk ? PyDict_GetItemWithError(self->params, pk) : NULL;
                 Py_XDECREF(pk);
-                if (keep == NULL) { PyMem_Free(key); return NULL; } /* unknown name (or an error) */
+                if (keep == NULL) { klen = -1; break; } /* a new parameter name (or an error): Python */
                 if (keep == Py_True) {
-                    key[klen] = klen == blen ? '?' : '&';
+                    key[klen] = klen == base ? '?' : '&';
                     klen++;
                     memcpy(key + klen, p, (size_t)(stop - p));
                     klen += stop - p;
@@ -651,13 +753,14 @@ static PyObject *query_entry(FastPath *self, PyObject *host, PyObject *target, P
             if (amp == NULL) break;
             p = amp + 1;
         }
+        Py_XDECREF(host_name);
+        if (klen < 0 || PyErr_Occurred()) { PyMem_Free(key); return NULL; }
         PyObject *k = PyUnicode_FromStringAndSize(key, klen);
         PyMem_Free(key);
-        if (k == NULL) return NULL;
-        PyObject *authority = PyUnicode_FromStringAndSize(b + 7, slash - (b + 7));
+        PyObject *authority = k ? PyUnicode_FromStringAndSize(auth, alen) : NULL;
         PyObject *url = authority ? PyUnicode_FromFormat("http://%U%U", authority, target) : NULL;
         entry = url ? PyTuple_Pack(4, k, authority, target, url) : NULL;
-        Py_DECREF(k);
+        Py_XDECREF(k);
         Py_XDECREF(authority);
         Py_XDECREF(url);
         if (entry == NULL) return NULL;
@@ -681,7 +784,7 @@ static PyObject *fp_events(FastPath *self, PyObject *const *args, Py_ssize_t nar
     if (why != R_NONE) return drop1(self, reason_drop[why]);
     int kind = ((const uint8_t *)PyBytes_AS_STRING(self->portmap))[s.dport];
     Py_ssize_t plen = s.pay_end - s.pay_off;
-    PyObject *src = NULL, *dst = NULL, *parsed = NULL, *out = NULL, *res = NULL;
+    PyObject *src = NULL, *dst = NULL, *parsed = NULL, *out = NULL, *res = NULL, *cid_owned = NULL;
     if (self->ignored != Py_None && PySet_GET_SIZE(self->ignored)) {
         if ((src = address(&s, s.src)) == NULL || (dst = address(&s, s.dst)) == NULL) goto done;
         int hit = PySet_Contains(self->ignored, src);
@@ -690,8 +793,41 @@ static PyObject *fp_events(FastPath *self, PyObject *const *args, Py_ssize_t nar
         if (hit) { res = drop1(self, s_ignored_address); goto done; }
     }
     if (kind == 0) { res = drop1(self, reason_drop[R_OTHER_PORT]); goto done; }
-    if (kind != 1) { res = Py_None; Py_INCREF(res); goto done; } /* TLS: Python */
     if (plen == 0) { res = drop1(self, reason_drop[R_NO_PAYLOAD]); goto done; }
+    if (kind == 2) { /* TLS: FrameParser._tls */
+        const uint8_t *sni;
+        Py_ssize_t sni_len;
+        if (!sni_c(f + s.pay_off, plen, &sni, &sni_len)) { res = drop1(self, s_not_hello); goto done; }
+        char name[264];
+        Py_ssize_t name_len = 0;
+        long port;
+        int rc = split_host_c(sni, sni_len, name, &name_len, &port, 443);
+        if (rc == 1) { res = drop1(self, s_bad_sni); goto done; }
+        if (rc == 2 || self->rules_on) { res = Py_None; Py_INCREF(res); goto done; } /* Python decides */
+        if (src == NULL && (src = address(&s, s.src)) == NULL) goto done;
+        PyObject *cid = client_of(self, src, ts, &cid_owned);
+        if (cid == NULL) goto done;
+        PyObject *host = PyUnicode_FromStringAndSize(name, name_len);
+        PyObject *key = host ? PyUnicode_FromFormat("https://%U/", host) : NULL;
+        PyObject *ev = key ? ((PyTypeObject *)self->event_type)->tp_alloc((PyTypeObject *)self->event_type, 9) : NULL;
+        if (ev != NULL) {
+            PyObject *items[9] = {ts, cid, s_tls, host, empty_str, key, key, empty_str, empty_str};
+            for (int j = 0; j < 9; j++) {
+                Py_INCREF(items[j]);
+                PyTuple_SET_ITEM(ev, j, items[j]);
+            }
+        }
+        Py_XDECREF(host);
+        Py_XDECREF(key);
+        if (ev == NULL) goto done;
+        if (bump(self->counters, s_packets, 1) < 0 || bump(self->counters, s_tls_hosts, 1) < 0
+            || (res = PyList_New(1)) == NULL) {
+            Py_DECREF(ev);
+            goto done;
+        }
+        PyList_SET_ITEM(res, 0, ev);
+        goto done;
+    }
     if (src == NULL && (src = address(&s, s.src)) == NULL) goto done;
     if (PyDict_GET_SIZE(self->partials)) { /* this flow has a cut head waiting: Python glues it */
         if (dst == NULL && (dst = address(&s, s.dst)) == NULL) goto done;
@@ -720,7 +856,7 @@ static PyObject *fp_events(FastPath *self, PyObject *const *args, Py_ssize_t nar
         if (mk == NULL) goto done;
         PyObject *entry = PyDict_GetItemWithError(self->entries, mk);
         if (entry == NULL && !PyErr_Occurred()) {
-            entry = query_entry(self, host, target, mk);
+            entry = compute_entry(self, host, target, mk);
             Py_XDECREF(entry); /* entries holds it now */
         }
         Py_DECREF(mk);
@@ -739,10 +875,7 @@ static PyObject *fp_events(FastPath *self, PyObject *const *args, Py_ssize_t nar
             if (PyErr_Occurred()) goto done;
             res = Py_None; Py_INCREF(res); goto done;
         }
-        if (cid == NULL && (cid = memo_client(self, src, ts)) == NULL) {
-            if (PyErr_Occurred()) goto done;
-            res = Py_None; Py_INCREF(res); goto done;
-        }
+        if (cid == NULL && (cid = client_of(self, src, ts, &cid_owned)) == NULL) goto done;
         /* RequestEvent(ts, client, method, host, path, url, cache_key, range, ua_class): a tuple
          * subtype filled in place, as tuple.__new__ does */
         PyObject *ev = ((PyTypeObject *)self->event_type)->tp_alloc((PyTypeObject *)self->event_type, 9);
@@ -768,6 +901,7 @@ static PyObject *fp_events(FastPath *self, PyObject *const *args, Py_ssize_t nar
     res = out;
     out = NULL;
 done:
+    Py_XDECREF(cid_owned);
     Py_XDECREF(src);
     Py_XDECREF(dst);
     Py_XDECREF(parsed);
@@ -777,14 +911,14 @@ done:
 
 static int fp_init(FastPath *self, PyObject *args, PyObject *kwds) {
     static char *kw[] = {"portmap", "counters", "entries", "uas", "partials", "hasher", "rotation_s", "raw",
-                         "ignored", "event_type", "bases", "params", "rules_on", NULL};
-    PyObject *portmap, *counters, *entries, *uas, *partials, *hasher, *ignored, *event_type, *bases, *params;
+                         "ignored", "event_type", "params", "rules_on", NULL};
+    PyObject *portmap, *counters, *entries, *uas, *partials, *hasher, *ignored, *event_type, *params;
     double rotation;
     int raw, rules_on;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "SO!O!O!O!OdpOOO!O!p:FastPath", kw, &portmap, &PyDict_Type,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "SO!O!O!O!OdpOOO!p:FastPath", kw, &portmap, &PyDict_Type,
                                      &counters, &PyDict_Type, &entries, &PyDict_Type, &uas, &PyDict_Type, &partials,
-                                     &hasher, &rotation, &raw, &ignored, &event_type, &PyDict_Type, &bases,
-                                     &PyDict_Type, &params, &rules_on))
+                                     &hasher, &rotation, &raw, &ignored, &event_type, &PyDict_Type, &params,
+                                     &rules_on))
         return -1;
     if (PyBytes_GET_SIZE(portmap) != 65536) {
         PyErr_SetString(PyExc_ValueError, "portmap must be 65536 bytes");
@@ -803,9 +937,9 @@ static int fp_init(FastPath *self, PyObject *args, PyObject *kwds) {
         return -1;
     }
     PyObject **slots[] = {&self->portmap, &self->counters, &self->entries, &self->uas, &self->partials,
-                          &self->hasher, &self->ignored, &self->event_type, &self->bases, &self->params};
-    PyObject *vals[] = {portmap, counters, entries, uas, partials, hasher, ignored, event_type, bases, params};
-    for (int i = 0; i < 10; i++) {
+                          &self->hasher, &self->ignored, &self->event_type, &self->params};
+    PyObject *vals[] = {portmap, counters, entries, uas, partials, hasher, ignored, event_type, params};
+    for (int i = 0; i < 9; i++) {
         Py_INCREF(vals[i]);
         Py_XSETREF(*slots[i], vals[i]);
     }
@@ -818,14 +952,14 @@ static int fp_init(FastPath *self, PyObject *args, PyObject *kwds) {
 static int fp_traverse(FastPath *self, visitproc visit, void *arg) {
     Py_VISIT(self->portmap); Py_VISIT(self->counters); Py_VISIT(self->entries); Py_VISIT(self->uas);
     Py_VISIT(self->partials); Py_VISIT(self->hasher); Py_VISIT(self->ignored); Py_VISIT(self->event_type);
-    Py_VISIT(self->bases); Py_VISIT(self->params);
+    Py_VISIT(self->params);
     return 0;
 }
 
 static int fp_clear(FastPath *self) {
     Py_CLEAR(self->portmap); Py_CLEAR(self->counters); Py_CLEAR(self->entries); Py_CLEAR(self->uas);
     Py_CLEAR(self->partials); Py_CLEAR(self->hasher); Py_CLEAR(self->ignored); Py_CLEAR(self->event_type);
-    Py_CLEAR(self->bases); Py_CLEAR(self->params);
+    Py_CLEAR(self->params);
     return 0;
 }
 
@@ -883,9 +1017,10 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     empty_str = PyUnicode_New(0, 0);
     if (empty_bytes == NULL || empty_str == NULL) return NULL;
     const char *names[] = {"packets", "requests", "drop.method", "drop.ignored-address", "_epoch", "_memo",
-                           "drop.bad-url"};
-    PyObject **objs[] = {&s_packets, &s_requests, &s_method, &s_ignored_address, &s_epoch, &s_memo, &s_bad_url};
-    for (int i = 0; i < 7; i++)
+                           "drop.bad-url", "client_id", "TLS", "tls-hosts", "drop.not-client-hello", "drop.bad-sni"};
+    PyObject **objs[] = {&s_packets, &s_requests, &s_method, &s_ignored_address, &s_epoch, &s_memo, &s_bad_url,
+                         &s_client_id, &s_tls, &s_tls_hosts, &s_not_hello, &s_bad_sni};
+    for (int i = 0; i < 12; i++)
         if ((*objs[i] = PyUnicode_InternFromString(names[i])) == NULL) return NULL;
     if (PyType_Ready(&FastPathType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);

@@ -66,7 +66,8 @@ class ClientHasher:
         if cid is None:
             if len(self._memo) >= _MEMO_MAX:
                 self._memo.clear()
-            cid = self._memo[address] = hmac.new(self._key, address.encode(), hashlib.sha256).hexdigest()[:20]
+            # hmac.digest: the one-shot C HMAC, same bytes as hmac.new(...).hexdigest() at a fraction of the cost
+            cid = self._memo[address] = hmac.digest(self._key, address.encode(), "sha256").hex()[:20]
         return cid
 
 
@@ -137,7 +138,7 @@ class FrameParser:
                 portmap=self._portmap, counters=self.counters, entries=self._entries, uas=self._uas,
                 partials=self._partials, hasher=self.hasher, rotation_s=float(self.hasher.rotation_s),
                 raw=self.hasher.raw, ignored=self.filters.ignore_addresses, event_type=RequestEvent,
-                bases=self._bases, params=self._params, rules_on=self._rules_on,
+                params=self._params, rules_on=self._rules_on,
             ).events
 
     def events(self, frame: bytes, ts: float, linktype: int = LINKTYPE_ETHERNET) -> list[RequestEvent]:

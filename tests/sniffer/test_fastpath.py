@@ -209,3 +209,40 @@ def test_fast_path_decides_repeated_frames_in_c() -> None:
     assert fast is not None
     decided = sum(fast(f, 1_790_000_000.5, 1) is not None for f in frames)
     assert decided > 0.85 * len(frames)
+
+
+HOSTS = ["a.example", "A.Example.ORG", "a.example:80", "a.example:0080", "a.example:8080", "a.example:0",
+         "a.example:65536", "a.example:", "a..example", "-a.example", "a-.example", "_x.example", "a.example.",
+         "a.example...:81", "[::1]:8080", "[::1", "[zz]", " a.example ", "\x0ba.example\x1f", "a" * 63 + ".b",
+         "a" * 64 + ".b", ("a" * 62 + ".") * 4 + "b", ("a" * 62 + ".") * 4 + "bb", "", "a b", "a:b:c", "1.2.3.4:99"]
+TARGETS = ["/", "/a?b=1&utm_source=2", "/a#f?utm_x=1", "/a?x#y&utm_source=1", "/a?&&k=&", "*", "x/y",
+           "http://Proxy.Example:81/x?gclid=1", "https://s.example/p", "/p?%75tm_source=1&a+b=2", "/p?UTM_SOURCE=1",
+           "/p?sid=1&SID=2&sidx=3", "/dl?mh=1&x=2"]
+
+
+def test_cache_keys_and_tls_names_computed_in_c_match_reference() -> None:
+    """Host headers and targets at the edges of split_host/cache_key, and server names at the
+    edges of the TLS path, through both parsers twice (first sight, then memo hits)."""
+    frames = []
+    for i, host in enumerate([*HOSTS, "dl.google.com", "download.windowsupdate.com"]):
+        # the variants: known parameter names with new values, keyed in C from the per-name memo
+        for j, target in enumerate([*TARGETS, *(t.replace("1", "7") for t in TARGETS)]):
+            head = f"GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+            frames.append(tcp_frame(f"10.9.{i}.{j + 1}", "203.0.113.1", 40000 + j, 80, head))
+        name = host.replace(" ", "").replace("\x0b", "").replace("\x1f", "")
+        frames.append(tcp_frame(f"10.8.{i}.1", "203.0.113.2", 40000, 443, client_hello(name or None)))
+    frames.append(tcp_frame("10.8.0.9", "203.0.113.2", 40000, 443, client_hello("caf\u00e9.example")))
+    timed = [(f, 1_790_000_000.0 + i * 0.01, 1) for i, f in enumerate(frames * 2)]
+    c = same_frames(timed, tls_ports=frozenset({443}))
+    assert c["requests"] > 200 and c["drop.bad-url"] > 100 and c["tls-hosts"] > 20 and c["drop.bad-sni"] > 5
+
+
+@settings(max_examples=1_500, deadline=None)
+@given(st.integers(0, 200), st.integers(0, 255), st.integers(0, 120), st.sampled_from(["a.example", "B.c", "x" * 70]))
+def test_client_hello_cuts_and_bytes_hypothesis(cut: int, value: int, where: int, name: str) -> None:
+    hello = client_hello(name)
+    mutated = bytearray(hello[:cut] if cut else hello)
+    if where < len(mutated):
+        mutated[where] = value
+    frame = tcp_frame("10.0.0.1", "203.0.113.5", 40000, 443, bytes(mutated))
+    same_frames([(frame, 1_790_000_000.0, 1), (frame, 1_790_000_000.0, 1)], tls_ports=frozenset({443}))
