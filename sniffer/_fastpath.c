@@ -150,6 +150,17 @@ static int frame_segment(const uint8_t *f, Py_ssize_t n, long long linktype, seg
 
 static PyObject *address(const segment *s, const uint8_t *a) {
     char text[INET6_ADDRSTRLEN];
+    if (s->family == AF_INET) { /* dotted quad by hand: inet_ntop goes through sprintf */
+        char *o = text;
+        for (int i = 0; i < 4; i++) {
+            unsigned v = a[i];
+            if (v >= 100) *o++ = (char)('0' + v / 100);
+            if (v >= 10) *o++ = (char)('0' + v / 10 % 10);
+            *o++ = (char)('0' + v % 10);
+            *o++ = '.';
+        }
+        return PyUnicode_FromStringAndSize(text, o - text - 1);
+    }
     /* libc's inet_ntop, the same function socket.inet_ntop uses: identical text */
     if (inet_ntop(s->family, a, text, sizeof text) == NULL) return PyErr_SetFromErrno(PyExc_OSError);
     return PyUnicode_FromString(text);
@@ -219,11 +230,11 @@ static PyObject *ascii_str(const uint8_t *p, Py_ssize_t len) {
 }
 
 typedef struct { const uint8_t *p; Py_ssize_t len; } span;
+typedef struct { int method; span target, host, rng, ua; } head;
 
 /* One head (without its blank line): a request tuple in *out and the body length to skip, or a
  * reason. Mirrors _parse_head's checks in order. */
-static int parse_head(const uint8_t *h, Py_ssize_t n, PyObject **out, Py_ssize_t *body) {
-    *out = NULL;
+static int parse_head(const uint8_t *h, Py_ssize_t n, head *out, Py_ssize_t *body) {
     Py_ssize_t line_end = -1;
     for (Py_ssize_t i = 0; i + 1 < n; i++)
         if (h[i] == '\r' && h[i + 1] == '\n') { line_end = i; break; }
@@ -247,84 +258,126 @@ static int parse_head(const uint8_t *h, Py_ssize_t n, PyObject **out, Py_ssize_t
         if (target.p[i] <= 0x20 || target.p[i] == 0x7F) return R_BAD_TARGET;
     span host = {NULL, 0}, rng = {NULL, 0}, ua = {NULL, 0};
     unsigned long long blen = 0;
+    int bad_length = 0; /* bad-header wins over bad-content-length: decided after every line */
     if (line_end >= 0) {
         const uint8_t *r = h + line_end;
         Py_ssize_t rn = n - line_end;
-        /* _BAD_LINE: a "\r\n" followed by a line without a colon, ending in "\r\n" or at the end
-         * (where Python's $ also matches before one final "\n") */
-        for (Py_ssize_t i = 0; i + 1 < rn; i++) {
-            if (r[i] != '\r' || r[i + 1] != '\n') continue;
+        /* one pass over every "\r\n" of the rest; each is tried by both patterns:
+         * _BAD_LINE: a "\r\n" followed by a line without a colon, ending in "\r\n" or at the end
+         *   (where Python's $ also matches before one final "\n");
+         * _FIELDS: "\r\n" name [ \t]* ":" [ \t]* value; a value never holds a "\r", so no match
+         *   hides another (findall does not overlap) */
+        for (Py_ssize_t i = 0; i + 1 < rn;) {
+            const uint8_t *cr = memchr(r + i, '\r', (size_t)(rn - i - 1));
+            if (cr == NULL) break;
+            i = cr - r;
+            if (r[i + 1] != '\n') { i++; continue; }
             Py_ssize_t k = i + 2;
             while (k < rn && r[k] != ':' && r[k] != '\r' && r[k] != '\n') k++;
             if (k == rn || (k + 1 < rn && r[k] == '\r' && r[k + 1] == '\n') || (k == rn - 1 && r[k] == '\n'))
                 return R_BAD_HEADER;
-        }
-        /* _FIELDS: "\r\n" name [ \t]* ":" [ \t]* value, each "\r\n" tried in turn */
-        for (Py_ssize_t i = 0; i + 1 < rn; i++) {
-            if (r[i] != '\r' || r[i + 1] != '\n') continue;
             const uint8_t *p = r + i + 2;
             Py_ssize_t avail = rn - i - 2, nl;
             int which;
-            if (lower_eq(p, avail, "host", 4)) { which = 0; nl = 4; }
-            else if (lower_eq(p, avail, "range", 5)) { which = 1; nl = 5; }
-            else if (lower_eq(p, avail, "user-agent", 10)) { which = 2; nl = 10; }
-            else if (lower_eq(p, avail, "content-length", 14)) { which = 3; nl = 14; }
-            else continue;
-            Py_ssize_t k = nl;
+            i += 2;
+            switch (p[0] | 0x20) { /* first letter, any case, before the full comparison */
+            case 'h': which = 0; nl = 4; if (!lower_eq(p, avail, "host", 4)) continue; break;
+            case 'r': which = 1; nl = 5; if (!lower_eq(p, avail, "range", 5)) continue; break;
+            case 'u': which = 2; nl = 10; if (!lower_eq(p, avail, "user-agent", 10)) continue; break;
+            case 'c': which = 3; nl = 14; if (!lower_eq(p, avail, "content-length", 14)) continue; break;
+            default: continue;
+            }
+            k = nl;
             while (k < avail && (p[k] == ' ' || p[k] == '\t')) k++;
             if (k >= avail || p[k] != ':') continue;
             k++;
             while (k < avail && (p[k] == ' ' || p[k] == '\t')) k++;
             Py_ssize_t vs = k;
             while (k < avail && p[k] != '\r' && p[k] != '\n') k++;
-            Py_ssize_t ve = k, vend = k;
+            Py_ssize_t ve = k;
             if (which == 3) { /* value.strip(): all ASCII whitespace; then isdigit() */
                 while (vs < ve && (p[vs] == ' ' || (p[vs] >= '\t' && p[vs] <= '\r'))) vs++;
                 while (ve > vs && (p[ve - 1] == ' ' || (p[ve - 1] >= '\t' && p[ve - 1] <= '\r'))) ve--;
-                if (ve == vs) return R_BAD_CONTENT_LENGTH;
+                if (ve == vs) bad_length = 1;
                 unsigned long long v = 0;
-                for (Py_ssize_t j = vs; j < ve; j++) {
-                    if (p[j] < '0' || p[j] > '9') return R_BAD_CONTENT_LENGTH;
-                    if (v < (1ULL << 50)) v = v * 10 + (unsigned)(p[j] - '0'); /* saturate: ends the payload */
+                for (Py_ssize_t j = vs; j < ve && !bad_length; j++) {
+                    if (p[j] < '0' || p[j] > '9') bad_length = 1;
+                    else if (v < (1ULL << 50)) v = v * 10 + (unsigned)(p[j] - '0'); /* saturate: ends the payload */
                 }
-                blen = v;
+                if (!bad_length) blen = v;
             } else {
                 while (ve > vs && (p[ve - 1] == ' ' || p[ve - 1] == '\t')) ve--;
                 span *dst = which == 0 ? &host : which == 1 ? &rng : &ua;
                 dst->p = p + vs;
                 dst->len = ve - vs;
             }
-            i = i + 2 + vend - 1; /* continue after the value (findall does not overlap) */
         }
     }
+    if (bad_length) return R_BAD_CONTENT_LENGTH;
     if (host.len == 0 && !(target.len >= 7 && memcmp(target.p, "http://", 7) == 0)
         && !(target.len >= 8 && memcmp(target.p, "https://", 8) == 0))
         return R_NO_HOST;
     if (!is_ascii(target.p, target.len) || !is_ascii(host.p, host.len) || !is_ascii(rng.p, rng.len))
         return R_NON_ASCII;
-    PyObject *t = PyTuple_New(5);
-    if (t == NULL) return R_NONE;
-    Py_INCREF(method_str[m]);
-    PyTuple_SET_ITEM(t, 0, method_str[m]);
-    PyObject *items[4] = {ascii_str(target.p, target.len), ascii_str(host.p, host.len), ascii_str(rng.p, rng.len),
-                          PyUnicode_DecodeLatin1((const char *)ua.p, ua.len, NULL)};
-    for (int j = 0; j < 4; j++) {
-        if (items[j] == NULL) {
-            for (int q = j + 1; q < 4; q++) Py_XDECREF(items[q]);
-            Py_DECREF(t);
-            return R_NONE;
-        }
-        PyTuple_SET_ITEM(t, j + 1, items[j]);
-    }
-    *out = t;
+    out->method = m;
+    out->target = target;
+    out->host = host;
+    out->rng = rng;
+    out->ua = ua;
     *body = blen > (unsigned long long)PY_SSIZE_T_MAX / 2 ? PY_SSIZE_T_MAX / 2 : (Py_ssize_t)blen;
     return R_NONE;
 }
 
-/* parse_requests on p[0:n]; reasons from `table` (bare or "drop."-prefixed). NULL on error. */
-static PyObject *requests_of(const uint8_t *p, Py_ssize_t n, PyObject *payload_obj, PyObject **table) {
-    PyObject *reqs = PyList_New(0), *rejects = PyList_New(0), *rest = NULL;
-    if (reqs == NULL || rejects == NULL) goto fail;
+/* What parse_requests finds in one payload, as spans into it: heads, reasons, the cut rest. */
+typedef struct {
+    head *h;
+    int *r;
+    Py_ssize_t nh, caph, nr, capr, rest_off, rest_len;
+    head h0[16];
+    int r0[16];
+} heads_t;
+
+static void heads_init(heads_t *t) {
+    t->h = t->h0;
+    t->r = t->r0;
+    t->caph = t->capr = 16;
+    t->nh = t->nr = 0;
+    t->rest_off = -1;
+    t->rest_len = 0;
+}
+
+static void heads_free(heads_t *t) {
+    if (t->h != t->h0) PyMem_Free(t->h);
+    if (t->r != t->r0) PyMem_Free(t->r);
+}
+
+static int push_reject(heads_t *t, int why) {
+    if (t->nr == t->capr) {
+        int *r = PyMem_Malloc(sizeof(int) * (size_t)(t->capr * 2));
+        if (r == NULL) { PyErr_NoMemory(); return -1; }
+        memcpy(r, t->r, sizeof(int) * (size_t)t->nr);
+        if (t->r != t->r0) PyMem_Free(t->r);
+        t->r = r;
+        t->capr *= 2;
+    }
+    t->r[t->nr++] = why;
+    return 0;
+}
+
+static head *push_head(heads_t *t) {
+    if (t->nh == t->caph) {
+        head *h = PyMem_Malloc(sizeof(head) * (size_t)(t->caph * 2));
+        if (h == NULL) { PyErr_NoMemory(); return NULL; }
+        memcpy(h, t->h, sizeof(head) * (size_t)t->nh);
+        if (t->h != t->h0) PyMem_Free(t->h);
+        t->h = h;
+        t->caph *= 2;
+    }
+    return &t->h[t->nh++];
+}
+
+/* parse.parse_requests on p[0:n], rule for rule; -1 on a memory error. */
+static int walk_heads(const uint8_t *p, Py_ssize_t n, heads_t *t) {
     Py_ssize_t pos = 0;
     while (pos < n) {
         Py_ssize_t end = find_crlfcrlf(p, pos, n);
@@ -332,55 +385,85 @@ static PyObject *requests_of(const uint8_t *p, Py_ssize_t n, PyObject *payload_o
             const uint8_t *r = p + pos;
             Py_ssize_t rlen = n - pos;
             if (looks_like_request(r, rlen)) {
-                if (rlen > MAX_HEAD) {
-                    if (PyList_Append(rejects, table[R_HEAD_TOO_LARGE]) < 0) goto fail;
-                    break;
-                }
-                if (pos == 0 && payload_obj != NULL) {
-                    Py_INCREF(payload_obj);
-                    rest = payload_obj;
-                } else {
-                    rest = PyBytes_FromStringAndSize((const char *)r, rlen);
-                    if (rest == NULL) goto fail;
-                }
-                break;
+                if (rlen > MAX_HEAD) return push_reject(t, R_HEAD_TOO_LARGE);
+                t->rest_off = pos;
+                t->rest_len = rlen;
+                return 0;
             }
-            for (Py_ssize_t i = 0; i < rlen; i++) {
-                if (r[i] != '\r' && r[i] != '\n') {
-                    if (PyList_Append(rejects, table[R_NOT_HTTP]) < 0) goto fail;
-                    break;
-                }
-            }
-            break;
+            for (Py_ssize_t i = 0; i < rlen; i++)
+                if (r[i] != '\r' && r[i] != '\n') return push_reject(t, R_NOT_HTTP);
+            return 0;
         }
-        if (end - pos > MAX_HEAD) {
-            if (PyList_Append(rejects, table[R_HEAD_TOO_LARGE]) < 0) goto fail;
-            break;
-        }
-        PyObject *req;
+        if (end - pos > MAX_HEAD) return push_reject(t, R_HEAD_TOO_LARGE);
+        head one;
         Py_ssize_t body = 0;
-        int why = parse_head(p + pos, end - pos, &req, &body);
+        int why = parse_head(p + pos, end - pos, &one, &body);
         pos = end + 4;
         if (why != R_NONE) {
-            if (PyList_Append(rejects, table[why]) < 0) goto fail;
-            if (why == R_NOT_HTTP) break; /* a body or binary data: nothing after it is a new head */
+            if (push_reject(t, why) < 0) return -1;
+            if (why == R_NOT_HTTP) return 0; /* a body or binary data: nothing after it is a new head */
             continue;
         }
-        if (req == NULL) goto fail;
-        int rc = PyList_Append(reqs, req);
-        Py_DECREF(req);
-        if (rc < 0) goto fail;
+        head *slot = push_head(t);
+        if (slot == NULL) return -1;
+        *slot = one;
         pos = body >= n - pos ? n : pos + body; /* skip a body so a pipelined head after it is found */
     }
-    if (rest == NULL) {
+    return 0;
+}
+
+/* (method, target, host, range, user_agent) as HttpRequest holds them */
+static PyObject *head_tuple(const head *h) {
+    PyObject *t = PyTuple_New(5);
+    if (t == NULL) return NULL;
+    Py_INCREF(method_str[h->method]);
+    PyTuple_SET_ITEM(t, 0, method_str[h->method]);
+    PyObject *items[4] = {ascii_str(h->target.p, h->target.len), ascii_str(h->host.p, h->host.len),
+                          ascii_str(h->rng.p, h->rng.len),
+                          PyUnicode_DecodeLatin1((const char *)h->ua.p, h->ua.len, NULL)};
+    for (int j = 0; j < 4; j++) {
+        if (items[j] == NULL) {
+            for (int q = j + 1; q < 4; q++) Py_XDECREF(items[q]);
+            Py_DECREF(t);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(t, j + 1, items[j]);
+    }
+    return t;
+}
+
+/* parse_requests on p[0:n] as Python objects; reasons from `table` (bare or "drop."-prefixed). */
+static PyObject *requests_of(const uint8_t *p, Py_ssize_t n, PyObject *payload_obj, PyObject **table) {
+    heads_t t;
+    heads_init(&t);
+    PyObject *reqs = NULL, *rejects = NULL, *rest = NULL;
+    if (walk_heads(p, n, &t) < 0) goto fail;
+    if ((reqs = PyList_New(t.nh)) == NULL || (rejects = PyList_New(t.nr)) == NULL) goto fail;
+    for (Py_ssize_t i = 0; i < t.nh; i++) {
+        PyObject *req = head_tuple(&t.h[i]);
+        if (req == NULL) goto fail;
+        PyList_SET_ITEM(reqs, i, req);
+    }
+    for (Py_ssize_t i = 0; i < t.nr; i++) {
+        Py_INCREF(table[t.r[i]]);
+        PyList_SET_ITEM(rejects, i, table[t.r[i]]);
+    }
+    if (t.rest_off == 0 && payload_obj != NULL) { /* payload[0:] is the payload itself */
+        Py_INCREF(payload_obj);
+        rest = payload_obj;
+    } else if (t.rest_off >= 0) {
+        rest = PyBytes_FromStringAndSize((const char *)p + t.rest_off, t.rest_len);
+    } else {
         Py_INCREF(empty_bytes);
         rest = empty_bytes;
     }
+    if (rest == NULL) goto fail;
+    heads_free(&t);
     return Py_BuildValue("(NNN)", reqs, rejects, rest);
 fail:
+    heads_free(&t);
     Py_XDECREF(reqs);
     Py_XDECREF(rejects);
-    Py_XDECREF(rest);
     return NULL;
 }
 
@@ -523,19 +606,31 @@ static PyObject *py_pcap_records(PyObject *self, PyObject *args) {
 
 /* ---- FastPath: FrameParser.events for the common frame, entirely in C.
  *
- * It reads the parser's own state (counters, memo dicts, held partial heads, the hasher's
- * current client-id memo) and decides a frame only when every lookup hits: a drop, or HTTP
- * requests whose (host, target) entry, user-agent class and client id are all memoized. Then it
- * counts exactly what the Python path would count and returns the events. Anything else (TLS, a
- * head to hold or to reassemble, a memo miss, a new client-id period) returns None before
- * touching any state, and events.py runs the Python path for that frame. */
+ * It reads the parser's own state (counters, memo dicts, held partial heads, the hasher) and
+ * decides a frame when C can: a drop, a ClientHello, or HTTP requests whose cache-key entry is
+ * memoized or computable here. Then it counts exactly what the Python path would count and
+ * returns the events. Anything else (a head to hold or to reassemble, an absolute-form target,
+ * a query parameter name not seen yet, filter rules) returns None before touching any counter,
+ * and events.py runs the Python path for that frame.
+ *
+ * Its own memos are keyed by bytes straight from the frame, so a repeated request costs no
+ * string objects: (host, target) -> the entry the parser's memo holds, user agent -> class,
+ * client address -> id within the current id period. All three cache pure functions. */
 
 typedef struct {
     PyObject_HEAD
-    PyObject *portmap, *counters, *entries, *uas, *partials, *hasher, *ignored, *event_type, *params;
-    double rotation;
-    int raw, rules_on;
+    PyObject *portmap, *counters, *entries, *uas, *partials, *hasher, *ignored, *event_type, *params, *ua_class;
+    PyObject *fentries, *fuas, *fclients; /* the byte-keyed memos */
+    double rotation, fc_epoch;
+    int raw, rules_on, fc_valid;
 } FastPath;
+
+#define FAST_MEMO_MAX 65536 /* events.py's _MEMO_MAX */
+
+static int memo_put(PyObject *memo, PyObject *key, PyObject *value) {
+    if (PyDict_GET_SIZE(memo) >= FAST_MEMO_MAX) PyDict_Clear(memo);
+    return PyDict_SetItem(memo, key, value);
+}
 
 static PyObject *s_packets, *s_requests, *s_method, *s_ignored_address, *s_epoch, *s_memo, *s_bad_url, *s_client_id,
     *s_tls, *s_tls_hosts, *s_not_hello, *s_bad_sni;
@@ -770,6 +865,77 @@ static PyObject *compute_entry(FastPath *self, PyObject *host, PyObject *target,
     return entry;
 }
 
+/* The memo entry for one head, borrowed (the byte-keyed memo holds it); NULL without an error
+ * when only Python can compute it. */
+static PyObject *fast_entry(FastPath *self, const head *h) {
+    PyObject *kb = PyBytes_FromStringAndSize(NULL, h->host.len + 1 + h->target.len);
+    if (kb == NULL) return NULL;
+    char *k = PyBytes_AS_STRING(kb);
+    memcpy(k, h->host.p, (size_t)h->host.len);
+    k[h->host.len] = 0; /* never in a header value or a target */
+    memcpy(k + h->host.len + 1, h->target.p, (size_t)h->target.len);
+    PyObject *entry = PyDict_GetItemWithError(self->fentries, kb);
+    if (entry != NULL || PyErr_Occurred()) {
+        Py_DECREF(kb);
+        return entry;
+    }
+    PyObject *host = ascii_str(h->host.p, h->host.len), *target = ascii_str(h->target.p, h->target.len);
+    PyObject *mk = host && target ? PyTuple_Pack(2, host, target) : NULL;
+    if (mk != NULL) {
+        entry = PyDict_GetItemWithError(self->entries, mk); /* the parser's own memo */
+        if (entry != NULL) Py_INCREF(entry);
+        else if (!PyErr_Occurred()) entry = compute_entry(self, host, target, mk);
+    }
+    if (entry != NULL && memo_put(self->fentries, kb, entry) < 0) Py_CLEAR(entry);
+    Py_XDECREF(entry); /* fentries holds it */
+    Py_XDECREF(mk);
+    Py_XDECREF(host);
+    Py_XDECREF(target);
+    Py_DECREF(kb);
+    return entry;
+}
+
+/* ua_class(user_agent), borrowed from the byte-keyed memo; NULL on an error. */
+static PyObject *fast_ua(FastPath *self, const head *h) {
+    PyObject *kb = PyBytes_FromStringAndSize((const char *)h->ua.p, h->ua.len);
+    if (kb == NULL) return NULL;
+    PyObject *cls = PyDict_GetItemWithError(self->fuas, kb);
+    if (cls == NULL && !PyErr_Occurred()) {
+        PyObject *ua = PyUnicode_DecodeLatin1((const char *)h->ua.p, h->ua.len, NULL);
+        cls = ua ? PyObject_CallOneArg(self->ua_class, ua) : NULL;
+        Py_XDECREF(ua);
+        if (cls != NULL && memo_put(self->fuas, kb, cls) < 0) Py_CLEAR(cls);
+        Py_XDECREF(cls); /* fuas holds it */
+    }
+    Py_DECREF(kb);
+    return cls;
+}
+
+/* The client id of the frame's source, borrowed; NULL on an error. *src is made on demand. */
+static PyObject *fast_client(FastPath *self, const segment *s, PyObject **src, PyObject *ts, PyObject **owned) {
+    if (self->raw || !PyFloat_CheckExact(ts)) {
+        if (*src == NULL && (*src = address(s, s->src)) == NULL) return NULL;
+        return client_of(self, *src, ts, owned);
+    }
+    double e = py_floordiv(PyFloat_AS_DOUBLE(ts), self->rotation);
+    if (!self->fc_valid || e != self->fc_epoch) { /* a new id period: ids of the last one are no use */
+        PyDict_Clear(self->fclients);
+        self->fc_epoch = e;
+        self->fc_valid = 1;
+    }
+    PyObject *kb = PyBytes_FromStringAndSize((const char *)s->src, s->family == AF_INET ? 4 : 16);
+    if (kb == NULL) return NULL;
+    PyObject *cid = PyDict_GetItemWithError(self->fclients, kb);
+    if (cid == NULL && !PyErr_Occurred()) {
+        if (*src != NULL || (*src = address(s, s->src)) != NULL) {
+            cid = client_of(self, *src, ts, owned);
+            if (cid != NULL && memo_put(self->fclients, kb, cid) < 0) cid = NULL;
+        }
+    }
+    Py_DECREF(kb);
+    return cid;
+}
+
 static PyObject *fp_events(FastPath *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 3 || !PyBytes_Check(args[0])) {
         PyErr_SetString(PyExc_TypeError, "events(frame: bytes, ts, linktype)");
@@ -784,7 +950,10 @@ static PyObject *fp_events(FastPath *self, PyObject *const *args, Py_ssize_t nar
     if (why != R_NONE) return drop1(self, reason_drop[why]);
     int kind = ((const uint8_t *)PyBytes_AS_STRING(self->portmap))[s.dport];
     Py_ssize_t plen = s.pay_end - s.pay_off;
-    PyObject *src = NULL, *dst = NULL, *parsed = NULL, *out = NULL, *res = NULL, *cid_owned = NULL;
+    PyObject *src = NULL, *dst = NULL, *out = NULL, *res = NULL, *cid_owned = NULL;
+    heads_t heads;
+    int heads_used = 0, n_entry_drops = 0;
+    PyObject *entry_drops[8];
     if (self->ignored != Py_None && PySet_GET_SIZE(self->ignored)) {
         if ((src = address(&s, s.src)) == NULL || (dst = address(&s, s.dst)) == NULL) goto done;
         int hit = PySet_Contains(self->ignored, src);
@@ -828,8 +997,8 @@ static PyObject *fp_events(FastPath *self, PyObject *const *args, Py_ssize_t nar
         PyList_SET_ITEM(res, 0, ev);
         goto done;
     }
-    if (src == NULL && (src = address(&s, s.src)) == NULL) goto done;
     if (PyDict_GET_SIZE(self->partials)) { /* this flow has a cut head waiting: Python glues it */
+        if (src == NULL && (src = address(&s, s.src)) == NULL) goto done;
         if (dst == NULL && (dst = address(&s, s.dst)) == NULL) goto done;
         PyObject *flow = Py_BuildValue("(OIOI)", src, s.sport, dst, s.dport);
         if (flow == NULL) goto done;
@@ -838,62 +1007,58 @@ static PyObject *fp_events(FastPath *self, PyObject *const *args, Py_ssize_t nar
         if (held < 0) goto done;
         if (held) { res = Py_None; Py_INCREF(res); goto done; }
     }
-    parsed = requests_of(f + s.pay_off, plen, NULL, reason_drop);
-    if (parsed == NULL) goto done;
-    PyObject *reqs = PyTuple_GET_ITEM(parsed, 0), *rejects = PyTuple_GET_ITEM(parsed, 1);
-    if (PyBytes_GET_SIZE(PyTuple_GET_ITEM(parsed, 2))) { res = Py_None; Py_INCREF(res); goto done; } /* to hold */
-    Py_ssize_t nreq = PyList_GET_SIZE(reqs), methods_dropped = 0;
-    PyObject *entry_drops[8];
-    int n_entry_drops = 0;
+    heads_init(&heads);
+    heads_used = 1;
+    if (walk_heads(f + s.pay_off, plen, &heads) < 0) goto done;
+    if (heads.rest_off >= 0) { res = Py_None; Py_INCREF(res); goto done; } /* a cut head to hold: Python */
+    Py_ssize_t methods_dropped = 0;
     if ((out = PyList_New(0)) == NULL) goto done;
     PyObject *cid = NULL;
-    for (Py_ssize_t i = 0; i < nreq; i++) {
-        PyObject *req = PyList_GET_ITEM(reqs, i);
-        PyObject *method = PyTuple_GET_ITEM(req, 0), *target = PyTuple_GET_ITEM(req, 1);
-        PyObject *host = PyTuple_GET_ITEM(req, 2), *ua_s = PyTuple_GET_ITEM(req, 4);
-        if (method != method_str[0] && method != method_str[1]) { methods_dropped++; continue; }
-        PyObject *mk = PyTuple_Pack(2, host, target);
-        if (mk == NULL) goto done;
-        PyObject *entry = PyDict_GetItemWithError(self->entries, mk);
-        if (entry == NULL && !PyErr_Occurred()) {
-            entry = compute_entry(self, host, target, mk);
-            Py_XDECREF(entry); /* entries holds it now */
-        }
-        Py_DECREF(mk);
+    for (Py_ssize_t i = 0; i < heads.nh; i++) {
+        const head *h = &heads.h[i];
+        if (h->method > 1) { methods_dropped++; continue; } /* not GET (0) or HEAD (1) */
+        PyObject *entry = fast_entry(self, h);
         if (entry == NULL) {
-            if (PyErr_Occurred()) goto done;
-            res = Py_None; Py_INCREF(res); goto done; /* new (host, target): Python computes the key */
+            if (!PyErr_Occurred()) { res = Py_None; Py_INCREF(res); } /* Python computes the key */
+            goto done;
         }
         if (PyUnicode_Check(entry)) { /* a memoized drop reason ("drop.bad-url", ...) */
             if (n_entry_drops == 8) { res = Py_None; Py_INCREF(res); goto done; }
+            Py_INCREF(entry);
             entry_drops[n_entry_drops++] = entry;
             continue;
         }
         if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 4) { res = Py_None; Py_INCREF(res); goto done; }
-        PyObject *ua = PyDict_GetItemWithError(self->uas, ua_s);
-        if (ua == NULL) {
-            if (PyErr_Occurred()) goto done;
-            res = Py_None; Py_INCREF(res); goto done;
+        PyObject *key = PyTuple_GET_ITEM(entry, 0), *authority = PyTuple_GET_ITEM(entry, 1);
+        PyObject *path = PyTuple_GET_ITEM(entry, 2), *url = PyTuple_GET_ITEM(entry, 3);
+        Py_INCREF(entry); /* fast_ua below may call Python */
+        PyObject *ua = fast_ua(self, h);
+        if (ua == NULL || (cid == NULL && (cid = fast_client(self, &s, &src, ts, &cid_owned)) == NULL)) {
+            Py_DECREF(entry);
+            goto done;
         }
-        if (cid == NULL && (cid = client_of(self, src, ts, &cid_owned)) == NULL) goto done;
+        PyObject *rng = ascii_str(h->rng.p, h->rng.len);
         /* RequestEvent(ts, client, method, host, path, url, cache_key, range, ua_class): a tuple
          * subtype filled in place, as tuple.__new__ does */
-        PyObject *ev = ((PyTypeObject *)self->event_type)->tp_alloc((PyTypeObject *)self->event_type, 9);
-        if (ev == NULL) goto done;
-        PyObject *items[9] = {ts, cid, method, PyTuple_GET_ITEM(entry, 1), PyTuple_GET_ITEM(entry, 2),
-                              PyTuple_GET_ITEM(entry, 3), PyTuple_GET_ITEM(entry, 0), PyTuple_GET_ITEM(req, 3), ua};
-        for (int j = 0; j < 9; j++) {
-            Py_INCREF(items[j]);
-            PyTuple_SET_ITEM(ev, j, items[j]);
+        PyObject *ev = rng ? ((PyTypeObject *)self->event_type)->tp_alloc((PyTypeObject *)self->event_type, 9) : NULL;
+        if (ev != NULL) {
+            PyObject *items[9] = {ts, cid, method_str[h->method], authority, path, url, key, rng, ua};
+            for (int j = 0; j < 9; j++) {
+                Py_INCREF(items[j]);
+                PyTuple_SET_ITEM(ev, j, items[j]);
+            }
         }
+        Py_XDECREF(rng);
+        Py_DECREF(entry);
+        if (ev == NULL) goto done;
         int rc = PyList_Append(out, ev);
         Py_DECREF(ev);
         if (rc < 0) goto done;
     }
     /* decided: count what the Python path counts for this frame */
     if (bump(self->counters, s_packets, 1) < 0) goto done;
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(rejects); i++)
-        if (bump(self->counters, PyList_GET_ITEM(rejects, i), 1) < 0) goto done;
+    for (Py_ssize_t i = 0; i < heads.nr; i++)
+        if (bump(self->counters, reason_drop[heads.r[i]], 1) < 0) goto done;
     if (methods_dropped && bump(self->counters, s_method, methods_dropped) < 0) goto done;
     for (int i = 0; i < n_entry_drops; i++)
         if (bump(self->counters, entry_drops[i], 1) < 0) goto done;
@@ -901,24 +1066,25 @@ static PyObject *fp_events(FastPath *self, PyObject *const *args, Py_ssize_t nar
     res = out;
     out = NULL;
 done:
+    for (int i = 0; i < n_entry_drops; i++) Py_DECREF(entry_drops[i]);
+    if (heads_used) heads_free(&heads);
     Py_XDECREF(cid_owned);
     Py_XDECREF(src);
     Py_XDECREF(dst);
-    Py_XDECREF(parsed);
     Py_XDECREF(out);
     return res;
 }
 
 static int fp_init(FastPath *self, PyObject *args, PyObject *kwds) {
     static char *kw[] = {"portmap", "counters", "entries", "uas", "partials", "hasher", "rotation_s", "raw",
-                         "ignored", "event_type", "params", "rules_on", NULL};
-    PyObject *portmap, *counters, *entries, *uas, *partials, *hasher, *ignored, *event_type, *params;
+                         "ignored", "event_type", "params", "rules_on", "ua_class", NULL};
+    PyObject *portmap, *counters, *entries, *uas, *partials, *hasher, *ignored, *event_type, *params, *ua_class;
     double rotation;
     int raw, rules_on;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "SO!O!O!O!OdpOOO!p:FastPath", kw, &portmap, &PyDict_Type,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "SO!O!O!O!OdpOOO!pO:FastPath", kw, &portmap, &PyDict_Type,
                                      &counters, &PyDict_Type, &entries, &PyDict_Type, &uas, &PyDict_Type, &partials,
                                      &hasher, &rotation, &raw, &ignored, &event_type, &PyDict_Type, &params,
-                                     &rules_on))
+                                     &rules_on, &ua_class))
         return -1;
     if (PyBytes_GET_SIZE(portmap) != 65536) {
         PyErr_SetString(PyExc_ValueError, "portmap must be 65536 bytes");
@@ -937,12 +1103,19 @@ static int fp_init(FastPath *self, PyObject *args, PyObject *kwds) {
         return -1;
     }
     PyObject **slots[] = {&self->portmap, &self->counters, &self->entries, &self->uas, &self->partials,
-                          &self->hasher, &self->ignored, &self->event_type, &self->params};
-    PyObject *vals[] = {portmap, counters, entries, uas, partials, hasher, ignored, event_type, params};
-    for (int i = 0; i < 9; i++) {
+                          &self->hasher, &self->ignored, &self->event_type, &self->params, &self->ua_class};
+    PyObject *vals[] = {portmap, counters, entries, uas, partials, hasher, ignored, event_type, params, ua_class};
+    for (int i = 0; i < 10; i++) {
         Py_INCREF(vals[i]);
         Py_XSETREF(*slots[i], vals[i]);
     }
+    PyObject **memos[] = {&self->fentries, &self->fuas, &self->fclients};
+    for (int i = 0; i < 3; i++) {
+        PyObject *d = PyDict_New();
+        if (d == NULL) return -1;
+        Py_XSETREF(*memos[i], d);
+    }
+    self->fc_valid = 0;
     self->rotation = rotation;
     self->raw = raw;
     self->rules_on = rules_on;
@@ -952,14 +1125,16 @@ static int fp_init(FastPath *self, PyObject *args, PyObject *kwds) {
 static int fp_traverse(FastPath *self, visitproc visit, void *arg) {
     Py_VISIT(self->portmap); Py_VISIT(self->counters); Py_VISIT(self->entries); Py_VISIT(self->uas);
     Py_VISIT(self->partials); Py_VISIT(self->hasher); Py_VISIT(self->ignored); Py_VISIT(self->event_type);
-    Py_VISIT(self->params);
+    Py_VISIT(self->params); Py_VISIT(self->ua_class); Py_VISIT(self->fentries); Py_VISIT(self->fuas);
+    Py_VISIT(self->fclients);
     return 0;
 }
 
 static int fp_clear(FastPath *self) {
     Py_CLEAR(self->portmap); Py_CLEAR(self->counters); Py_CLEAR(self->entries); Py_CLEAR(self->uas);
     Py_CLEAR(self->partials); Py_CLEAR(self->hasher); Py_CLEAR(self->ignored); Py_CLEAR(self->event_type);
-    Py_CLEAR(self->params);
+    Py_CLEAR(self->params); Py_CLEAR(self->ua_class); Py_CLEAR(self->fentries); Py_CLEAR(self->fuas);
+    Py_CLEAR(self->fclients);
     return 0;
 }
 

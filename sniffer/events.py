@@ -138,7 +138,7 @@ class FrameParser:
                 portmap=self._portmap, counters=self.counters, entries=self._entries, uas=self._uas,
                 partials=self._partials, hasher=self.hasher, rotation_s=float(self.hasher.rotation_s),
                 raw=self.hasher.raw, ignored=self.filters.ignore_addresses, event_type=RequestEvent,
-                params=self._params, rules_on=self._rules_on,
+                params=self._params, rules_on=self._rules_on, ua_class=ua_class,
             ).events
 
     def events(self, frame: bytes, ts: float, linktype: int = LINKTYPE_ETHERNET) -> list[RequestEvent]:
