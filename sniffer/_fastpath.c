@@ -621,7 +621,8 @@ typedef struct {
     PyObject_HEAD
     PyObject *portmap, *counters, *entries, *uas, *partials, *hasher, *ignored, *event_type, *params, *ua_class;
     PyObject *fentries, *fuas, *fclients; /* the byte-keyed memos */
-    double rotation, fc_epoch;
+    PyObject *hold;                       /* FrameParser._hold */
+    double rotation, fc_epoch, ttl;
     int raw, rules_on, fc_valid;
 } FastPath;
 
@@ -632,6 +633,7 @@ static int memo_put(PyObject *memo, PyObject *key, PyObject *value) {
     return PyDict_SetItem(memo, key, value);
 }
 
+static PyObject *s_next_seq, *s_ts, *s_data, *s_reassembled, *s_gap;
 static PyObject *s_packets, *s_requests, *s_method, *s_ignored_address, *s_epoch, *s_memo, *s_bad_url, *s_client_id,
     *s_tls, *s_tls_hosts, *s_not_hello, *s_bad_sni;
 
@@ -951,6 +953,7 @@ static PyObject *fp_events(FastPath *self, PyObject *const *args, Py_ssize_t nar
     int kind = ((const uint8_t *)PyBytes_AS_STRING(self->portmap))[s.dport];
     Py_ssize_t plen = s.pay_end - s.pay_off;
     PyObject *src = NULL, *dst = NULL, *out = NULL, *res = NULL, *cid_owned = NULL;
+    PyObject *flow = NULL, *part = NULL, *glued = NULL;
     heads_t heads;
     int heads_used = 0, n_entry_drops = 0;
     PyObject *entry_drops[8];
@@ -997,20 +1000,48 @@ static PyObject *fp_events(FastPath *self, PyObject *const *args, Py_ssize_t nar
         PyList_SET_ITEM(res, 0, ev);
         goto done;
     }
-    if (PyDict_GET_SIZE(self->partials)) { /* this flow has a cut head waiting: Python glues it */
+    /* FrameParser._events_compiled's reassembly, decided here and applied at the end: a cut head
+     * waiting for this flow is glued in front of the payload (or dropped as a gap) */
+    const uint8_t *pp = f + s.pay_off;
+    Py_ssize_t pn = plen;
+    int glue = 0;
+    if (PyDict_GET_SIZE(self->partials)) {
         if (src == NULL && (src = address(&s, s.src)) == NULL) goto done;
         if (dst == NULL && (dst = address(&s, s.dst)) == NULL) goto done;
-        PyObject *flow = Py_BuildValue("(OIOI)", src, s.sport, dst, s.dport);
-        if (flow == NULL) goto done;
-        int held = PyDict_Contains(self->partials, flow);
-        Py_DECREF(flow);
-        if (held < 0) goto done;
-        if (held) { res = Py_None; Py_INCREF(res); goto done; }
+        if ((flow = Py_BuildValue("(OIOI)", src, s.sport, dst, s.dport)) == NULL) goto done;
+        part = PyDict_GetItemWithError(self->partials, flow);
+        if (part == NULL && PyErr_Occurred()) goto done;
+        Py_XINCREF(part);
+        if (part != NULL) {
+            PyObject *nseq = PyObject_GetAttr(part, s_next_seq), *pts = PyObject_GetAttr(part, s_ts);
+            PyObject *data = PyObject_GetAttr(part, s_data);
+            int ok = nseq && pts && data && PyLong_Check(nseq) && PyFloat_CheckExact(pts) && PyBytes_Check(data)
+                     && PyFloat_CheckExact(ts);
+            if (ok) {
+                unsigned long long want = PyLong_AsUnsignedLongLong(nseq);
+                if (want == (unsigned long long)-1 && PyErr_Occurred()) PyErr_Clear(); /* never equal */
+                glue = want == s.seq && PyFloat_AS_DOUBLE(ts) - PyFloat_AS_DOUBLE(pts) <= self->ttl ? 1 : -1;
+                if (glue == 1) {
+                    Py_ssize_t dl = PyBytes_GET_SIZE(data);
+                    glued = PyBytes_FromStringAndSize(NULL, dl + plen);
+                    if (glued != NULL) {
+                        memcpy(PyBytes_AS_STRING(glued), PyBytes_AS_STRING(data), (size_t)dl);
+                        memcpy(PyBytes_AS_STRING(glued) + dl, pp, (size_t)plen);
+                        pp = (const uint8_t *)PyBytes_AS_STRING(glued);
+                        pn = dl + plen;
+                    }
+                }
+            }
+            Py_XDECREF(nseq);
+            Py_XDECREF(pts);
+            Py_XDECREF(data);
+            if (PyErr_Occurred()) goto done;
+            if (!ok) { res = Py_None; Py_INCREF(res); goto done; } /* not what events.py stores: Python */
+        }
     }
     heads_init(&heads);
     heads_used = 1;
-    if (walk_heads(f + s.pay_off, plen, &heads) < 0) goto done;
-    if (heads.rest_off >= 0) { res = Py_None; Py_INCREF(res); goto done; } /* a cut head to hold: Python */
+    if (walk_heads(pp, pn, &heads) < 0) goto done;
     Py_ssize_t methods_dropped = 0;
     if ((out = PyList_New(0)) == NULL) goto done;
     PyObject *cid = NULL;
@@ -1055,7 +1086,23 @@ static PyObject *fp_events(FastPath *self, PyObject *const *args, Py_ssize_t nar
         Py_DECREF(ev);
         if (rc < 0) goto done;
     }
-    /* decided: count what the Python path counts for this frame */
+    /* decided: apply the reassembly, hold a cut head, count what the Python path counts */
+    if (part != NULL) {
+        if (PyDict_DelItem(self->partials, flow) < 0) goto done;
+        if (bump(self->counters, glue == 1 ? s_reassembled : s_gap, 1) < 0) goto done;
+    }
+    if (heads.rest_off >= 0) { /* FrameParser._hold(flow, next_seq, rest, ts) */
+        if (src == NULL && (src = address(&s, s.src)) == NULL) goto done;
+        if (dst == NULL && (dst = address(&s, s.dst)) == NULL) goto done;
+        if (flow == NULL && (flow = Py_BuildValue("(OIOI)", src, s.sport, dst, s.dport)) == NULL) goto done;
+        PyObject *rest = PyBytes_FromStringAndSize((const char *)pp + heads.rest_off, heads.rest_len);
+        PyObject *nseq = rest ? PyLong_FromUnsignedLong((unsigned long)((s.seq + (uint64_t)plen) & 0xFFFFFFFFu)) : NULL;
+        PyObject *r = nseq ? PyObject_CallFunctionObjArgs(self->hold, flow, nseq, rest, ts, NULL) : NULL;
+        Py_XDECREF(rest);
+        Py_XDECREF(nseq);
+        if (r == NULL) goto done;
+        Py_DECREF(r);
+    }
     if (bump(self->counters, s_packets, 1) < 0) goto done;
     for (Py_ssize_t i = 0; i < heads.nr; i++)
         if (bump(self->counters, reason_drop[heads.r[i]], 1) < 0) goto done;
@@ -1066,6 +1113,9 @@ static PyObject *fp_events(FastPath *self, PyObject *const *args, Py_ssize_t nar
     res = out;
     out = NULL;
 done:
+    Py_XDECREF(flow);
+    Py_XDECREF(part);
+    Py_XDECREF(glued);
     for (int i = 0; i < n_entry_drops; i++) Py_DECREF(entry_drops[i]);
     if (heads_used) heads_free(&heads);
     Py_XDECREF(cid_owned);
@@ -1075,16 +1125,56 @@ done:
     return res;
 }
 
+/* events() over a list of (frame, ts, linktype) records: one call per batch instead of one per
+ * frame. Frames C cannot decide go to fallback(frame, ts, linktype), the Python path, in order. */
+static PyObject *fp_events_many(FastPath *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "events_many(records: list, fallback)");
+        return NULL;
+    }
+    PyObject *records = args[0], *fallback = args[1], *out = PyList_New(0);
+    if (out == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(records); i++) {
+        PyObject *rec = PyList_GET_ITEM(records, i);
+        if (!PyTuple_Check(rec) || PyTuple_GET_SIZE(rec) != 3) {
+            PyErr_SetString(PyExc_TypeError, "records are (frame, ts, linktype) tuples");
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_INCREF(rec); /* the record stays alive even if the fallback changes the list */
+        PyObject *evs = fp_events(self, &PyTuple_GET_ITEM(rec, 0), 3);
+        if (evs == Py_None) {
+            Py_DECREF(evs);
+            evs = PyObject_Vectorcall(fallback, &PyTuple_GET_ITEM(rec, 0), 3, NULL);
+        }
+        Py_DECREF(rec);
+        if (evs == NULL || !PyList_Check(evs)) {
+            if (evs != NULL) PyErr_SetString(PyExc_TypeError, "events must be a list");
+            Py_XDECREF(evs);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_ssize_t n = PyList_GET_SIZE(out), k = PyList_GET_SIZE(evs);
+        int rc = k == 0 ? 0 : k == 1 ? PyList_Append(out, PyList_GET_ITEM(evs, 0)) : PyList_SetSlice(out, n, n, evs);
+        Py_DECREF(evs);
+        if (rc < 0) {
+            Py_DECREF(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
 static int fp_init(FastPath *self, PyObject *args, PyObject *kwds) {
     static char *kw[] = {"portmap", "counters", "entries", "uas", "partials", "hasher", "rotation_s", "raw",
-                         "ignored", "event_type", "params", "rules_on", "ua_class", NULL};
-    PyObject *portmap, *counters, *entries, *uas, *partials, *hasher, *ignored, *event_type, *params, *ua_class;
-    double rotation;
+                         "ignored", "event_type", "params", "rules_on", "ua_class", "hold", "partial_ttl_s", NULL};
+    PyObject *portmap, *counters, *entries, *uas, *partials, *hasher, *ignored, *event_type, *params, *ua_class, *hold;
+    double rotation, ttl;
     int raw, rules_on;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "SO!O!O!O!OdpOOO!pO:FastPath", kw, &portmap, &PyDict_Type,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "SO!O!O!O!OdpOOO!pOOd:FastPath", kw, &portmap, &PyDict_Type,
                                      &counters, &PyDict_Type, &entries, &PyDict_Type, &uas, &PyDict_Type, &partials,
                                      &hasher, &rotation, &raw, &ignored, &event_type, &PyDict_Type, &params,
-                                     &rules_on, &ua_class))
+                                     &rules_on, &ua_class, &hold, &ttl))
         return -1;
     if (PyBytes_GET_SIZE(portmap) != 65536) {
         PyErr_SetString(PyExc_ValueError, "portmap must be 65536 bytes");
@@ -1103,9 +1193,10 @@ static int fp_init(FastPath *self, PyObject *args, PyObject *kwds) {
         return -1;
     }
     PyObject **slots[] = {&self->portmap, &self->counters, &self->entries, &self->uas, &self->partials,
-                          &self->hasher, &self->ignored, &self->event_type, &self->params, &self->ua_class};
-    PyObject *vals[] = {portmap, counters, entries, uas, partials, hasher, ignored, event_type, params, ua_class};
-    for (int i = 0; i < 10; i++) {
+                          &self->hasher, &self->ignored, &self->event_type, &self->params, &self->ua_class,
+                          &self->hold};
+    PyObject *vals[] = {portmap, counters, entries, uas, partials, hasher, ignored, event_type, params, ua_class, hold};
+    for (int i = 0; i < 11; i++) {
         Py_INCREF(vals[i]);
         Py_XSETREF(*slots[i], vals[i]);
     }
@@ -1116,6 +1207,7 @@ static int fp_init(FastPath *self, PyObject *args, PyObject *kwds) {
         Py_XSETREF(*memos[i], d);
     }
     self->fc_valid = 0;
+    self->ttl = ttl;
     self->rotation = rotation;
     self->raw = raw;
     self->rules_on = rules_on;
@@ -1126,7 +1218,7 @@ static int fp_traverse(FastPath *self, visitproc visit, void *arg) {
     Py_VISIT(self->portmap); Py_VISIT(self->counters); Py_VISIT(self->entries); Py_VISIT(self->uas);
     Py_VISIT(self->partials); Py_VISIT(self->hasher); Py_VISIT(self->ignored); Py_VISIT(self->event_type);
     Py_VISIT(self->params); Py_VISIT(self->ua_class); Py_VISIT(self->fentries); Py_VISIT(self->fuas);
-    Py_VISIT(self->fclients);
+    Py_VISIT(self->fclients); Py_VISIT(self->hold);
     return 0;
 }
 
@@ -1134,7 +1226,7 @@ static int fp_clear(FastPath *self) {
     Py_CLEAR(self->portmap); Py_CLEAR(self->counters); Py_CLEAR(self->entries); Py_CLEAR(self->uas);
     Py_CLEAR(self->partials); Py_CLEAR(self->hasher); Py_CLEAR(self->ignored); Py_CLEAR(self->event_type);
     Py_CLEAR(self->params); Py_CLEAR(self->ua_class); Py_CLEAR(self->fentries); Py_CLEAR(self->fuas);
-    Py_CLEAR(self->fclients);
+    Py_CLEAR(self->fclients); Py_CLEAR(self->hold);
     return 0;
 }
 
@@ -1147,6 +1239,8 @@ static void fp_dealloc(FastPath *self) {
 static PyMethodDef fp_methods[] = {
     {"events", (PyCFunction)(void (*)(void))fp_events, METH_FASTCALL,
      "events(frame, ts, linktype): the frame's events (state updated), or None: run the Python path."},
+    {"events_many", (PyCFunction)(void (*)(void))fp_events_many, METH_FASTCALL,
+     "events_many(records, fallback): the events of a list of (frame, ts, linktype), in order."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1197,6 +1291,10 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
                          &s_client_id, &s_tls, &s_tls_hosts, &s_not_hello, &s_bad_sni};
     for (int i = 0; i < 12; i++)
         if ((*objs[i] = PyUnicode_InternFromString(names[i])) == NULL) return NULL;
+    const char *more[] = {"next_seq", "ts", "data", "reassembled", "drop.reassembly-gap"};
+    PyObject **more_objs[] = {&s_next_seq, &s_ts, &s_data, &s_reassembled, &s_gap};
+    for (int i = 0; i < 5; i++)
+        if ((*more_objs[i] = PyUnicode_InternFromString(more[i])) == NULL) return NULL;
     if (PyType_Ready(&FastPathType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;

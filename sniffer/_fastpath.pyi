@@ -19,6 +19,8 @@ class FastPath:
     def __init__(
         self, *, portmap: bytes, counters: dict[str, int], entries: dict[Any, Any], uas: dict[str, str],
         partials: dict[Any, Any], hasher: Any, rotation_s: float, raw: bool, ignored: frozenset[str] | None,
-        event_type: type, params: dict[Any, Any], rules_on: bool, ua_class: Any,
+        event_type: type, params: dict[Any, Any], rules_on: bool, ua_class: Any, hold: Any,
+        partial_ttl_s: float,
     ) -> None: ...
     def events(self, frame: bytes, ts: float, linktype: int, /) -> list[Any] | None: ...
+    def events_many(self, records: list[tuple[bytes, float, int]], fallback: Any, /) -> list[Any]: ...

@@ -106,7 +106,13 @@ _PCAP_MAGIC = {b"\xd4\xc3\xb2\xa1": False, b"\xa1\xb2\xc3\xd4": True}  # microse
 
 
 def pcap_frames(path: Path, compiled: bool | None = None) -> Iterator[Frame]:
-    """Frames of a pcap or pcapng file (no dissection).
+    """Frames of a pcap or pcapng file (no dissection), one at a time (see pcap_batches)."""
+    for batch in pcap_batches(path, compiled):
+        yield from batch
+
+
+def pcap_batches(path: Path, compiled: bool | None = None, size: int = 4096) -> Iterator[list[Frame]]:
+    """Frames of a pcap or pcapng file in lists of up to ``size``, for FrameParser.events_many.
 
     Classic microsecond pcap is read by the compiled fast path straight from a memory map when it
     is built (``compiled`` None or True); pcapng, nanosecond or gzipped captures, and
@@ -120,30 +126,36 @@ def pcap_frames(path: Path, compiled: bool | None = None) -> Iterator[Frame]:
         with open(path, "rb") as fh:
             head = fh.read(24)
             if len(head) == 24 and head[:4] in _PCAP_MAGIC:
-                yield from _pcap_frames_compiled(fh, _PCAP_MAGIC[head[:4]], head)
+                yield from _pcap_batches_compiled(fh, _PCAP_MAGIC[head[:4]], head, size)
                 return
     from scapy.utils import RawPcapReader
 
+    batch: list[Frame] = []
     with RawPcapReader(str(path)) as reader:  # handles pcapng too
         linktype = int(getattr(reader, "linktype", LINKTYPE_ETHERNET))
         for data, meta in reader:
             ts = _ts(meta)
             lt = int(getattr(meta, "linktype", None) or linktype)
-            yield data, ts, lt
+            batch.append((data, ts, lt))
+            if len(batch) >= size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
 
 
-def _pcap_frames_compiled(fh: BinaryIO, big_endian: bool, head: bytes) -> Iterator[Frame]:
+def _pcap_batches_compiled(fh: BinaryIO, big_endian: bool, head: bytes, size: int) -> Iterator[list[Frame]]:
     from sniffer import _fastpath
 
     linktype = int.from_bytes(head[20:24], "big" if big_endian else "little")
     with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         offset = 24
         while True:
-            # a few thousand records per call: one C call instead of a read per frame
-            records, offset = _fastpath.pcap_records(mm, offset, big_endian, linktype, 4096)
+            # one C call per batch instead of a read per frame
+            records, offset = _fastpath.pcap_records(mm, offset, big_endian, linktype, size)
             if not records:
                 return
-            yield from records
+            yield records
 
 
 def _ts(meta: object) -> float:

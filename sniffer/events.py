@@ -29,6 +29,7 @@ except ImportError:  # not built (no compiler): the reference still works; tests
     _fastpath = None  # type: ignore[assignment]
 
 KEEP_METHODS = frozenset({"GET", "HEAD"})
+Frame = tuple[bytes, float, int]  # (frame bytes, capture time, linktype), as sniffer.capture yields them
 TLS_METHOD = "TLS"  # host-level events from a ClientHello: no path, never fetched
 _MEMO_MAX = 65_536
 _new_tuple = tuple.__new__  # RequestEvent without its Python-level __new__: same tuple, fewer calls
@@ -116,6 +117,7 @@ class FrameParser:
     _bases: dict[tuple[str, str], tuple[str, str] | None] = field(default_factory=dict)
     _params: dict[tuple[str, str], bool] = field(default_factory=dict)
     _fast_events: Callable[[bytes, float, int], list[RequestEvent] | None] | None = None
+    _fast_many: Callable[[list[Frame], Callable[..., list[RequestEvent]]], list[RequestEvent]] | None = None
 
     def __post_init__(self) -> None:
         if self.filters is None:
@@ -134,12 +136,14 @@ class FrameParser:
                 portmap[port] = 1
             self._portmap = bytes(portmap)
             # frames decided by memo hits alone never leave C; None sends one to _events_compiled
-            self._fast_events = _fastpath.FastPath(
+            fast = _fastpath.FastPath(
                 portmap=self._portmap, counters=self.counters, entries=self._entries, uas=self._uas,
                 partials=self._partials, hasher=self.hasher, rotation_s=float(self.hasher.rotation_s),
                 raw=self.hasher.raw, ignored=self.filters.ignore_addresses, event_type=RequestEvent,
-                params=self._params, rules_on=self._rules_on, ua_class=ua_class,
-            ).events
+                params=self._params, rules_on=self._rules_on, ua_class=ua_class, hold=self._hold,
+                partial_ttl_s=float(self.partial_ttl_s),
+            )
+            self._fast_events, self._fast_many = fast.events, fast.events_many
 
     def events(self, frame: bytes, ts: float, linktype: int = LINKTYPE_ETHERNET) -> list[RequestEvent]:
         """The events in one captured frame (none if dropped: every drop is counted by reason)."""
@@ -166,6 +170,16 @@ class FrameParser:
             return self._tls(seg.src, seg.payload, ts)
         counters["drop.other-port"] += 1
         return []
+
+    def events_many(self, records: list[Frame]) -> list[RequestEvent]:
+        """The events of a batch of (frame, ts, linktype) records, in order: events() on each,
+        in one C call on the compiled path (frames it cannot decide come back to Python)."""
+        if self.compiled:
+            return self._fast_many(records, self._events_compiled)  # type: ignore[misc]
+        out: list[RequestEvent] = []
+        for frame, ts, linktype in records:
+            out += self.events(frame, ts, linktype)
+        return out
 
     def _events_compiled(self, frame: bytes, ts: float, linktype: int = LINKTYPE_ETHERNET) -> list[RequestEvent]:
         """events() with the per-frame work in C; what C leaves open (a held partial head for

@@ -21,7 +21,7 @@ from heatcache.cachekey import KeyRules
 from heatcache.settings import load_settings
 from sniffer import _fastpath  # imported unconditionally: no skip, the build must work
 from sniffer.app import build_parser
-from sniffer.capture import pcap_frames
+from sniffer.capture import pcap_batches, pcap_frames
 from sniffer.events import ClientHasher, Filters, FrameParser, compiled_available
 from sniffer.parse import parse_frame, parse_requests
 from sniffer.synth import client_hello, generate, tcp_frame
@@ -246,3 +246,21 @@ def test_client_hello_cuts_and_bytes_hypothesis(cut: int, value: int, where: int
         mutated[where] = value
     frame = tcp_frame("10.0.0.1", "203.0.113.5", 40000, 443, bytes(mutated))
     same_frames([(frame, 1_790_000_000.0, 1), (frame, 1_790_000_000.0, 1)], tls_ports=frozenset({443}))
+
+
+@pytest.mark.parametrize("compiled_path", [True, False], ids=["compiled", "reference"])
+def test_events_many_over_pcap_batches_equals_events_per_frame(tmp_path: Path, compiled_path: bool) -> None:
+    """What `heatcache sniff` does with a capture file: batches from pcap_batches through
+    events_many (one C call per batch), against the reference frame by frame."""
+    traffic = generate(6_000, seed=13)
+    path = tmp_path / "g.pcap"
+    traffic.write_pcap(path)
+    ref = reference(tls_ports=frozenset({443}))
+    want = [ev for f, ts, lt in pcap_frames(path, compiled=False) for ev in ref.events(f, ts, lt)]
+    batched = FrameParser(ports=frozenset({80, 8080}), rules=KeyRules.load(), hasher=ClientHasher(b"k", 3600),
+                          tls_ports=frozenset({443}), compiled=compiled_path)
+    got = [ev for batch in pcap_batches(path, compiled_path, size=500) for ev in batched.events_many(batch)]
+    ref.flush()
+    batched.flush()
+    assert got == want and len(want) > 6_000
+    assert batched.counters == ref.counters

@@ -13,7 +13,7 @@ import pytest
 
 from heatcache.settings import load_settings
 from sniffer.app import build_parser
-from sniffer.capture import pcap_frames
+from sniffer.capture import pcap_batches, pcap_frames
 from sniffer.events import TLS_METHOD
 from sniffer.synth import generate
 
@@ -59,12 +59,14 @@ def test_sniffer_equals_tshark(capture: tuple[Path, object],
     parser = build_parser(load_settings(client_id_secret="x", sniff_compiled=compiled))
     assert parser.compiled is compiled
     ours, tls = [], []
-    for frame, ts, linktype in pcap_frames(path, compiled):
-        for ev in parser.events(frame, ts, linktype):
-            if ev.method == TLS_METHOD:
-                tls.append(ev.host)
-            else:
-                ours.append((ev.method, ev.host, ev.path))
+    # compiled: batches through events_many, as `heatcache sniff` reads a file; reference: frame by frame
+    events = ([ev for batch in pcap_batches(path, True) for ev in parser.events_many(batch)] if compiled else
+              [ev for frame, ts, linktype in pcap_frames(path, False) for ev in parser.events(frame, ts, linktype)])
+    for ev in events:
+        if ev.method == TLS_METHOD:
+            tls.append(ev.host)
+        else:
+            ours.append((ev.method, ev.host, ev.path))
     parser.flush()
     ref_http, ref_tls = tshark_result
     assert len(ref_http) >= 50_000
