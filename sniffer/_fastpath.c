@@ -789,9 +789,9 @@ static int split_host_c(const uint8_t *h, Py_ssize_t n, char *name, Py_ssize_t *
 
 /* FrameParser._entry for an origin-form target, computed in C as cache_key does: split_host,
  * path and query split at "?" and "#", query parameters kept or dropped by the parser's
- * per-(host, name) memo (params), the default port dropped. New reference to the entry (also
- * stored in entries), or NULL: without an error, Python must compute it. */
-static PyObject *compute_entry(FastPath *self, PyObject *host, PyObject *target, PyObject *mk) {
+ * per-(host, name) memo (params), the default port dropped. New reference to the entry, or
+ * NULL: without an error, Python must compute it. */
+static PyObject *compute_entry(FastPath *self, PyObject *host, PyObject *target) {
     if (self->rules_on || !PyUnicode_IS_ASCII(target) || !PyUnicode_IS_ASCII(host)) return NULL;
     const char *t = (const char *)PyUnicode_DATA(target);
     Py_ssize_t tlen = PyUnicode_GET_LENGTH(target);
@@ -855,15 +855,20 @@ static PyObject *compute_entry(FastPath *self, PyObject *host, PyObject *target,
         PyObject *k = PyUnicode_FromStringAndSize(key, klen);
         PyMem_Free(key);
         PyObject *authority = k ? PyUnicode_FromStringAndSize(auth, alen) : NULL;
-        PyObject *url = authority ? PyUnicode_FromFormat("http://%U%U", authority, target) : NULL;
+        PyObject *url = authority ? PyUnicode_New(7 + alen + tlen, 127) : NULL; /* http://authority/target */
+        if (url != NULL) {
+            char *u = (char *)PyUnicode_DATA(url);
+            memcpy(u, "http://", 7);
+            memcpy(u + 7, auth, (size_t)alen);
+            memcpy(u + 7 + alen, t, (size_t)tlen);
+        }
         entry = url ? PyTuple_Pack(4, k, authority, target, url) : NULL;
         Py_XDECREF(k);
         Py_XDECREF(authority);
         Py_XDECREF(url);
         if (entry == NULL) return NULL;
+        PyObject_GC_UnTrack(entry); /* strings only: no cycle, and the collector never walks the memo */
     }
-    if (PyDict_GET_SIZE(self->entries) >= 65536) PyDict_Clear(self->entries); /* events.py's _MEMO_MAX */
-    if (PyDict_SetItem(self->entries, mk, entry) < 0) { Py_DECREF(entry); return NULL; }
     return entry;
 }
 
@@ -882,11 +887,13 @@ static PyObject *fast_entry(FastPath *self, const head *h) {
         return entry;
     }
     PyObject *host = ascii_str(h->host.p, h->host.len), *target = ascii_str(h->target.p, h->target.len);
-    PyObject *mk = host && target ? PyTuple_Pack(2, host, target) : NULL;
-    if (mk != NULL) {
-        entry = PyDict_GetItemWithError(self->entries, mk); /* the parser's own memo */
-        if (entry != NULL) Py_INCREF(entry);
-        else if (!PyErr_Occurred()) entry = compute_entry(self, host, target, mk);
+    PyObject *mk = NULL;
+    if (host != NULL && target != NULL) {
+        entry = compute_entry(self, host, target);
+        if (entry == NULL && !PyErr_Occurred() && (mk = PyTuple_Pack(2, host, target)) != NULL) {
+            entry = PyDict_GetItemWithError(self->entries, mk); /* what the Python path computed */
+            Py_XINCREF(entry);
+        }
     }
     if (entry != NULL && memo_put(self->fentries, kb, entry) < 0) Py_CLEAR(entry);
     Py_XDECREF(entry); /* fentries holds it */
@@ -988,6 +995,7 @@ static PyObject *fp_events(FastPath *self, PyObject *const *args, Py_ssize_t nar
                 Py_INCREF(items[j]);
                 PyTuple_SET_ITEM(ev, j, items[j]);
             }
+            PyObject_GC_UnTrack(ev);
         }
         Py_XDECREF(host);
         Py_XDECREF(key);
@@ -1078,6 +1086,7 @@ static PyObject *fp_events(FastPath *self, PyObject *const *args, Py_ssize_t nar
                 Py_INCREF(items[j]);
                 PyTuple_SET_ITEM(ev, j, items[j]);
             }
+            PyObject_GC_UnTrack(ev); /* a float and strings: nothing for the cycle collector */
         }
         Py_XDECREF(rng);
         Py_DECREF(entry);
