@@ -31,7 +31,7 @@ from heatcache.netns import GatewayLab  # noqa: E402
 from heatcache.services.kafka import EmbeddedKafka, ensure_topics  # noqa: E402
 from heatcache.settings import load_settings  # noqa: E402
 from sniffer.app import build_parser  # noqa: E402
-from sniffer.capture import LiveCapture, in_netns, pcap_batches  # noqa: E402
+from sniffer.capture import LiveCapture, in_netns, pcap_event_batches  # noqa: E402
 from sniffer.publish import BatchPublisher  # noqa: E402
 from sniffer.synth import generate, tcp_frame  # noqa: E402
 
@@ -42,8 +42,8 @@ def fast_path(pcap: Path, compiled: bool = True) -> tuple[int, float]:
         raise SystemExit("sniffer: the compiled fast path is not built (run ./dev lint to build it)")
     start = time.perf_counter()
     n = 0
-    for batch in pcap_batches(pcap, compiled):  # as `heatcache sniff` reads a capture file
-        for ev in parser.events_many(batch):
+    for events, _last in pcap_event_batches(pcap, parser):  # as `heatcache sniff` reads a capture file
+        for ev in events:
             n += ev.method != "TLS"  # tshark's http.request count has no TLS hosts
     return n, time.perf_counter() - start
 

@@ -945,17 +945,10 @@ static PyObject *fast_client(FastPath *self, const segment *s, PyObject **src, P
     return cid;
 }
 
-static PyObject *fp_events(FastPath *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3 || !PyBytes_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "events(frame: bytes, ts, linktype)");
-        return NULL;
-    }
-    PyObject *frame = args[0], *ts = args[1];
-    long long linktype;
-    if (linktype_arg(args[2], &linktype) < 0) return NULL;
-    const uint8_t *f = (const uint8_t *)PyBytes_AS_STRING(frame);
+/* One frame: its events (a new list), None (Python decides it), or NULL on an error. */
+static PyObject *frame_events(FastPath *self, const uint8_t *f, Py_ssize_t flen, PyObject *ts, long long linktype) {
     segment s;
-    int why = frame_segment(f, PyBytes_GET_SIZE(frame), linktype, &s);
+    int why = frame_segment(f, flen, linktype, &s);
     if (why != R_NONE) return drop1(self, reason_drop[why]);
     int kind = ((const uint8_t *)PyBytes_AS_STRING(self->portmap))[s.dport];
     Py_ssize_t plen = s.pay_end - s.pay_off;
@@ -1134,6 +1127,83 @@ done:
     return res;
 }
 
+static PyObject *fp_events(FastPath *self, PyObject *const *args, Py_ssize_t nargs) {
+    long long linktype;
+    if (nargs != 3 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "events(frame: bytes, ts, linktype)");
+        return NULL;
+    }
+    if (linktype_arg(args[2], &linktype) < 0) return NULL;
+    return frame_events(self, (const uint8_t *)PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]), args[1],
+                        linktype);
+}
+
+static int extend_events(PyObject *out, PyObject *evs) {
+    if (!PyList_Check(evs)) {
+        PyErr_SetString(PyExc_TypeError, "events must be a list");
+        return -1;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(out), k = PyList_GET_SIZE(evs);
+    return k == 0 ? 0 : k == 1 ? PyList_Append(out, PyList_GET_ITEM(evs, 0)) : PyList_SetSlice(out, n, n, evs);
+}
+
+/* Classic pcap records read as pcap_records reads them, each frame through frame_events without
+ * a bytes object or a record tuple; only frames for fallback(frame, ts, linktype) get them.
+ * Returns (events, next offset, frames read, ts of the last frame or None). */
+static PyObject *fp_pcap_events(FastPath *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "pcap_events(buf, offset, big_endian, linktype, limit, fallback)");
+        return NULL;
+    }
+    Py_ssize_t off = PyLong_AsSsize_t(args[1]), limit = PyLong_AsSsize_t(args[4]);
+    int big = PyObject_IsTrue(args[2]);
+    long long linktype;
+    if ((off == -1 || limit == -1 || big < 0) && PyErr_Occurred()) return NULL;
+    if (linktype_arg(args[3], &linktype) < 0) return NULL;
+    PyObject *lt = args[3], *fallback = args[5], *last = NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
+    PyObject *out = PyList_New(0);
+    const uint8_t *p = view.buf;
+    Py_ssize_t n = view.len, count = 0;
+    while (out != NULL && off >= 0 && n - off >= 16 && count < limit) {
+        const uint8_t *h = p + off;
+        uint32_t v[4];
+        for (int i = 0; i < 4; i++) {
+            const uint8_t *q = h + 4 * i;
+            v[i] = big ? ((uint32_t)q[0] << 24 | (uint32_t)q[1] << 16 | (uint32_t)q[2] << 8 | q[3])
+                       : ((uint32_t)q[3] << 24 | (uint32_t)q[2] << 16 | (uint32_t)q[1] << 8 | q[0]);
+        }
+        Py_ssize_t caplen = (Py_ssize_t)v[2], avail = n - off - 16;
+        Py_ssize_t take = caplen < avail ? caplen : avail;
+        if (take > MTU) take = MTU;
+        PyObject *ts = PyFloat_FromDouble((double)v[0] + (double)v[1] / 1e6); /* capture.py's _ts */
+        PyObject *evs = ts ? frame_events(self, h + 16, take, ts, linktype) : NULL;
+        if (evs == Py_None) {
+            Py_DECREF(evs);
+            PyObject *frame = PyBytes_FromStringAndSize((const char *)h + 16, take);
+            PyObject *call[3] = {frame, ts, lt};
+            evs = frame ? PyObject_Vectorcall(fallback, call, 3, NULL) : NULL;
+            Py_XDECREF(frame);
+        }
+        if (evs == NULL || extend_events(out, evs) < 0) Py_CLEAR(out);
+        Py_XDECREF(evs);
+        Py_XSETREF(last, ts);
+        off = caplen < avail ? off + 16 + caplen : n;
+        count++;
+    }
+    PyBuffer_Release(&view);
+    if (out == NULL) {
+        Py_XDECREF(last);
+        return NULL;
+    }
+    if (last == NULL) {
+        last = Py_None;
+        Py_INCREF(last);
+    }
+    return Py_BuildValue("(NnnN)", out, off, count, last);
+}
+
 /* events() over a list of (frame, ts, linktype) records: one call per batch instead of one per
  * frame. Frames C cannot decide go to fallback(frame, ts, linktype), the Python path, in order. */
 static PyObject *fp_events_many(FastPath *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -1248,6 +1318,8 @@ static void fp_dealloc(FastPath *self) {
 static PyMethodDef fp_methods[] = {
     {"events", (PyCFunction)(void (*)(void))fp_events, METH_FASTCALL,
      "events(frame, ts, linktype): the frame's events (state updated), or None: run the Python path."},
+    {"pcap_events", (PyCFunction)(void (*)(void))fp_pcap_events, METH_FASTCALL,
+     "pcap_events(buf, offset, big_endian, linktype, limit, fallback): events of pcap records."},
     {"events_many", (PyCFunction)(void (*)(void))fp_events_many, METH_FASTCALL,
      "events_many(records, fallback): the events of a list of (frame, ts, linktype), in order."},
     {NULL, NULL, 0, NULL},

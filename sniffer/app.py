@@ -11,11 +11,12 @@ from confluent_kafka.admin import AdminClient
 
 from heatcache import contract
 from heatcache.cachekey import KeyRules
+from heatcache.contract import RequestEvent
 from heatcache.kafkautil import producer, publish_metrics
 from heatcache.lifecycle import StopFlag, announce_ready
 from heatcache.metrics import serve_metrics
 from heatcache.settings import Settings
-from sniffer.capture import Frame, LiveCapture, pcap_batches
+from sniffer.capture import LiveCapture, pcap_event_batches
 from sniffer.events import ClientHasher, Filters, FrameParser, compiled_available
 from sniffer.publish import BatchPublisher
 
@@ -67,24 +68,25 @@ class Sniffer:
             serve_metrics(s.metrics_port, "sniffer", self.counters)
         last_metrics = time.monotonic()
         capture: LiveCapture | None = None
-        batches: Iterator[list[Frame]]
+        batches: Iterator[tuple[list[RequestEvent], float | None]]
         if s.sniff_pcap is not None:
             # thousands of frames per call into the parser (one C call on the compiled path)
-            batches = pcap_batches(s.sniff_pcap, self.parser.compiled)
+            batches = pcap_event_batches(s.sniff_pcap, self.parser)
             log.info("reading %s", s.sniff_pcap)
         else:
             capture = LiveCapture(s.sniff_iface, s.sniff_ports, s.sniff_outgoing, s.sniff_tls_ports, s.sniff_netns)
-            live = capture.frames(stop)
-            batches = ([] if item is None else [item] for item in live)  # [] on idle: still tick
+            parser, live = self.parser, capture.frames(stop)
+            # (events of one frame, its time); (nothing, None) on idle so the publisher still ticks
+            batches = ((parser.events(*item), item[1]) if item is not None else ([], None) for item in live)
             log.info("capturing on %s, ports %s", s.sniff_iface, ",".join(map(str, s.sniff_ports)))
         announce_ready("sniff")
         ts = 0.0
         try:
-            for batch in batches:
-                if batch:
-                    ts = batch[-1][1]
-                    for event in self.parser.events_many(batch):
-                        self.publisher.add(event)
+            for events, last in batches:
+                if last is not None:
+                    ts = last
+                for event in events:
+                    self.publisher.add(event)
                 self.publisher.tick()
                 now = time.monotonic()
                 if now - last_metrics >= self.METRICS_EVERY_S:

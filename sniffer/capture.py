@@ -9,9 +9,13 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from sniffer.parse import LINKTYPE_ETHERNET
+
+if TYPE_CHECKING:
+    from heatcache.contract import RequestEvent
+    from sniffer.events import FrameParser
 
 Frame = tuple[bytes, float, int]  # (frame bytes, capture time, linktype)
 
@@ -142,6 +146,30 @@ def pcap_batches(path: Path, compiled: bool | None = None, size: int = 4096) -> 
                 batch = []
     if batch:
         yield batch
+
+
+def pcap_event_batches(path: Path, parser: FrameParser, size: int = 4096) -> Iterator[tuple[list[RequestEvent],
+                                                                                          float]]:
+    """The events of a capture file through ``parser``, a batch of up to ``size`` frames at a
+    time, each with the capture time of its last frame. On the compiled path classic pcap
+    frames go from the memory map into C without a Python object per frame; anything else is
+    pcap_batches + events_many."""
+    if parser.compiled:
+        with open(path, "rb") as fh:
+            head = fh.read(24)
+            if len(head) == 24 and head[:4] in _PCAP_MAGIC:
+                big_endian = _PCAP_MAGIC[head[:4]]
+                linktype = int.from_bytes(head[20:24], "big" if big_endian else "little")
+                with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                    offset = 24
+                    while True:
+                        events, offset, count, last = parser.events_from_pcap(mm, offset, big_endian, linktype, size)
+                        if not count or last is None:
+                            return
+                        yield events, last
+                return
+    for batch in pcap_batches(path, parser.compiled, size):
+        yield parser.events_many(batch), batch[-1][1]
 
 
 def _pcap_batches_compiled(fh: BinaryIO, big_endian: bool, head: bytes, size: int) -> Iterator[list[Frame]]:

@@ -118,6 +118,7 @@ class FrameParser:
     _params: dict[tuple[str, str], bool] = field(default_factory=dict)
     _fast_events: Callable[[bytes, float, int], list[RequestEvent] | None] | None = None
     _fast_many: Callable[[list[Frame], Callable[..., list[RequestEvent]]], list[RequestEvent]] | None = None
+    _fast_pcap: Callable[..., tuple[list[RequestEvent], int, int, float | None]] | None = None
 
     def __post_init__(self) -> None:
         if self.filters is None:
@@ -143,7 +144,7 @@ class FrameParser:
                 params=self._params, rules_on=self._rules_on, ua_class=ua_class, hold=self._hold,
                 partial_ttl_s=float(self.partial_ttl_s),
             )
-            self._fast_events, self._fast_many = fast.events, fast.events_many
+            self._fast_events, self._fast_many, self._fast_pcap = fast.events, fast.events_many, fast.pcap_events
 
     def events(self, frame: bytes, ts: float, linktype: int = LINKTYPE_ETHERNET) -> list[RequestEvent]:
         """The events in one captured frame (none if dropped: every drop is counted by reason)."""
@@ -180,6 +181,15 @@ class FrameParser:
         for frame, ts, linktype in records:
             out += self.events(frame, ts, linktype)
         return out
+
+    def events_from_pcap(self, buf: object, offset: int, big_endian: bool, linktype: int,
+                         limit: int) -> tuple[list[RequestEvent], int, int, float | None]:
+        """Compiled path only: the events of up to ``limit`` classic-pcap records in ``buf`` (a
+        whole file's bytes, records from ``offset``), as events() on each frame would give them.
+        Returns (events, next offset, records read, capture time of the last one)."""
+        if not self.compiled:
+            raise RuntimeError("events_from_pcap needs the compiled fast path")
+        return self._fast_pcap(buf, offset, big_endian, linktype, limit, self._events_compiled)  # type: ignore[misc]
 
     def _events_compiled(self, frame: bytes, ts: float, linktype: int = LINKTYPE_ETHERNET) -> list[RequestEvent]:
         """events() with the per-frame work in C; what C leaves open (a held partial head for

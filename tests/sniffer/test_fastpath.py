@@ -21,7 +21,7 @@ from heatcache.cachekey import KeyRules
 from heatcache.settings import load_settings
 from sniffer import _fastpath  # imported unconditionally: no skip, the build must work
 from sniffer.app import build_parser
-from sniffer.capture import pcap_batches, pcap_frames
+from sniffer.capture import pcap_batches, pcap_event_batches, pcap_frames
 from sniffer.events import ClientHasher, Filters, FrameParser, compiled_available
 from sniffer.parse import parse_frame, parse_requests
 from sniffer.synth import client_hello, generate, tcp_frame
@@ -264,3 +264,38 @@ def test_events_many_over_pcap_batches_equals_events_per_frame(tmp_path: Path, c
     batched.flush()
     assert got == want and len(want) > 6_000
     assert batched.counters == ref.counters
+
+
+@pytest.mark.parametrize("big", [False, True])
+def test_pcap_event_batches_equal_reference(tmp_path: Path, big: bool) -> None:
+    """pcap_event_batches (frames from the memory map straight into C) against the reference
+    frame by frame: same events, same counters, and the capture time of each batch's last frame."""
+    traffic = generate(5_000, seed=17)
+    frames = [*traffic.frames, b"", b"\x00" * 70_000, tcp_frame("10.0.0.1", "203.0.113.5", 40000, 443,
+                                                                 client_hello("x.example"))]
+    path = tmp_path / "g.pcap"
+    write_pcap(path, frames, big=big)
+    ref = reference(tls_ports=frozenset({443}))
+    records = list(pcap_frames(path, compiled=False))
+    want = [ev for f, ts, lt in records for ev in ref.events(f, ts, lt)]
+    fast = compiled(tls_ports=frozenset({443}))
+    got, lasts = [], []
+    for events, last in pcap_event_batches(path, fast, size=700):
+        got += events
+        lasts.append(last)
+    ref.flush()
+    fast.flush()
+    assert got == want and len(want) > 5_000
+    assert fast.counters == ref.counters
+    assert lasts == [records[min(i + 699, len(records) - 1)][1] for i in range(0, len(records), 700)]
+    # pcapng (and the reference parser) go through pcap_batches + events_many
+    ng = tmp_path / "g.pcapng"
+    from scapy.utils import PcapNgWriter
+
+    with PcapNgWriter(str(ng)) as w:
+        for f in traffic.frames[:300]:
+            w.write(f)
+    a, b = compiled(), reference()
+    got_ng = [ev for evs, _ in pcap_event_batches(ng, a) for ev in evs]
+    assert got_ng == [ev for evs, _ in pcap_event_batches(ng, b) for ev in evs] and len(got_ng) > 200
+    assert a.counters == b.counters

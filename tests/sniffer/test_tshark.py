@@ -13,7 +13,7 @@ import pytest
 
 from heatcache.settings import load_settings
 from sniffer.app import build_parser
-from sniffer.capture import pcap_batches, pcap_frames
+from sniffer.capture import pcap_event_batches, pcap_frames
 from sniffer.events import TLS_METHOD
 from sniffer.synth import generate
 
@@ -59,8 +59,8 @@ def test_sniffer_equals_tshark(capture: tuple[Path, object],
     parser = build_parser(load_settings(client_id_secret="x", sniff_compiled=compiled))
     assert parser.compiled is compiled
     ours, tls = [], []
-    # compiled: batches through events_many, as `heatcache sniff` reads a file; reference: frame by frame
-    events = ([ev for batch in pcap_batches(path, True) for ev in parser.events_many(batch)] if compiled else
+    # compiled: pcap_event_batches, as `heatcache sniff` reads a file; reference: frame by frame
+    events = ([ev for evs, _last in pcap_event_batches(path, parser) for ev in evs] if compiled else
               [ev for frame, ts, linktype in pcap_frames(path, False) for ev in parser.events(frame, ts, linktype)])
     for ev in events:
         if ev.method == TLS_METHOD:
