@@ -622,6 +622,9 @@ typedef struct {
     PyObject *portmap, *counters, *entries, *uas, *partials, *hasher, *ignored, *event_type, *params, *ua_class;
     PyObject *fentries, *fuas, *fclients; /* the byte-keyed memos */
     PyObject *hold;                       /* FrameParser._hold */
+    PyObject *pend_key[64];               /* counter updates of this call, applied when it returns */
+    Py_ssize_t pend_n[64];
+    int npend;
     double rotation, fc_epoch, ttl;
     int raw, rules_on, fc_valid;
 } FastPath;
@@ -655,8 +658,33 @@ static int bump(PyObject *counters, PyObject *key, Py_ssize_t by) {
     return rc;
 }
 
+/* Counter updates are summed per key during one call (events, events_many, pcap_events) and
+ * added to the Counter when it returns: the same totals, a few dict updates per batch. */
+static int pend_flush(FastPath *self) {
+    int rc = 0;
+    for (int i = 0; i < self->npend; i++) {
+        if (rc == 0 && bump(self->counters, self->pend_key[i], self->pend_n[i]) < 0) rc = -1;
+        Py_DECREF(self->pend_key[i]);
+    }
+    self->npend = 0;
+    return rc;
+}
+
+static int count(FastPath *self, PyObject *key, Py_ssize_t by) {
+    for (int i = 0; i < self->npend; i++)
+        if (self->pend_key[i] == key) {
+            self->pend_n[i] += by;
+            return 0;
+        }
+    if (self->npend == 64 && pend_flush(self) < 0) return -1;
+    Py_INCREF(key);
+    self->pend_key[self->npend] = key;
+    self->pend_n[self->npend++] = by;
+    return 0;
+}
+
 static PyObject *drop1(FastPath *self, PyObject *reason) {
-    if (bump(self->counters, s_packets, 1) < 0 || bump(self->counters, reason, 1) < 0) return NULL;
+    if (count(self, s_packets, 1) < 0 || count(self, reason, 1) < 0) return NULL;
     return PyList_New(0);
 }
 
@@ -993,7 +1021,7 @@ static PyObject *frame_events(FastPath *self, const uint8_t *f, Py_ssize_t flen,
         Py_XDECREF(host);
         Py_XDECREF(key);
         if (ev == NULL) goto done;
-        if (bump(self->counters, s_packets, 1) < 0 || bump(self->counters, s_tls_hosts, 1) < 0
+        if (count(self, s_packets, 1) < 0 || count(self, s_tls_hosts, 1) < 0
             || (res = PyList_New(1)) == NULL) {
             Py_DECREF(ev);
             goto done;
@@ -1091,7 +1119,7 @@ static PyObject *frame_events(FastPath *self, const uint8_t *f, Py_ssize_t flen,
     /* decided: apply the reassembly, hold a cut head, count what the Python path counts */
     if (part != NULL) {
         if (PyDict_DelItem(self->partials, flow) < 0) goto done;
-        if (bump(self->counters, glue == 1 ? s_reassembled : s_gap, 1) < 0) goto done;
+        if (count(self, glue == 1 ? s_reassembled : s_gap, 1) < 0) goto done;
     }
     if (heads.rest_off >= 0) { /* FrameParser._hold(flow, next_seq, rest, ts) */
         if (src == NULL && (src = address(&s, s.src)) == NULL) goto done;
@@ -1105,13 +1133,13 @@ static PyObject *frame_events(FastPath *self, const uint8_t *f, Py_ssize_t flen,
         if (r == NULL) goto done;
         Py_DECREF(r);
     }
-    if (bump(self->counters, s_packets, 1) < 0) goto done;
+    if (count(self, s_packets, 1) < 0) goto done;
     for (Py_ssize_t i = 0; i < heads.nr; i++)
-        if (bump(self->counters, reason_drop[heads.r[i]], 1) < 0) goto done;
-    if (methods_dropped && bump(self->counters, s_method, methods_dropped) < 0) goto done;
+        if (count(self, reason_drop[heads.r[i]], 1) < 0) goto done;
+    if (methods_dropped && count(self, s_method, methods_dropped) < 0) goto done;
     for (int i = 0; i < n_entry_drops; i++)
-        if (bump(self->counters, entry_drops[i], 1) < 0) goto done;
-    if (bump(self->counters, s_requests, PyList_GET_SIZE(out)) < 0) goto done;
+        if (count(self, entry_drops[i], 1) < 0) goto done;
+    if (count(self, s_requests, PyList_GET_SIZE(out)) < 0) goto done;
     res = out;
     out = NULL;
 done:
@@ -1134,8 +1162,10 @@ static PyObject *fp_events(FastPath *self, PyObject *const *args, Py_ssize_t nar
         return NULL;
     }
     if (linktype_arg(args[2], &linktype) < 0) return NULL;
-    return frame_events(self, (const uint8_t *)PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]), args[1],
-                        linktype);
+    PyObject *res = frame_events(self, (const uint8_t *)PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]),
+                                 args[1], linktype);
+    if (pend_flush(self) < 0) Py_CLEAR(res);
+    return res;
 }
 
 static int extend_events(PyObject *out, PyObject *evs) {
@@ -1193,6 +1223,7 @@ static PyObject *fp_pcap_events(FastPath *self, PyObject *const *args, Py_ssize_
         count++;
     }
     PyBuffer_Release(&view);
+    if (pend_flush(self) < 0) Py_CLEAR(out);
     if (out == NULL) {
         Py_XDECREF(last);
         return NULL;
@@ -1212,35 +1243,31 @@ static PyObject *fp_events_many(FastPath *self, PyObject *const *args, Py_ssize_
         return NULL;
     }
     PyObject *records = args[0], *fallback = args[1], *out = PyList_New(0);
-    if (out == NULL) return NULL;
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(records); i++) {
+    for (Py_ssize_t i = 0; out != NULL && i < PyList_GET_SIZE(records); i++) {
         PyObject *rec = PyList_GET_ITEM(records, i);
-        if (!PyTuple_Check(rec) || PyTuple_GET_SIZE(rec) != 3) {
-            PyErr_SetString(PyExc_TypeError, "records are (frame, ts, linktype) tuples");
-            Py_DECREF(out);
-            return NULL;
+        long long linktype;
+        if (!PyTuple_Check(rec) || PyTuple_GET_SIZE(rec) != 3 || !PyBytes_Check(PyTuple_GET_ITEM(rec, 0))) {
+            PyErr_SetString(PyExc_TypeError, "records are (frame: bytes, ts, linktype) tuples");
+            Py_CLEAR(out);
+            break;
+        }
+        if (linktype_arg(PyTuple_GET_ITEM(rec, 2), &linktype) < 0) {
+            Py_CLEAR(out);
+            break;
         }
         Py_INCREF(rec); /* the record stays alive even if the fallback changes the list */
-        PyObject *evs = fp_events(self, &PyTuple_GET_ITEM(rec, 0), 3);
+        PyObject *frame = PyTuple_GET_ITEM(rec, 0);
+        PyObject *evs = frame_events(self, (const uint8_t *)PyBytes_AS_STRING(frame), PyBytes_GET_SIZE(frame),
+                                     PyTuple_GET_ITEM(rec, 1), linktype);
         if (evs == Py_None) {
             Py_DECREF(evs);
             evs = PyObject_Vectorcall(fallback, &PyTuple_GET_ITEM(rec, 0), 3, NULL);
         }
         Py_DECREF(rec);
-        if (evs == NULL || !PyList_Check(evs)) {
-            if (evs != NULL) PyErr_SetString(PyExc_TypeError, "events must be a list");
-            Py_XDECREF(evs);
-            Py_DECREF(out);
-            return NULL;
-        }
-        Py_ssize_t n = PyList_GET_SIZE(out), k = PyList_GET_SIZE(evs);
-        int rc = k == 0 ? 0 : k == 1 ? PyList_Append(out, PyList_GET_ITEM(evs, 0)) : PyList_SetSlice(out, n, n, evs);
-        Py_DECREF(evs);
-        if (rc < 0) {
-            Py_DECREF(out);
-            return NULL;
-        }
+        if (evs == NULL || extend_events(out, evs) < 0) Py_CLEAR(out);
+        Py_XDECREF(evs);
     }
+    if (pend_flush(self) < 0) Py_CLEAR(out);
     return out;
 }
 
@@ -1298,6 +1325,7 @@ static int fp_traverse(FastPath *self, visitproc visit, void *arg) {
     Py_VISIT(self->partials); Py_VISIT(self->hasher); Py_VISIT(self->ignored); Py_VISIT(self->event_type);
     Py_VISIT(self->params); Py_VISIT(self->ua_class); Py_VISIT(self->fentries); Py_VISIT(self->fuas);
     Py_VISIT(self->fclients); Py_VISIT(self->hold);
+    for (int i = 0; i < self->npend; i++) Py_VISIT(self->pend_key[i]);
     return 0;
 }
 
@@ -1306,6 +1334,8 @@ static int fp_clear(FastPath *self) {
     Py_CLEAR(self->partials); Py_CLEAR(self->hasher); Py_CLEAR(self->ignored); Py_CLEAR(self->event_type);
     Py_CLEAR(self->params); Py_CLEAR(self->ua_class); Py_CLEAR(self->fentries); Py_CLEAR(self->fuas);
     Py_CLEAR(self->fclients); Py_CLEAR(self->hold);
+    for (int i = 0; i < self->npend; i++) Py_CLEAR(self->pend_key[i]);
+    self->npend = 0;
     return 0;
 }
 
