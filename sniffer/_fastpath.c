@@ -1,17 +1,21 @@
-/* sniffer._fastpath: the compiled fast path of sniffer/parse.py.
+/* sniffer._fastpath: the compiled fast path of sniffer/parse.py and sniffer/events.py.
  *
- * The same byte-level rules as the Python reference (sniffer/parse.py), rule for rule and in the
- * same order, so every frame gives the same segment or the same rejection reason, and every
- * payload the same request heads, rejects and cut-off rest. tests/sniffer/test_fastpath.py checks
- * that differentially. What this file does not decide (reassembly of cut heads, TLS ClientHellos,
- * cache keys, client ids) stays in Python: scan() hands it back.
+ * The same rules as the Python reference, rule for rule and in the same order: every frame
+ * gives the same segment or rejection reason, every payload the same request heads, rejects and
+ * cut-off rest, and FrameParser the same events and counters. tests/sniffer/test_fastpath.py
+ * checks that differentially. Whatever C cannot decide goes back to the Python path, per frame,
+ * before anything is counted.
  *
  *   parse_frame(frame, linktype)      -> (src, dst, sport, dport, payload, seq) | reason
  *   parse_requests(payload)           -> ([(method, target, host, range, ua)], [reason], rest)
  *   scan(frame, linktype, portmap, strict) -> "drop.<reason>" | (src, dst, sport, dport, seq,
  *                                         payload, kind, parsed-or-None)
  *   pcap_records(buf, offset, big_endian, linktype, limit) -> ([(frame, ts, linktype)], offset)
- *   FastPath(...).events(frame, ts, linktype) -> [RequestEvent] | None (None: run the Python path)
+ *   FastPath(...): FrameParser's state seen from C
+ *     .events(frame, ts, linktype)            -> [RequestEvent] | None (None: run the Python path)
+ *     .events_many(records, fallback)         -> [RequestEvent] for a list of records
+ *     .pcap_events(buf, offset, big_endian, linktype, limit, fallback)
+ *                                             -> (events, offset, records read, last ts)
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
