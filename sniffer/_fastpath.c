@@ -624,7 +624,7 @@ static PyObject *py_pcap_records(PyObject *self, PyObject *args) {
 typedef struct {
     PyObject_HEAD
     PyObject *portmap, *counters, *entries, *uas, *partials, *hasher, *ignored, *event_type, *params, *ua_class;
-    PyObject *fentries, *fuas, *fclients; /* the byte-keyed memos */
+    PyObject *fentries, *fuas, *fclients, *fhosts, *fparams; /* the byte-keyed memos */
     PyObject *hold;                       /* FrameParser._hold */
     PyObject *pend_key[64];               /* counter updates of this call, applied when it returns */
     Py_ssize_t pend_n[64];
@@ -823,24 +823,84 @@ static int split_host_c(const uint8_t *h, Py_ssize_t n, char *name, Py_ssize_t *
  * path and query split at "?" and "#", query parameters kept or dropped by the parser's
  * per-(host, name) memo (params), the default port dropped. New reference to the entry, or
  * NULL: without an error, Python must compute it. */
-static PyObject *compute_entry(FastPath *self, PyObject *host, PyObject *target) {
-    if (self->rules_on || !PyUnicode_IS_ASCII(target) || !PyUnicode_IS_ASCII(host)) return NULL;
+/* split_host of a Host header, memoized by its bytes: (lower-case name, authority as the key
+ * writes it) or None for BadUrl, borrowed; NULL without an error for an IPv6 literal (Python). */
+static PyObject *host_info(FastPath *self, const head *h) {
+    PyObject *kb = PyBytes_FromStringAndSize((const char *)h->host.p, h->host.len);
+    if (kb == NULL) return NULL;
+    PyObject *info = PyDict_GetItemWithError(self->fhosts, kb);
+    if (info != NULL || PyErr_Occurred()) {
+        Py_DECREF(kb);
+        return info;
+    }
+    char name[264], auth[272];
+    Py_ssize_t name_len = 0;
+    long port = 80;
+    int rc = split_host_c(h->host.p, h->host.len, name, &name_len, &port, 80);
+    if (rc == 2) {
+        Py_DECREF(kb);
+        return NULL;
+    }
+    if (rc == 1) {
+        info = Py_None;
+        Py_INCREF(info);
+    } else {
+        Py_ssize_t alen = name_len; /* host_with_port: the default port dropped */
+        memcpy(auth, name, (size_t)name_len);
+        if (port != 80) alen += snprintf(auth + alen, sizeof auth - (size_t)alen, ":%ld", port);
+        PyObject *n = PyUnicode_FromStringAndSize(name, name_len), *a = n ? PyUnicode_FromStringAndSize(auth, alen) : NULL;
+        info = a ? PyTuple_Pack(2, n, a) : NULL;
+        Py_XDECREF(n);
+        Py_XDECREF(a);
+        if (info != NULL) PyObject_GC_UnTrack(info);
+    }
+    if (info != NULL && memo_put(self->fhosts, kb, info) < 0) Py_CLEAR(info);
+    Py_XDECREF(info); /* fhosts holds it */
+    Py_DECREF(kb);
+    return info;
+}
+
+/* keep/drop of one query parameter name for a host (the parser's params memo, which Python
+ * fills), borrowed Py_True/Py_False; NULL without an error for a name not decided yet. */
+static PyObject *param_keep(FastPath *self, PyObject *host_name, const char *pname, Py_ssize_t plen) {
+    Py_ssize_t hl = PyUnicode_GET_LENGTH(host_name);
+    PyObject *kb = PyBytes_FromStringAndSize(NULL, hl + 1 + plen);
+    if (kb == NULL) return NULL;
+    char *k = PyBytes_AS_STRING(kb);
+    memcpy(k, PyUnicode_DATA(host_name), (size_t)hl);
+    k[hl] = 0;
+    memcpy(k + hl + 1, pname, (size_t)plen);
+    PyObject *keep = PyDict_GetItemWithError(self->fparams, kb);
+    if (keep == NULL && !PyErr_Occurred()) {
+        PyObject *name = PyUnicode_FromStringAndSize(pname, plen);
+        PyObject *pk = name ? PyTuple_Pack(2, host_name, name) : NULL;
+        Py_XDECREF(name);
+        keep = pk ? PyDict_GetItemWithError(self->params, pk) : NULL;
+        Py_XDECREF(pk);
+        if (keep != NULL && memo_put(self->fparams, kb, keep) < 0) keep = NULL;
+    }
+    Py_DECREF(kb);
+    return keep;
+}
+
+static PyObject *compute_entry(FastPath *self, const head *h, PyObject *target) {
+    if (self->rules_on || !PyUnicode_IS_ASCII(target)) return NULL;
     const char *t = (const char *)PyUnicode_DATA(target);
     Py_ssize_t tlen = PyUnicode_GET_LENGTH(target);
     if ((tlen >= 7 && memcmp(t, "http://", 7) == 0) || (tlen >= 8 && memcmp(t, "https://", 8) == 0))
         return NULL; /* absolute-form: rare, Python */
-    PyObject *entry = NULL;
-    char name[264];
-    Py_ssize_t name_len = 0;
-    long port = 80;
-    int rc = tlen > 0 && t[0] == '/'
-                 ? split_host_c(PyUnicode_DATA(host), PyUnicode_GET_LENGTH(host), name, &name_len, &port, 80)
-                 : 1;
-    if (rc == 2) return NULL;
-    if (rc == 1) {
+    PyObject *entry = NULL, *info = Py_None;
+    if (tlen > 0 && t[0] == '/') {
+        info = host_info(self, h);
+        if (info == NULL) return NULL;
+    }
+    if (info == Py_None) { /* BadUrl: not origin-form, or a hostile Host */
         entry = s_bad_url;
         Py_INCREF(entry);
     } else {
+        PyObject *host_name = PyTuple_GET_ITEM(info, 0), *authority = PyTuple_GET_ITEM(info, 1);
+        const char *auth = (const char *)PyUnicode_DATA(authority);
+        Py_ssize_t alen = PyUnicode_GET_LENGTH(authority);
         const char *qm = memchr(t, '?', (size_t)tlen);
         Py_ssize_t q = qm ? qm - t : tlen;
         const char *hash = memchr(t, '#', (size_t)q);
@@ -848,29 +908,19 @@ static PyObject *compute_entry(FastPath *self, PyObject *host, PyObject *target)
         const char *qs = qm ? qm + 1 : t + tlen, *qe = t + tlen;
         const char *qh = memchr(qs, '#', (size_t)(qe - qs));
         if (qh) qe = qh;
-        char auth[272];
-        Py_ssize_t alen = name_len;
-        memcpy(auth, name, (size_t)name_len);
-        if (port != 80) alen += snprintf(auth + alen, sizeof auth - (size_t)alen, ":%ld", port);
         char *key = PyMem_Malloc((size_t)(7 + alen + tlen + 2));
         if (key == NULL) { PyErr_NoMemory(); return NULL; }
         memcpy(key, "http://", 7);
         memcpy(key + 7, auth, (size_t)alen);
         memcpy(key + 7 + alen, t, (size_t)path_len);
         Py_ssize_t base = 7 + alen + path_len, klen = base;
-        PyObject *host_name = NULL;
         const char *p = qs;
         while (p < qe) {
             const char *amp = memchr(p, '&', (size_t)(qe - p));
             const char *stop = amp ? amp : qe;
             if (stop > p) {
-                if (host_name == NULL && (host_name = PyUnicode_FromStringAndSize(name, name_len)) == NULL) break;
                 const char *eq = memchr(p, '=', (size_t)(stop - p));
-                PyObject *pname = PyUnicode_FromStringAndSize(p, (eq ? eq : stop) - p);
-                PyObject *pk = pname ? PyTuple_Pack(2, host_name, pname) : NULL;
-                Py_XDECREF(pname);
-                PyObject *keep = pk ? PyDict_GetItemWithError(self->params, pk) : NULL;
-                Py_XDECREF(pk);
+                PyObject *keep = param_keep(self, host_name, p, (eq ? eq : stop) - p);
                 if (keep == NULL) { klen = -1; break; } /* a new parameter name (or an error): Python */
                 if (keep == Py_True) {
                     key[klen] = klen == base ? '?' : '&';
@@ -882,12 +932,10 @@ static PyObject *compute_entry(FastPath *self, PyObject *host, PyObject *target)
             if (amp == NULL) break;
             p = amp + 1;
         }
-        Py_XDECREF(host_name);
         if (klen < 0 || PyErr_Occurred()) { PyMem_Free(key); return NULL; }
         PyObject *k = PyUnicode_FromStringAndSize(key, klen);
         PyMem_Free(key);
-        PyObject *authority = k ? PyUnicode_FromStringAndSize(auth, alen) : NULL;
-        PyObject *url = authority ? PyUnicode_New(7 + alen + tlen, 127) : NULL; /* http://authority/target */
+        PyObject *url = k ? PyUnicode_New(7 + alen + tlen, 127) : NULL; /* http://authority/target */
         if (url != NULL) {
             char *u = (char *)PyUnicode_DATA(url);
             memcpy(u, "http://", 7);
@@ -896,7 +944,6 @@ static PyObject *compute_entry(FastPath *self, PyObject *host, PyObject *target)
         }
         entry = url ? PyTuple_Pack(4, k, authority, target, url) : NULL;
         Py_XDECREF(k);
-        Py_XDECREF(authority);
         Py_XDECREF(url);
         if (entry == NULL) return NULL;
         PyObject_GC_UnTrack(entry); /* strings only: no cycle, and the collector never walks the memo */
@@ -918,11 +965,12 @@ static PyObject *fast_entry(FastPath *self, const head *h) {
         Py_DECREF(kb);
         return entry;
     }
-    PyObject *host = ascii_str(h->host.p, h->host.len), *target = ascii_str(h->target.p, h->target.len);
+    PyObject *host = NULL, *target = ascii_str(h->target.p, h->target.len);
     PyObject *mk = NULL;
-    if (host != NULL && target != NULL) {
-        entry = compute_entry(self, host, target);
-        if (entry == NULL && !PyErr_Occurred() && (mk = PyTuple_Pack(2, host, target)) != NULL) {
+    if (target != NULL) {
+        entry = compute_entry(self, h, target);
+        if (entry == NULL && !PyErr_Occurred() && (host = ascii_str(h->host.p, h->host.len)) != NULL
+            && (mk = PyTuple_Pack(2, host, target)) != NULL) {
             entry = PyDict_GetItemWithError(self->entries, mk); /* what the Python path computed */
             Py_XINCREF(entry);
         }
@@ -1310,8 +1358,8 @@ static int fp_init(FastPath *self, PyObject *args, PyObject *kwds) {
         Py_INCREF(vals[i]);
         Py_XSETREF(*slots[i], vals[i]);
     }
-    PyObject **memos[] = {&self->fentries, &self->fuas, &self->fclients};
-    for (int i = 0; i < 3; i++) {
+    PyObject **memos[] = {&self->fentries, &self->fuas, &self->fclients, &self->fhosts, &self->fparams};
+    for (int i = 0; i < 5; i++) {
         PyObject *d = PyDict_New();
         if (d == NULL) return -1;
         Py_XSETREF(*memos[i], d);
@@ -1328,7 +1376,7 @@ static int fp_traverse(FastPath *self, visitproc visit, void *arg) {
     Py_VISIT(self->portmap); Py_VISIT(self->counters); Py_VISIT(self->entries); Py_VISIT(self->uas);
     Py_VISIT(self->partials); Py_VISIT(self->hasher); Py_VISIT(self->ignored); Py_VISIT(self->event_type);
     Py_VISIT(self->params); Py_VISIT(self->ua_class); Py_VISIT(self->fentries); Py_VISIT(self->fuas);
-    Py_VISIT(self->fclients); Py_VISIT(self->hold);
+    Py_VISIT(self->fclients); Py_VISIT(self->hold); Py_VISIT(self->fhosts); Py_VISIT(self->fparams);
     for (int i = 0; i < self->npend; i++) Py_VISIT(self->pend_key[i]);
     return 0;
 }
@@ -1337,7 +1385,7 @@ static int fp_clear(FastPath *self) {
     Py_CLEAR(self->portmap); Py_CLEAR(self->counters); Py_CLEAR(self->entries); Py_CLEAR(self->uas);
     Py_CLEAR(self->partials); Py_CLEAR(self->hasher); Py_CLEAR(self->ignored); Py_CLEAR(self->event_type);
     Py_CLEAR(self->params); Py_CLEAR(self->ua_class); Py_CLEAR(self->fentries); Py_CLEAR(self->fuas);
-    Py_CLEAR(self->fclients); Py_CLEAR(self->hold);
+    Py_CLEAR(self->fclients); Py_CLEAR(self->hold); Py_CLEAR(self->fhosts); Py_CLEAR(self->fparams);
     for (int i = 0; i < self->npend; i++) Py_CLEAR(self->pend_key[i]);
     self->npend = 0;
     return 0;
