@@ -299,3 +299,30 @@ def test_pcap_event_batches_equal_reference(tmp_path: Path, big: bool) -> None:
     got_ng = [ev for evs, _ in pcap_event_batches(ng, a) for ev in evs]
     assert got_ng == [ev for evs, _ in pcap_event_batches(ng, b) for ev in evs] and len(got_ng) > 200
     assert a.counters == b.counters
+
+
+host_text = st.text(alphabet="aB9.-_:[]x ", min_size=0, max_size=12)
+param = st.tuples(st.sampled_from(["utm_source", "UTM_X", "sid", "sidx", "token", "%75tm_a", "a+b", "mh", "", "k"]),
+                  st.sampled_from(["", "=", "=1", "=a=b", "=%20"]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["GET", "HEAD", "POST"]), host_text,
+                          st.sampled_from(["/", "/a", "/a#f", "*", "http://h.example/x", "/p/q.iso"]),
+                          st.lists(param, max_size=4), st.sampled_from(["", "#frag", "&", "&&"]),
+                          st.sampled_from(["curl/8", "Mozilla/5.0", "", "caf\xe9"])), min_size=1, max_size=12),
+       st.sampled_from(["dl.google.com", "download.windowsupdate.com", "a.example"]))
+def test_requests_hypothesis_through_both_parsers(reqs: list[tuple[str, str, str, list[tuple[str, str]], str, str]],
+                                                  known_host: str) -> None:
+    """Random hosts, targets and query strings, each sent twice (first sight, then memo hits),
+    some on a host with site rules: the compiled parser's events and counters equal the
+    reference's."""
+    frames = []
+    for i, (method, host, path, params, tail, ua) in enumerate(reqs):
+        query = "&".join(n + v for n, v in params)
+        target = path + ("?" + query if params else "") + tail
+        for h in (host, known_host):
+            head = f"{method} {target} HTTP/1.1\r\nHost: {h}\r\nUser-Agent: {ua}\r\n\r\n".encode("latin-1")
+            frames.append(tcp_frame(f"10.7.0.{i + 1}", "203.0.113.3", 41000 + i, 80, head))
+    timed = [(f, 1_790_000_000.0 + i * 0.01, 1) for i, f in enumerate(frames * 2)]
+    same_frames(timed)
