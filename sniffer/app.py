@@ -75,9 +75,9 @@ class Sniffer:
             log.info("reading %s", s.sniff_pcap)
         else:
             capture = LiveCapture(s.sniff_iface, s.sniff_ports, s.sniff_outgoing, s.sniff_tls_ports, s.sniff_netns)
-            parser, live = self.parser, capture.frames(stop)
-            # (events of one frame, its time); (nothing, None) on idle so the publisher still ticks
-            batches = ((parser.events(*item), item[1]) if item is not None else ([], None) for item in live)
+            parser = self.parser
+            # (events of a block of frames, time of its last); ([], None) on idle: the publisher still ticks
+            batches = ((parser.events_many(b), b[-1][1]) if b else ([], None) for b in capture.batches(stop))
             log.info("capturing on %s, ports %s", s.sniff_iface, ",".join(map(str, s.sniff_ports)))
         announce_ready("sniff")
         ts = 0.0
