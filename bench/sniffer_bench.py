@@ -1,6 +1,9 @@
 """bench/sniffer: the sniffer's fast path against tshark and scapy's dissection on one capture,
 then live capture on a veth at a fixed request rate (kernel drops printed).
 
+"fast" is the compiled fast path (sniffer/_fastpath.c, pcap records read by it too); the
+pure-Python reference it is tested against is measured on the same capture as its own line.
+
 All three read the same generated pcap in the same run; the ratios are what matter on a noisy
 machine. Last line: ``sniffer: ... ratio=<fast/tshark> (reference tshark)``.
 """
@@ -28,17 +31,19 @@ from heatcache.netns import GatewayLab  # noqa: E402
 from heatcache.services.kafka import EmbeddedKafka, ensure_topics  # noqa: E402
 from heatcache.settings import load_settings  # noqa: E402
 from sniffer.app import build_parser  # noqa: E402
-from sniffer.capture import LiveCapture, in_netns, pcap_frames  # noqa: E402
+from sniffer.capture import LiveCapture, in_netns, pcap_event_batches  # noqa: E402
 from sniffer.publish import BatchPublisher  # noqa: E402
 from sniffer.synth import generate, tcp_frame  # noqa: E402
 
 
-def fast_path(pcap: Path) -> tuple[int, float]:
-    parser = build_parser(load_settings(client_id_secret="bench"))
+def fast_path(pcap: Path, compiled: bool = True) -> tuple[int, float]:
+    parser = build_parser(load_settings(client_id_secret="bench", sniff_compiled=compiled))
+    if parser.compiled != compiled:
+        raise SystemExit("sniffer: the compiled fast path is not built (run ./dev lint to build it)")
     start = time.perf_counter()
     n = 0
-    for frame, ts, linktype in pcap_frames(pcap):
-        for ev in parser.events(frame, ts, linktype):
+    for events, _last in pcap_event_batches(pcap, parser):  # as `heatcache sniff` reads a capture file
+        for ev in events:
             n += ev.method != "TLS"  # tshark's http.request count has no TLS hosts
     return n, time.perf_counter() - start
 
@@ -163,13 +168,15 @@ def main() -> int:
         print(f"capture: {len(traffic.frames):,} frames, "
               f"{sum(r[0] in ('GET', 'HEAD') for r in traffic.requests):,} GET/HEAD requests")
         fast_n, fast_t = fast_path(pcap)
-        print(f"fast path : {fast_n:,} requests in {fast_t:.2f}s = {fast_n / fast_t:,.0f} req/s")
+        print(f"fast path : {fast_n:,} requests in {fast_t:.2f}s = {fast_n / fast_t:,.0f} req/s (compiled)")
+        py_n, py_t = fast_path(pcap, compiled=False)
+        print(f"reference : {py_n:,} requests in {py_t:.2f}s = {py_n / py_t:,.0f} req/s (pure Python)")
         ts_n, ts_t = tshark(pcap)
         print(f"tshark    : {ts_n:,} requests in {ts_t:.2f}s = {ts_n / ts_t:,.0f} req/s")
         sc_n, sc_t = scapy_dissect(pcap, 3_000 if args.quick else 20_000)
         print(f"scapy     : {sc_n:,} requests in {sc_t:.2f}s = {sc_n / sc_t:,.0f} req/s (first frames only)")
-        if fast_n != ts_n:
-            print(f"WARNING: fast path found {fast_n} requests, tshark {ts_n}")
+        if fast_n != ts_n or py_n != fast_n:
+            print(f"WARNING: fast path found {fast_n} requests, reference {py_n}, tshark {ts_n}")
         if os.geteuid() == 0:
             broker = EmbeddedKafka(work / "kafka")
             try:
@@ -180,7 +187,8 @@ def main() -> int:
                   f"parsed {res['requests']:,}, published {res['published']:,}, "
                   f"produce errors {res['produce_errors']}, kernel drops {res['kernel_drops']}")
         ratio = (fast_n / fast_t) / (ts_n / ts_t)
-        print(f"sniffer: fast={fast_n / fast_t:,.0f} req/s tshark={ts_n / ts_t:,.0f} req/s "
+        print(f"sniffer: fast={fast_n / fast_t:,.0f} req/s reference={py_n / py_t:,.0f} req/s "
+              f"tshark={ts_n / ts_t:,.0f} req/s "
               f"scapy={sc_n / sc_t:,.0f} req/s scapy_ratio={(fast_n / fast_t) / (sc_n / sc_t):.1f} "
               f"ratio={ratio:.2f} (reference tshark)")
         return 0

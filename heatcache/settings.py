@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     sniff_outgoing: bool = False  # also take packets the gateway sends (not needed on a span port)
     sniff_tls_ports: Annotated[tuple[int, ...], NoDecode] = (443,)  # ClientHello SNI -> host-level events
     sniff_netns: str = ""  # open the capture socket inside this network namespace (ip netns name)
+    sniff_compiled: bool = True  # the compiled fast path (sniffer/_fastpath.c); false: the Python reference
     ignore_hosts: Annotated[tuple[str, ...], NoDecode] = ()  # hosts (and subdomains) never published
     ignore_paths: Annotated[tuple[str, ...], NoDecode] = ()  # path prefixes never published
     client_id_raw: bool = False  # publish raw client addresses instead of keyed hashes (explicit opt-in)

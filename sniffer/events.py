@@ -1,6 +1,11 @@
 """Pure mapping from captured frames to RequestEvents: filters, client pseudonyms, cache keys,
 bounded reassembly of request heads split across segments, and TLS server names.
 
+Two interchangeable paths: the pure-Python reference (sniffer/parse.py underneath) and the
+compiled fast path (sniffer/_fastpath.c does link/IP/TCP and HTTP heads in one call per frame),
+the default when the extension imports. They give the same events and the same counters;
+tests/sniffer/test_fastpath.py holds them to that.
+
 Everything here is deterministic given its inputs (frames and capture times); the only state is
 bounded: memo tables (cache keys, client ids) and the partial heads of at most ``max_partial``
 flows, expired on capture time.
@@ -11,15 +16,28 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from heatcache.cachekey import BadUrl, KeyRules, cache_key, split_host
+from heatcache.cachekey import BadUrl, KeyRules, _filter_query, cache_key, split_host
 from heatcache.contract import RequestEvent
 from sniffer.parse import LINKTYPE_ETHERNET, MAX_HEAD, parse_frame, parse_requests, parse_sni, ua_class
 
+try:
+    from sniffer import _fastpath
+except ImportError:  # not built (no compiler): the reference still works; tests import it directly
+    _fastpath = None  # type: ignore[assignment]
+
 KEEP_METHODS = frozenset({"GET", "HEAD"})
+Frame = tuple[bytes, float, int]  # (frame bytes, capture time, linktype), as sniffer.capture yields them
 TLS_METHOD = "TLS"  # host-level events from a ClientHello: no path, never fetched
 _MEMO_MAX = 65_536
+_new_tuple = tuple.__new__  # RequestEvent without its Python-level __new__: same tuple, fewer calls
+
+
+def compiled_available() -> bool:
+    """Whether the compiled fast path (sniffer._fastpath) was built and imports."""
+    return _fastpath is not None
 
 
 @dataclass(slots=True)
@@ -49,7 +67,8 @@ class ClientHasher:
         if cid is None:
             if len(self._memo) >= _MEMO_MAX:
                 self._memo.clear()
-            cid = self._memo[address] = hmac.new(self._key, address.encode(), hashlib.sha256).hexdigest()[:20]
+            # hmac.digest: the one-shot C HMAC, same bytes as hmac.new(...).hexdigest() at a fraction of the cost
+            cid = self._memo[address] = hmac.digest(self._key, address.encode(), "sha256").hex()[:20]
         return cid
 
 
@@ -92,13 +111,46 @@ class FrameParser:
     _uas: dict[str, str] = field(default_factory=dict)
     _partials: dict[tuple[str, int, str, int], _Partial] = field(default_factory=dict)
     _rules_on: bool = False
+    compiled: bool | None = None  # None: the compiled fast path when it imports, else the reference
+    _portmap: bytes = b""
+    _entries: dict[tuple[str, str], tuple[str, str, str, str] | str] = field(default_factory=dict)
+    _bases: dict[tuple[str, str], tuple[str, str] | None] = field(default_factory=dict)
+    _params: dict[tuple[str, str], bool] = field(default_factory=dict)
+    _fast_events: Callable[[bytes, float, int], list[RequestEvent] | None] | None = None
+    _fast_many: Callable[[list[Frame], Callable[..., list[RequestEvent]]], list[RequestEvent]] | None = None
+    _fast_pcap: Callable[..., tuple[list[RequestEvent], int, int, float | None]] | None = None
 
     def __post_init__(self) -> None:
         if self.filters is None:
             self.filters = Filters(ignore_addresses=self.ignore)
         self._rules_on = bool(self.filters.ignore_hosts or self.filters.ignore_paths)
+        if self.compiled is None:
+            self.compiled = _fastpath is not None
+        if self.compiled:
+            if _fastpath is None:
+                raise ImportError("sniffer._fastpath is not built (./dev builds it; needs gcc and Python headers)")
+            # destination port -> 0 other, 1 HTTP, 2 TLS (HTTP wins, as in events())
+            portmap = bytearray(65536)
+            for port in self.tls_ports:
+                portmap[port] = 2
+            for port in self.ports:
+                portmap[port] = 1
+            self._portmap = bytes(portmap)
+            # frames decided by memo hits alone never leave C; None sends one to _events_compiled
+            fast = _fastpath.FastPath(
+                portmap=self._portmap, counters=self.counters, entries=self._entries, uas=self._uas,
+                partials=self._partials, hasher=self.hasher, rotation_s=float(self.hasher.rotation_s),
+                raw=self.hasher.raw, ignored=self.filters.ignore_addresses, event_type=RequestEvent,
+                params=self._params, rules_on=self._rules_on, ua_class=ua_class, hold=self._hold,
+                partial_ttl_s=float(self.partial_ttl_s),
+            )
+            self._fast_events, self._fast_many, self._fast_pcap = fast.events, fast.events_many, fast.pcap_events
 
     def events(self, frame: bytes, ts: float, linktype: int = LINKTYPE_ETHERNET) -> list[RequestEvent]:
+        """The events in one captured frame (none if dropped: every drop is counted by reason)."""
+        if self.compiled:
+            out = self._fast_events(frame, ts, linktype)  # type: ignore[misc]
+            return out if out is not None else self._events_compiled(frame, ts, linktype)
         counters = self.counters
         counters["packets"] += 1
         seg = parse_frame(frame, linktype)
@@ -119,6 +171,162 @@ class FrameParser:
             return self._tls(seg.src, seg.payload, ts)
         counters["drop.other-port"] += 1
         return []
+
+    def events_many(self, records: list[Frame]) -> list[RequestEvent]:
+        """The events of a batch of (frame, ts, linktype) records, in order: events() on each,
+        in one C call on the compiled path (frames it cannot decide come back to Python)."""
+        if self.compiled:
+            return self._fast_many(records, self._events_compiled)  # type: ignore[misc]
+        out: list[RequestEvent] = []
+        for frame, ts, linktype in records:
+            out += self.events(frame, ts, linktype)
+        return out
+
+    def events_from_pcap(self, buf: object, offset: int, big_endian: bool, linktype: int,
+                         limit: int) -> tuple[list[RequestEvent], int, int, float | None]:
+        """Compiled path only: the events of up to ``limit`` classic-pcap records in ``buf`` (a
+        whole file's bytes, records from ``offset``), as events() on each frame would give them.
+        Returns (events, next offset, records read, capture time of the last one)."""
+        if not self.compiled:
+            raise RuntimeError("events_from_pcap needs the compiled fast path")
+        return self._fast_pcap(buf, offset, big_endian, linktype, limit, self._events_compiled)  # type: ignore[misc]
+
+    def _events_compiled(self, frame: bytes, ts: float, linktype: int = LINKTYPE_ETHERNET) -> list[RequestEvent]:
+        """events() with the per-frame work in C; what C leaves open (a held partial head for
+        this flow, TLS, an ignored address) is decided here exactly as in the reference."""
+        counters = self.counters
+        counters["packets"] += 1
+        ignored = self.filters.ignore_addresses  # type: ignore[union-attr]
+        res = _fastpath.scan(frame, linktype, self._portmap, bool(ignored))
+        if isinstance(res, str):  # a final drop reason, already "drop.<reason>"
+            counters[res] += 1
+            return []
+        src, dst, sport, dport, seq, payload, kind, parsed = res
+        if ignored:
+            if src in ignored or dst in ignored:
+                counters["drop.ignored-address"] += 1
+                return []
+            if kind == 0:
+                counters["drop.other-port"] += 1
+                return []
+            if kind == 1 and not payload:
+                counters["drop.no-payload"] += 1
+                return []
+        if kind == 2:
+            return self._tls(src, payload, ts)
+        if self._partials:
+            part = self._partials.pop((src, sport, dst, dport), None)
+            if part is not None:
+                if part.next_seq == seq and ts - part.ts <= self.partial_ttl_s:
+                    requests, rejects, rest = _fastpath.parse_requests(part.data + payload)
+                    counters["reassembled"] += 1
+                    for reason in rejects:
+                        counters["drop." + reason] += 1
+                    if rest:
+                        self._hold((src, sport, dst, dport), (seq + len(payload)) & 0xFFFFFFFF, rest, ts)
+                    return self._emit(requests, src, ts)
+                counters["drop.reassembly-gap"] += 1
+        requests, rejects, rest = parsed
+        for reason in rejects:  # already "drop.<reason>"
+            counters[reason] += 1
+        if rest:
+            self._hold((src, sport, dst, dport), (seq + len(payload)) & 0xFFFFFFFF, rest, ts)
+        return self._emit(requests, src, ts)
+
+    def _emit(self, requests: list[tuple[str, str, str, str, str]], src: str, ts: float) -> list[RequestEvent]:
+        """Requests -> events for the compiled path: one memo entry per (host, target) holds the
+        key, authority, path and URL (or the drop reason), so a repeated URL costs two lookups."""
+        counters = self.counters
+        out: list[RequestEvent] = []
+        entries, uas = self._entries, self._uas
+        cid = ""
+        for method, target, host, rng, user_agent in requests:
+            if method not in KEEP_METHODS:
+                counters["drop.method"] += 1
+                continue
+            entry = entries.get((host, target))
+            if entry is None:
+                entry = self._entry(host, target)
+            if isinstance(entry, str):
+                counters[entry] += 1
+                continue
+            key, authority, path, url = entry
+            ua = uas.get(user_agent)
+            if ua is None:
+                if len(uas) >= _MEMO_MAX:
+                    uas.clear()
+                ua = uas[user_agent] = ua_class(user_agent)
+            if not cid:
+                cid = self.hasher.client_id(src, ts)
+            out.append(_new_tuple(RequestEvent, (ts, cid, method, authority, path, url, key, rng, ua)))
+        counters["requests"] += len(out)
+        return out
+
+    def _entry(self, host: str, target: str) -> tuple[str, str, str, str] | str:
+        """The memo entry for one (host, target), as the reference's _http computes it.
+
+        Most misses are a known path with a new query (tokens, session ids): the key of the
+        path is memoized per (host, path) and the keep/drop decision per (host, parameter name),
+        which is all _filter_query looks at, so a miss costs a split and a few lookups instead
+        of a whole cache_key. Targets here come from the C head parser: origin- or absolute-form,
+        never with control characters or spaces.
+        """
+        q = target.find("?")
+        if q > 0 and target[0] == "/" and "#" not in target:
+            base = self._bases.get((host, target[:q]))
+            if base is None:
+                base = self._base(host, target[:q])
+            if base is None:
+                entry: tuple[str, str, str, str] | str = "drop.bad-url"
+            else:
+                kept = self._kept_query(target[q + 1 :], base[1])
+                key = f"{base[0]}?{kept}" if kept else base[0]
+                entry = self._entry_of(key, target)
+        else:
+            try:
+                entry = self._entry_of(cache_key(host, target, self.rules), target)
+            except BadUrl:
+                entry = "drop.bad-url"
+        if len(self._entries) >= _MEMO_MAX:
+            self._entries.clear()
+        self._entries[(host, target)] = entry
+        return entry
+
+    def _base(self, host: str, path: str) -> tuple[str, str] | None:
+        """(cache key of the path without query, the host _filter_query sees), None if BadUrl."""
+        try:
+            base: tuple[str, str] | None = (cache_key(host, path, self.rules), split_host(host)[0])
+        except BadUrl:
+            base = None
+        if len(self._bases) >= _MEMO_MAX:
+            self._bases.clear()
+        self._bases[(host, path)] = base
+        return base
+
+    def _kept_query(self, query: str, host: str) -> str:
+        """_filter_query(query, host, rules), one memoized decision per parameter name."""
+        params = self._params
+        out = []
+        for part in query.split("&"):
+            if not part:
+                continue
+            name = part.partition("=")[0]
+            keep = params.get((host, name))
+            if keep is None:
+                if len(params) >= _MEMO_MAX:
+                    params.clear()
+                keep = params[(host, name)] = _filter_query(part, host, self.rules) == part
+            if keep:
+                out.append(part)
+        return "&".join(out)
+
+    def _entry_of(self, key: str, target: str) -> tuple[str, str, str, str] | str:
+        authority = key[7 : key.find("/", 7)] if key.startswith("http://") else key.split("/")[2]
+        path = target if target[0] == "/" else "/" + target.partition("://")[2].partition("/")[2]
+        if self._rules_on and (self.filters.host_ignored(authority.partition(":")[0])  # type: ignore[union-attr]
+                               or self.filters.path_ignored(path)):  # type: ignore[union-attr]
+            return "drop.ignored-rule"
+        return key, authority, path, f"http://{authority}{path}"
 
     def _http(self, src: str, sport: int, dst: str, dport: int, seq: int, payload: bytes,
               ts: float) -> list[RequestEvent]:

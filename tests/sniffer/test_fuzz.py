@@ -1,10 +1,13 @@
-"""Fuzzing the sniffer's pure core (sniffer/events.py, sniffer/parse.py): 100k random and
-mutated packets; no exception escapes and every packet that yields nothing is counted by reason."""
+"""Fuzzing the sniffer's pure core (sniffer/events.py, sniffer/parse.py, and the compiled fast
+path sniffer/_fastpath.c): 100k random and mutated packets through each path; no exception
+escapes and every packet that yields nothing is counted by reason."""
 
 from __future__ import annotations
 
 import random
 from collections import Counter
+
+import pytest
 
 from heatcache.settings import load_settings
 from sniffer.app import build_parser
@@ -29,14 +32,16 @@ def mutate(rng: random.Random, frame: bytes) -> bytes:
     return bytes(data)
 
 
-def test_100k_random_and_mutated_packets() -> None:
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "reference"])
+def test_100k_random_and_mutated_packets(compiled: bool) -> None:
     rng = random.Random(1234)
     seeds = [
         *generate(2_000, seed=3).frames,
         tcp_frame("10.0.0.1", "203.0.113.5", 40000, 443, client_hello("a.example")),
         tcp_frame("2001:db8::1", "2001:db8::2", 40001, 80, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", vlan=5),
     ]
-    parser = build_parser(load_settings(client_id_secret="x"))
+    parser = build_parser(load_settings(client_id_secret="x", sniff_compiled=compiled))
+    assert parser.compiled is compiled
     silent = Counter[str]()
     total = 0
     for i in range(100_000):

@@ -1,0 +1,9 @@
+"""Type stub for the PACKET_MMAP receive ring (sniffer/_ring.c)."""
+
+from __future__ import annotations
+
+class Ring:
+    def __init__(self, fd: int, block_size: int = ..., block_nr: int = ..., retire_ms: int = ...,
+                 outgoing: bool = ...) -> None: ...
+    def read(self, timeout_ms: int, /) -> list[tuple[bytes, float, int]]: ...
+    def close(self) -> None: ...
