@@ -60,6 +60,12 @@ def dnsperf(port: int, queries: Path, seconds: int) -> float:
     return float(match.group(1))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
@@ -104,17 +110,34 @@ def main() -> int:
         # warm both caches
         dnsperf(ours_port, fwd_q, 1)
         dnsperf(fwd_port, fwd_q, 1)
-        s_ours = dnsperf(ours_port, steered_q, seconds)
-        s_ref = dnsperf(steered_ref.port, steered_q, seconds)
+        assert steered_ref.proc is not None
+        ours_pid, ref_pid = procs[-2].pid, steered_ref.proc.pid
+        # Interleaved halves, so a drift in the machine's load hits both servers alike; CPU time
+        # per answer too, which still compares the servers when dnsperf itself is the limit.
+        s_ours = s_ref = cpu_ours = cpu_ref = 0.0
+        for _ in range(2):
+            before = cpu_seconds(ours_pid)
+            rate = dnsperf(ours_port, steered_q, seconds // 2)
+            cpu_ours += cpu_seconds(ours_pid) - before
+            s_ours += rate / 2
+            before = cpu_seconds(ref_pid)
+            rate = dnsperf(steered_ref.port, steered_q, seconds // 2)
+            cpu_ref += cpu_seconds(ref_pid) - before
+            s_ref += rate / 2
         s_py = dnsperf(py_port, steered_q, seconds)
         f_ours = dnsperf(ours_port, fwd_q, seconds)
         f_ref = dnsperf(fwd_port, fwd_q, seconds)
+        us_ours = cpu_ours / (s_ours * (seconds // 2) * 2) * 1e6
+        us_ref = cpu_ref / (s_ref * (seconds // 2) * 2) * 1e6
         print(f"steered  : heatcache {s_ours:,.0f} q/s ({lane} UDP lane), dnsmasq {s_ref:,.0f} q/s, "
               f"ratio {s_ours / s_ref:.2f}; Python lane {s_py:,.0f} q/s, ratio {s_py / s_ref:.2f}")
+        print(f"  CPU per steered answer: heatcache {us_ours:.1f} us, dnsmasq {us_ref:.1f} us "
+              f"(cpu_ratio {us_ref / us_ours:.2f}, >1 = heatcache cheaper)")
         print(f"forwarded: heatcache {f_ours:,.0f} q/s, dnsmasq {f_ref:,.0f} q/s (warm caches), "
               f"ratio {f_ours / f_ref:.2f}")
         print(f"dns: steered={s_ours:,.0f} q/s forwarded={f_ours:,.0f} q/s forwarded_ratio={f_ours / f_ref:.2f} "
-              f"lane={lane} ratio={s_ours / s_ref:.2f} (reference dnsmasq, dnsperf -c 4)")
+              f"cpu_ratio={us_ref / us_ours:.2f} lane={lane} ratio={s_ours / s_ref:.2f} "
+              "(reference dnsmasq, dnsperf -c 4)")
         return 0
     finally:
         for p in procs:
