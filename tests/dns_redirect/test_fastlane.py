@@ -35,6 +35,7 @@ from dns_redirect.server import DnsServer, fastlane_available
 from heatcache.contract import CacheEvent
 from heatcache.services.dnsmasq import Dnsmasq
 from heatcache.settings import Settings, SettingsError, load_settings
+from tests.dns_redirect.corpus import malformed_queries
 
 
 class Running:
@@ -331,23 +332,7 @@ def test_100k_malformed_packets_through_the_lane(tmp_path: Path) -> None:
     conf = load_settings(state_dir=tmp_path, dns_port=0, upstream_dns=("127.0.0.1:9",), dns_rate_qps=0,
                          node_address="192.0.2.10")
     server = DnsServer(conf, steering_index("cdn.lab.test"), health_check=False)
-    rng = random.Random(99)
-    good = dns.message.make_query("cdn.lab.test", "A", want_dnssec=True).to_wire()
-    packets = []
-    for i in range(100_000):
-        if i % 2:
-            packets.append(rng.randbytes(rng.randrange(0, 80)))
-        else:
-            data = bytearray(good)
-            for _ in range(rng.randrange(1, 4)):
-                # a third of the mutations only touch the id: those reach the lane's answers
-                pos = rng.randrange(2) if rng.random() < 0.33 else rng.randrange(len(data))
-                data[pos] = rng.randrange(256)
-            if rng.random() < 0.3:
-                del data[rng.randrange(len(data)):]
-            if len(data) > 2:
-                data[2] &= 0x07
-            packets.append(bytes(data))
+    packets = malformed_queries(100_000, id_share=0.33)  # a third of mutations touch only the id
 
     def processed() -> int:
         c = server.counters

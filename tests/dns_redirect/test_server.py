@@ -22,6 +22,7 @@ from dns_redirect.server import DnsServer
 from heatcache.contract import CacheEvent
 from heatcache.services.dnsmasq import Dnsmasq
 from heatcache.settings import Settings, load_settings
+from tests.dns_redirect.corpus import malformed_queries
 
 
 @pytest.fixture(params=[True, False], ids=["compiled-lane", "python-lane"])
@@ -156,27 +157,11 @@ def test_rate_limit_drops_a_flooding_client(tmp_path: Path, dnsmasq: Dnsmasq) ->
 
 
 def test_100k_malformed_packets(tmp_path: Path) -> None:
-    import random
-
     settings = load_settings(state_dir=tmp_path, upstream_dns=("127.0.0.1:9",), dns_rate_qps=0)
     index = CacheIndex()
     index.apply(CacheEvent("http://cdn.lab.test/a", "cached", path="objects/aa/a"))
     server = DnsServer(settings, index, health_check=False)
-    rng = random.Random(99)
-    good = dns.message.make_query("cdn.lab.test", "A", want_dnssec=True).to_wire()
-    packets = []
-    for i in range(100_000):
-        if i % 2:
-            packets.append(rng.randbytes(rng.randrange(0, 80)))
-        else:
-            data = bytearray(good)
-            for _ in range(rng.randrange(1, 4)):
-                data[rng.randrange(len(data))] = rng.randrange(256)
-            if rng.random() < 0.3:
-                del data[rng.randrange(len(data)):]
-            if len(data) > 2:
-                data[2] &= 0x07  # QR=0 and opcode QUERY: parseable ones reach the answer logic
-            packets.append(bytes(data))
+    packets = malformed_queries(100_000)
 
     async def go() -> int:
         answered = 0
