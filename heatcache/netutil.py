@@ -68,3 +68,20 @@ def wait_for_port(host: str, port: int, timeout: float, alive: subprocess.Popen[
         except OSError:
             time.sleep(0.1)
     return False
+
+
+def terminate(proc: subprocess.Popen[bytes] | subprocess.Popen[str] | None, timeout: float = 10.0) -> None:
+    """SIGTERM (services flush and save on it), SIGKILL if it hangs past ``timeout``; the
+    process's pipes are closed either way."""
+    if proc is None:
+        return
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()

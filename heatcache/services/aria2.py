@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from heatcache.netutil import free_port, wait_for_port
+from heatcache.netutil import free_port, terminate, wait_for_port
 
 
 class Aria2SetupError(RuntimeError):
@@ -52,11 +52,5 @@ class Aria2Daemon:
         return self.port
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()  # aria2c saves its session on SIGTERM
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, 15)  # aria2c saves its session on SIGTERM
         self.proc = None

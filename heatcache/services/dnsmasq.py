@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import dns.message
 import dns.query
 
-from heatcache.netutil import free_port_udp_tcp
+from heatcache.netutil import free_port_udp_tcp, terminate
 
 
 class DnsmasqSetupError(RuntimeError):
@@ -73,10 +73,5 @@ class Dnsmasq:
         raise DnsmasqSetupError("dnsmasq did not answer")
 
     def stop(self) -> None:
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                self.proc.wait(10)
-            if self.proc.stderr is not None:
-                self.proc.stderr.close()
+        terminate(self.proc)
         self.proc = None

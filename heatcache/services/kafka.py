@@ -25,7 +25,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from heatcache import contract
-from heatcache.netutil import free_port, port_is_free, wait_for_port
+from heatcache.netutil import free_port, port_is_free, terminate, wait_for_port
 from heatcache.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -203,15 +203,7 @@ class EmbeddedKafka:
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM: Kafka shuts down cleanly and flushes its logs; kill if it hangs."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, timeout)
         self.proc = None
 
 

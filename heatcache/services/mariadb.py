@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pymysql
 
-from heatcache.netutil import free_port
+from heatcache.netutil import free_port, terminate
 
 
 class MariaDBSetupError(RuntimeError):
@@ -80,12 +80,6 @@ class MariaDB:
         raise MariaDBSetupError("mariadbd did not accept connections in time")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, 30)
         self.proc = None
         shutil.rmtree(self.base_dir, ignore_errors=True)

@@ -8,7 +8,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from heatcache.netutil import wait_for_port
+from heatcache.netutil import terminate, wait_for_port
 from heatcache.nginxconf import standalone
 from heatcache.settings import Settings
 
@@ -32,23 +32,17 @@ class NginxFront:
         (self.workdir / "tmp").mkdir()
         conf = self.workdir / "nginx.conf"
         conf.write_text(standalone(self.settings, f"{self.host}:{self.port}", str(self.workdir)))
-        self.proc = subprocess.Popen([binary, "-c", str(conf), "-p", str(self.workdir)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        output = self.workdir / "output.log"  # what nginx says before its error_log is open
+        with open(output, "wb") as out:
+            self.proc = subprocess.Popen([binary, "-c", str(conf), "-p", str(self.workdir)],
+                                         stdout=out, stderr=subprocess.STDOUT)
         if not wait_for_port(self.host, self.port, timeout, self.proc):
+            said = "".join(p.read_text(errors="replace") for p in (output, self.workdir / "error.log") if p.exists())
             self.stop()
-            log = (self.workdir / "error.log").read_text() if (self.workdir / "error.log").exists() else ""
-            raise NginxSetupError(f"nginx did not listen on {self.host}:{self.port}: {log[-2000:]}")
+            raise NginxSetupError(f"nginx did not listen on {self.host}:{self.port}: {said[-2000:]}")
         return f"{self.host}:{self.port}"
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-            if self.proc.stderr is not None:
-                self.proc.stderr.close()
-            self.proc = None
+        terminate(self.proc)
+        self.proc = None
         shutil.rmtree(self.workdir, ignore_errors=True)
