@@ -20,7 +20,7 @@ from heatcache.netutil import free_port
 from heatcache.services.dnsmasq import Dnsmasq
 from heatcache.services.nginx import NginxFront
 from heatcache.settings import load_settings
-from tests.dns_redirect.edgelab import EdgeLab, start_edge, stop_edge
+from tests.dns_redirect.edgelab import EdgeLab, serving_edge
 
 
 @contextlib.contextmanager
@@ -44,16 +44,17 @@ def edge_lab(tmp_path: Path, dnsmasq: Dnsmasq, nginx: bool = False) -> Iterator[
     catalog = open_catalog(settings.catalog)
     catalog.upsert(Entry(key, key, "origin.lab.test", rel, 300_000, "0" * 64, "", "", "video/mp4", "cached", 1.0))
     edge = Edge(settings, index, KeyRules.load(), catalog, hit_flush_s=3600)  # flushed by hand in tests
-    running = start_edge(edge, settings.edge_host, settings.edge_port)
     front = NginxFront(settings, NODE_IP, port) if nginx else None
     try:
-        if front is not None:
-            front.start()
-        yield EdgeLab(port, edge, origin, files)
+        with serving_edge(edge, settings.edge_host, settings.edge_port):
+            if front is not None:
+                front.start()
+            try:
+                yield EdgeLab(port, edge, origin, files)
+            finally:
+                if front is not None:
+                    front.stop()
     finally:
-        if front is not None:
-            front.stop()
-        stop_edge(*running)
         catalog.close()
         origin.stop()
 

@@ -4,12 +4,13 @@ its own event-loop thread (the fixture that builds the lab is in conftest.py).""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
-import threading
 from dataclasses import dataclass
 
 from dns_redirect.edge import Edge
 from heatcache.lab import NODE_IP, Origin
+from tests.loopthread import on_loop_thread
 
 
 @dataclass
@@ -30,25 +31,6 @@ class EdgeLab:
             conn.close()
 
 
-def start_edge(edge: Edge, host: str, port: int) -> tuple[asyncio.AbstractEventLoop, Edge, threading.Thread]:
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(edge.start(host, port))
-        ready.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    return loop, edge, thread
-
-
-def stop_edge(loop: asyncio.AbstractEventLoop, edge: Edge, thread: threading.Thread) -> None:
-    asyncio.run_coroutine_threadsafe(edge.stop(), loop).result(10)
-    asyncio.run_coroutine_threadsafe(asyncio.sleep(0.2), loop).result(5)  # let closing transports finish
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
-    loop.close()
+def serving_edge(edge: Edge, host: str, port: int) -> contextlib.AbstractContextManager[asyncio.AbstractEventLoop]:
+    """The edge listening on host:port on its own loop thread, as `heatcache edge` runs it."""
+    return on_loop_thread(lambda: edge.start(host, port), edge.stop, stop_timeout=10)

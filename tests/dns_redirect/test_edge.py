@@ -14,7 +14,7 @@ from heatcache.contract import CacheEvent
 from heatcache.lab import NODE_IP, shared_port
 from heatcache.services.dnsmasq import Dnsmasq
 from heatcache.settings import load_settings
-from tests.dns_redirect.edgelab import EdgeLab, start_edge, stop_edge
+from tests.dns_redirect.edgelab import EdgeLab, serving_edge
 
 
 def test_hit_is_served_from_disk(lab: EdgeLab) -> None:
@@ -59,13 +59,10 @@ def test_internal_origin_refused_when_private_not_allowed(tmp_path: Path, dnsmas
     index = CacheIndex()
     index.apply(CacheEvent(f"http://internal.lab.test:{port}/a", "cached", path="objects/00/a"))
     index.apply(CacheEvent(f"http://origin.lab.test:{port}/a", "cached", path="objects/00/b"))
-    running = start_edge(Edge(settings, index, KeyRules.load()), NODE_IP, port)
-    try:
+    with serving_edge(Edge(settings, index, KeyRules.load()), NODE_IP, port):
         lab = EdgeLab(port, None, None, {})  # type: ignore[arg-type]
         assert lab.get("/other", host="internal.lab.test")[0] == 403  # 10.1.2.3
         assert lab.get("/other", host="origin.lab.test")[0] == 403  # 127.0.0.2
-    finally:
-        stop_edge(*running)
 
 
 def post_purge(lab: EdgeLab, body: bytes, token: str | None) -> tuple[int, bytes]:

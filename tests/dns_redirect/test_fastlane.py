@@ -10,7 +10,6 @@ import ipaddress
 import random
 import select
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,6 +35,7 @@ from heatcache.contract import CacheEvent
 from heatcache.services.dnsmasq import Dnsmasq
 from heatcache.settings import Settings, SettingsError, load_settings
 from tests.dns_redirect.corpus import malformed_queries
+from tests.loopthread import on_loop_thread
 
 
 class Running:
@@ -55,28 +55,13 @@ class Running:
 
 @contextmanager
 def running(server: DnsServer, *extra: Callable[[], Any]) -> Iterator[Running]:
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
+    async def start() -> None:
         for setup in extra:
-            loop.run_until_complete(setup())
-        loop.run_until_complete(server.start())
-        started.set()
-        loop.run_forever()
+            await setup()
+        await server.start()
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert started.wait(10)
-    try:
+    with on_loop_thread(start, server.stop) as loop:
         yield Running(server, loop)
-    finally:
-        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(5)
-        asyncio.run_coroutine_threadsafe(asyncio.sleep(0.2), loop).result(5)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        loop.close()
 
 
 def steering_index(*hosts: str) -> CacheIndex:

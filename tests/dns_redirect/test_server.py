@@ -23,35 +23,18 @@ from heatcache.contract import CacheEvent
 from heatcache.services.dnsmasq import Dnsmasq
 from heatcache.settings import Settings, load_settings
 from tests.dns_redirect.corpus import malformed_queries
+from tests.loopthread import on_loop_thread
 
 
 @pytest.fixture(params=[True, False], ids=["compiled-lane", "python-lane"])
 def dns_server(dnsmasq: Dnsmasq, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[DnsServer]:
-    import threading
-
     settings: Settings = load_settings(state_dir=tmp_path, dns_port=0, node_address="192.0.2.10",
                                        upstream_dns=(dnsmasq.upstream,), dns_ttl=7, dns_fastlane=request.param)
     index = CacheIndex()
     index.apply(CacheEvent("http://cdn.lab.test/a", "cached", path="objects/aa/a"))
     server = DnsServer(settings, index, health_check=False)
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(server.start())
-        started.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert started.wait(10)
-    yield server
-    asyncio.run_coroutine_threadsafe(server.stop(), loop).result(5)
-    asyncio.run_coroutine_threadsafe(asyncio.sleep(0.2), loop).result(5)  # let closing transports finish
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
-    loop.close()
+    with on_loop_thread(server.start, server.stop):
+        yield server
 
 
 def ask(server: DnsServer, name: str, rdtype: str = "A", tcp: bool = False) -> dns.message.Message:
