@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from heatcache.netutil import free_port_udp_tcp  # noqa: E402
+from heatcache.netutil import free_port_udp_tcp, terminate  # noqa: E402
 from heatcache.services.dnsmasq import Dnsmasq  # noqa: E402
 
 SERVER = r"""
@@ -141,10 +141,7 @@ def main() -> int:
         return 0
     finally:
         for p in procs:
-            p.terminate()
-            p.wait(10)
-            if p.stdout is not None:
-                p.stdout.close()
+            terminate(p)
         steered_ref.stop()
         upstream.stop()
         shutil.rmtree(work, ignore_errors=True)

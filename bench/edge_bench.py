@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fetcher.paths import object_relpath  # noqa: E402
-from heatcache.netutil import free_port, wait_for_port  # noqa: E402
+from heatcache.netutil import free_port, terminate, wait_for_port  # noqa: E402
+from heatcache.nginxconf import private_conf  # noqa: E402
 
 EDGE = r"""
 import asyncio, sys
@@ -43,28 +44,14 @@ import uvloop
 uvloop.run(main())  # as `heatcache edge` runs
 """
 
-NGINX = """
-user root;
-worker_processes 1;
-daemon off;
-pid {work}/nginx.pid;
-error_log {work}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    sendfile on;
+# the reference: nginx serving the files itself, one worker, sendfile
+NGINX_HTTP = """    sendfile on;
     tcp_nopush on;
     keepalive_requests 100000;
-    client_body_temp_path {work}/tmp;
-    proxy_temp_path {work}/tmp;
-    fastcgi_temp_path {work}/tmp;
-    uwsgi_temp_path {work}/tmp;
-    scgi_temp_path {work}/tmp;
     server {{
         listen 127.0.0.1:{port};
         root {www};
     }}
-}}
 """
 
 
@@ -107,7 +94,7 @@ def main() -> int:
             (cache / rel).parent.mkdir(parents=True, exist_ok=True)
             (cache / rel).write_bytes(data)
             entries.append(f"{key}|{rel}|{size}")
-        (work / "nginx.conf").write_text(NGINX.format(work=work, port=nginx_port, www=www))
+        (work / "nginx.conf").write_text(private_conf(NGINX_HTTP.format(port=nginx_port, www=www), str(work)))
         procs.append(subprocess.Popen([nginx_bin, "-c", str(work / "nginx.conf"), "-p", str(work)], text=True))
         edge = subprocess.Popen([sys.executable, "-c", EDGE, str(edge_port), str(cache), *entries],
                                 stdout=subprocess.PIPE, text=True, cwd=ROOT)
@@ -127,10 +114,7 @@ def main() -> int:
         return 0
     finally:
         for p in procs:
-            p.terminate()
-            p.wait(10)
-            if p.stdout is not None:
-                p.stdout.close()
+            terminate(p)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -48,6 +48,12 @@ server {{
 
 def standalone(settings: Settings, listen: str, workdir: str, worker_processes: str = "1") -> str:
     """A whole nginx.conf around ``server_block`` (tests, the lab): no system paths used."""
+    return private_conf(server_block(settings, listen), workdir, worker_processes)
+
+
+def private_conf(http_body: str, workdir: str, worker_processes: str = "1") -> str:
+    """A whole nginx.conf for a root-run nginx that keeps pid, logs and temp files in ``workdir``,
+    around ``http_body`` (the http context's directives and servers)."""
     return f"""user root;
 worker_processes {worker_processes};
 daemon off;
@@ -61,5 +67,5 @@ http {{
     fastcgi_temp_path {workdir}/tmp;
     uwsgi_temp_path {workdir}/tmp;
     scgi_temp_path {workdir}/tmp;
-{server_block(settings, listen)}}}
+{http_body}}}
 """
