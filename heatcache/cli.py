@@ -51,19 +51,31 @@ def cmd_fetch(settings: Settings, _args: argparse.Namespace) -> int:
 
 def _serve(settings: Settings, stage: str) -> int:
     """dns and edge: follow cache-events, serve until SIGTERM, then close listeners."""
+    from confluent_kafka import Message
+
     from dns_redirect.index import CacheEventsFollower, CacheIndex
     from heatcache import contract
+    from heatcache.kafkautil import dead_letter, producer
     from heatcache.metrics import serve_metrics
 
     index = CacheIndex()
-    follower = CacheEventsFollower(_bootstrap(settings), settings.topic(contract.CACHE_EVENTS), index)
-    follower.start()
+    prod = producer(_bootstrap(settings))
+    follower: CacheEventsFollower | None = None
+
+    def to_dead_letter(msg: Message, reason: str) -> None:  # on the follower's thread
+        dead_letter(prod, settings, msg, reason)
+        prod.poll(0)
 
     async def main() -> None:
+        nonlocal follower
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         flag = StopFlag().install()
         flag.on_stop(lambda: _call_soon(loop, stop.set))
+        # the follower reads in its thread; this loop applies every change (one writer)
+        follower = CacheEventsFollower(_bootstrap(settings), settings.topic(contract.CACHE_EVENTS), index, loop,
+                                       to_dead_letter)
+        follower.start()
         while not follower.ready.is_set():
             await asyncio.sleep(0.1)
             if flag.is_set():
@@ -85,9 +97,7 @@ def _serve(settings: Settings, stage: str) -> int:
             from dns_redirect.edge import Edge
             from fetcher.catalog import open_catalog
             from heatcache.cachekey import KeyRules
-            from heatcache.kafkautil import producer
 
-            prod = producer(_bootstrap(settings))
             catalog = open_catalog(settings.catalog)
             edge = Edge(settings, index, KeyRules.load(settings.cache_key_rules), catalog, prod)
             # one descriptor per connection plus the open objects: take what the system allows
@@ -100,7 +110,6 @@ def _serve(settings: Settings, stage: str) -> int:
             announce_ready("edge")
             await stop.wait()
             await edge.stop()  # flushes pending hit counts to the catalog
-            prod.flush(10)
             catalog.close()
             log.info("edge stopped: %s", dict(edge.counters))
 
@@ -110,8 +119,10 @@ def _serve(settings: Settings, stage: str) -> int:
 
         uvloop.run(main())
     finally:
-        follower.stop()
-        follower.join(5)
+        if follower is not None:
+            follower.stop()
+            follower.join(5)
+        prod.flush(10)
     return 0
 
 

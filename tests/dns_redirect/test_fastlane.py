@@ -249,8 +249,8 @@ def test_index_changes_reach_the_lane_at_once(tmp_path: Path, dnsmasq: Dnsmasq) 
         r.call(lambda: index.apply(CacheEvent("http://cdn.lab.test/a", "evicted")))
         assert answer(fwd) == ["192.0.2.10"]
         assert answer(steered) == []  # dnsmasq does not know cdn.lab.test: not steered any more
-        # the index changes from the cache-events thread, not the loop's: the next query sees it too
-        index.apply(CacheEvent("http://cdn.lab.test/a", "cached", path="objects/aa/a"))
+        # the index changes on the loop (its one writer, fed by the cache-events follower)
+        r.call(lambda: index.apply(CacheEvent("http://cdn.lab.test/a", "cached", path="objects/aa/a")))
         assert answer(steered) == ["192.0.2.10"]
 
 
