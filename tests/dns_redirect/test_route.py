@@ -59,3 +59,8 @@ def test_key_memo_is_bounded_and_raises_on_bad_hosts() -> None:
     assert len(memo._memo) <= 2
     with pytest.raises(ValueError):
         memo("bad host", "/")
+
+
+def test_a_non_ascii_digit_port_is_a_bad_request(index: CacheIndex) -> None:
+    """str.isdigit() accepts superscripts; int() does not: this must be a 400, not a crash."""
+    assert decide(index, host="cdn.test:¹").reason == "bad-request"  # type: ignore[attr-defined]
