@@ -24,7 +24,7 @@ from cachestore.catalog import Catalog, open_catalog
 from cachestore.store import ObjectMeta, StoreRefused
 from heatcache import contract
 from heatcache.cachekey import BadUrl, split_host
-from heatcache.contract import CacheEvent, DecodeError, HotUrl
+from heatcache.contract import CacheEvent, DecodeError, FetchProgress, HotUrl
 from heatcache.kafkautil import consumer, dead_letter, producer, publish_metrics
 from heatcache.lifecycle import StopFlag, announce_ready
 from heatcache.resolve import ResolveError, make_async_resolver, resolve_origin
@@ -123,17 +123,30 @@ class Fetcher:
             self.counters["already-cached"] += 1
             return
         try:
+            self._progress(hot, "running")
             event = self.fetch(hot)
             self.counters["fetched"] += 1
             self.counters["fetched-bytes"] += event.size
+            self._progress(hot, "done", event.size, event.size)
         except (FetchError, ForbiddenAddress, ResolveError, BadUrl, StoreRefused) as exc:
             log.warning("fetch of %s failed: %s", hot.url, exc)
             self.counters["failed"] += 1
             event = CacheEvent(cache_key=hot.cache_key, state="failed", url=hot.url, host=hot.host,
                                node=self.settings.node_name, ts=time.time(), error=str(exc)[:500])
+            self._progress(hot, "failed", error=event.error)
         self.producer.produce(self.settings.topic(contract.CACHE_EVENTS), key=hot.cache_key.encode(),
                               value=contract.encode(event))
         self.producer.flush(30)
+
+    def _progress(self, hot: HotUrl, state: str, done: int = 0, total: int = 0, speed: float = 0.0,
+                  error: str = "") -> None:
+        """One FetchProgress on `fetch-progress` (the console's progress bars); never blocks."""
+        event = FetchProgress(cache_key=hot.cache_key, state=state, url=hot.url, host=hot.host, done_bytes=done,
+                              total_bytes=total, speed_bps=speed, ts=time.time(), error=error,
+                              node=self.settings.node_name)
+        self.producer.produce(self.settings.topic(contract.FETCH_PROGRESS), key=hot.cache_key.encode(),
+                              value=contract.encode(event))
+        self.producer.poll(0)
 
     def fetch(self, hot: HotUrl) -> CacheEvent:
         s = self.settings
@@ -142,7 +155,7 @@ class Fetcher:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         try:
-            path = self._download(target, work)
+            path = self._download(target, work, hot)
             meta = self._head(target)
             result = self.store.commit_file(path, hot.cache_key, ObjectMeta(
                 hot.url, hot.host, meta.get("etag", ""), meta.get("last-modified", ""), meta.get("content-type", ""),
@@ -151,7 +164,7 @@ class Fetcher:
             shutil.rmtree(work, ignore_errors=True)
         return result.event
 
-    def _download(self, target: Target, work: Path) -> Path:
+    def _download(self, target: Target, work: Path, hot: HotUrl | None = None) -> Path:
         s = self.settings
         try:
             download = self.aria2.add_uris(
@@ -163,9 +176,14 @@ class Fetcher:
         except aria2p.ClientException as exc:
             raise FetchError(f"aria2 refused the download: {exc}") from None
         deadline = time.monotonic() + s.fetch_timeout_s
+        last_progress = 0.0
         try:
             while True:
                 download.update()
+                if hot is not None and time.monotonic() - last_progress >= 0.5:
+                    last_progress = time.monotonic()
+                    self._progress(hot, "running", download.completed_length, download.total_length,
+                                   float(download.download_speed))
                 if download.total_length > s.max_object_bytes:
                     raise FetchError(f"object larger than {s.max_object_bytes} bytes")
                 if download.status == "complete":
