@@ -28,12 +28,12 @@ import aiohttp
 from aiohttp import web
 from confluent_kafka import Producer
 
+from cachestore.catalog import Catalog, Entry
+from cachestore.paths import object_relpath, resolve_in_root
 from dns_redirect.front import FrontWiring, HitFront, OpenObjects
 from dns_redirect.hits import SimpleHead, etag_for, http_date, may_fill, plan_hit
 from dns_redirect.index import CacheIndex
 from dns_redirect.route import FORWARDED, VIA, Hit, KeyMemo, Passthrough, Refuse, Route, route
-from fetcher.catalog import Catalog, Entry
-from fetcher.paths import object_relpath, resolve_in_root
 from heatcache import contract
 from heatcache.cachekey import BadUrl, cache_key
 from heatcache.contract import CacheEvent

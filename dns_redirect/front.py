@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
+from cachestore.paths import resolve_in_root
 from dns_redirect.hits import (
     MAX_HEAD,
     SimpleHead,
@@ -36,7 +37,6 @@ from dns_redirect.hits import (
     plan_hit,
 )
 from dns_redirect.route import Hit, Route
-from fetcher.paths import resolve_in_root
 
 if TYPE_CHECKING:
     from heatcache.contract import CacheEvent

@@ -94,8 +94,8 @@ def _serve(settings: Settings, stage: str) -> int:
         else:
             import resource
 
+            from cachestore.catalog import open_catalog
             from dns_redirect.edge import Edge
-            from fetcher.catalog import open_catalog
             from heatcache.cachekey import KeyRules
 
             catalog = open_catalog(settings.catalog)
