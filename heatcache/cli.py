@@ -114,8 +114,8 @@ async def _serve_dns(run: Runner, index: CacheIndex) -> None:
 async def _serve_edge(run: Runner, index: CacheIndex, prod: Producer) -> None:
     import resource
 
+    from cachestore.catalog import open_catalog
     from dns_redirect.edge import Edge
-    from fetcher.catalog import open_catalog
     from heatcache.cachekey import KeyRules
 
     settings = run.settings

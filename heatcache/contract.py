@@ -32,8 +32,9 @@ CACHE_EVENTS = "cache-events"
 FETCH_PROGRESS = "fetch-progress"
 METRICS = "metrics"
 DEAD_LETTER = "dead-letter"
-ALL_TOPICS = (REQUESTS, HOT_URLS, CACHE_EVENTS, FETCH_PROGRESS, METRICS, DEAD_LETTER)
-COMPACTED_TOPICS = frozenset({CACHE_EVENTS})
+CONTROL = "control"  # operator switches (pins, prefetch pause, steering stop); compacted
+ALL_TOPICS = (REQUESTS, HOT_URLS, CACHE_EVENTS, FETCH_PROGRESS, METRICS, DEAD_LETTER, CONTROL)
+COMPACTED_TOPICS = frozenset({CACHE_EVENTS, CONTROL})
 
 CacheState = Literal["cached", "failed", "evicted", "purged", "stale"]
 CACHE_STATES: frozenset[str] = frozenset({"cached", "failed", "evicted", "purged", "stale"})
@@ -246,7 +247,7 @@ class RequestBatch:
 
 
 @event_type("hot", cache_key=KEY, url=Url(), host=HOST, heat=Int(), clients=Int(), window_s=Int(),
-            ts=TS, reason=Str(128))
+            ts=TS, reason=Str(128), admission=Str(MAX_KEY_LEN + 64))
 @dataclass(frozen=True, slots=True)
 class HotUrl:
     """A cache key that crossed the admission rule."""
@@ -259,6 +260,9 @@ class HotUrl:
     window_s: int
     ts: float  # event time of the request that made it hot
     reason: str = "heat"
+    # key@event time of the admission: a HotUrl sent again for the same admission (after a
+    # crash) has the same id, so consumers drop it; a new admission (evicted, retry) a new one
+    admission: str = ""
 
 
 @event_type("cache", cache_key=KEY, state=Str(16, choices=CACHE_STATES), url=Url(empty=True),
@@ -289,7 +293,93 @@ class CacheEvent:
             raise DecodeError(f"unknown cache state {self.state!r}")
 
 
-Event = RequestBatch | HotUrl | CacheEvent
+# -- operator control (console issue): one compacted `control` topic, keyed by ControlEvent.key,
+# so the latest switch per subject is what every follower rebuilds at start.
+CONTROL_VALUES: dict[str, frozenset[str]] = {
+    "url": frozenset({"always", "never", "none"}),  # pin a cache key; "none" = unpinned
+    "host": frozenset({"always", "never", "none"}),  # pin every key of a host
+    "prefetch": frozenset({"paused", "running"}),  # the fetcher takes no new hot URLs while paused
+    "steering": frozenset({"stopped", "running"}),  # the kill switch: the DNS steers nothing while stopped
+}
+CONTROL_MAX_SUBJECT = 2048
+
+
+@event_type("control", target=Str(16, choices=frozenset(CONTROL_VALUES)), value=Str(16),
+            subject=Str(CONTROL_MAX_SUBJECT), by=Str(256), ts=TS, reason=Str(1024))
+@dataclass(frozen=True, slots=True)
+class ControlEvent:
+    """One operator switch; `control` is compacted on :attr:`key` (latest per subject wins).
+
+    ``target`` url/host carry the cache key / host in ``subject``; prefetch/steering are global
+    (empty subject). ``by`` and ``ts`` say who switched it and when (shown by the console)."""
+
+    target: str
+    value: str
+    subject: str = ""
+    by: str = ""
+    ts: float = 0.0
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("target", "value", "subject", "by", "reason"):
+            if not isinstance(getattr(self, name), str):
+                raise DecodeError(f"control {name} must be a string")
+        if not isinstance(self.ts, (int, float)) or isinstance(self.ts, bool):
+            raise DecodeError("control ts must be a number")
+        allowed = CONTROL_VALUES.get(self.target)
+        if allowed is None:
+            raise DecodeError(f"unknown control target {self.target!r}")
+        if self.value not in allowed:
+            raise DecodeError(f"control {self.target} value must be one of {sorted(allowed)}, not {self.value!r}")
+        if self.target in ("url", "host"):
+            if not self.subject or len(self.subject) > CONTROL_MAX_SUBJECT:
+                raise DecodeError(f"control {self.target} needs a subject of 1..{CONTROL_MAX_SUBJECT} characters")
+        elif self.subject:
+            raise DecodeError(f"control {self.target} takes no subject")
+        if len(self.by) > 256 or len(self.reason) > 1024:
+            raise DecodeError("control by/reason too long")
+
+    @property
+    def key(self) -> str:
+        """The compaction key: one live switch per target and subject."""
+        return f"{self.target}:{self.subject}"
+
+
+PROGRESS_STATES: frozenset[str] = frozenset({"queued", "running", "done", "failed"})
+
+
+@event_type("progress", cache_key=KEY, state=Str(16, choices=PROGRESS_STATES), url=Url(empty=True),
+            host=Str(MAX_HOST_LEN), done_bytes=Int(), total_bytes=Int(), speed_bps=Float(), ts=TS,
+            error=Str(MAX_TEXT_LEN), node=Str(253))
+@dataclass(frozen=True, slots=True)
+class FetchProgress:
+    """Progress of one download on `fetch-progress` (keyed by cache_key), at least every second
+    while it runs and once when it ends; the console's progress bars, speed and ETA."""
+
+    cache_key: str
+    state: str  # queued / running / done / failed
+    url: str = ""
+    host: str = ""
+    done_bytes: int = 0
+    total_bytes: int = 0  # 0 = not known yet
+    speed_bps: float = 0.0  # bytes per second now
+    ts: float = 0.0
+    error: str = ""  # why it failed (or why it waits)
+    node: str = ""
+
+    def __post_init__(self) -> None:
+        if self.state not in PROGRESS_STATES:
+            raise DecodeError(f"unknown progress state {self.state!r}")
+        for name in ("cache_key", "url", "host", "error", "node"):
+            if not isinstance(getattr(self, name), str):
+                raise DecodeError(f"progress {name} must be a string")
+        for name in ("done_bytes", "total_bytes", "speed_bps", "ts"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise DecodeError(f"progress {name} must be a non-negative number")
+
+
+Event = RequestBatch | HotUrl | CacheEvent | ControlEvent | FetchProgress
 T = TypeVar("T")
 
 

@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     topic_fetch_progress: str = "fetch-progress"
     topic_metrics: str = "metrics"
     topic_dead_letter: str = "dead-letter"
+    topic_control: str = "control"  # operator switches (compacted): pins, prefetch pause, steering stop
 
     # -- sniffer
     sniff_iface: str = "lo"
@@ -68,7 +69,20 @@ class Settings(BaseSettings):
     heat_window_s: int = Field(default=24 * 3600, ge=1)
     heat_min_clients: int = Field(default=2, ge=1)  # 1 = cache on first access
     heat_min_requests: int = Field(default=1, ge=1)
-    heat_max_tracked_clients: int = Field(default=64, ge=1)
+    heat_max_tracked_clients: int = Field(default=64, ge=1)  # exact distinct clients up to this, then a sketch
+    heat_step_s: int = Field(default=0, ge=0)  # pane of the hopping window (window_s a multiple); 0 = about window/24
+    heat_grace_s: int = Field(default=300, ge=0)  # events this far behind the watermark still count
+    heat_expiry_s: int = Field(default=0, ge=0)  # state kept behind the watermark; 0 = window + grace
+    heat_sketch_p: int = Field(default=12, ge=4, le=18)  # HyperLogLog registers 2^p (1.6% error at 12)
+    heat_first_access: bool = False  # admit every key on its first request (costs uplink: see DESIGN)
+    heat_rules: Path | None = None  # JSON rules file: overrides per host / path pattern, allow / deny
+    heat_retry_base_s: float = Field(default=60.0, gt=0)  # failed fetch: re-emit after base * 2^(n-1)
+    heat_retry_max_s: float = Field(default=6 * 3600.0, gt=0)
+    heat_flush_interval_s: float = Field(default=1.0, gt=0)  # durable state written (and offsets committed) this often
+    heat_store: str = Field(default="memory", pattern="^(memory|rocksdb)$")  # Faust table store
+    heat_top_n: int = Field(default=10, ge=0)  # hot keys / hosts in each metrics snapshot
+    heat_metrics_interval_s: float = Field(default=10.0, gt=0)
+    heat_host_topic: bool = True  # publish HostHeat on `host-heat` each flush
 
     # -- fetcher
     aria2_rpc_host: str = "http://127.0.0.1"
@@ -80,6 +94,12 @@ class Settings(BaseSettings):
     catalog_url: str = ""  # sqlite:///path or mysql://user:pass@host:port/db; default sqlite in state
     node_name: str = "cache-0"
     outbound_address: str = ""  # source address for the node's own origin traffic (fetcher, edge)
+
+    # -- cache store (cachestore/): quota, eviction, coherence
+    cache_max_bytes: int = Field(default=0, ge=0)  # total bytes of cached objects; 0 = no byte quota
+    cache_min_free_bytes: int = Field(default=256 * 1024**2, ge=0)  # free-disk floor on the cache's filesystem
+    cache_max_object_fraction: float = Field(default=0.25, gt=0, le=1)  # one object's share of the quota at most
+    cache_half_life_s: float = Field(default=4 * 3600.0, gt=0)  # eviction: how fast old requests stop counting
 
     # -- DNS and edge
     node_address: str = "127.0.0.1"  # what steered names resolve to (the edge's address)
