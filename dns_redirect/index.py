@@ -107,18 +107,18 @@ class CacheEventsFollower(threading.Thread):
     The thread only reads and decodes: every change is applied by ``loop`` (the server's), in
     order, so the index has a single writer and never changes under a query being answered.
     ``ready`` is set on the loop too, after the changes that preceded it. A record that does not
-    decode goes to ``dead_letter`` with the reason (the topic is compacted, so it would otherwise
+    decode goes to ``on_bad`` with the reason (the topic is compacted, so it would otherwise
     be met again at every start) and the follower goes on."""
 
     BATCH = 500
 
     def __init__(self, bootstrap: str, topic: str, index: CacheIndex, loop: asyncio.AbstractEventLoop,
-                 dead_letter: DeadLetter | None = None) -> None:
+                 on_bad: DeadLetter | None = None) -> None:
         super().__init__(name="cache-events", daemon=True)
         self.topic = topic
         self.index = index
         self.loop = loop
-        self.dead_letter = dead_letter
+        self.on_bad = on_bad  # the error policy's dead-letter (heatcache dns/edge pass one)
         self.ready = threading.Event()
         self.stopping = threading.Event()
         self.errors = 0
@@ -184,12 +184,13 @@ class CacheEventsFollower(threading.Thread):
                         continue
                     try:
                         changes.append(decode_change(msg))
-                    except DecodeError as exc:
+                    except Exception as exc:  # whatever a record holds, the follower goes on
                         self.errors += 1
+                        reason = str(exc) if isinstance(exc, DecodeError) else f"{type(exc).__name__}: {exc}"
                         log.warning("bad cache event at %s[%s]@%s: %s", msg.topic(), msg.partition(),
-                                    msg.offset(), exc)
-                        if self.dead_letter is not None:
-                            self.dead_letter(msg, str(exc))
+                                    msg.offset(), reason)
+                        if self.on_bad is not None:
+                            self.on_bad(msg, reason)
                 caught_up = not pending and not announced
                 announced = announced or caught_up
                 self._deliver(changes, caught_up)
