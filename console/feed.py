@@ -32,10 +32,7 @@ HOST_HEAT = "host-heat"  # streams' host heat topic, when it exists (read if pre
 
 def open_catalog_rows(settings: Settings) -> Callable[[], list[CatalogRow]]:
     """A function that reads the catalog's rows now (the adapter in front of the catalog module)."""
-    try:
-        from cachestore.catalog import open_catalog  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        from fetcher.catalog import open_catalog  # type: ignore[no-redef,unused-ignore]
+    from cachestore.catalog import open_catalog
 
     holder: dict[str, Any] = {}
 
@@ -215,6 +212,7 @@ class Feed:
                 self.model.catalog = rows
             self.model.edge = edge
             self.model.edge_checked = now
-            self.model.add_sample(sample_from(self.model.catalog, edge, self.model.metrics, now))
+            self.model.add_sample(sample_from(self.model.catalog, edge, self.model.metrics, now,
+                                              self.model.prefetched_bytes))
         self.polled.set()
         self.changed.set()

@@ -76,6 +76,7 @@ class Model:
     edge: dict[str, Any] = field(default_factory=dict)  # the edge's last health answer ({} = unreachable)
     edge_checked: float = 0.0
     samples: deque[Sample] = field(default_factory=deque)
+    prefetched_bytes: int = 0  # sum of finished downloads seen on fetch-progress (uplink spent prefetching)
 
     def apply_metrics(self, record: Mapping[str, Any]) -> None:
         stage = str(record.get("stage", ""))
@@ -93,6 +94,9 @@ class Model:
         self.cache.pop(key, None)
 
     def apply_progress(self, progress: FetchProgress) -> None:
+        old = self.progress.get(progress.cache_key)
+        if progress.state == "done" and not (old is not None and old.state == "done" and old.ts == progress.ts):
+            self.prefetched_bytes += progress.total_bytes or progress.done_bytes
         self.progress[progress.cache_key] = progress
         if len(self.progress) > 2000:  # keep the newest; finished ones are history
             for key in sorted(self.progress, key=lambda k: self.progress[k].ts)[:500]:
@@ -252,10 +256,11 @@ def cache_view(catalog: Iterable[CatalogRow], recent: Iterable[CacheEvent], quot
 # -- savings -------------------------------------------------------------------------------------
 
 def sample_from(catalog: Iterable[CatalogRow], edge: Mapping[str, Any], metrics: Mapping[str, Mapping[str, Any]],
-                now: float) -> Sample:
+                now: float, prefetched_bytes: int = 0) -> Sample:
     """Cumulative counters now: hit bytes per host from the catalog (hits x size), hits and
-    misses from the edge, prefetched bytes from the fetcher's metrics, per-network hit bytes from
-    the edge's ``hit_bytes.net.<name>`` counters (when the edge publishes them)."""
+    misses from the edge, prefetched bytes from finished downloads (or the fetcher's metrics if
+    larger), per-network hit bytes from the edge's ``hit_bytes.net.<name>`` counters (when the
+    edge publishes them)."""
     host_bytes: dict[str, int] = {}
     host_hits: dict[str, int] = {}
     for r in catalog:
@@ -268,7 +273,8 @@ def sample_from(catalog: Iterable[CatalogRow], edge: Mapping[str, Any], metrics:
             if k.startswith("hit_bytes.net.")}
     fetcher = metrics.get("fetcher", {})
     return Sample(ts=now, hits=int(_num(edge_counters.get("hits"))), misses=int(_num(edge_counters.get("misses"))),
-                  hit_bytes=sum(host_bytes.values()), prefetched_bytes=int(_num(fetcher.get("fetched-bytes"))),
+                  hit_bytes=sum(host_bytes.values()),
+                  prefetched_bytes=max(prefetched_bytes, int(_num(fetcher.get("fetched-bytes")))),
                   host_hit_bytes=host_bytes, host_hits=host_hits, net_hit_bytes=nets)
 
 

@@ -102,7 +102,7 @@ class ConsoleServer:
         if self.needs_token and not authorized(request, self.token):
             given = request.query.get("token", "")
             if request.path == "/" and given and hmac.compare_digest(given.encode(), self.token.encode()):
-                moved = web.HTTPSeeOther("/")  # drop the token from the address bar, keep it in a cookie
+                moved = web.Response(status=303, headers={"Location": "/"})  # token out of the address bar
                 moved.set_cookie(COOKIE, self.token, httponly=True, samesite="Strict", path="/")
                 return moved
             return web.json_response({"error": "the console needs its token"}, status=401,
@@ -181,10 +181,10 @@ def run_console(settings: Settings, bootstrap: str) -> int:
     from heatcache.lifecycle import StopFlag, announce_ready
 
     check_bind(settings)
-    feed = Feed(settings, bootstrap).start()
+    feed = Feed(settings, bootstrap, poll_s=settings.console_refresh_s).start()
     prod = producer(bootstrap)
     actions = Actions(settings, prod, feed._read_catalog)
-    server = ConsoleServer(settings, feed.snapshot, actions)
+    server = ConsoleServer(settings, feed.snapshot, actions, push_s=settings.console_refresh_s)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -115,6 +115,7 @@ class Settings(BaseSettings):
     console_token: SecretStr = SecretStr("")  # bearer/cookie token; required when not bound to loopback
     # client networks named for the savings table: "dorms=10.1.0.0/16|10.9.0.0/16,library=10.2.0.0/16"
     console_networks: Annotated[tuple[str, ...], NoDecode] = ()
+    console_refresh_s: float = Field(default=1.0, ge=0.1, le=60)  # live-stream push and catalog/edge poll period
 
     @field_validator("console_networks", mode="before")
     @classmethod
