@@ -130,9 +130,13 @@ def stages_view(metrics: Mapping[str, Mapping[str, Any]], now: float, stale_s: f
         age = max(0.0, now - ts) if ts else None
         up = (age is not None and age <= stale_s) or (stage == "edge" and edge_ok)
         lag = rec.get("lag", rec.get("consumer_lag"))
-        out.append({"stage": stage, "status": "up" if up else "down", "up": up, "age_s": age,
+        # the runner's scheme: health "ok"/"degraded" with health_reason "dependency: reason; ..."
+        degraded = rec.get("health") == "degraded"
+        error = str(rec.get("last_error", "") or rec.get("health_reason", "") or "")
+        status = "down" if not up else "degraded" if degraded else "up"
+        out.append({"stage": stage, "status": status, "up": up, "age_s": age,
                     "lag": lag if isinstance(lag, (int, float)) else None,
-                    "last_error": str(rec.get("last_error", "") or ""), "node": str(rec.get("node", ""))})
+                    "last_error": error, "node": str(rec.get("node", ""))})
     return out
 
 
@@ -271,10 +275,13 @@ def sample_from(catalog: Iterable[CatalogRow], edge: Mapping[str, Any], metrics:
     edge_counters.update(edge)  # the live health answer is newer than the last snapshot
     nets = {k[len("hit_bytes.net."):]: int(_num(v)) for k, v in edge_counters.items()
             if k.startswith("hit_bytes.net.")}
-    fetcher = metrics.get("fetcher", {})
-    return Sample(ts=now, hits=int(_num(edge_counters.get("hits"))), misses=int(_num(edge_counters.get("misses"))),
+    fetcher = metrics.get("fetcher", metrics.get("fetch", {}))
+    hits = edge_counters.get("hits", edge_counters.get("responses_total__hit"))
+    misses = edge_counters.get("misses", edge_counters.get("responses_total__miss"))
+    fetched = fetcher.get("fetched-bytes", fetcher.get("fetched_bytes_total"))
+    return Sample(ts=now, hits=int(_num(hits)), misses=int(_num(misses)),
                   hit_bytes=sum(host_bytes.values()),
-                  prefetched_bytes=max(prefetched_bytes, int(_num(fetcher.get("fetched-bytes")))),
+                  prefetched_bytes=max(prefetched_bytes, int(_num(fetched))),
                   host_hit_bytes=host_bytes, host_hits=host_hits, net_hit_bytes=nets)
 
 

@@ -85,7 +85,7 @@ def render(snap: dict[str, Any]) -> Group:
     stages = Table(title="stages", expand=True)
     for col in ("stage", "state", "snapshot", "lag", "last error"):
         stages.add_column(col, overflow="ellipsis", no_wrap=True)
-    colour = {"up": "green", "down": "red", "unknown": "dim"}
+    colour = {"up": "green", "down": "red", "unknown": "dim", "degraded": "yellow"}
     for r in snap["stages"]:
         stages.add_row(r["stage"], Text(r["status"], style=colour.get(r["status"], "")),
                        "never" if r["age_s"] is None else f"{_secs(r['age_s'])} ago",

@@ -38,6 +38,8 @@ def test_stages_up_down_unknown() -> None:
     assert by["sniffer"]["status"] == "down" and by["sniffer"]["age_s"] == 90
     assert by["streams"]["status"] == "unknown"
     assert by["edge"]["status"] == "up"  # no snapshot, but its health check answers
+    rows = stages_view({"dns": {"ts": 99.0, "health": "degraded", "health_reason": "kafka: down"}}, now=100.0)
+    assert [(r["status"], r["last_error"]) for r in rows if r["stage"] == "dns"] == [("degraded", "kafka: down")]
 
 
 def test_heat_top_urls_and_hosts() -> None:
@@ -123,6 +125,9 @@ def test_sample_from_catalog_edge_and_metrics() -> None:
                     {"fetcher": {"fetched-bytes": 150}}, now=9, prefetched_bytes=400)
     assert (s.hits, s.misses, s.hit_bytes, s.prefetched_bytes) == (5, 1, 400, 400)
     assert s.host_hit_bytes == {"a.test": 300, "b.test": 100} and s.net_hit_bytes == {"dorms": 70}
+    # the runner's metric names work too
+    s = sample_from([], {}, {"edge": {"responses_total__hit": 4, "responses_total__miss": 2}}, now=9)
+    assert (s.hits, s.misses) == (4, 2)
 
 
 def test_steering_hosts_kill_switch_and_pins() -> None:
