@@ -180,6 +180,20 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     return run_demo(settings, verbose=args.verbose)
 
 
+# -- replay (issue 19): trace import and replay
+def cmd_trace(settings: Settings, args: argparse.Namespace) -> int:
+    from replay.cli import cmd_trace as run
+
+    return run(settings, args, _bootstrap(settings))
+
+
+def _replay_args(name: str, p: argparse.ArgumentParser) -> None:
+    from replay import cli as replay_cli
+
+    if name == "trace":
+        replay_cli.add_trace_args(p)
+
+
 COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], int], str]] = {
     "sniff": (cmd_sniff, "capture HTTP requests and publish them to Kafka"),
     "streams": (cmd_streams, "the Faust app: windowed heat, hot-url emission"),
@@ -190,6 +204,7 @@ COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], int], str]] =
     "broker": (cmd_broker, "run the embedded single-node Kafka broker alone"),
     "up": (cmd_up, "run the whole stack locally (embedded Kafka, aria2c, every stage)"),
     "demo": (cmd_demo, "the stack plus a sample origin and clients; prints what happened"),
+    "trace": (cmd_trace, "trace import FILE: load an access log or capture into the requests topic"),
 }
 
 
@@ -206,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--listen", default="80", help="nginx's listen directive (default 80)")
         if name == "demo":
             p.add_argument("--verbose", action="store_true", help="show every stage's log lines")
+        if name in ("trace", "replay"):
+            _replay_args(name, p)
     return parser
 
 

@@ -57,6 +57,11 @@ class RequestBatch:
 
     bucket: int
     events: tuple[RequestEvent, ...] = field(default_factory=tuple)
+    # -- replay (issue 19): what an imported access log knows and the sniffer cannot see (it
+    # watches requests only). Parallel to ``events`` when present, empty otherwise; encoded only
+    # when present, so sniffer batches are unchanged on the wire.
+    sizes: tuple[int, ...] = ()  # response bytes as logged (0 = unknown)
+    statuses: tuple[int, ...] = ()  # HTTP status as logged (0 = unknown)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +115,10 @@ def encode(event: Event) -> bytes:
         body["bucket"] = event.bucket
         # Events as compact arrays: a batch is the hot path, field names would double its size.
         body["events"] = [list(e) for e in event.events]
+        if event.sizes:
+            body["sizes"] = list(event.sizes)
+        if event.statuses:
+            body["statuses"] = list(event.statuses)
     else:
         body.update(dataclasses.asdict(event))
     return orjson.dumps(body)
@@ -134,7 +143,10 @@ def decode(raw: bytes | None, expect: type[T]) -> T:
     try:
         if expect is RequestBatch:
             events = tuple(_request_event(e) for e in body["events"])
-            return RequestBatch(bucket=int(body["bucket"]), events=events)  # type: ignore[return-value]
+            sizes = _parallel_ints(body.get("sizes", []), len(events), "sizes")
+            statuses = _parallel_ints(body.get("statuses", []), len(events), "statuses")
+            return RequestBatch(bucket=int(body["bucket"]), events=events,  # type: ignore[return-value]
+                                sizes=sizes, statuses=statuses)
         return expect(**body)
     except (KeyError, TypeError, ValueError) as exc:
         raise DecodeError(f"bad {kind} event: {exc}") from None
@@ -152,6 +164,15 @@ def _request_event(row: Any) -> RequestEvent:
     if not all(isinstance(v, str) for v in row[1:]):
         raise ValueError("request fields after ts must be strings")
     return RequestEvent(float(ts), *row[1:])
+
+
+def _parallel_ints(row: Any, n: int, name: str) -> tuple[int, ...]:
+    """An optional per-event array of a batch: absent/empty, or n non-negative integers."""
+    if not isinstance(row, list) or (row and len(row) != n):
+        raise ValueError(f"{name} must be an array parallel to events")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 53 for v in row):
+        raise ValueError(f"{name} must be non-negative integers")
+    return tuple(row)
 
 
 def bucket_of(cache_key: str, partitions: int) -> int:
