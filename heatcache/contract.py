@@ -23,8 +23,9 @@ CACHE_EVENTS = "cache-events"
 FETCH_PROGRESS = "fetch-progress"
 METRICS = "metrics"
 DEAD_LETTER = "dead-letter"
-ALL_TOPICS = (REQUESTS, HOT_URLS, CACHE_EVENTS, FETCH_PROGRESS, METRICS, DEAD_LETTER)
-COMPACTED_TOPICS = frozenset({CACHE_EVENTS})
+CONTROL = "control"  # operator switches (pins, prefetch pause, steering stop); compacted
+ALL_TOPICS = (REQUESTS, HOT_URLS, CACHE_EVENTS, FETCH_PROGRESS, METRICS, DEAD_LETTER, CONTROL)
+COMPACTED_TOPICS = frozenset({CACHE_EVENTS, CONTROL})
 
 CacheState = Literal["cached", "failed", "evicted", "purged", "stale"]
 CACHE_STATES: frozenset[str] = frozenset({"cached", "failed", "evicted", "purged", "stale"})
@@ -102,10 +103,60 @@ class CacheEvent:
             raise DecodeError(f"unknown cache state {self.state!r}")
 
 
-Event = RequestBatch | HotUrl | CacheEvent
-_KINDS: dict[str, type[Any]] = {"batch": RequestBatch, "hot": HotUrl, "cache": CacheEvent}
+# -- operator control (console issue): one compacted `control` topic, keyed by ControlEvent.key,
+# so the latest switch per subject is what every follower rebuilds at start.
+CONTROL_VALUES: dict[str, frozenset[str]] = {
+    "url": frozenset({"always", "never", "none"}),  # pin a cache key; "none" = unpinned
+    "host": frozenset({"always", "never", "none"}),  # pin every key of a host
+    "prefetch": frozenset({"paused", "running"}),  # the fetcher takes no new hot URLs while paused
+    "steering": frozenset({"stopped", "running"}),  # the kill switch: the DNS steers nothing while stopped
+}
+CONTROL_MAX_SUBJECT = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class ControlEvent:
+    """One operator switch; `control` is compacted on :attr:`key` (latest per subject wins).
+
+    ``target`` url/host carry the cache key / host in ``subject``; prefetch/steering are global
+    (empty subject). ``by`` and ``ts`` say who switched it and when (shown by the console)."""
+
+    target: str
+    value: str
+    subject: str = ""
+    by: str = ""
+    ts: float = 0.0
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("target", "value", "subject", "by", "reason"):
+            if not isinstance(getattr(self, name), str):
+                raise DecodeError(f"control {name} must be a string")
+        if not isinstance(self.ts, (int, float)) or isinstance(self.ts, bool):
+            raise DecodeError("control ts must be a number")
+        allowed = CONTROL_VALUES.get(self.target)
+        if allowed is None:
+            raise DecodeError(f"unknown control target {self.target!r}")
+        if self.value not in allowed:
+            raise DecodeError(f"control {self.target} value must be one of {sorted(allowed)}, not {self.value!r}")
+        if self.target in ("url", "host"):
+            if not self.subject or len(self.subject) > CONTROL_MAX_SUBJECT:
+                raise DecodeError(f"control {self.target} needs a subject of 1..{CONTROL_MAX_SUBJECT} characters")
+        elif self.subject:
+            raise DecodeError(f"control {self.target} takes no subject")
+        if len(self.by) > 256 or len(self.reason) > 1024:
+            raise DecodeError("control by/reason too long")
+
+    @property
+    def key(self) -> str:
+        """The compaction key: one live switch per target and subject."""
+        return f"{self.target}:{self.subject}"
+
+
+Event = RequestBatch | HotUrl | CacheEvent | ControlEvent
+_KINDS: dict[str, type[Any]] = {"batch": RequestBatch, "hot": HotUrl, "cache": CacheEvent, "control": ControlEvent}
 _KIND_OF = {cls: kind for kind, cls in _KINDS.items()}
-T = TypeVar("T", RequestBatch, HotUrl, CacheEvent)
+T = TypeVar("T", RequestBatch, HotUrl, CacheEvent, ControlEvent)
 
 
 def encode(event: Event) -> bytes:

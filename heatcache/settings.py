@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     topic_fetch_progress: str = "fetch-progress"
     topic_metrics: str = "metrics"
     topic_dead_letter: str = "dead-letter"
+    topic_control: str = "control"  # operator switches (compacted): pins, prefetch pause, steering stop
 
     # -- sniffer
     sniff_iface: str = "lo"
