@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fetcher.paths import object_relpath  # noqa: E402
+from cachestore.paths import object_relpath  # noqa: E402
 from heatcache.netutil import free_port, terminate, wait_for_port  # noqa: E402
 from heatcache.nginxconf import private_conf  # noqa: E402
 

@@ -28,11 +28,11 @@ import aiohttp
 from aiohttp import web
 from confluent_kafka import Producer
 
+from cachestore.catalog import Catalog, Entry
+from cachestore.paths import object_relpath, resolve_in_root
 from dns_redirect.front import HitFront, OpenObjects
 from dns_redirect.hits import SimpleHead, accel_head, etag_for, head_end, head_start, http_date, may_fill, plan_hit
 from dns_redirect.index import CacheIndex
-from fetcher.catalog import Catalog, Entry
-from fetcher.paths import object_relpath, resolve_in_root
 from heatcache import contract
 from heatcache.cachekey import BadUrl, cache_key, split_host
 from heatcache.contract import CacheEvent

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
+from cachestore.paths import resolve_in_root
 from dns_redirect.hits import MAX_HEAD, etag_for, head_start, http_date, parse_simple_head, plan_hit
-from fetcher.paths import resolve_in_root
 
 if TYPE_CHECKING:
     from dns_redirect.edge import Edge

@@ -7,10 +7,8 @@ that changes between the check and the download cannot redirect the fetch inward
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import logging
-import os
 import shutil
 import time
 from collections import Counter
@@ -21,11 +19,12 @@ from urllib.parse import urlsplit
 import aria2p
 from confluent_kafka import KafkaError, Message
 
-from fetcher.catalog import Catalog, Entry, open_catalog
-from fetcher.paths import object_relpath, resolve_in_root
+from cachestore import open_store
+from cachestore.catalog import Catalog, open_catalog
+from cachestore.store import ObjectMeta, StoreRefused
 from heatcache import contract
 from heatcache.cachekey import BadUrl, split_host
-from heatcache.contract import CacheEvent, DecodeError, HotUrl
+from heatcache.contract import CacheEvent, DecodeError, FetchProgress, HotUrl
 from heatcache.kafkautil import consumer, dead_letter, producer, publish_metrics
 from heatcache.lifecycle import StopFlag, announce_ready
 from heatcache.resolve import ResolveError, make_async_resolver, resolve_origin
@@ -67,14 +66,6 @@ def plan_fetch(url: str, address_of: object) -> Target:
     return Target(url=f"http://{literal}:{port}{path}{query}", host_header=host_header, host=host)
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class Fetcher:
     """Consumes `hot-urls` one at a time; each object is fetched at most once while cached."""
 
@@ -84,6 +75,7 @@ class Fetcher:
         self.tmp = self.root / "tmp"
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.catalog = catalog or open_catalog(settings.catalog)
+        self.store = open_store(settings, self.catalog)
         self.resolver = make_async_resolver(settings.upstream_dns)
         self.aria2 = aria2p.API(aria2p.Client(host=settings.aria2_rpc_host, port=settings.aria2_rpc_port,
                                               secret=settings.aria2_secret, timeout=10))
@@ -131,44 +123,48 @@ class Fetcher:
             self.counters["already-cached"] += 1
             return
         try:
+            self._progress(hot, "running")
             event = self.fetch(hot)
             self.counters["fetched"] += 1
             self.counters["fetched-bytes"] += event.size
-        except (FetchError, ForbiddenAddress, ResolveError, BadUrl) as exc:
+            self._progress(hot, "done", event.size, event.size)
+        except (FetchError, ForbiddenAddress, ResolveError, BadUrl, StoreRefused) as exc:
             log.warning("fetch of %s failed: %s", hot.url, exc)
             self.counters["failed"] += 1
             event = CacheEvent(cache_key=hot.cache_key, state="failed", url=hot.url, host=hot.host,
                                node=self.settings.node_name, ts=time.time(), error=str(exc)[:500])
+            self._progress(hot, "failed", error=event.error)
         self.producer.produce(self.settings.topic(contract.CACHE_EVENTS), key=hot.cache_key.encode(),
                               value=contract.encode(event))
         self.producer.flush(30)
 
+    def _progress(self, hot: HotUrl, state: str, done: int = 0, total: int = 0, speed: float = 0.0,
+                  error: str = "") -> None:
+        """One FetchProgress on `fetch-progress` (the console's progress bars); never blocks."""
+        event = FetchProgress(cache_key=hot.cache_key, state=state, url=hot.url, host=hot.host, done_bytes=done,
+                              total_bytes=total, speed_bps=speed, ts=time.time(), error=error,
+                              node=self.settings.node_name)
+        self.producer.produce(self.settings.topic(contract.FETCH_PROGRESS), key=hot.cache_key.encode(),
+                              value=contract.encode(event))
+        self.producer.poll(0)
+
     def fetch(self, hot: HotUrl) -> CacheEvent:
         s = self.settings
         target = plan_fetch(hot.url, lambda h: resolve_origin(self.resolver, h, s.allow_private_origins))
-        rel = object_relpath(hot.cache_key)
-        final = resolve_in_root(self.root, rel)
-        work = self.tmp / final.name
+        work = self.tmp / f"fetch-{hot.cache_key.__hash__() & 0xffffffff:08x}"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         try:
-            path = self._download(target, work)
+            path = self._download(target, work, hot)
             meta = self._head(target)
-            size = path.stat().st_size
-            digest = sha256_file(path)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, final)  # atomic: the edge never sees half a file
+            result = self.store.commit_file(path, hot.cache_key, ObjectMeta(
+                hot.url, hot.host, meta.get("etag", ""), meta.get("last-modified", ""), meta.get("content-type", ""),
+                heat=hot.clients, source="fetch"))
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        now = time.time()
-        self.catalog.upsert(Entry(hot.cache_key, hot.url, hot.host, rel, size, digest, meta.get("etag", ""),
-                                  meta.get("last-modified", ""), meta.get("content-type", ""), "cached", now))
-        log.info("cached %s (%d bytes)", hot.cache_key, size)
-        return CacheEvent(cache_key=hot.cache_key, state="cached", url=hot.url, host=hot.host, path=rel, size=size,
-                          sha256=digest, etag=meta.get("etag", ""), last_modified=meta.get("last-modified", ""),
-                          content_type=meta.get("content-type", ""), node=s.node_name, ts=now, source="fetch")
+        return result.event
 
-    def _download(self, target: Target, work: Path) -> Path:
+    def _download(self, target: Target, work: Path, hot: HotUrl | None = None) -> Path:
         s = self.settings
         try:
             download = self.aria2.add_uris(
@@ -180,9 +176,14 @@ class Fetcher:
         except aria2p.ClientException as exc:
             raise FetchError(f"aria2 refused the download: {exc}") from None
         deadline = time.monotonic() + s.fetch_timeout_s
+        last_progress = 0.0
         try:
             while True:
                 download.update()
+                if hot is not None and time.monotonic() - last_progress >= 0.5:
+                    last_progress = time.monotonic()
+                    self._progress(hot, "running", download.completed_length, download.total_length,
+                                   float(download.download_speed))
                 if download.total_length > s.max_object_bytes:
                     raise FetchError(f"object larger than {s.max_object_bytes} bytes")
                 if download.status == "complete":

@@ -82,8 +82,8 @@ def _serve(settings: Settings, stage: str) -> int:
         else:
             import resource
 
+            from cachestore.catalog import open_catalog
             from dns_redirect.edge import Edge
-            from fetcher.catalog import open_catalog
             from heatcache.cachekey import KeyRules
             from heatcache.kafkautil import producer
 

@@ -153,10 +153,42 @@ class ControlEvent:
         return f"{self.target}:{self.subject}"
 
 
-Event = RequestBatch | HotUrl | CacheEvent | ControlEvent
-_KINDS: dict[str, type[Any]] = {"batch": RequestBatch, "hot": HotUrl, "cache": CacheEvent, "control": ControlEvent}
+PROGRESS_STATES: frozenset[str] = frozenset({"queued", "running", "done", "failed"})
+
+
+@dataclass(frozen=True, slots=True)
+class FetchProgress:
+    """Progress of one download on `fetch-progress` (keyed by cache_key), at least every second
+    while it runs and once when it ends; the console's progress bars, speed and ETA."""
+
+    cache_key: str
+    state: str  # queued / running / done / failed
+    url: str = ""
+    host: str = ""
+    done_bytes: int = 0
+    total_bytes: int = 0  # 0 = not known yet
+    speed_bps: float = 0.0  # bytes per second now
+    ts: float = 0.0
+    error: str = ""  # why it failed (or why it waits)
+    node: str = ""
+
+    def __post_init__(self) -> None:
+        if self.state not in PROGRESS_STATES:
+            raise DecodeError(f"unknown progress state {self.state!r}")
+        for name in ("cache_key", "url", "host", "error", "node"):
+            if not isinstance(getattr(self, name), str):
+                raise DecodeError(f"progress {name} must be a string")
+        for name in ("done_bytes", "total_bytes", "speed_bps", "ts"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise DecodeError(f"progress {name} must be a non-negative number")
+
+
+Event = RequestBatch | HotUrl | CacheEvent | ControlEvent | FetchProgress
+_KINDS: dict[str, type[Any]] = {"batch": RequestBatch, "hot": HotUrl, "cache": CacheEvent, "control": ControlEvent,
+                                "progress": FetchProgress}
 _KIND_OF = {cls: kind for kind, cls in _KINDS.items()}
-T = TypeVar("T", RequestBatch, HotUrl, CacheEvent, ControlEvent)
+T = TypeVar("T", RequestBatch, HotUrl, CacheEvent, ControlEvent, FetchProgress)
 
 
 def encode(event: Event) -> bytes:

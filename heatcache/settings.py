@@ -78,6 +78,12 @@ class Settings(BaseSettings):
     node_name: str = "cache-0"
     outbound_address: str = ""  # source address for the node's own origin traffic (fetcher, edge)
 
+    # -- cache store (cachestore/): quota, eviction, coherence
+    cache_max_bytes: int = Field(default=0, ge=0)  # total bytes of cached objects; 0 = no byte quota
+    cache_min_free_bytes: int = Field(default=256 * 1024**2, ge=0)  # free-disk floor on the cache's filesystem
+    cache_max_object_fraction: float = Field(default=0.25, gt=0, le=1)  # one object's share of the quota at most
+    cache_half_life_s: float = Field(default=4 * 3600.0, gt=0)  # eviction: how fast old requests stop counting
+
     # -- DNS and edge
     node_address: str = "127.0.0.1"  # what steered names resolve to (the edge's address)
     node_address6: str = ""

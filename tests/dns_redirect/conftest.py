@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from cachestore.catalog import Entry, open_catalog
+from cachestore.paths import object_relpath
 from dns_redirect.edge import Edge
 from dns_redirect.index import CacheIndex
-from fetcher.catalog import Entry, open_catalog
-from fetcher.paths import object_relpath
 from heatcache.cachekey import KeyRules
 from heatcache.contract import CacheEvent
 from heatcache.lab import NODE_IP, ORIGIN_IP, Origin, make_sample_files, shared_port

@@ -8,7 +8,7 @@ import asyncio
 import socket
 import time
 
-from fetcher.paths import object_relpath
+from cachestore.paths import object_relpath
 from heatcache.contract import CacheEvent
 from heatcache.lab import NODE_IP
 from tests.dns_redirect.edgelab import EdgeLab

@@ -12,8 +12,8 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Producer
 
+from cachestore.catalog import open_catalog
 from fetcher.app import Fetcher
-from fetcher.catalog import open_catalog
 from heatcache import contract
 from heatcache.contract import CacheEvent, HotUrl
 from heatcache.kafkautil import read_topic

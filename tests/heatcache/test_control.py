@@ -95,3 +95,14 @@ def test_follower_rebuilds_and_follows(kafka_settings: Settings) -> None:
         follower.stop()
         follower.join(10)
     assert len(read_topic(kafka_settings.kafka_bootstrap, topic)) == 4
+
+
+def test_fetch_progress_roundtrip_and_strictness() -> None:
+    ev = contract.FetchProgress(cache_key=KEY, state="running", url=KEY, host="example.test", done_bytes=10,
+                                total_bytes=100, speed_bps=5.5, ts=1.0)
+    assert contract.decode(contract.encode(ev), contract.FetchProgress) == ev
+    for raw in (b'{"v":1,"kind":"progress","cache_key":"k","state":"half"}',
+                b'{"v":1,"kind":"progress","cache_key":"k","state":"running","done_bytes":-1}',
+                b'{"v":1,"kind":"progress","cache_key":"k","state":"running","total_bytes":"9"}'):
+        with pytest.raises(DecodeError):
+            contract.decode(raw, contract.FetchProgress)

@@ -21,7 +21,7 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
-from fetcher.catalog import open_catalog
+from cachestore.catalog import open_catalog
 from heatcache import contract
 from heatcache.contract import CacheEvent, HotUrl, RequestBatch
 from heatcache.kafkautil import read_topic

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fetcher.paths import object_relpath, resolve_in_root
+from cachestore.paths import object_relpath, resolve_in_root
 
 
 def test_relpath_is_a_hash() -> None:

@@ -1,0 +1,54 @@
+"""The byte quota (pure): how much must go before an object of a given size may be stored.
+
+Three limits, all enforced for prefetched and in-path-filled objects alike:
+- ``max_bytes``: the cache's total (``HEATCACHE_CACHE_MAX_BYTES``; 0 = no byte quota);
+- ``min_free_bytes``: a floor of free space on the cache's filesystem, so a full disk never
+  truncates a client's answer or the catalog;
+- the per-object cap: the smaller of ``max_object_bytes`` and ``max_object_fraction`` of the
+  quota, so one large video cannot flush the whole cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    max_bytes: int = 0  # 0 = no byte quota (only the free-disk floor)
+    min_free_bytes: int = 0
+    max_object_fraction: float = 0.25
+    max_object_bytes: int = 4 * 1024**3
+
+    def object_cap(self) -> int:
+        """The largest object this cache will store."""
+        if self.max_bytes > 0:
+            return max(1, min(self.max_object_bytes, int(self.max_bytes * self.max_object_fraction)))
+        return self.max_object_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SpacePlan:
+    """``refused`` is a reason ("" when the object may be stored); ``free_bytes`` what must be
+    evicted first (0 when it fits)."""
+
+    free_bytes: int = 0
+    refused: str = ""
+
+
+def plan_space(quota: Quota, size: int, used_bytes: int, disk_free_bytes: int, replaced_bytes: int = 0) -> SpacePlan:
+    """What storing ``size`` more bytes takes. ``used_bytes`` is what the cache holds now,
+    ``replaced_bytes`` the size of an older copy of the same key that the new one replaces (it
+    goes away with the rename), ``disk_free_bytes`` the filesystem's free space *after* the new
+    copy was written to its temporary file (the rename does not change it)."""
+    cap = quota.object_cap()
+    if size > cap:
+        return SpacePlan(refused=f"object of {size} bytes is over the per-object cap of {cap} bytes")
+    need = 0
+    if quota.max_bytes > 0:
+        need = max(need, used_bytes - replaced_bytes + size - quota.max_bytes)
+    if quota.min_free_bytes > 0:
+        need = max(need, quota.min_free_bytes - disk_free_bytes - replaced_bytes)
+    if need > max(0, used_bytes - replaced_bytes):
+        return SpacePlan(refused=f"needs {need} bytes freed but the cache holds only {used_bytes - replaced_bytes}")
+    return SpacePlan(free_bytes=max(0, need))
