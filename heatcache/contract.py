@@ -77,6 +77,9 @@ class HotUrl:
     window_s: int
     ts: float  # event time of the request that made it hot
     reason: str = "heat"
+    # key@event time of the admission: a HotUrl sent again for the same admission (after a
+    # crash) has the same id, so consumers drop it; a new admission (evicted, retry) a new one
+    admission: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,7 +65,20 @@ class Settings(BaseSettings):
     heat_window_s: int = Field(default=24 * 3600, ge=1)
     heat_min_clients: int = Field(default=2, ge=1)  # 1 = cache on first access
     heat_min_requests: int = Field(default=1, ge=1)
-    heat_max_tracked_clients: int = Field(default=64, ge=1)
+    heat_max_tracked_clients: int = Field(default=64, ge=1)  # exact distinct clients up to this, then a sketch
+    heat_step_s: int = Field(default=0, ge=0)  # pane of the hopping window (window_s a multiple); 0 = about window/24
+    heat_grace_s: int = Field(default=300, ge=0)  # events this far behind the watermark still count
+    heat_expiry_s: int = Field(default=0, ge=0)  # state kept behind the watermark; 0 = window + grace
+    heat_sketch_p: int = Field(default=12, ge=4, le=18)  # HyperLogLog registers 2^p (1.6% error at 12)
+    heat_first_access: bool = False  # admit every key on its first request (costs uplink: see DESIGN)
+    heat_rules: Path | None = None  # JSON rules file: overrides per host / path pattern, allow / deny
+    heat_retry_base_s: float = Field(default=60.0, gt=0)  # failed fetch: re-emit after base * 2^(n-1)
+    heat_retry_max_s: float = Field(default=6 * 3600.0, gt=0)
+    heat_flush_interval_s: float = Field(default=1.0, gt=0)  # durable state written (and offsets committed) this often
+    heat_store: str = Field(default="memory", pattern="^(memory|rocksdb)$")  # Faust table store
+    heat_top_n: int = Field(default=10, ge=0)  # hot keys / hosts in each metrics snapshot
+    heat_metrics_interval_s: float = Field(default=10.0, gt=0)
+    heat_host_topic: bool = True  # publish HostHeat on `host-heat` each flush
 
     # -- fetcher
     aria2_rpc_host: str = "http://127.0.0.1"

@@ -17,7 +17,8 @@ from heatcache import contract
 from heatcache.contract import DecodeError, RequestBatch
 from heatcache.lifecycle import announce_ready
 from heatcache.settings import Settings
-from streams.heat import HeatRule, group_by_key, update
+from streams.heat import PartitionHeat, meta_key
+from streams.rules import rules_from_settings
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +40,17 @@ def make_app(settings: Settings, bootstrap: str) -> tuple[faust.App, Counter[str
         stream_wait_empty=False,
         producer_compression_type="lz4",
     )
-    rule = HeatRule(settings.heat_window_s, settings.heat_min_clients, settings.heat_min_requests,
-                    settings.heat_max_tracked_clients)
+    rules = rules_from_settings(settings)
+    parts_heat: dict[int, PartitionHeat] = {}
     requests = app.topic(settings.topic(contract.REQUESTS), key_serializer="raw", value_serializer="raw",
                          partitions=parts)
     hot_topic = app.topic(settings.topic(contract.HOT_URLS), key_serializer="raw", value_serializer="raw")
     dead = app.topic(settings.topic(contract.DEAD_LETTER), key_serializer="raw", value_serializer="raw")
-    table = app.Table("heat", default=dict, partitions=parts)
+    table = app.Table("heat", default=None, partitions=parts, key_type=bytes, value_type=bytes)
+
+    def load(key: str) -> bytes | None:
+        return table.get(key.encode())
+
     counters: Counter[str] = Counter()
 
     @app.agent(requests, name="heat")
@@ -62,14 +67,22 @@ def make_app(settings: Settings, bootstrap: str) -> tuple[faust.App, Counter[str
                 continue
             counters["batches"] += 1
             counters["events"] += len(batch.events)
-            for key, events in group_by_key(batch.events).items():
-                state, hot = update(table.get(key), events, rule)
-                table[key] = state
+            ph = parts_heat.get(msg.partition)
+            if ph is None:
+                ph = parts_heat[msg.partition] = PartitionHeat(msg.partition, rules, load=load)
+                ph.restore_meta(load(meta_key(msg.partition)))
+            result = ph.fold(msg.offset, batch.events)
+            counters["late"] += result.late
+            for key, value in ph.take_dirty():
+                if value is None:
+                    table.pop(key.encode(), None)
+                else:
+                    table[key.encode()] = value
                 counters["table-writes"] += 1
-                if hot is not None:
-                    counters["hot"] += 1
-                    log.info("hot: %s (%d clients, %d requests)", hot.cache_key, hot.clients, hot.heat)
-                    await hot_topic.send(key=key.encode(), value=contract.encode(hot))
+            for hot in result.hot:
+                counters["hot"] += 1
+                log.info("hot: %s (%d clients, %d requests)", hot.cache_key, hot.clients, hot.heat)
+                await hot_topic.send(key=hot.cache_key.encode(), value=contract.encode(hot))
 
     announced = False
 

@@ -1,86 +1,253 @@
-"""Pure heat logic: a sliding event-time window per cache key and the admission rule.
+"""The heat of one partition: folds `requests` batches into windows and decides admissions.
 
-State per key is a small JSON-able dict, updated once per key per batch (not once per event),
-so table writes scale with distinct keys, not with traffic:
+Pure: no Kafka, no Faust, no clock. The Faust shell (streams/app.py) owns one
+:class:`PartitionHeat` per assigned partition, feeds it messages with their offsets, and
+makes the dirty keys durable once per flush interval; replay can drive the same class.
 
-    {"c": {client_id: last_seen_ts}, "t": [request ts ...], "e": ts_of_last_emission}
-
-A window slides on event time: entries older than (newest event - window) are pruned. The
-number of tracked clients and request stamps is capped; a cap above the thresholds loses
-nothing the rule needs.
+State per partition: the heat of each cache key (:class:`KeyHeat`: windows, last URL, the
+event time of its last admission), the heat of each host seen in the partition (HTTP and TLS
+events), the watermark and the offset of the last message folded (``applied``). A message
+whose offset is at or below ``applied`` was already folded into the durable state and is
+skipped: re-reading after a crash counts nothing twice.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from heatcache.cachekey import key_host
+import orjson
+
 from heatcache.contract import HotUrl, RequestEvent
+from streams.rules import CacheView, Decision, Rules, decide
+from streams.windows import Heat, WindowSpec
 
-KeyState = dict[str, Any]
 ADMISSIBLE = frozenset({"GET", "HEAD"})
+TLS = "TLS"
 
 
-@dataclass(frozen=True, slots=True)
-class HeatRule:
-    """Admit a key when it has at least ``min_clients`` distinct clients and ``min_requests``
-    requests within ``window_s`` seconds of event time. ``min_clients=1`` caches on first access."""
+class KeyHeat(Heat):
+    """Heat of one cache key plus what admission needs to remember."""
 
-    window_s: int = 24 * 3600
-    min_clients: int = 2
-    min_requests: int = 1
-    max_tracked: int = 64
+    __slots__ = ("admitted", "url")
 
-    def __post_init__(self) -> None:
-        if self.window_s <= 0 or self.min_clients < 1 or self.min_requests < 1:
-            raise ValueError("window_s > 0, min_clients >= 1 and min_requests >= 1 are required")
-        if self.max_tracked < max(self.min_clients, self.min_requests):
-            raise ValueError("max_tracked must be at least the thresholds it tracks")
+    def __init__(self) -> None:
+        super().__init__()
+        self.url = ""
+        self.admitted = 0.0  # event time of the last admission (0 = never)
 
+    def to_json(self) -> dict[str, Any]:
+        out = super().to_json()
+        out["u"] = self.url
+        out["a"] = self.admitted
+        return out
 
-def group_by_key(events: Iterable[RequestEvent]) -> dict[str, list[RequestEvent]]:
-    """Aggregate a batch before touching state: one state write per distinct key.
-
-    Host-level TLS events (no URL to fetch) are left out: they are reported, never admitted.
-    """
-    out: dict[str, list[RequestEvent]] = defaultdict(list)
-    for ev in events:
-        if ev.method in ADMISSIBLE:
-            out[ev.cache_key].append(ev)
-    return out
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> KeyHeat:
+        base = Heat.from_json(body)
+        heat = cls()
+        heat.panes, heat.clients, heat.sketches = base.panes, base.clients, base.sketches
+        heat.url = str(body.get("u", ""))
+        heat.admitted = float(body.get("a", 0.0))
+        return heat
 
 
-def update(state: KeyState | None, events: list[RequestEvent], rule: HeatRule) -> tuple[KeyState, HotUrl | None]:
-    """Fold a key's new events into its state; return the new state and a HotUrl if admitted."""
-    clients: dict[str, float] = dict((state or {}).get("c", {}))
-    stamps: list[float] = list((state or {}).get("t", []))
-    emitted: float = float((state or {}).get("e", 0.0))
-    newest = max([ev.ts for ev in events] + stamps + [0.0])
-    for ev in events:
-        if ev.ts > clients.get(ev.client, -1.0):
-            clients[ev.client] = ev.ts
-        stamps.append(ev.ts)
-    horizon = newest - rule.window_s
-    clients = {c: t for c, t in clients.items() if t > horizon}
-    if len(clients) > rule.max_tracked:  # keep the most recent
-        clients = dict(sorted(clients.items(), key=lambda kv: kv[1])[-rule.max_tracked :])
-    stamps = sorted(t for t in stamps if t > horizon)[-rule.max_tracked :]
-    hot = None
-    already = emitted > horizon and emitted != 0.0
-    if not already and len(clients) >= rule.min_clients and len(stamps) >= rule.min_requests:
-        last = max(events, key=lambda e: e.ts)
-        hot = HotUrl(
-            cache_key=last.cache_key,
-            url=last.url,
-            host=key_host(last.cache_key),
-            heat=len(stamps),
-            clients=len(clients),
-            window_s=rule.window_s,
-            ts=last.ts,
-            reason="first-access" if rule.min_clients == 1 and rule.min_requests == 1 else "heat",
-        )
-        emitted = last.ts
-    return {"c": clients, "t": stamps, "e": emitted}, hot
+def admission_id(cache_key: str, ts: float) -> str:
+    """The id of one admission: the key and the event time it was admitted at. A HotUrl sent
+    again for the same admission (after a crash) carries the same id."""
+    return f"{cache_key}@{ts:.6f}"
+
+
+@dataclass
+class FoldResult:
+    """What one message did: HotUrls to send and the decisions behind them."""
+
+    hot: list[HotUrl] = field(default_factory=list)
+    skipped: bool = False  # already in the durable state (offset <= applied)
+    late: int = 0
+    events: int = 0
+
+
+Loader = Callable[[str], bytes | None]
+
+
+class PartitionHeat:
+    """All heat of one `requests` partition."""
+
+    def __init__(self, partition: int, rules: Rules, load: Loader | None = None) -> None:
+        self.partition = partition
+        self.rules = rules
+        self.spec: WindowSpec = rules.spec
+        self.keys: dict[str, KeyHeat] = {}
+        self.hosts: dict[str, Heat] = {}
+        self.watermark = 0.0
+        self.applied = -1
+        self.late = 0
+        self.dirty_keys: set[str] = set()
+        self.dirty_hosts: set[str] = set()
+        self.expired_keys: set[str] = set()
+        self.expired_hosts: set[str] = set()
+        self._load = load
+        self.cache: dict[str, CacheView] = {}  # fed by the shell from `cache-events`
+        self.pins: Callable[[str, str], str] | None = None  # operator pins (console's control topic)
+
+    # -- durable form: one record per key / host plus one for the partition itself
+    def meta_json(self) -> bytes:
+        return orjson.dumps({"w": self.watermark, "o": self.applied, "l": self.late})
+
+    def restore_meta(self, raw: bytes | None) -> None:
+        if raw:
+            body = orjson.loads(raw)
+            self.watermark, self.applied, self.late = float(body["w"]), int(body["o"]), int(body["l"])
+
+    def host_key(self, host: str) -> str:
+        # a host's events spread over partitions: each partition keeps (and stores) its own part
+        return f"{HOST_PREFIX}{self.partition}:{host}"
+
+    def key(self, cache_key: str) -> KeyHeat:
+        heat = self.keys.get(cache_key)
+        if heat is None:
+            raw = self._load(KEY_PREFIX + cache_key) if self._load else None
+            heat = KeyHeat.from_json(orjson.loads(raw)) if raw else KeyHeat()
+            self.keys[cache_key] = heat
+        return heat
+
+    def host(self, host: str) -> Heat:
+        heat = self.hosts.get(host)
+        if heat is None:
+            raw = self._load(self.host_key(host)) if self._load else None
+            heat = Heat.from_json(orjson.loads(raw)) if raw else Heat()
+            self.hosts[host] = heat
+        return heat
+
+    # -- folding
+    def fold(self, offset: int, events: Iterable[RequestEvent], sizes: Callable[[str], int] | None = None
+             ) -> FoldResult:
+        """Fold one message (its offset and events); return the HotUrls it admits.
+
+        Admission is decided once per key per message, after all its events are counted, at the
+        partition's watermark; the HotUrl's ts is the newest event of that key in the message."""
+        result = FoldResult()
+        if offset <= self.applied:
+            result.skipped = True
+            return result
+        spec = self.spec
+        step = spec.step_s
+        batch = list(events)
+        result.events = len(batch)
+        newest = max((ev.ts for ev in batch), default=self.watermark)
+        wm = max(self.watermark, newest)
+        too_old = wm - spec.grace_s
+        touched: dict[str, float] = {}
+        keys, hosts = self.keys, self.hosts
+        for ev in batch:
+            ts = ev.ts
+            if ts < too_old:
+                result.late += 1
+                continue
+            pane = int(ts // step)
+            tls = ev.method == TLS
+            host = hosts.get(ev.host) or self.host(ev.host)
+            host.add(pane, ev.client, tls, 0, spec)
+            self.dirty_hosts.add(ev.host)
+            if tls or ev.method not in ADMISSIBLE:
+                continue  # host-level (TLS) or not fetchable: heat of the host only
+            ck = ev.cache_key
+            kh = keys.get(ck) or self.key(ck)
+            kh.add(pane, ev.client, False, sizes(ck) if sizes else 0, spec)
+            kh.url = ev.url
+            if ts >= touched.get(ck, -1.0):
+                touched[ck] = ts
+        self.watermark = wm
+        self.applied = offset
+        self.late += result.late
+        self.dirty_keys.update(touched)
+        for ck, ts in touched.items():
+            kh = keys[ck]
+            decision = self.decide(ck, kh)
+            if decision.admit:
+                result.hot.append(self._admit(ck, kh, ts, decision))
+        return result
+
+    def decide(self, cache_key: str, kh: KeyHeat) -> Decision:
+        view = self.cache.get(cache_key)
+        if view is None:
+            view = CacheView(fetching=kh.admitted > 0)
+        pin = self.pins(cache_key, "") if self.pins else ""
+        return decide(self.rules, cache_key, kh, view, self.watermark, pin)
+
+    def _admit(self, ck: str, kh: KeyHeat, ts: float, decision: Decision) -> HotUrl:
+        kh.admitted = ts
+        view = self.cache.get(ck, CacheView())
+        self.cache[ck] = replace(view, fetching=True)
+        stats = decision.stats
+        assert stats is not None
+        host, _, _ = ck.partition("://")[2].partition("/")
+        return HotUrl(cache_key=ck, url=kh.url or ck, host=host.split(":")[0], heat=stats.requests,
+                      clients=stats.clients, window_s=stats.window_s, ts=ts, reason=decision.reason,
+                      admission=admission_id(ck, ts))
+
+    # -- what the cache says (from `cache-events`); seen_at: the watermark when read
+    def on_cache_event(self, cache_key: str, state: str, seen_at: float) -> None:
+        old = self.cache.get(cache_key, CacheView())
+        failures = old.failures + 1 if state == "failed" else 0
+        self.cache[cache_key] = CacheView(state=state, ts=seen_at, failures=failures, fetching=False)
+
+    def recheck(self, cache_key: str) -> HotUrl | None:
+        """Decide again for a key whose cache state changed (evicted while still hot, a failed
+        fetch whose back-off has passed): admission without a new request."""
+        kh = self.keys.get(cache_key)
+        if kh is None:
+            return None
+        decision = self.decide(cache_key, kh)
+        if not decision.admit:
+            return None
+        self.dirty_keys.add(cache_key)
+        return self._admit(cache_key, kh, self.watermark, decision)
+
+    # -- expiry and flushing
+    def expire(self) -> None:
+        """Drop panes behind the retention, and keys/hosts left empty (they become tombstones)."""
+        oldest = self.spec.pane(self.watermark - self.spec.retention_s) + 1
+        for ck in [k for k, h in self.keys.items() if h.expire(oldest)]:
+            del self.keys[ck]
+            self.dirty_keys.discard(ck)
+            self.expired_keys.add(ck)
+        for host in [k for k, h in self.hosts.items() if h.expire(oldest)]:
+            del self.hosts[host]
+            self.dirty_hosts.discard(host)
+            self.expired_hosts.add(host)
+
+    def take_dirty(self) -> list[tuple[str, bytes | None]]:
+        """The records that make the state durable since the last call: one per changed key
+        and host (None = delete), then the partition's meta record (watermark, applied offset)."""
+        out: list[tuple[str, bytes | None]] = []
+        for ck in self.dirty_keys:
+            out.append((KEY_PREFIX + ck, orjson.dumps(self.keys[ck].to_json())))
+        for host in self.dirty_hosts:
+            out.append((self.host_key(host), orjson.dumps(self.hosts[host].to_json())))
+        out.extend((KEY_PREFIX + ck, None) for ck in self.expired_keys)
+        out.extend((self.host_key(h), None) for h in self.expired_hosts)
+        out.append((meta_key(self.partition), self.meta_json()))
+        self.dirty_keys, self.dirty_hosts = set(), set()
+        self.expired_keys, self.expired_hosts = set(), set()
+        return out
+
+    def host_stats(self, host: str) -> Any:
+        heat = self.hosts[host]
+        return heat.stats(self.spec.first_pane(self.watermark, self.spec.window_s), self.spec.window_s)
+
+    def top_keys(self, n: int) -> list[tuple[str, int]]:
+        first = self.spec.first_pane(self.watermark, self.spec.window_s)
+        sums = ((ck, sum(c[0] for p, c in h.panes.items() if p >= first)) for ck, h in self.keys.items())
+        return sorted(sums, key=lambda kv: -kv[1])[:n]
+
+
+KEY_PREFIX = "k:"
+HOST_PREFIX = "h:"
+META_PREFIX = "m:"
+
+
+def meta_key(partition: int) -> str:
+    return f"{META_PREFIX}{partition}"

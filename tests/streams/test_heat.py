@@ -1,76 +1,93 @@
-"""Unit tests for the heat rule (streams/heat.py)."""
+"""Unit tests of a partition's heat: folding messages, late events, admissions, recovery."""
 
 from __future__ import annotations
 
-import pytest
-
 from heatcache.contract import RequestEvent
-from streams.heat import HeatRule, group_by_key, update
+from streams.heat import PartitionHeat, admission_id
+from streams.rules import Rules
+from streams.windows import WindowSpec
 
+SPEC = WindowSpec(window_s=100, step_s=10, grace_s=20)
 K = "http://example.com/f.iso"
 
 
-def ev(client: str, ts: float, key: str = K) -> RequestEvent:
-    return RequestEvent(ts, client, "GET", "example.com", "/f.iso?t=1", "http://example.com/f.iso?t=1", key)
+def ev(client: str, ts: float, key: str = K, method: str = "GET") -> RequestEvent:
+    host = key.split("/")[2]
+    return RequestEvent(ts, client, method, host, "/f.iso?t=1", key + "?t=1", key)
 
 
-def test_two_distinct_clients_in_window_is_hot() -> None:
-    rule = HeatRule(window_s=3600, min_clients=2)
-    state, hot = update(None, [ev("a", 0), ev("a", 10)], rule)
-    assert hot is None  # one client, however many requests
-    state, hot = update(state, [ev("b", 100)], rule)
-    assert hot is not None
-    assert (hot.cache_key, hot.clients, hot.heat, hot.host, hot.url) == (K, 2, 3, "example.com",
-                                                                         "http://example.com/f.iso?t=1")
+def tls(client: str, ts: float, host: str = "example.com") -> RequestEvent:
+    return RequestEvent(ts, client, "TLS", host, "", f"https://{host}/", f"https://{host}/")
 
 
-def test_outside_window_is_not_hot() -> None:
-    rule = HeatRule(window_s=3600, min_clients=2)
-    state, _ = update(None, [ev("a", 0)], rule)
-    state, hot = update(state, [ev("b", 3601)], rule)
-    assert hot is None
-    assert list(state["c"]) == ["b"]  # the old client was pruned on event time
+def part(min_clients: int = 2) -> PartitionHeat:
+    return PartitionHeat(0, Rules.simple(SPEC, min_clients=min_clients))
 
 
-def test_event_time_not_arrival_order() -> None:
-    rule = HeatRule(window_s=100, min_clients=2)
-    state, _ = update(None, [ev("a", 1000)], rule)
-    _, hot = update(state, [ev("b", 950)], rule)  # late but inside the window
-    assert hot is not None
+def test_hot_once_per_admission_with_its_id() -> None:
+    p = part()
+    assert p.fold(0, [ev("a", 1), ev("a", 2)]).hot == []
+    hot = p.fold(1, [ev("b", 5)]).hot
+    assert len(hot) == 1
+    h = hot[0]
+    assert (h.cache_key, h.clients, h.heat, h.ts, h.host, h.reason) == (K, 2, 3, 5, "example.com", "heat")
+    assert h.admission == admission_id(K, 5) and h.url == K + "?t=1"
+    assert p.fold(2, [ev("c", 6)]).hot == []  # being fetched: not again
 
 
-def test_emits_once_per_window() -> None:
-    rule = HeatRule(window_s=100, min_clients=2)
-    state, hot = update(None, [ev("a", 0), ev("b", 1)], rule)
-    assert hot is not None
-    state, hot = update(state, [ev("c", 2)], rule)
-    assert hot is None
-    state, hot = update(state, [ev("d", 500), ev("e", 501)], rule)
-    assert hot is not None  # a new window may admit it again (it may have been evicted)
+def test_offsets_already_folded_are_skipped() -> None:
+    p = part()
+    p.fold(7, [ev("a", 1)])
+    again = p.fold(7, [ev("a", 1)])
+    assert again.skipped and p.keys[K].stats(0, 100).requests == 1
 
 
-def test_first_access_is_a_setting_away() -> None:
-    _, hot = update(None, [ev("a", 0)], HeatRule(min_clients=1))
-    assert hot is not None and hot.reason == "first-access"
+def test_late_within_grace_counted_older_dropped() -> None:
+    p = part(min_clients=3)
+    p.fold(0, [ev("a", 100)])
+    r = p.fold(1, [ev("b", 85), ev("c", 60)])  # 85 within 20 s of grace, 60 is late
+    assert r.late == 1 and p.late == 1
+    assert p.keys[K].stats(0, 100).clients == 2 and r.hot == []
 
 
-def test_min_requests_and_cap() -> None:
-    rule = HeatRule(window_s=100, min_clients=1, min_requests=3, max_tracked=4)
-    state, hot = update(None, [ev("a", 0), ev("a", 1)], rule)
-    assert hot is None
-    state, hot = update(state, [ev(f"c{i}", 2 + i) for i in range(10)], rule)
-    assert hot is not None
-    assert len(state["c"]) == 4 and len(state["t"]) == 4
+def test_cache_events_drive_re_emission() -> None:
+    p = part(min_clients=1)
+    first = p.fold(0, [ev("a", 1)]).hot[0]
+    p.on_cache_event(K, "cached", 2)
+    assert p.fold(1, [ev("b", 3)]).hot == []
+    p.on_cache_event(K, "evicted", 4)
+    again = p.recheck(K)  # still hot when evicted: emitted again, a new admission
+    assert again is not None and again.reason == "refetch-evicted" and again.admission != first.admission
 
 
-def test_group_by_key_aggregates_a_batch() -> None:
-    tls = RequestEvent(0, "d", "TLS", "example.com", "", "https://example.com/", "https://example.com/")
-    groups = group_by_key([ev("a", 0), ev("b", 0, "k2"), ev("c", 0), tls])
-    assert {k: len(v) for k, v in groups.items()} == {K: 2, "k2": 1}
+def test_host_heat_counts_http_and_tls() -> None:
+    p = part()
+    p.fold(0, [ev("a", 1), ev("b", 2), tls("c", 3), tls("a", 4)])
+    stats = p.host_stats("example.com")
+    assert (stats.requests, stats.tls, stats.clients) == (4, 2, 3)
+    assert stats.http_share == 0.5
+    assert set(p.keys) == {K}  # TLS is host heat only, never a key to fetch
 
 
-def test_rule_validation() -> None:
-    with pytest.raises(ValueError):
-        HeatRule(min_clients=0)
-    with pytest.raises(ValueError):
-        HeatRule(min_clients=10, max_tracked=5)
+def test_durable_records_restore_the_same_state() -> None:
+    p = part(min_clients=3)
+    p.fold(0, [ev("a", 1), ev("b", 2), tls("c", 3)])
+    store = dict(p.take_dirty())
+    assert p.take_dirty() == [("m:0", p.meta_json())]  # nothing dirty left but the meta record
+    q = PartitionHeat(0, Rules.simple(SPEC, min_clients=3), load=store.get)
+    q.restore_meta(store["m:0"])
+    assert q.applied == 0 and q.watermark == 3
+    assert q.fold(0, [ev("a", 1)]).skipped  # a re-read of the folded message counts nothing
+    hot = q.fold(1, [ev("c", 4)]).hot  # the third client crosses exactly here
+    assert [h.clients for h in hot] == [3]
+
+
+def test_expiry_drops_old_keys_as_tombstones() -> None:
+    p = part()
+    p.fold(0, [ev("a", 1)])
+    p.take_dirty()
+    p.fold(1, [ev("b", 500, key="http://example.com/other")])
+    p.expire()
+    assert K not in p.keys
+    recs = dict(p.take_dirty())
+    assert recs["k:" + K] is None and recs["k:http://example.com/other"] is not None
