@@ -10,9 +10,16 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from heatcache.lifecycle import StopFlag, announce_ready, setup_logging
+from heatcache.lifecycle import StopFlag, setup_logging
 from heatcache.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from confluent_kafka import Message, Producer
+
+    from dns_redirect.index import CacheIndex
+    from heatcache.runner import Runner
 
 log = logging.getLogger("heatcache")
 
@@ -29,10 +36,11 @@ def _bootstrap(settings: Settings) -> str:
 
 
 def cmd_sniff(settings: Settings, _args: argparse.Namespace) -> int:
-    from sniffer.app import Sniffer
+    from heatcache.metrics import SNIFFER
+    from heatcache.runner import Runner
+    from sniffer.app import main
 
-    Sniffer(settings, _bootstrap(settings)).run(StopFlag().install())
-    return 0
+    return Runner(settings, SNIFFER, bootstrap=_bootstrap(settings)).run(main)
 
 
 def cmd_streams(settings: Settings, _args: argparse.Namespace) -> int:
@@ -50,73 +58,83 @@ def cmd_fetch(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def _serve(settings: Settings, stage: str) -> int:
-    """dns and edge: follow cache-events, serve until SIGTERM, then close listeners."""
+    """dns and edge on the stage runner: follow cache-events, serve until SIGTERM, close listeners."""
+    from heatcache.metrics import DNS, EDGE
+    from heatcache.runner import Runner
+
+    run = Runner(settings, DNS if stage == "dns" else EDGE, bootstrap=_bootstrap(settings))
+    return run.run_async(_serve_main)
+
+
+async def _serve_main(run: Runner) -> None:
     from dns_redirect.index import CacheEventsFollower, CacheIndex
     from heatcache import contract
-    from heatcache.metrics import serve_metrics
+    from heatcache.kafkautil import dead_letter, producer
 
+    settings, stage = run.settings, run.stage
     index = CacheIndex()
-    follower = CacheEventsFollower(_bootstrap(settings), settings.topic(contract.CACHE_EVENTS), index)
+    prod = producer(run.bootstrap, error_cb=run.kafka_error_cb)
+
+    def bad_event(msg: Message, reason: str) -> None:  # the error policy: dead-letter, keep following
+        run.counters["index.bad-events"] += 1
+        dead_letter(prod, settings, msg, reason)
+
+    # the follower reads in its thread; this loop applies every change (the index's one writer)
+    follower = CacheEventsFollower(run.bootstrap, settings.topic(contract.CACHE_EVENTS), index,
+                                   asyncio.get_running_loop(), on_bad=bad_event)
     follower.start()
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        flag = StopFlag().install()
-        flag.on_stop(lambda: _call_soon(loop, stop.set))
-        while not follower.ready.is_set():
-            await asyncio.sleep(0.1)
-            if flag.is_set():
-                return
-        if stage == "dns":
-            from dns_redirect.server import DnsServer
-
-            server = DnsServer(settings, index)
-            await server.start()
-            if settings.metrics_port:
-                serve_metrics(settings.metrics_port, "dns", server.counters)
-            announce_ready("dns")
-            await stop.wait()
-            await server.stop()
-            log.info("dns stopped: %s", dict(server.counters))
-        else:
-            import resource
-
-            from cachestore.catalog import open_catalog
-            from dns_redirect.edge import Edge
-            from heatcache.cachekey import KeyRules
-            from heatcache.kafkautil import producer
-
-            prod = producer(_bootstrap(settings))
-            catalog = open_catalog(settings.catalog)
-            edge = Edge(settings, index, KeyRules.load(settings.cache_key_rules), catalog, prod)
-            # one descriptor per connection plus the open objects: take what the system allows
-            _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            await edge.start(settings.edge_host, settings.edge_port)
-            if settings.metrics_port:
-                serve_metrics(settings.metrics_port, "edge", edge.counters)
-            log.info("edge on %s:%d", settings.edge_host, settings.edge_port)
-            announce_ready("edge")
-            await stop.wait()
-            await edge.stop()  # flushes pending hit counts to the catalog
-            prod.flush(10)
-            catalog.close()
-            log.info("edge stopped: %s", dict(edge.counters))
-
     try:
-        import uvloop  # libuv's loop: more DNS answers and edge hits per core (the edge's hit
-        # front sends bodies with os.sendfile itself, so uvloop's missing loop.sendfile is no loss)
-
-        uvloop.run(main())
+        while not follower.ready.is_set():
+            if not follower.is_alive():  # could not reach the broker: exit, the supervisor restarts us
+                raise RuntimeError("the cache-events follower stopped before catching up")
+            if run.stop.is_set():
+                return
+            await asyncio.sleep(0.1)
+        if stage == "dns":
+            await _serve_dns(run, index)
+        else:
+            await _serve_edge(run, index, prod)
     finally:
         follower.stop()
         follower.join(5)
-    return 0
+        prod.flush(5)
 
 
-def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
-    loop.call_soon_threadsafe(fn)
+async def _serve_dns(run: Runner, index: CacheIndex) -> None:
+    from dns_redirect.server import DnsServer
+
+    server = DnsServer(run.settings, index)
+    server.counters = run.counters  # the runner's Counter: what /metrics and snapshots read
+    run.metrics.bind("steered-hosts", lambda: len(index.hosts))
+    await server.start()
+    run.ready()
+    await run.stopped()
+    await server.stop()
+    log.info("dns stopped: %s", dict(server.counters))
+
+
+async def _serve_edge(run: Runner, index: CacheIndex, prod: Producer) -> None:
+    import resource
+
+    from cachestore.catalog import open_catalog
+    from dns_redirect.edge import Edge
+    from heatcache.cachekey import KeyRules
+
+    settings = run.settings
+    catalog = open_catalog(settings.catalog)
+    edge = Edge(settings, index, KeyRules.load(settings.cache_key_rules), catalog, prod)
+    edge.counters = run.counters  # the runner's Counter: what /metrics and snapshots read
+    run.metrics.bind("objects", lambda: len(index.objects))
+    # one descriptor per connection plus the open objects: take what the system allows
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    await edge.start(settings.edge_host, settings.edge_port)
+    log.info("edge on %s:%d", settings.edge_host, settings.edge_port)
+    run.ready()
+    await run.stopped()
+    await edge.stop()  # flushes pending hit counts to the catalog
+    catalog.close()
+    log.info("edge stopped: %s", dict(edge.counters))
 
 
 def cmd_dns(settings: Settings, _args: argparse.Namespace) -> int:
@@ -174,6 +192,63 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_console(settings: Settings, _args: argparse.Namespace) -> int:
+    from console.server import check_bind, run_console
+
+    try:
+        check_bind(settings)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return run_console(settings, _bootstrap(settings))
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    from console.status import run_status
+
+    try:
+        return run_status(settings, settings.kafka_bootstrap, as_json=args.json, watch=args.watch,
+                          interval=args.interval)
+    except RuntimeError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_control(settings: Settings, args: argparse.Namespace) -> int:
+    """Operator switches and purges: the same code (console.actions) as the console's buttons."""
+    import json
+
+    from console.actions import ActionError, Actions, parse_action
+    from console.feed import open_catalog_rows
+    from heatcache.kafkautil import producer
+
+    words = {"pause": "paused", "resume": "running", "stop": "stopped", "start": "running", "unpin": "none"}
+    what, rest = args.what, list(args.args)
+    if what in ("prefetch", "steering"):
+        body = {"action": what, "value": words.get(rest[0], rest[0]) if rest else ""}
+    elif what == "pin":
+        if len(rest) != 2:
+            raise UsageError("usage: heatcache control pin URL|HOST always|never|none")
+        body = {"action": "pin-url" if "://" in rest[0] else "pin-host", "subject": rest[0],
+                "value": words.get(rest[1], rest[1])}
+    elif what == "purge":
+        if len(rest) != 1:
+            raise UsageError("usage: heatcache control purge URL | --prefix URL | --host HOST")
+        kind = "purge-prefix" if args.prefix else "purge-host" if args.host else "purge-url"
+        body = {"action": kind, "subject": rest[0]}
+    else:
+        raise UsageError("heatcache control prefetch pause|resume | steering stop|start | pin X VALUE | purge X")
+    rows = open_catalog_rows(settings)
+    try:
+        action = parse_action(body, by=f"cli@{settings.node_name}")
+        prod = producer(_bootstrap(settings)) if not action.kind.startswith("purge") else None
+        result = Actions(settings, prod, rows).run(action)
+    except ActionError as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        rows.close()  # type: ignore[attr-defined]
+    print(json.dumps(result))
+    return 0 if result.get("ok") else 1
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from heatcache.demo import run_demo
 
@@ -204,6 +279,9 @@ COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], int], str]] =
     "broker": (cmd_broker, "run the embedded single-node Kafka broker alone"),
     "up": (cmd_up, "run the whole stack locally (embedded Kafka, aria2c, every stage)"),
     "demo": (cmd_demo, "the stack plus a sample origin and clients; prints what happened"),
+    "console": (cmd_console, "the operator's live web page (HEATCACHE_CONSOLE_HOST/PORT)"),
+    "status": (cmd_status, "what the stack does now, in the terminal (--watch, --json)"),
+    "control": (cmd_control, "prefetch pause|resume, steering stop|start, pin X always|never|none, purge X"),
     "trace": (cmd_trace, "trace import FILE: load an access log or capture into the requests topic"),
 }
 
@@ -215,12 +293,22 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (_fn, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text)
         if name == "up":
-            p.add_argument("--without", action="append", choices=["streams", "fetch", "dns", "edge", "sniff"],
+            p.add_argument("--without", action="append",
+                           choices=["streams", "fetch", "dns", "edge", "sniff", "console"],
                            help="leave a stage out (repeatable)")
         if name == "nginx-conf":
             p.add_argument("--listen", default="80", help="nginx's listen directive (default 80)")
         if name == "demo":
             p.add_argument("--verbose", action="store_true", help="show every stage's log lines")
+        if name == "status":
+            p.add_argument("--json", action="store_true", help="one JSON snapshot, for scripts")
+            p.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+            p.add_argument("--interval", type=float, default=2.0, help="refresh interval in seconds")
+        if name == "control":
+            p.add_argument("what", choices=["prefetch", "steering", "pin", "purge"])
+            p.add_argument("args", nargs="*")
+            p.add_argument("--prefix", action="store_true", help="purge: every cached URL under this prefix")
+            p.add_argument("--host", action="store_true", help="purge: every cached URL of this host")
         if name in ("trace", "replay"):
             _replay_args(name, p)
     return parser
