@@ -79,7 +79,9 @@ async def _serve_main(run: Runner) -> None:
         run.counters["index.bad-events"] += 1
         dead_letter(prod, settings, msg, reason)
 
-    follower = CacheEventsFollower(run.bootstrap, settings.topic(contract.CACHE_EVENTS), index, on_bad=bad_event)
+    # the follower reads in its thread; this loop applies every change (the index's one writer)
+    follower = CacheEventsFollower(run.bootstrap, settings.topic(contract.CACHE_EVENTS), index,
+                                   asyncio.get_running_loop(), on_bad=bad_event)
     follower.start()
     try:
         while not follower.ready.is_set():

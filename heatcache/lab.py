@@ -106,7 +106,23 @@ class Origin:
                     self.wfile.write(data[start : end + 1])
 
             def do_GET(self) -> None:
+                if self.path.startswith("/__redirect/"):  # hostile origin: points the client inwards
+                    origin.hits[self.path] += 1
+                    self.send_response(302)
+                    self.send_header("Location", "http://127.0.0.1:" + self.path.split("/")[2] + "/secret")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 self._serve(True)
+
+            def do_POST(self) -> None:  # echoes the body: a form or an API call reaching its site
+                data = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                origin.hits["POST " + self.path] += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
 
             def do_HEAD(self) -> None:
                 self._serve(False)
