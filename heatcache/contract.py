@@ -24,7 +24,8 @@ FETCH_PROGRESS = "fetch-progress"
 METRICS = "metrics"
 DEAD_LETTER = "dead-letter"
 CONTROL = "control"  # operator switches (pins, prefetch pause, steering stop); compacted
-ALL_TOPICS = (REQUESTS, HOT_URLS, CACHE_EVENTS, FETCH_PROGRESS, METRICS, DEAD_LETTER, CONTROL)
+HOST_HEAT = "host-heat"  # heat per host (HTTP and TLS) from streams, keyed by host
+ALL_TOPICS = (REQUESTS, HOT_URLS, CACHE_EVENTS, FETCH_PROGRESS, METRICS, DEAD_LETTER, CONTROL, HOST_HEAT)
 COMPACTED_TOPICS = frozenset({CACHE_EVENTS, CONTROL})
 
 CacheState = Literal["cached", "failed", "evicted", "purged", "stale"]
@@ -182,11 +183,39 @@ class FetchProgress:
                 raise DecodeError(f"progress {name} must be a non-negative number")
 
 
-Event = RequestBatch | HotUrl | CacheEvent | ControlEvent | FetchProgress
+@dataclass(frozen=True, slots=True)
+class HostHeat:
+    """The heat of one host in one `requests` partition over the heat window, on `host-heat`
+    (keyed by host). A host's requests spread over partitions: sum ``requests`` / ``tls`` /
+    ``http`` over the latest record of each partition; ``clients`` is distinct per partition."""
+
+    host: str
+    partition: int
+    requests: int  # HTTP and TLS requests in the window
+    tls: int  # of which TLS ClientHellos (SNI): not cacheable here
+    clients: int
+    window_s: int
+    ts: float  # the partition's watermark (event time) when computed
+    http_share: float = 0.0  # share of the requests that are plain HTTP (cacheable at all)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.host, str) or not self.host:
+            raise DecodeError("host-heat needs a host")
+        for name in ("partition", "requests", "tls", "clients", "window_s"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise DecodeError(f"host-heat {name} must be a non-negative integer")
+        for name in ("ts", "http_share"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise DecodeError(f"host-heat {name} must be a non-negative number")
+
+
+Event = RequestBatch | HotUrl | CacheEvent | ControlEvent | FetchProgress | HostHeat
 _KINDS: dict[str, type[Any]] = {"batch": RequestBatch, "hot": HotUrl, "cache": CacheEvent, "control": ControlEvent,
-                                "progress": FetchProgress}
+                                "progress": FetchProgress, "host-heat": HostHeat}
 _KIND_OF = {cls: kind for kind, cls in _KINDS.items()}
-T = TypeVar("T", RequestBatch, HotUrl, CacheEvent, ControlEvent, FetchProgress)
+T = TypeVar("T", RequestBatch, HotUrl, CacheEvent, ControlEvent, FetchProgress, HostHeat)
 
 
 def encode(event: Event) -> bytes:

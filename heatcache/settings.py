@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     topic_metrics: str = "metrics"
     topic_dead_letter: str = "dead-letter"
     topic_control: str = "control"  # operator switches (compacted): pins, prefetch pause, steering stop
+    topic_host_heat: str = "host-heat"  # HostHeat from streams (per host and partition)
 
     # -- sniffer
     sniff_iface: str = "lo"

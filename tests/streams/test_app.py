@@ -1,0 +1,81 @@
+"""Integration: `heatcache streams` workers on the real broker (the session's Kafka)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import orjson
+
+from heatcache import contract
+from heatcache.contract import CacheEvent, HostHeat, RequestEvent
+from heatcache.kafkautil import producer, read_topic
+from heatcache.settings import Settings
+from heatcache.stack import settings_env
+from streams.app import EXIT_CONFIG
+from tests.streams.conftest import Workers, hot_urls, produce, streams_settings, wait_for
+
+
+def ev(key: str, client: str, ts: float) -> RequestEvent:
+    host = key.split("/")[2]
+    path = "/" + key.split("/", 3)[3]
+    return RequestEvent(ts, client, "GET", host, path, key, key)
+
+
+def tls(host: str, client: str, ts: float) -> RequestEvent:
+    return RequestEvent(ts, client, "TLS", host, "", f"https://{host}/", f"https://{host}/")
+
+
+def cache_event(settings: Settings, key: str, state: str) -> None:
+    prod = producer(settings.kafka_bootstrap)
+    prod.produce(settings.topic(contract.CACHE_EVENTS), key=key.encode(),
+                 value=contract.encode(CacheEvent(cache_key=key, state=state, url=key, ts=1.0)))
+    assert prod.flush(10) == 0
+
+
+def test_hot_once_per_admission_knows_the_cache_and_dead_letters(kafka_settings: Settings, workers: Workers) -> None:
+    s = streams_settings(kafka_settings)
+    keys = [f"http://h{i}.example/f{i}.bin" for i in range(6)]
+    cached, evicted = keys[0], keys[1]
+    cache_event(s, cached, "cached")  # already in the cache (e.g. filled by the edge): never emitted
+    workers.start(s)
+    # every key gets 3 clients in one message (decided once per key per message), one key one client
+    produce(s, [ev(k, c, 100 + i) for i, (k, c) in enumerate((k, c) for k in keys for c in "abc")])
+    produce(s, [ev("http://cold.example/x", "a", 200), tls("h2.example", "z", 201)])
+    prod = producer(s.kafka_bootstrap)
+    prod.produce(s.topic(contract.REQUESTS), key=b"0", partition=0, value=b"not json")
+    assert prod.flush(10) == 0
+    wait_for(lambda: len(hot_urls(s)) >= 5, what="five HotUrls")
+    first = hot_urls(s)
+    assert sorted(h.cache_key for h in first) == sorted(keys[1:])
+    assert all(h.clients == 3 and h.admission == f"{h.cache_key}@{h.ts:.6f}" for h in first)
+    # evicted while still hot: emitted again, as a new admission; more requests for the rest: nothing
+    cache_event(s, evicted, "evicted")
+    for k in keys[2:]:
+        cache_event(s, k, "cached")
+    produce(s, [ev(k, "d", 300) for k in keys])
+    wait_for(lambda: len(hot_urls(s)) >= 6, what="the evicted key again")
+    dead = read_topic(s.kafka_bootstrap, s.topic(contract.DEAD_LETTER), timeout=10)
+    assert [orjson.loads(m.value())["value"] for m in dead] == ["not json"]
+    # the host-heat topic: h2.example has 3 HTTP + 1 TLS (+1 later) requests in its partitions
+    def host_h2() -> list[HostHeat]:
+        msgs = read_topic(s.kafka_bootstrap, s.topic(contract.HOST_HEAT), timeout=10)
+        return [h for h in (contract.decode(m.value(), HostHeat) for m in msgs) if h.host == "h2.example"]
+
+    wait_for(lambda: any(h.tls == 1 for h in host_h2()), what="host heat with TLS")
+    metrics = read_topic(s.kafka_bootstrap, s.topic(contract.METRICS), timeout=10)
+    wait_for(lambda: read_topic(s.kafka_bootstrap, s.topic(contract.METRICS), timeout=10), what="metrics")
+    hot = hot_urls(s)
+    again = [h for h in hot if h.cache_key == evicted]
+    assert len(hot) == 6 and len(again) == 2 and again[1].reason == "refetch-evicted"
+    assert again[0].admission != again[1].admission
+    del metrics
+
+
+def test_missing_topics_exit_at_once_with_config_status(kafka: str, base_settings: Settings) -> None:
+    s = base_settings.model_copy(update={"kafka_bootstrap": kafka})  # no topics created
+    env = {**settings_env(s)}
+    proc = subprocess.run([sys.executable, "-m", "heatcache.cli", "streams"], env={**env, "PATH": "/usr/bin"},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == EXIT_CONFIG
+    assert "missing topic" in proc.stderr and "Traceback" not in proc.stderr
