@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     heat_top_n: int = Field(default=10, ge=0)  # hot keys / hosts in each metrics snapshot
     heat_metrics_interval_s: float = Field(default=10.0, gt=0)
     heat_host_topic: bool = True  # publish HostHeat on `host-heat` each flush
+    heat_commit_interval_s: float = Field(default=0.0, ge=0)  # offset commits; 0 = the flush interval
+    streams_instance_id: str = ""  # Kafka static membership (group.instance.id): a restart rejoins at once
+    streams_session_timeout_s: float = Field(default=10.0, ge=6, le=300)  # a dead worker's partitions move on
 
     # -- fetcher
     aria2_rpc_host: str = "http://127.0.0.1"

@@ -319,9 +319,10 @@ def make_app(settings: Settings, bootstrap: str) -> tuple[faust.App, Stage]:
         consumer_auto_offset_reset="earliest",
         # offsets are committed by time; they only cover messages acked after a durable flush
         broker_commit_every=1_000_000,
-        broker_commit_interval=settings.heat_flush_interval_s,
-        broker_session_timeout=10.0,  # a killed worker's partitions move on within ~10 s
+        broker_commit_interval=settings.heat_commit_interval_s or settings.heat_flush_interval_s,
+        broker_session_timeout=settings.streams_session_timeout_s,  # a killed worker's partitions move on
         broker_heartbeat_interval=1.0,
+        consumer_group_instance_id=settings.streams_instance_id or None,
         stream_wait_empty=False,
         stream_buffer_maxsize=16384,
         producer_compression_type="lz4",

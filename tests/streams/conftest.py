@@ -97,3 +97,39 @@ def streams_settings(settings: Settings, **heat: object) -> Settings:
     values = {"heat_flush_interval_s": 0.2, "heat_metrics_interval_s": 1.0, "heat_window_s": 3600,
               "heat_min_clients": 2, **heat}
     return settings.model_copy(update=values)
+
+
+def changelog_meta(settings: Settings) -> dict[int, int]:
+    """partition -> offset its durable state holds (the meta records of the heat changelog)."""
+    import orjson
+
+    topic = settings.topic_prefix + settings.app_id + "-heat-changelog"
+    out: dict[int, int] = {}
+    for m in read_topic(settings.kafka_bootstrap, topic, timeout=10):
+        key = (m.key() or b"").decode()
+        if key.startswith("m:") and m.value():
+            out[int(key[2:])] = orjson.loads(m.value())["o"]
+    return out
+
+
+def last_offsets(settings: Settings) -> dict[int, int]:
+    """partition -> offset of the last message now in `requests`."""
+    out: dict[int, int] = {}
+    for m in read_topic(settings.kafka_bootstrap, settings.topic(contract.REQUESTS), timeout=10):
+        out[m.partition()] = max(out.get(m.partition(), -1), m.offset())
+    return out
+
+
+def expected_hot(settings: Settings) -> list[HotUrl]:
+    """What the pure core admits on the `requests` topic as it is now (message by message)."""
+    from streams.heat import PartitionHeat
+    from streams.rules import rules_from_settings
+
+    rules = rules_from_settings(settings)
+    parts: dict[int, PartitionHeat] = {}
+    out = []
+    msgs = read_topic(settings.kafka_bootstrap, settings.topic(contract.REQUESTS), timeout=10)
+    for m in sorted(msgs, key=lambda m: (m.partition(), m.offset())):
+        ph = parts.setdefault(m.partition(), PartitionHeat(m.partition(), rules))
+        out.extend(ph.fold(m.offset(), contract.decode(m.value(), RequestBatch).events).hot)
+    return out

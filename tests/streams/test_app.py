@@ -13,7 +13,16 @@ from heatcache.kafkautil import producer, read_topic
 from heatcache.settings import Settings
 from heatcache.stack import settings_env
 from streams.app import EXIT_CONFIG
-from tests.streams.conftest import Workers, hot_urls, produce, streams_settings, wait_for
+from tests.streams.conftest import (
+    Workers,
+    changelog_meta,
+    expected_hot,
+    hot_urls,
+    last_offsets,
+    produce,
+    streams_settings,
+    wait_for,
+)
 
 
 def ev(key: str, client: str, ts: float) -> RequestEvent:
@@ -79,3 +88,56 @@ def test_missing_topics_exit_at_once_with_config_status(kafka: str, base_setting
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == EXIT_CONFIG
     assert "missing topic" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_kill_9_recovery_counts_nothing_twice_and_keeps_admission_ids(kafka_settings: Settings,
+                                                                      workers: Workers) -> None:
+    # Offsets are not committed during the test (commit interval 10 min): every new worker
+    # re-reads the topic from the start, so only the durable state decides what counts.
+    s = streams_settings(kafka_settings, heat_min_clients=3, heat_commit_interval_s=600.0,
+                         streams_instance_id="w")
+    k, k2 = "http://a.example/big.iso", "http://b.example/other.iso"
+    # 1) a worker that never flushes: it admits k2, then dies with nothing durable
+    w1 = workers.start(s.model_copy(update={"heat_flush_interval_s": 600.0}))
+    produce(s, [ev(k2, c, 10 + i) for i, c in enumerate("abc")])
+    produce(s, [ev(k, "a", 20)])
+    produce(s, [ev(k, "b", 21)])
+    wait_for(lambda: len(hot_urls(s)) == 1, what="k2 admitted")
+    workers.kill9(w1)
+    # 2) a worker that flushes: re-reads everything, re-emits k2 with the same admission id
+    w2 = workers.start(s)
+    wait_for(lambda: len(hot_urls(s)) == 2, what="k2 re-emitted after the crash")
+    first, again = hot_urls(s)
+    assert first == again  # same admission, same id: the fetcher drops the second
+    wait_for(lambda: changelog_meta(s) == last_offsets(s), what="state durable up to the last message")
+    workers.kill9(w2)
+    # 3) a third worker restores the state, skips every message it holds, and k crosses exactly
+    workers.start(s)
+    produce(s, [ev(k, "c", 22)])
+    wait_for(lambda: len(hot_urls(s)) == 3, what="k admitted")
+    hot = hot_urls(s)
+    assert len(hot) == 3
+    assert (hot[2].cache_key, hot[2].clients, hot[2].heat, hot[2].ts) == (k, 3, 3, 22)
+
+
+def test_two_workers_give_the_hot_urls_of_one(kafka_settings: Settings, workers: Workers) -> None:
+    s = streams_settings(kafka_settings, heat_min_clients=2)
+    keys = [f"http://s{i % 7}.example/obj{i}" for i in range(60)]
+    first_half = [ev(k, f"c{(i * 7 + j) % 5}", 100 + i + j) for i, k in enumerate(keys) for j in range(2)
+                  if (i + j) % 3]
+    w1 = workers.start(s.model_copy(update={"streams_instance_id": "one"}))
+    produce(s, first_half, per_message=7)
+    w2 = workers.start(s.model_copy(update={"streams_instance_id": "two"}))  # a rebalance mid-stream
+    produce(s, [ev(k, f"d{i % 3}", 300 + i) for i, k in enumerate(keys)], per_message=5)
+    expected = expected_hot(s)
+    assert len(expected) > 30
+
+    def admitted() -> set[str]:
+        return {h.admission for h in hot_urls(s)}
+
+    wait_for(lambda: admitted() >= {h.admission for h in expected}, what="every expected admission")
+    assert admitted() == {h.admission for h in expected}
+    by_id = {h.admission: h for h in hot_urls(s)}
+    assert [by_id[h.admission] for h in expected] == expected  # same counts, same reasons
+    logs = w1.log_path.read_text() + w2.log_path.read_text()
+    assert logs.count("partition ") >= 3
