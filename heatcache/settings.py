@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     topic_dead_letter: str = "dead-letter"
     topic_control: str = "control"  # operator switches (compacted): pins, prefetch pause, steering stop
     topic_host_heat: str = "host-heat"  # HostHeat from streams (per host and partition)
+    # -- Kafka client security (ops, k8s/): Strimzi's TLS listener with a client certificate per
+    # stage; the files are the KafkaUser's Secret and the cluster CA, mounted by each pod
+    kafka_security_protocol: str = Field(default="PLAINTEXT", pattern="^(PLAINTEXT|SSL)$")
+    kafka_ssl_ca: Path | None = None
+    kafka_ssl_cert: Path | None = None
+    kafka_ssl_key: Path | None = None
 
     # -- sniffer
     sniff_iface: str = "lo"
@@ -214,6 +220,17 @@ class Settings(BaseSettings):
     @property
     def health_interval(self) -> float:
         return self.dns_health_interval_s or max(0.5, self.dns_ttl / 3)
+
+    def kafka_client_config(self) -> dict[str, str]:
+        """librdkafka settings for the configured security protocol (merged into every client)."""
+        if self.kafka_security_protocol == "PLAINTEXT":
+            return {}
+        config = {"security.protocol": "SSL"}
+        for key, path in (("ssl.ca.location", self.kafka_ssl_ca), ("ssl.certificate.location", self.kafka_ssl_cert),
+                          ("ssl.key.location", self.kafka_ssl_key)):
+            if path is not None:
+                config[key] = str(path)
+        return config
 
     def topic(self, name: str) -> str:
         """Full topic name for a logical one ('requests', 'hot-urls', ...)."""

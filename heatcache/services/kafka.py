@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
+from typing import NamedTuple
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -207,21 +208,35 @@ class EmbeddedKafka:
         self.proc = None
 
 
+class TopicPlan(NamedTuple):
+    """One topic as the launcher creates it: full name, partitions and topic configs."""
+
+    name: str
+    partitions: int
+    config: dict[str, str]
+
+
+def topic_plan(settings: Settings, names: Iterable[str] = contract.ALL_TOPICS) -> list[TopicPlan]:
+    """What ensure_topics creates (pure): the Kubernetes manifests' KafkaTopics are checked against it.
+
+    `requests`, `hot-urls` and `cache-events` are co-partitioned with the streams tables."""
+    plan = []
+    for name in names:
+        config = {"cleanup.policy": "compact"} if name in contract.COMPACTED_TOPICS else {}
+        parts = settings.kafka_partitions if name in (contract.REQUESTS, contract.HOT_URLS) else 1
+        if name == contract.CACHE_EVENTS:
+            parts = settings.kafka_partitions
+        plan.append(TopicPlan(settings.topic(name), parts, config))
+    return plan
+
+
 def ensure_topics(bootstrap: str, settings: Settings, names: Iterable[str] = contract.ALL_TOPICS,
                   timeout: float = 30.0) -> None:
     """Create the stage topics when missing (requests co-partitioned with the streams tables)."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     existing = set(admin.list_topics(timeout=timeout).topics)
-    new = []
-    for name in names:
-        full = settings.topic(name)
-        if full in existing:
-            continue
-        config = {"cleanup.policy": "compact"} if name in contract.COMPACTED_TOPICS else {}
-        parts = settings.kafka_partitions if name in (contract.REQUESTS, contract.HOT_URLS) else 1
-        if name == contract.CACHE_EVENTS:
-            parts = settings.kafka_partitions
-        new.append(NewTopic(full, num_partitions=parts, replication_factor=1, config=config))
+    new = [NewTopic(t.name, num_partitions=t.partitions, replication_factor=1, config=t.config)
+           for t in topic_plan(settings, names) if t.name not in existing]
     if not new:
         return
     for topic, fut in admin.create_topics(new, operation_timeout=timeout).items():

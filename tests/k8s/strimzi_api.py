@@ -1,0 +1,65 @@
+"""Strimzi's API model (``io.strimzi:api`` from Maven Central), resolved once per user like the
+embedded Kafka's jars, and the Java checker that deserializes custom resources with it."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent / "strimzi"
+POM = HERE / "pom.xml"
+CHECKER = HERE / "StrimziCheck.java"
+
+
+def strimzi_version() -> str:
+    match = re.search(r"<strimzi.version>([^<]+)</strimzi.version>", POM.read_text())
+    assert match, "strimzi.version missing from tests/k8s/strimzi/pom.xml"
+    return match.group(1)
+
+
+def jar_dir() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "heatcache"
+    return base / f"strimzi-api-{strimzi_version()}"
+
+
+def ensure_jars() -> Path:
+    target = jar_dir()
+    done = target / ".complete"
+    if done.exists():
+        return target
+    mvn = shutil.which("mvn")
+    assert mvn is not None, "Maven (mvn) is needed once to fetch Strimzi's API jars: ./dev installs it"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done.exists():
+            return target
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        proc = subprocess.run([mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
+                               f"-DoutputDirectory={tmp}", "-DincludeScope=runtime"],
+                              capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, f"mvn failed resolving io.strimzi:api:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+        done.touch()
+    return target
+
+
+def check(resources: list[dict[str, Any]], api_version: str) -> tuple[int, str]:
+    """Run the checker over these resources: (exit code, its report)."""
+    java = shutil.which("java")
+    assert java is not None, "a Java 17 JDK is needed (./dev installs it)"
+    jars = ensure_jars()
+    proc = subprocess.run([java, "-cp", f"{jars}/*", str(CHECKER), api_version], input=json.dumps(resources),
+                          capture_output=True, text=True, check=False, timeout=180)
+    report = "\n".join(line for line in proc.stdout.splitlines() if line.startswith(("ok ", "error ")))
+    if proc.returncode not in (0, 1) or not report:
+        raise AssertionError(f"StrimziCheck failed to run ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc.returncode, report
