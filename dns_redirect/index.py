@@ -8,8 +8,9 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from heatcache import contract
 from heatcache.cachekey import key_host
@@ -67,9 +68,11 @@ class CacheIndex:
 class CacheEventsFollower(threading.Thread):
     """Reads `cache-events` from the beginning, then follows it; ``ready`` once caught up."""
 
-    def __init__(self, bootstrap: str, topic: str, index: CacheIndex) -> None:
+    def __init__(self, bootstrap: str, topic: str, index: CacheIndex,
+                 on_bad: Callable[[Message, str], None] | None = None) -> None:
         super().__init__(name="cache-events", daemon=True)
         self.topic = topic
+        self.on_bad = on_bad  # the error policy's dead-letter (heatcache dns/edge pass one)
         self.index = index
         self.ready = threading.Event()
         self.stopping = threading.Event()
@@ -107,9 +110,12 @@ class CacheEventsFollower(threading.Thread):
                     continue
                 try:
                     self.index.apply(contract.decode(msg.value(), CacheEvent))
-                except DecodeError as exc:
+                except Exception as exc:
                     self.errors += 1
-                    log.warning("ignoring bad cache event at offset %s: %s", msg.offset(), exc)
+                    reason = str(exc) if isinstance(exc, DecodeError) else f"{type(exc).__name__}: {exc}"
+                    log.warning("ignoring bad cache event at offset %s: %s", msg.offset(), reason)
+                    if self.on_bad is not None:
+                        self.on_bad(msg, reason)
         finally:
             self.consumer.close()
 

@@ -192,3 +192,28 @@ def key_host(key: str) -> str:
     if authority.startswith("["):
         return authority.partition("]")[0] + "]"
     return authority.partition(":")[0]
+
+
+def key_mismatch(key: str, url: str, rules: KeyRules) -> str | None:
+    """Why ``key`` is not the cache key the running ``rules`` compute from ``url`` (None if it is).
+
+    Consumers call it on decoded events: a message whose key does not belong to its URL would
+    store one object under another object's name."""
+    try:
+        expected = cache_key("", url, rules)
+    except BadUrl as exc:
+        return f"URL has no cache key: {exc}"
+    if expected != key:
+        return f"cache key {key[:120]!r} is not the key of its URL ({expected[:120]!r})"
+    return None
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any ``user:password@`` removed, for logs and error messages."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, tail = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rpartition("@")[2]
+    return f"{scheme}{sep}{authority}{slash}{tail}"

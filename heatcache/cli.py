@@ -10,9 +10,16 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from heatcache.lifecycle import StopFlag, announce_ready, setup_logging
+from heatcache.lifecycle import StopFlag, setup_logging
 from heatcache.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from confluent_kafka import Message, Producer
+
+    from dns_redirect.index import CacheIndex
+    from heatcache.runner import Runner
 
 log = logging.getLogger("heatcache")
 
@@ -29,17 +36,17 @@ def _bootstrap(settings: Settings) -> str:
 
 
 def cmd_sniff(settings: Settings, _args: argparse.Namespace) -> int:
-    from sniffer.app import Sniffer
+    from heatcache.metrics import SNIFFER
+    from heatcache.runner import Runner
+    from sniffer.app import main
 
-    Sniffer(settings, _bootstrap(settings)).run(StopFlag().install())
-    return 0
+    return Runner(settings, SNIFFER, bootstrap=_bootstrap(settings)).run(main)
 
 
 def cmd_streams(settings: Settings, _args: argparse.Namespace) -> int:
     from streams.app import run
 
-    run(settings, _bootstrap(settings))
-    return 0
+    return run(settings, _bootstrap(settings))
 
 
 def cmd_fetch(settings: Settings, _args: argparse.Namespace) -> int:
@@ -50,73 +57,81 @@ def cmd_fetch(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def _serve(settings: Settings, stage: str) -> int:
-    """dns and edge: follow cache-events, serve until SIGTERM, then close listeners."""
+    """dns and edge on the stage runner: follow cache-events, serve until SIGTERM, close listeners."""
+    from heatcache.metrics import DNS, EDGE
+    from heatcache.runner import Runner
+
+    run = Runner(settings, DNS if stage == "dns" else EDGE, bootstrap=_bootstrap(settings))
+    return run.run_async(_serve_main)
+
+
+async def _serve_main(run: Runner) -> None:
     from dns_redirect.index import CacheEventsFollower, CacheIndex
     from heatcache import contract
-    from heatcache.metrics import serve_metrics
+    from heatcache.kafkautil import dead_letter, producer
 
+    settings, stage = run.settings, run.stage
     index = CacheIndex()
-    follower = CacheEventsFollower(_bootstrap(settings), settings.topic(contract.CACHE_EVENTS), index)
+    prod = producer(run.bootstrap, error_cb=run.kafka_error_cb)
+
+    def bad_event(msg: Message, reason: str) -> None:  # the error policy: dead-letter, keep following
+        run.counters["index.bad-events"] += 1
+        dead_letter(prod, settings, msg, reason)
+
+    follower = CacheEventsFollower(run.bootstrap, settings.topic(contract.CACHE_EVENTS), index, on_bad=bad_event)
     follower.start()
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        flag = StopFlag().install()
-        flag.on_stop(lambda: _call_soon(loop, stop.set))
-        while not follower.ready.is_set():
-            await asyncio.sleep(0.1)
-            if flag.is_set():
-                return
-        if stage == "dns":
-            from dns_redirect.server import DnsServer
-
-            server = DnsServer(settings, index)
-            await server.start()
-            if settings.metrics_port:
-                serve_metrics(settings.metrics_port, "dns", server.counters)
-            announce_ready("dns")
-            await stop.wait()
-            await server.stop()
-            log.info("dns stopped: %s", dict(server.counters))
-        else:
-            import resource
-
-            from cachestore.catalog import open_catalog
-            from dns_redirect.edge import Edge
-            from heatcache.cachekey import KeyRules
-            from heatcache.kafkautil import producer
-
-            prod = producer(_bootstrap(settings))
-            catalog = open_catalog(settings.catalog)
-            edge = Edge(settings, index, KeyRules.load(settings.cache_key_rules), catalog, prod)
-            # one descriptor per connection plus the open objects: take what the system allows
-            _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            await edge.start(settings.edge_host, settings.edge_port)
-            if settings.metrics_port:
-                serve_metrics(settings.metrics_port, "edge", edge.counters)
-            log.info("edge on %s:%d", settings.edge_host, settings.edge_port)
-            announce_ready("edge")
-            await stop.wait()
-            await edge.stop()  # flushes pending hit counts to the catalog
-            prod.flush(10)
-            catalog.close()
-            log.info("edge stopped: %s", dict(edge.counters))
-
     try:
-        import uvloop  # libuv's loop: more DNS answers and edge hits per core (the edge's hit
-        # front sends bodies with os.sendfile itself, so uvloop's missing loop.sendfile is no loss)
-
-        uvloop.run(main())
+        while not follower.ready.is_set():
+            if not follower.is_alive():  # could not reach the broker: exit, the supervisor restarts us
+                raise RuntimeError("the cache-events follower stopped before catching up")
+            if run.stop.is_set():
+                return
+            await asyncio.sleep(0.1)
+        if stage == "dns":
+            await _serve_dns(run, index)
+        else:
+            await _serve_edge(run, index, prod)
     finally:
         follower.stop()
         follower.join(5)
-    return 0
+        prod.flush(5)
 
 
-def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
-    loop.call_soon_threadsafe(fn)
+async def _serve_dns(run: Runner, index: CacheIndex) -> None:
+    from dns_redirect.server import DnsServer
+
+    server = DnsServer(run.settings, index)
+    server.counters = run.counters  # the runner's Counter: what /metrics and snapshots read
+    run.metrics.bind("steered-hosts", lambda: len(index.hosts))
+    await server.start()
+    run.ready()
+    await run.stopped()
+    await server.stop()
+    log.info("dns stopped: %s", dict(server.counters))
+
+
+async def _serve_edge(run: Runner, index: CacheIndex, prod: Producer) -> None:
+    import resource
+
+    from cachestore.catalog import open_catalog
+    from dns_redirect.edge import Edge
+    from heatcache.cachekey import KeyRules
+
+    settings = run.settings
+    catalog = open_catalog(settings.catalog)
+    edge = Edge(settings, index, KeyRules.load(settings.cache_key_rules), catalog, prod)
+    edge.counters = run.counters  # the runner's Counter: what /metrics and snapshots read
+    run.metrics.bind("objects", lambda: len(index.objects))
+    # one descriptor per connection plus the open objects: take what the system allows
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    await edge.start(settings.edge_host, settings.edge_port)
+    log.info("edge on %s:%d", settings.edge_host, settings.edge_port)
+    run.ready()
+    await run.stopped()
+    await edge.stop()  # flushes pending hit counts to the catalog
+    catalog.close()
+    log.info("edge stopped: %s", dict(edge.counters))
 
 
 def cmd_dns(settings: Settings, _args: argparse.Namespace) -> int:

@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     ignore_paths: Annotated[tuple[str, ...], NoDecode] = ()  # path prefixes never published
     client_id_raw: bool = False  # publish raw client addresses instead of keyed hashes (explicit opt-in)
     metrics_port: int = Field(default=0, ge=0, le=65535)  # Prometheus /metrics; 0 = off
+    # -- the stage runner (heatcache/runner.py): metrics snapshots, stop deadline
+    metrics_bind: str = "0.0.0.0"  # address /metrics and /health listen on
+    metrics_interval_s: float = Field(default=10.0, ge=0)  # `metrics` topic snapshot period; 0 = off
+    stop_deadline_s: float = Field(default=10.0, gt=0)  # after SIGTERM, long work is interrupted after this
     client_id_secret: str = "change-me"  # HMAC key for pseudonymous client ids
     client_id_rotation_s: int = Field(default=7 * 86400, ge=60)
     ignore_addresses: Annotated[tuple[str, ...], NoDecode] = ()  # e.g. the cache node itself: no feedback loop

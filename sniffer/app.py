@@ -5,16 +5,17 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+from confluent_kafka import KafkaError
 from confluent_kafka.admin import AdminClient
 
 from heatcache import contract
 from heatcache.cachekey import KeyRules
 from heatcache.contract import RequestEvent
-from heatcache.kafkautil import producer, publish_metrics
+from heatcache.kafkautil import producer
 from heatcache.lifecycle import StopFlag, announce_ready
-from heatcache.metrics import serve_metrics
+from heatcache.runner import Runner
 from heatcache.settings import Settings
 from sniffer.capture import LiveCapture, pcap_event_batches
 from sniffer.events import ClientHasher, Filters, FrameParser, compiled_available
@@ -51,21 +52,24 @@ def build_parser(settings: Settings, counters: Counter[str] | None = None) -> Fr
 class Sniffer:
     """Reads one source (interface or pcap) until stopped, publishing RequestEvent batches."""
 
-    METRICS_EVERY_S = 10.0
+    EXPIRE_EVERY_S = 10.0
 
-    def __init__(self, settings: Settings, bootstrap: str) -> None:
+    def __init__(self, settings: Settings, bootstrap: str, counters: Counter[str] | None = None,
+                 error_cb: Callable[[KafkaError], None] | None = None) -> None:
         self.settings = settings
-        self.counters: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter() if counters is None else counters
         self.parser = build_parser(settings, self.counters)
         topic = settings.topic(contract.REQUESTS)
-        self.producer = producer(bootstrap, **{"linger.ms": settings.batch_linger_ms})
+        extra: dict[str, object] = {"linger.ms": settings.batch_linger_ms}
+        if error_cb is not None:  # the runner's: a lost broker shows as degraded health
+            extra["error_cb"] = error_cb
+        self.producer = producer(bootstrap, **extra)
         self.publisher = BatchPublisher(self.producer, topic, topic_partitions(bootstrap, topic),
                                         settings.batch_max_events, settings.batch_linger_ms / 1000, self.counters)
 
-    def run(self, stop: StopFlag) -> Counter[str]:
+    def run(self, stop: StopFlag, ready: Callable[[], None] | None = None) -> Counter[str]:
+        """Publish until the source ends or ``stop``; metrics come from the runner (heatcache sniff)."""
         s = self.settings
-        if s.metrics_port:
-            serve_metrics(s.metrics_port, "sniffer", self.counters)
         last_metrics = time.monotonic()
         capture: LiveCapture | None = None
         batches: Iterator[tuple[list[RequestEvent], float | None]]
@@ -79,7 +83,7 @@ class Sniffer:
             # (events of a block of frames, time of its last); ([], None) on idle: the publisher still ticks
             batches = ((parser.events_many(b), b[-1][1]) if b else ([], None) for b in capture.batches(stop))
             log.info("capturing on %s, ports %s", s.sniff_iface, ",".join(map(str, s.sniff_ports)))
-        announce_ready("sniff")
+        (ready or (lambda: announce_ready("sniffer")))()
         ts = 0.0
         try:
             for events, last in batches:
@@ -89,12 +93,11 @@ class Sniffer:
                     self.publisher.add(event)
                 self.publisher.tick()
                 now = time.monotonic()
-                if now - last_metrics >= self.METRICS_EVERY_S:
+                if now - last_metrics >= self.EXPIRE_EVERY_S:
                     last_metrics = now
                     self.parser.expire(time.time() if capture is not None else ts)
                     if capture is not None:
                         self.counters["kernel-drops"] += capture.kernel_drops()
-                    publish_metrics(self.producer, s, "sniffer", dict(self.counters))
                 if stop.is_set():
                     break
         finally:
@@ -103,9 +106,13 @@ class Sniffer:
                 self.counters["kernel-drops"] += capture.kernel_drops()
                 capture.close()
             left = self.publisher.flush()
-            publish_metrics(self.producer, s, "sniffer", dict(self.counters))
             self.producer.flush(10)
             if left:
                 log.error("%d batches not delivered at shutdown", left)
             log.info("sniffer stopped: %s", dict(self.counters))
         return self.counters
+
+
+def main(run: Runner) -> None:
+    """``heatcache sniff`` on the stage runner."""
+    Sniffer(run.settings, run.bootstrap, run.counters, run.kafka_error_cb).run(run.stop, run.ready)

@@ -13,6 +13,7 @@ from heatcache import contract
 from heatcache.contract import RequestBatch, RequestEvent
 
 log = logging.getLogger(__name__)
+_URL_CAP, _KEY_CAP, _RANGE_CAP, _UA_CAP = contract.MAX_URL_LEN, contract.MAX_KEY_LEN, *contract.REQUEST_FIELD_CAPS[-2:]
 
 
 class BatchPublisher:
@@ -34,6 +35,10 @@ class BatchPublisher:
         self._since: dict[int, float] = {}
 
     def add(self, event: RequestEvent) -> None:
+        if (len(event.url) > _URL_CAP or len(event.cache_key) > _KEY_CAP or len(event.path) > _URL_CAP
+                or len(event.range) > _RANGE_CAP or len(event.ua_class) > _UA_CAP):
+            self.counters["drop.oversize"] += 1  # decoding would refuse the whole batch for it
+            return
         bucket = contract.bucket_of(event.cache_key, self.partitions)
         items = self._pending.setdefault(bucket, [])
         if not items:

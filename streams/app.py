@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sys
 import time
 import weakref
 from collections import Counter
@@ -36,7 +35,8 @@ from faust.types import TP
 
 from heatcache import contract
 from heatcache.contract import DecodeError, HostHeat, HotUrl, RequestBatch
-from heatcache.lifecycle import announce_ready
+from heatcache.metrics import STREAMS
+from heatcache.runner import ConfigError, Runner
 from heatcache.settings import Settings
 from streams.follow import CacheFollower
 from streams.heat import PartitionHeat, meta_key
@@ -44,14 +44,7 @@ from streams.rules import CacheView, Rules, RulesError, rules_from_settings
 
 log = logging.getLogger(__name__)
 
-# The exit status for "configuration error: do not restart" (sysexits EX_CONFIG); a local
-# shim until the stage runner defines the project's one.
-EXIT_CONFIG = 78
 EXPIRE_EVERY_S = 60.0
-
-
-class ConfigError(RuntimeError):
-    """The stage cannot run with this configuration (missing topic, partition mismatch, bad rules)."""
 
 
 def check_topics(settings: Settings, bootstrap: str, timeout: float = 20.0) -> None:
@@ -83,7 +76,8 @@ class _Pending:
 class Stage:
     """The shell around the pure heat: partitions, flushing, cache events, metrics."""
 
-    def __init__(self, settings: Settings, rules: Rules, app: faust.App, table: Any, topics: dict[str, Any]) -> None:
+    def __init__(self, settings: Settings, rules: Rules, app: faust.App, table: Any, topics: dict[str, Any],
+                 counters: Counter[str] | None = None) -> None:
         self.settings = settings
         self.rules = rules
         self.app = app
@@ -93,7 +87,7 @@ class Stage:
         self.pending: dict[int, _Pending] = {}
         self.cache: dict[str, CacheView] = {}
         self.retry: set[str] = set()  # failed keys waiting for their back-off
-        self.counters: Counter[str] = Counter()
+        self.counters: Counter[str] = counters if counters is not None else Counter()
         self.lock = asyncio.Lock()
         self.interval = settings.heat_flush_interval_s
         self.last_flush = time.monotonic()
@@ -141,7 +135,7 @@ class Stage:
             self.send_hot(hot, pend)
 
     def send_hot(self, hot: HotUrl, pend: _Pending) -> None:
-        self.counters["hot"] += 1
+        self.counters["hot." + hot.reason] += 1
         log.info("hot: %s (%d clients, %d requests, %s)", hot.cache_key, hot.clients, hot.heat, hot.reason)
         pend.futures.append(self.topics["hot"].send_soon(key=hot.cache_key.encode(), value=contract.encode(hot)))
 
@@ -199,6 +193,22 @@ class Stage:
                 for ev in pend.events:
                     ev.ack()
             self.counters["flushes"] += 1
+            self.set_gauges()
+
+    def set_gauges(self) -> None:
+        c = self.counters
+        c["partitions"] = len(self.parts)
+        c["keys"] = sum(len(ph.keys) for ph in self.parts.values())
+        c["hosts"] = sum(len(ph.hosts) for ph in self.parts.values())
+        c["lag"] = sum(self.lags().values())
+
+    def lags(self) -> dict[int, int]:
+        out = {}
+        for p, ph in self.parts.items():
+            with contextlib.suppress(Exception):
+                hw = self.app.consumer.highwater(TP(self.requests_topic, p))
+                out[p] = max(0, (hw or 0) - ph.applied - 1)
+        return out
 
     def write_state(self, p: int, ph: PartitionHeat, last: Any) -> list[Awaitable[Any]]:
         futures = []
@@ -273,34 +283,24 @@ class Stage:
                 self.pending.pop(tp.partition, None)  # unacked: the new owner reads them again
 
     # -- observing
-    def snapshot(self) -> dict[str, Any]:
-        """The stage's metrics record: counters, per-partition lag, top keys and hosts."""
+    def top(self) -> dict[str, Any]:
+        """The `streams-top` record: the hottest keys and hosts and each partition's lag."""
         top_n = self.settings.heat_top_n
         keys: list[tuple[str, int]] = []
         hosts: Counter[str] = Counter()
-        lag: dict[str, int] = {}
-        for p, ph in sorted(self.parts.items()):
+        for ph in self.parts.values():
             keys.extend(ph.top_keys(top_n))
             for host in ph.hosts:
                 hosts[host] += ph.host_stats(host).requests
-            with contextlib.suppress(Exception):
-                hw = self.app.consumer.highwater(TP(self.requests_topic, p))
-                lag[str(p)] = max(0, (hw or 0) - ph.applied - 1)
         keys.sort(key=lambda kv: -kv[1])
-        c = self.counters
-        return {
-            "events": c["events"], "batches": c["batches"], "late": c["late"], "hot": c["hot"],
-            "dead_letter": c["dead_letter"], "skipped_batches": c["skipped_batches"], "flushes": c["flushes"],
-            "state_records": c["state_records"], "cache_events": c["cache_events"],
-            "partitions": len(self.parts), "keys": sum(len(ph.keys) for ph in self.parts.values()),
-            "hosts": sum(len(ph.hosts) for ph in self.parts.values()),
-            "lag_total": sum(lag.values()), "lag": orjson.dumps(lag).decode(),
-            "top_keys": orjson.dumps(keys[:top_n]).decode(),
-            "top_hosts": orjson.dumps(hosts.most_common(top_n)).decode(),
-        }
+        return {"stage": "streams-top", "node": self.settings.node_name, "ts": time.time(),
+                "top_keys": orjson.dumps(keys[:top_n]).decode(),
+                "top_hosts": orjson.dumps(hosts.most_common(top_n)).decode(),
+                "lag": orjson.dumps({str(p): n for p, n in sorted(self.lags().items())}).decode()}
 
 
-def make_app(settings: Settings, bootstrap: str) -> tuple[faust.App, Stage]:
+def make_app(settings: Settings, bootstrap: str, counters: Counter[str] | None = None,
+             on_ready: Any = None) -> tuple[faust.App, Stage]:
     """Build the Faust app for these settings (no module-global app: tests build their own)."""
     rules = rules_from_settings(settings)
     parts = settings.kafka_partitions
@@ -337,7 +337,7 @@ def make_app(settings: Settings, bootstrap: str) -> tuple[faust.App, Stage]:
         "host_heat": app.topic(settings.topic(contract.HOST_HEAT), key_serializer="raw", value_serializer="raw"),
     }
     table = app.Table("heat", default=None, partitions=parts, key_type=bytes, value_type=bytes)
-    stage = Stage(settings, rules, app, table, topics)
+    stage = Stage(settings, rules, app, table, topics, counters)
 
     @app.agent(topics["requests"], name="heat")
     async def heat(stream: Any) -> None:  # a faust Stream (StreamT's stub lacks noack)
@@ -359,9 +359,8 @@ def make_app(settings: Settings, bootstrap: str) -> tuple[faust.App, Stage]:
     app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
 
     @app.timer(settings.heat_metrics_interval_s)
-    async def metrics() -> None:
-        record = {"stage": "streams", "node": settings.node_name, "ts": time.time(), **stage.snapshot()}
-        await topics["metrics"].send(key=b"streams", value=orjson.dumps(record))
+    async def top() -> None:  # the counters' snapshots are the runner's; this adds what is not a number
+        await topics["metrics"].send(key=b"streams-top", value=orjson.dumps(stage.top()))
 
     announced = False
 
@@ -371,37 +370,42 @@ def make_app(settings: Settings, bootstrap: str) -> tuple[faust.App, Stage]:
         follower_ready = stage.follower is None or stage.follower.ready.is_set()
         if not announced and follower_ready and app.consumer.assignment():
             announced = True
-            announce_ready("streams")
+            if on_ready is not None:
+                on_ready()
 
     return app, stage
 
 
-def run(settings: Settings, bootstrap: str, loglevel: str = "info") -> None:
-    """Run the app in a Faust worker until SIGTERM/SIGINT (the worker stops cleanly on both).
+def run(settings: Settings, bootstrap: str, loglevel: str = "info") -> int:
+    """Run the app in a Faust worker under the stage runner until SIGTERM/SIGINT (Faust's worker
+    handles the signals and stops cleanly); the exit status.
 
     Configuration errors (missing topics, partition mismatch, invalid rules) exit at once with
-    EXIT_CONFIG: a supervisor must not restart a worker that cannot work."""
+    the runner's EX_CONFIG: a supervisor must not restart a worker that cannot work."""
+    return Runner(settings, STREAMS, bootstrap=bootstrap).run(lambda r: main(r, settings, bootstrap, loglevel),
+                                                              install_signals=False)
+
+
+def main(run: Runner, settings: Settings, bootstrap: str, loglevel: str = "info") -> None:
     try:
         check_topics(settings, bootstrap)
-        app, stage = make_app(settings, bootstrap)
-    except (ConfigError, RulesError) as exc:
-        log.error("streams: configuration error: %s", exc)
-        print(f"heatcache streams: {exc}", file=sys.stderr)
-        sys.exit(EXIT_CONFIG)
+        app, stage = make_app(settings, bootstrap, run.counters, on_ready=run.ready)
+    except RulesError as exc:
+        raise ConfigError(str(exc)) from None
     follower = CacheFollower(bootstrap, settings.topic(contract.CACHE_EVENTS))
     follower.start()
     stage.follower = follower
     control = _control_follower(settings, bootstrap)
     if control is not None:
         stage.pins = lambda key, host: control.state.pin(key, host)
-    if settings.metrics_port:
-        from heatcache.metrics import serve_metrics
-
-        serve_metrics(settings.metrics_port, "streams", stage.counters)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     try:
         worker.execute_from_commandline()
+    except SystemExit as exc:  # Faust's worker ends with SystemExit(0) after a clean stop
+        if exc.code not in (0, None):
+            raise RuntimeError(f"faust worker exited with {exc.code}") from None
     finally:
+        run.stop.set()
         follower.stop()
         if control is not None:
             control.stop()

@@ -73,3 +73,19 @@ def test_never_raises_anything_but_badurl_and_is_idempotent(host: str, target: s
     authority = key[len("http://"):].partition("/")[0]
     again = cache_key(authority, key[len("http://") + len(authority):], RULES)
     assert again == key
+
+
+def test_key_must_be_the_key_of_its_url() -> None:
+    from heatcache.cachekey import key_mismatch
+
+    rules = KeyRules.from_json(b'{"drop": ["utm_*"]}')
+    assert key_mismatch("http://h.example/a?x=1", "http://h.example/a?x=1&utm_source=z", rules) is None
+    assert "is not the key of its URL" in (key_mismatch("http://other.example/a", "http://h.example/a", rules) or "")
+    assert "no cache key" in (key_mismatch("http://h.example/a", "http://u:p@h.example/a", rules) or "")
+
+
+def test_credentials_are_redacted() -> None:
+    from heatcache.cachekey import redact_url
+
+    assert redact_url("mysql://root:pw@127.0.0.1:3306/db") == "mysql://***@127.0.0.1:3306/db"
+    assert redact_url("http://h/a@b") == "http://h/a@b"

@@ -36,6 +36,7 @@ from heatcache.lab import (
     resolve_via,
     shared_port,
 )
+from heatcache.metrics import ALL_STAGES, StageMetrics
 from heatcache.netutil import free_port_run
 from heatcache.services.dnsmasq import Dnsmasq
 from heatcache.settings import Settings
@@ -152,9 +153,18 @@ def test_request_to_local_hit(catalog: str, lab: Lab, kafka_settings: Settings, 
             url = f"http://127.0.0.1:{settings.metrics_port + STAGES.index(stage)}/metrics"
             return urllib.request.urlopen(url, timeout=5).read().decode()
 
-        assert re.search(r'^heatcache_edge_total\{counter="hits"\} [1-9]', scrape("edge"), re.M)
-        assert re.search(r'^heatcache_dns_total\{counter="steered"\} [1-9]', scrape("dns"), re.M)
-        assert re.search(r'^heatcache_sniffer_total\{counter="requests"\} [1-9]', scrape("sniff"), re.M)
+        assert re.search(r'^heatcache_edge_responses_total\{cache="hit"\} [1-9]', scrape("edge"), re.M)
+        assert re.search(r'^heatcache_dns_answers_total\{result="steered"\} [1-9]', scrape("dns"), re.M)
+        assert re.search(r'^heatcache_sniffer_requests_total [1-9]', scrape("sniff"), re.M)
+        # ... and the same declared metrics as flat snapshots on `metrics`, one fixed field set per stage
+        snaps: dict[str, list[dict[str, object]]] = {}
+        for m in read_topic(stack.bootstrap, settings.topic(contract.METRICS)):
+            record = orjson.loads(m.value())
+            snaps.setdefault(str(record["stage"]), []).append(record)
+        for stage in ("dns", "edge", "sniffer"):
+            assert snaps.get(stage), stage
+            assert all(list(r) == StageMetrics(ALL_STAGES[stage]).spec.fields() for r in snaps[stage])
+            assert snaps[stage][-1]["node"] == settings.node_name and snaps[stage][-1]["health"] == "ok"
         dead = read_topic(stack.bootstrap, settings.topic(contract.DEAD_LETTER))
         assert sorted(orjson.loads(m.value())["topic"] for m in dead) == sorted(
             [settings.topic(contract.REQUESTS), settings.topic(contract.HOT_URLS)])

@@ -81,10 +81,10 @@ def test_sniffer_on_gateway_publishes_exactly_what_was_sent(gateway_lab: Gateway
     deadline = time.monotonic() + 10
     while True:
         body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-        if f'heatcache_sniffer_total{{counter="requests"}} {float(n)}' in body or time.monotonic() > deadline:
+        if f'heatcache_sniffer_requests_total {float(n)}' in body or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    assert f'heatcache_sniffer_total{{counter="requests"}} {float(n)}' in body
+    assert f'heatcache_sniffer_requests_total {float(n)}' in body
     sniffer.send_signal(signal.SIGTERM)
     out, _ = sniffer.communicate(timeout=30)
     assert sniffer.returncode == 0, out

@@ -94,7 +94,8 @@ def workers(tmp_path: Path) -> Iterator[Workers]:
 
 def streams_settings(settings: Settings, **heat: object) -> Settings:
     """Short intervals for tests: flush and commit every 0.2 s."""
-    values = {"heat_flush_interval_s": 0.2, "heat_metrics_interval_s": 1.0, "heat_window_s": 3600,
+    values = {"heat_flush_interval_s": 0.2, "heat_metrics_interval_s": 1.0, "metrics_interval_s": 1.0,
+              "heat_window_s": 3600,
               "heat_min_clients": 2, **heat}
     return settings.model_copy(update=values)
 

@@ -10,9 +10,9 @@ import orjson
 from heatcache import contract
 from heatcache.contract import CacheEvent, HostHeat, RequestEvent
 from heatcache.kafkautil import producer, read_topic
+from heatcache.runner import EX_CONFIG
 from heatcache.settings import Settings
 from heatcache.stack import settings_env
-from streams.app import EXIT_CONFIG
 from tests.streams.conftest import (
     Workers,
     changelog_meta,
@@ -72,13 +72,21 @@ def test_hot_once_per_admission_knows_the_cache_and_dead_letters(kafka_settings:
         return [h for h in (contract.decode(m.value(), HostHeat) for m in msgs) if h.host == "h2.example"]
 
     wait_for(lambda: any(h.tls == 1 for h in host_h2()), what="host heat with TLS")
-    metrics = read_topic(s.kafka_bootstrap, s.topic(contract.METRICS), timeout=10)
-    wait_for(lambda: read_topic(s.kafka_bootstrap, s.topic(contract.METRICS), timeout=10), what="metrics")
+
+    def records(stage: str) -> list[dict[str, object]]:
+        msgs = read_topic(s.kafka_bootstrap, s.topic(contract.METRICS), timeout=10)
+        return [r for r in (orjson.loads(m.value()) for m in msgs) if r["stage"] == stage]
+
+    # the runner's snapshots (the one metrics scheme) and the top keys/hosts record
+    wait_for(lambda: any(r["events_total"] == 26 and r["hot_urls_total__refetch_evicted"] == 1
+                         for r in records("streams")), what="a streams snapshot with every event")
+    wait_for(lambda: records("streams-top"), what="a streams-top record")
+    top = orjson.loads(str(records("streams-top")[-1]["top_hosts"]))
+    assert {h for h, _n in top} >= {"h1.example", "h2.example"}
     hot = hot_urls(s)
     again = [h for h in hot if h.cache_key == evicted]
     assert len(hot) == 6 and len(again) == 2 and again[1].reason == "refetch-evicted"
     assert again[0].admission != again[1].admission
-    del metrics
 
 
 def test_missing_topics_exit_at_once_with_config_status(kafka: str, base_settings: Settings) -> None:
@@ -86,7 +94,7 @@ def test_missing_topics_exit_at_once_with_config_status(kafka: str, base_setting
     env = {**settings_env(s)}
     proc = subprocess.run([sys.executable, "-m", "heatcache.cli", "streams"], env={**env, "PATH": "/usr/bin"},
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == EXIT_CONFIG
+    assert proc.returncode == EX_CONFIG
     assert "missing topic" in proc.stderr and "Traceback" not in proc.stderr
 
 
