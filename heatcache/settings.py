@@ -10,7 +10,7 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -135,6 +135,32 @@ class Settings(BaseSettings):
     # with nginx in front: hits answer "X-Accel-Redirect: <prefix><object path>" and nginx sends
     # the file from an internal location aliased to the cache's objects; empty = the edge sends
     edge_accel_prefix: str = ""
+
+    # -- console (the operator's web page and `heatcache status`)
+    console_host: str = "127.0.0.1"  # off loopback, every endpoint needs console_token
+    console_port: int = Field(default=8090, ge=0, le=65535)
+    console_token: SecretStr = SecretStr("")  # bearer/cookie token; required when not bound to loopback
+    # client networks named for the savings table: "dorms=10.1.0.0/16|10.9.0.0/16,library=10.2.0.0/16"
+    console_networks: Annotated[tuple[str, ...], NoDecode] = ()
+    console_refresh_s: float = Field(default=1.0, ge=0.1, le=60)  # live-stream push and catalog/edge poll period
+
+    @field_validator("console_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(p for p in value.replace(" ", "").split(",") if p)
+        return value
+
+    @field_validator("console_networks")
+    @classmethod
+    def _check_named_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            name, eq, cidrs = item.partition("=")
+            if not eq or not name or not cidrs:
+                raise ValueError(f"{item!r}: expected name=cidr[|cidr...]")
+            for cidr in cidrs.split("|"):
+                ipaddress.ip_network(cidr, strict=False)
+        return value
 
     @field_validator("sniff_ports", "sniff_tls_ports", mode="before")
     @classmethod

@@ -18,6 +18,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+from pydantic import SecretStr
+
 from heatcache.lifecycle import READY_MARK
 from heatcache.services.aria2 import Aria2Daemon
 from heatcache.services.kafka import EmbeddedKafka, ensure_topics
@@ -25,7 +27,7 @@ from heatcache.settings import Settings
 
 log = logging.getLogger(__name__)
 
-STAGES = ("streams", "fetch", "dns", "edge", "sniff")
+STAGES = ("streams", "fetch", "dns", "edge", "sniff", "console")
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -39,6 +41,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             value = ",".join(map(str, value))
         elif isinstance(value, bool):
             value = "true" if value else "false"
+        elif isinstance(value, SecretStr):  # children need the secret itself, not its mask
+            value = value.get_secret_value()
         env[f"HEATCACHE_{name.upper()}"] = str(value)
     return env
 
