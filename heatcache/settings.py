@@ -101,9 +101,20 @@ class Settings(BaseSettings):
     max_object_bytes: int = Field(default=4 * 1024**3, ge=1)
     fetch_timeout_s: float = Field(default=600.0, gt=0)
     allow_private_origins: bool = False  # only for labs and tests: origins on private addresses
+    origin_allow_networks: Annotated[tuple[str, ...], NoDecode] = ()  # private networks allowed as origins anyway
     catalog_url: str = ""  # sqlite:///path or mysql://user:pass@host:port/db; default sqlite in state
     node_name: str = "cache-0"
     outbound_address: str = ""  # source address for the node's own origin traffic (fetcher, edge)
+
+    # -- fetcher concurrency, retries, budget (fetcher/app.py)
+    fetch_max_concurrent: int = Field(default=8, ge=1, le=256)  # downloads at once, overall
+    fetch_max_per_host: int = Field(default=4, ge=1, le=64)  # downloads at once from one origin host
+    fetch_max_overall_bps: int = Field(default=0, ge=0)  # aria2c --max-overall-download-limit; 0 = none
+    fetch_retries: int = Field(default=3, ge=0, le=20)  # attempts after the first, with exponential back-off
+    fetch_retry_base_s: float = Field(default=2.0, gt=0)
+    fetch_max_redirects: int = Field(default=5, ge=0, le=20)
+    fetch_progress_interval_s: float = Field(default=0.5, gt=0, le=1.0)
+    fetch_producer_timeout_ms: int = Field(default=120_000, ge=1000)  # message.timeout.ms (re-sent after it)
 
     # -- cache store (cachestore/): quota, eviction, coherence
     cache_max_bytes: int = Field(default=0, ge=0)  # total bytes of cached objects; 0 = no byte quota
@@ -170,7 +181,7 @@ class Settings(BaseSettings):
         return value
 
     @field_validator("ignore_addresses", "upstream_dns", "ignore_hosts", "ignore_paths", "dns_client_networks",
-                     "never_steer_hosts", mode="before")
+                     "never_steer_hosts", "origin_allow_networks", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -191,7 +202,7 @@ class Settings(BaseSettings):
             raise ValueError("each port must be in 1..65535")
         return value
 
-    @field_validator("dns_client_networks")
+    @field_validator("dns_client_networks", "origin_allow_networks")
     @classmethod
     def _check_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for item in value:
