@@ -46,8 +46,7 @@ def cmd_sniff(settings: Settings, _args: argparse.Namespace) -> int:
 def cmd_streams(settings: Settings, _args: argparse.Namespace) -> int:
     from streams.app import run
 
-    run(settings, _bootstrap(settings))
-    return 0
+    return run(settings, _bootstrap(settings))
 
 
 def cmd_fetch(settings: Settings, _args: argparse.Namespace) -> int:
