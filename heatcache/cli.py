@@ -105,9 +105,27 @@ async def _serve_dns(run: Runner, index: CacheIndex) -> None:
     server = DnsServer(run.settings, index)
     server.counters = run.counters  # the runner's Counter: what /metrics and snapshots read
     run.metrics.bind("steered-hosts", lambda: len(index.hosts))
+    # the operator's kill switch from the `control` topic, applied on the server's loop
+    from heatcache import contract
+    from heatcache.control import ControlFollower, ControlState
+
+    loop = asyncio.get_running_loop()
+
+    def switch(state: ControlState) -> None:
+        if state.steering_stopped != server.steering_stopped:
+            log.warning("steering %s by the operator", "STOPPED" if state.steering_stopped else "started")
+        server.steering_stopped = state.steering_stopped
+
+    def on_change(state: ControlState) -> None:  # on the follower's thread
+        loop.call_soon_threadsafe(switch, state)
+
+    control = ControlFollower(run.bootstrap, run.settings.topic(contract.CONTROL), on_change=on_change)
+    control.start()
+    await loop.run_in_executor(None, control.wait_ready, 10.0)  # a stop switched earlier holds from the start
     await server.start()
     run.ready()
     await run.stopped()
+    control.stop()
     await server.stop()
     log.info("dns stopped: %s", dict(server.counters))
 
