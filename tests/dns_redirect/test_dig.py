@@ -71,8 +71,9 @@ def upstream() -> Iterator[Dnsmasq]:
 
 @pytest.fixture(params=[True, False], ids=["compiled-lane", "python-lane"])
 def server(upstream: Dnsmasq, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[DnsServer]:
-    settings = load_settings(state_dir=tmp_path, dns_port=0, node_address="192.0.2.10", upstream_dns=(upstream.upstream,),
-                             dns_ttl=7, dns_fastlane=request.param, dns_client_networks=("127.0.0.0/8",))
+    settings = load_settings(state_dir=tmp_path, dns_port=0, node_address="192.0.2.10",
+                             upstream_dns=(upstream.upstream,), dns_ttl=7, dns_fastlane=request.param,
+                             dns_client_networks=("127.0.0.0/8",))
     index = CacheIndex()
     index.apply(CacheEvent("http://cdn.lab.test/a", "cached", path="objects/aa/a"))
     srv = DnsServer(settings, index, health_check=False)
