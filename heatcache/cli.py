@@ -289,11 +289,19 @@ def cmd_trace(settings: Settings, args: argparse.Namespace) -> int:
     return run(settings, args, _bootstrap(settings))
 
 
+def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from replay.cli import cmd_replay as run
+
+    return run(settings, args)
+
+
 def _replay_args(name: str, p: argparse.ArgumentParser) -> None:
     from replay import cli as replay_cli
 
     if name == "trace":
         replay_cli.add_trace_args(p)
+    elif name == "replay":
+        replay_cli.add_replay_args(p)
 
 
 COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], int], str]] = {
@@ -310,6 +318,7 @@ COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], int], str]] =
     "status": (cmd_status, "what the stack does now, in the terminal (--watch, --json)"),
     "control": (cmd_control, "prefetch pause|resume, steering stop|start, pin X always|never|none, purge X"),
     "trace": (cmd_trace, "trace import FILE: load an access log or capture into the requests topic"),
+    "replay": (cmd_replay, "run the production decisions over recorded traffic and report what they save"),
 }
 
 
