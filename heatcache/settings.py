@@ -148,6 +148,9 @@ class Settings(BaseSettings):
     # with nginx in front: hits answer "X-Accel-Redirect: <prefix><object path>" and nginx sends
     # the file from an internal location aliased to the cache's objects; empty = the edge sends
     edge_accel_prefix: str = ""
+    # -- switching steering on safely (steer): off entirely, or only for some client networks
+    dns_steering: bool = True  # false: no name is steered (the `control` topic cannot turn it on)
+    dns_steer_networks: Annotated[tuple[str, ...], NoDecode] = ()  # only these clients are steered; empty = all
     # -- TLS passthrough on the cache node (steer): HTTPS to a steered host is spliced to its
     # origin by the ClientHello's SNI, never terminated; empty = no TLS listener
     edge_tls_ports: Annotated[tuple[int, ...], NoDecode] = (443,)
@@ -187,7 +190,7 @@ class Settings(BaseSettings):
         return value
 
     @field_validator("ignore_addresses", "upstream_dns", "ignore_hosts", "ignore_paths", "dns_client_networks",
-                     "never_steer_hosts", "origin_allow_networks", mode="before")
+                     "never_steer_hosts", "origin_allow_networks", "dns_steer_networks", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -208,7 +211,7 @@ class Settings(BaseSettings):
             raise ValueError("each port must be in 1..65535")
         return value
 
-    @field_validator("dns_client_networks", "origin_allow_networks")
+    @field_validator("dns_client_networks", "origin_allow_networks", "dns_steer_networks")
     @classmethod
     def _check_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for item in value:
