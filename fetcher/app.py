@@ -78,7 +78,7 @@ class Fetcher:
         self.store = open_store(settings, self.catalog)
         self.resolver = make_async_resolver(settings.upstream_dns)
         self.aria2 = aria2p.API(aria2p.Client(host=settings.aria2_rpc_host, port=settings.aria2_rpc_port,
-                                              secret=settings.aria2_secret, timeout=10))
+                                              secret=settings.aria2_secret.get_secret_value(), timeout=10))
         self.producer = producer(bootstrap)
         self.consumer = consumer(bootstrap, settings.topic_prefix + "heatcache-fetcher")
         self.counters: Counter[str] = Counter()
