@@ -7,7 +7,7 @@ configuration of its own. Invalid values fail at start-up with a message naming 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -203,6 +203,13 @@ class Settings(BaseSettings):
         if value and not value.startswith(("sqlite:///", "mysql://")):
             raise ValueError("must start with sqlite:/// or mysql://")
         return value
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Settings:
+        """A copy with ``update`` validated like the environment is (pydantic's own copy skips
+        validation: a plain string would stand where a SecretStr belongs)."""
+        if not update:
+            return super().model_copy(deep=deep)
+        return type(self).model_validate({**dict(self), **update})
 
     # -- derived values
     @property
