@@ -19,7 +19,7 @@ import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -30,11 +30,12 @@ from confluent_kafka import Producer
 
 from cachestore.catalog import Catalog, Entry
 from cachestore.paths import object_relpath, resolve_in_root
-from dns_redirect.front import HitFront, OpenObjects
-from dns_redirect.hits import SimpleHead, accel_head, etag_for, head_end, head_start, http_date, may_fill, plan_hit
+from dns_redirect.front import FrontWiring, HitFront, OpenObjects
+from dns_redirect.hits import SimpleHead, etag_for, http_date, may_fill, plan_hit
 from dns_redirect.index import CacheIndex
+from dns_redirect.route import FORWARDED, VIA, Hit, KeyMemo, Passthrough, Refuse, Route, route
 from heatcache import contract
-from heatcache.cachekey import BadUrl, cache_key, split_host
+from heatcache.cachekey import BadUrl, cache_key
 from heatcache.contract import CacheEvent
 from heatcache.resolve import ResolveError, make_async_resolver, resolve_origin_async
 from heatcache.safety import ForbiddenAddress
@@ -42,7 +43,6 @@ from heatcache.settings import Settings
 
 log = logging.getLogger(__name__)
 
-VIA = "1.1 heatcache"
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
                         "transfer-encoding", "upgrade", "proxy-connection"})
 HEALTH_PATH = "/.heatcache/health"
@@ -67,8 +67,7 @@ class Edge:
         self.session: aiohttp.ClientSession | None = None
         self.pending_hits: dict[str, tuple[int, float]] = {}
         self._flusher: asyncio.Task[None] | None = None
-        self._keys: dict[tuple[str, str], tuple[str, str]] = {}  # (Host, target) -> (cache key, host)
-        self._date: tuple[int, dict[tuple[bool, bool], bytes]] = (0, {})
+        self.keys = KeyMemo(rules)
         self._open = OpenObjects(self.root)
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
@@ -80,8 +79,10 @@ class Edge:
         await self._runner.setup()
         server = self._runner.server
         assert server is not None
+        wiring = FrontWiring(self._route_head, self._open, self._book_hit, self._count, server,
+                             self.settings.edge_accel_prefix)
         self._listener = await asyncio.get_running_loop().create_server(
-            lambda: HitFront(self, server, self._fronts), host, port, reuse_address=reuse_address, backlog=backlog)
+            lambda: HitFront(wiring, self._fronts), host, port, reuse_address=reuse_address, backlog=backlog)
 
     async def stop(self) -> None:
         """Stop listening, close idle front connections, let aiohttp finish its own (and flush
@@ -98,57 +99,22 @@ class Edge:
             self._listener = None
         self._open.close()
 
-    def _head_end(self, head: SimpleHead) -> bytes:
-        """Date changes once a second: the three possible tails are built then, not per hit."""
-        now = int(time.time())
-        if self._date[0] != now:
-            date = http_date(now)
-            self._date = (now, {(ka, h10): head_end(date, ka, h10) for ka in (True, False) for h10 in (True, False)})
-        return self._date[1][head.keep_alive, head.http10]
-
     def _book_hit(self, key: str) -> None:
         self.counters["hits"] += 1
         n, _last = self.pending_hits.get(key, (0, 0.0))
         self.pending_hits[key] = (n + 1, time.time())
 
-    def front_hit(self, head: SimpleHead) -> tuple[bytes, int, int, int] | None:
-        """A plain request the front can answer from disk: (head bytes, open file descriptor
-        (shared: not to be closed), offset, length); None when it is not a servable hit, and
-        aiohttp's ``handle`` decides (the same checks, in the same order, so both paths refuse
-        and pass through alike)."""
+    def _count(self, name: str) -> None:
+        self.counters[name] += 1
+
+    def route(self, method: str, host_header: str, target: str, via: Iterable[str]) -> Route:
+        """The one routing decision, for the front and the aiohttp path alike."""
+        return route(method, host_header, target, via, self.index, self.keys, 2 * self.settings.dns_ttl,
+                     time.monotonic())
+
+    def _route_head(self, head: SimpleHead) -> Route:
         h = head.headers
-        if VIA in h.get("via", ""):
-            return None
-        host_header = h.get("host", "")
-        memo = self._keys.get((host_header, head.target))
-        if memo is None:
-            try:
-                memo = (cache_key(host_header, head.target, self.rules), split_host(host_header)[0])
-            except BadUrl:
-                return None
-            if len(self._keys) >= 8192:
-                self._keys.clear()
-            self._keys[(host_header, head.target)] = memo
-        key, host = memo
-        if not self.index.is_steered(host) and not self.index.recently_steered(host, 2 * self.settings.dns_ttl):
-            return None
-        entry = self.index.get(key)
-        if entry is None:
-            return None
-        obj = self._open.get(entry, self.index.version)
-        if obj is None:
-            return None
-        self._book_hit(entry.cache_key)
-        if self.settings.edge_accel_prefix:
-            return accel_head(self.settings.edge_accel_prefix, entry.path, obj.content_type) + self._head_end(head), \
-                obj.fd, 0, 0
-        if "range" in h or "if-none-match" in h or "if-modified-since" in h:
-            plan = plan_hit(obj.size, obj.etag, obj.last_modified, obj.content_type, h.get("if-none-match", ""),
-                            h.get("if-modified-since", ""), h.get("range", ""), h.get("if-range", ""))
-            header = head_start(plan) + self._head_end(head)
-            length = plan.length if plan.status in (200, 206) and head.method != "HEAD" else 0
-            return header, obj.fd, plan.start, length
-        return obj.plain + self._head_end(head), obj.fd, 0, obj.size if head.method != "HEAD" else 0
+        return self.route(head.method, h.get("host", ""), head.target, (h.get("via", ""),))
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1024**2, handler_args={"max_field_size": 16384, "max_headers": 100})
@@ -233,26 +199,14 @@ class Edge:
         return web.json_response({"ok": True, "objects": len(self.index.objects), **self.counters})
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        if request.method not in ("GET", "HEAD"):
-            self.counters["refused.method"] += 1
-            return web.Response(status=405, headers={"Allow": "GET, HEAD"})
-        if VIA in request.headers.getall("Via", []):
-            self.counters["refused.loop"] += 1
-            return web.Response(status=508, text="request loop\n")
-        host_header = request.headers.get("Host", "")
-        try:
-            key = cache_key(host_header, request.raw_path, self.rules)
-            host, port = split_host(host_header)
-        except BadUrl as exc:
-            self.counters["refused.bad-request"] += 1
-            return web.Response(status=400, text=f"bad request: {exc}\n")
-        # A host unsteered moments ago is still passed through: clients may hold our DNS answer
-        # for up to a TTL, and must not be stranded.
-        if not self.index.is_steered(host) and not self.index.recently_steered(host, 2 * self.settings.dns_ttl):
-            self.counters["refused.not-steered"] += 1
-            return web.Response(status=421, text="host not served here\n")
-        entry = self.index.get(key)
-        if entry is not None:
+        decision = self.route(request.method, request.headers.get("Host", ""), request.raw_path,
+                              request.headers.getall("Via", []))
+        if isinstance(decision, Refuse):
+            self.counters["refused." + decision.reason] += 1
+            headers = {"Allow": ", ".join(sorted(FORWARDED))} if decision.status == 405 else None
+            return web.Response(status=decision.status, text=decision.text, headers=headers)
+        if isinstance(decision, Hit):
+            entry = decision.entry
             try:
                 path = resolve_in_root(self.root, entry.path)
             except ValueError:
@@ -261,7 +215,8 @@ class Edge:
                 resp = await self.serve_hit(request, path, entry)
                 if resp is not None:
                     return resp
-        return await self.pass_through(request, host, port, key)
+        return await self.pass_through(request, decision.host, decision.port, decision.key,
+                                       store=not isinstance(decision, Passthrough))
 
     async def serve_hit(self, request: web.Request, path: Path, entry: CacheEvent) -> web.StreamResponse | None:
         """Headers from the pure planner, body by ``loop.sendfile`` (zero copy), no thread hops:
@@ -306,9 +261,13 @@ class Edge:
         finally:
             fobj.close()
 
-    async def pass_through(self, request: web.Request, host: str, port: int, key: str = "") -> web.StreamResponse:
+    async def pass_through(self, request: web.Request, host: str, port: int, key: str = "",
+                           store: bool = True) -> web.StreamResponse:
         """Stream a miss from the origin without buffering the body; store it as it passes when
-        ``may_fill`` allows (the bytes cross the uplink once either way)."""
+        ``store`` and ``may_fill`` allow (the bytes cross the uplink once either way).
+
+        Redirects are never followed here: a 3xx goes to the client as it came, so no hop of a
+        redirect chain is fetched by the node (an origin cannot point the edge inwards)."""
         try:
             address = await resolve_origin_async(self.resolver, host, self.settings.allow_private_origins)
         except ForbiddenAddress:
@@ -327,20 +286,24 @@ class Edge:
         self.counters["misses"] += 1
         resp: web.StreamResponse | None = None
         try:
+            body = request.content if request.body_exists else None  # streamed, never buffered
             async with self.session.request(request.method, f"http://{literal}:{port}{request.raw_path}",
-                                            headers=headers, allow_redirects=False) as upstream:
+                                            headers=headers, data=body, allow_redirects=False) as upstream:
                 out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
                 out_headers["X-Cache"] = "MISS"
                 resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=out_headers)
                 await resp.prepare(request)
                 fill = None
-                if key and self.settings.edge_fill:
+                if key and store and self.settings.edge_fill:
                     reason = may_fill(request.method, request.headers, upstream.status, upstream.headers,
                                       self.settings.max_object_bytes)
                     if reason:
                         self.counters["fill.skipped." + reason] += 1
                     else:
-                        fill = _Fill(self.root, key)
+                        try:
+                            fill = _Fill(self.root, key)
+                        except OSError as exc:  # a full or failing disk: the client still gets its bytes
+                            self._fill_failed(key, exc)
                 try:
                     # One chunk is held back: a stored copy is in place (and the index knows it)
                     # before the client has the last byte, so its next request is a hit.
@@ -350,10 +313,18 @@ class Edge:
                             if held:
                                 await resp.write(held)
                             held = chunk
-                            if fill is not None and not fill.add(chunk, self.settings.max_object_bytes):
-                                fill.abort()
-                                fill = None
-                                self.counters["fill.skipped.size"] += 1
+                            if fill is not None:
+                                try:
+                                    kept = fill.add(chunk, self.settings.max_object_bytes)
+                                except OSError as exc:  # ENOSPC, EIO: drop the copy, keep streaming
+                                    fill.abort()
+                                    fill = None
+                                    self._fill_failed(key, exc)
+                                    continue
+                                if not kept:
+                                    fill.abort()
+                                    fill = None
+                                    self.counters["fill.skipped.size"] += 1
                     if fill is not None:
                         length = upstream.headers.get("Content-Length")
                         if length is None or int(length) == fill.size:
@@ -382,6 +353,10 @@ class Edge:
                     request.transport.close()
                 return resp
             return web.Response(status=502, text=f"origin failed: {exc}\n")
+
+    def _fill_failed(self, key: str, exc: OSError) -> None:
+        log.warning("in-path store of %s dropped: %s", key, exc)
+        self.counters["fill.failed.disk"] += 1
 
     async def _finish_fill(self, fill: _Fill, key: str, host: str, request: web.Request,
                            headers: Mapping[str, str]) -> None:
@@ -441,6 +416,7 @@ class _Fill:
         return self.rel
 
     def abort(self) -> None:
-        self.fh.close()
+        with contextlib.suppress(OSError):  # closing flushes: on a full disk that fails too
+            self.fh.close()
         with contextlib.suppress(OSError):
             self.path.unlink()

@@ -6,6 +6,10 @@ MSG_MORE, then the body straight from the file with ``os.sendfile``, without a R
 or a task per request — aiohttp's per-request cost is what kept small hits at a tenth of nginx.
 Anything else (a miss, a purge, a health check, a malformed or unusual request) hands the
 connection, with every byte not yet answered, to aiohttp's own protocol, which keeps it to the end.
+
+The front and the edge meet only through :class:`FrontWiring`: the one routing decision
+(``route.route``, the same the aiohttp path asks), the open objects, and two callbacks to book a
+hit and count an event. The front never sees the ``Edge``.
 """
 
 from __future__ import annotations
@@ -16,14 +20,25 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from cachestore.paths import resolve_in_root
-from dns_redirect.hits import MAX_HEAD, etag_for, head_start, http_date, parse_simple_head, plan_hit
+from dns_redirect.hits import (
+    MAX_HEAD,
+    SimpleHead,
+    accel_head,
+    etag_for,
+    head_end,
+    head_start,
+    http_date,
+    parse_simple_head,
+    plan_hit,
+)
+from dns_redirect.route import Hit, Route
 
 if TYPE_CHECKING:
-    from dns_redirect.edge import Edge
     from heatcache.contract import CacheEvent
 
 IDLE_S = 75.0  # like aiohttp's keep-alive timeout; also bounds a head that never completes
@@ -84,12 +99,62 @@ class OpenObjects:
         self.files.clear()
 
 
+class _Tails:
+    """Date changes once a second: the four possible head tails are built then, not per hit."""
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.tails: dict[tuple[bool, bool], bytes] = {}
+
+    def get(self, keep_alive: bool, http10: bool) -> bytes:
+        now = int(time.time())
+        if now != self.second:
+            date = http_date(now)
+            self.tails = {(ka, h10): head_end(date, ka, h10) for ka in (True, False) for h10 in (True, False)}
+            self.second = now
+        return self.tails[keep_alive, http10]
+
+
+@dataclass
+class FrontWiring:
+    """Everything the front needs from the edge, and nothing more."""
+
+    route: Callable[[SimpleHead], Route]  # the edge's one routing decision for this head
+    objects: OpenObjects
+    book_hit: Callable[[str], None]  # a hit of this cache key is about to be sent
+    count: Callable[[str], None]  # bump one of the edge's counters
+    handoff: Callable[[], asyncio.Protocol]  # aiohttp's protocol for the rest of a connection
+    accel_prefix: str = ""  # nginx in front: answer X-Accel-Redirect instead of the body
+    tails: _Tails = field(default_factory=_Tails)
+
+    def answer(self, head: SimpleHead) -> tuple[bytes, int, int, int] | None:
+        """A plain request the front can answer from disk: (head bytes, open file descriptor
+        (shared: not to be closed), offset, length); None when the route is not a hit (or the
+        file is gone), and aiohttp's handler, asking the same route, answers."""
+        decision = self.route(head)
+        if not isinstance(decision, Hit):
+            return None
+        obj = self.objects.get(decision.entry, decision.version)
+        if obj is None:
+            return None
+        self.book_hit(decision.entry.cache_key)
+        tail = self.tails.get(head.keep_alive, head.http10)
+        if self.accel_prefix:
+            return accel_head(self.accel_prefix, decision.entry.path, obj.content_type) + tail, obj.fd, 0, 0
+        h = head.headers
+        if "range" in h or "if-none-match" in h or "if-modified-since" in h:
+            plan = plan_hit(obj.size, obj.etag, obj.last_modified, obj.content_type, h.get("if-none-match", ""),
+                            h.get("if-modified-since", ""), h.get("range", ""), h.get("if-range", ""))
+            length = plan.length if plan.status in (200, 206) and head.method != "HEAD" else 0
+            return head_start(plan) + tail, obj.fd, plan.start, length
+        return obj.plain + tail, obj.fd, 0, obj.size if head.method != "HEAD" else 0
+
+
 class HitFront(asyncio.Protocol):
     """One client connection, for as long as its requests are plain hits."""
 
-    def __init__(self, edge: Edge, handoff: Callable[[], asyncio.Protocol], live: set[HitFront]) -> None:
-        self.edge = edge
-        self.handoff = handoff
+    def __init__(self, wiring: FrontWiring, live: set[HitFront]) -> None:
+        self.wiring = wiring
         self.live = live
         self.transport: asyncio.Transport | None = None
         self.sock: socket.socket | None = None
@@ -151,7 +216,7 @@ class HitFront(asyncio.Protocol):
                     self._hand_off()
                 return
             head = parse_simple_head(self.buf[:end])
-            hit = self.edge.front_hit(head) if head is not None else None
+            hit = self.wiring.answer(head) if head is not None else None
             if hit is None or head is None:
                 self._hand_off()
                 return
@@ -179,7 +244,7 @@ class HitFront(asyncio.Protocol):
                             break
                         done += n
         except OSError:  # the client hung up (or the file failed) mid-answer: nothing more to send
-            self.edge.counters["client-gone"] += 1
+            self.wiring.count("client-gone")
             transport.abort()
             return
         if done < length:
@@ -187,7 +252,7 @@ class HitFront(asyncio.Protocol):
             # of the socket for room (the transport's own fd is the transport's to watch). The
             # file is dup'ed too: the shared descriptor may be closed when the index changes.
             self.busy = True
-            self.edge.counters["front.deferred"] += 1
+            self.wiring.count("front.deferred")
             self.pending = (os.dup(fd), start + done, start + length, keep_alive)
             asyncio.get_running_loop().add_writer(sock.fileno(), self._send_more)
             return
@@ -208,7 +273,7 @@ class HitFront(asyncio.Protocol):
                         raise ConnectionResetError("file shorter than planned")
                     offset += n
         except OSError:
-            self.edge.counters["client-gone"] += 1
+            self.wiring.count("client-gone")
             self._end_pending()
             transport.abort()
             return
@@ -236,9 +301,9 @@ class HitFront(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         self.handed = True
-        self.edge.counters["front.handed-off"] += 1
+        self.wiring.count("front.handed-off")
         self._release()
-        proto = self.handoff()
+        proto = self.wiring.handoff()
         transport.set_protocol(proto)
         proto.connection_made(transport)
         data, self.buf = self.buf, b""

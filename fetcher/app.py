@@ -1,228 +1,654 @@
-"""The fetcher's I/O shell: hot URL in, one aria2 download, a catalog row and a CacheEvent out.
+"""The fetcher's I/O shell: hot URLs in, concurrent aria2 downloads, objects stored through the
+cache store, CacheEvents out (acknowledged before the offset is stored).
 
-The origin is resolved through the upstream resolver and checked (no private addresses unless
-allowed); aria2 then fetches that pinned address with the original Host header, so a DNS answer
-that changes between the check and the download cannot redirect the fetch inward.
+One loop thread owns all state. Per hot URL (a *job*):
+1. catalog check (already cached and on disk: done);
+2. pre-flight in a worker thread (fetcher/preflight.py): the redirect chain walked by us, each
+   hop resolved upstream, checked and pinned; the final answer judged (status, storable, size);
+3. the final pinned URL handed to aria2c (bounded overall and per host), with the origin's Host
+   header; a download aria2c already has for this job (after a restart of the fetcher) is
+   adopted, an interrupted one re-added on the same files with ``continue`` so it resumes;
+4. completion comes from aria2's WebSocket notifications (a thread), and a sweep every
+   ``fetch_progress_interval_s`` publishes FetchProgress, enforces the size cap on bodies without
+   Content-Length and the timeout, and catches anything a lost notification missed;
+5. the finished file is checked (size against Content-Length, mtime against Last-Modified) and
+   stored by ``cachestore.ObjectStore`` in a worker thread (quota, eviction, atomic rename);
+6. its CacheEvents are produced with delivery reports; a failed delivery (broker down past
+   ``message.timeout.ms``) is produced again, and the hot-url offset is stored only when every
+   event of it and of every earlier message of its partition is acknowledged.
+
+A lost aria2c, database or broker means back-off and retry, never an exit. SIGTERM returns
+within a second or two: running downloads stay in aria2c and are adopted after the restart
+(their hot-url messages were not committed, so they come again).
 """
 
 from __future__ import annotations
 
-import http.client
+import contextlib
 import logging
+import queue
 import shutil
+import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import Any
 
 import aria2p
-from confluent_kafka import KafkaError, Message
+import orjson
+import requests
+from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from cachestore import open_store
-from cachestore.catalog import Catalog, open_catalog
+from cachestore.catalog import Catalog, CatalogUnavailable, key_hash, open_catalog
+from cachestore.coherence import fresh_until, http_time
 from cachestore.store import ObjectMeta, StoreRefused
+from fetcher.offsets import OffsetTracker
+from fetcher.preflight import Preflight, judge, walk
 from heatcache import contract
-from heatcache.cachekey import BadUrl, split_host
+from heatcache.cachekey import BadUrl
 from heatcache.contract import CacheEvent, DecodeError, FetchProgress, HotUrl
-from heatcache.kafkautil import consumer, dead_letter, producer, publish_metrics
+from heatcache.kafkautil import consumer, producer, publish_metrics
 from heatcache.lifecycle import StopFlag, announce_ready
+from heatcache.redirects import HopRefused
 from heatcache.resolve import ResolveError, make_async_resolver, resolve_origin
-from heatcache.safety import ForbiddenAddress
+from heatcache.safety import ForbiddenAddress, check_origin_address
 from heatcache.settings import Settings
 
 log = logging.getLogger(__name__)
+
+ARIA2_ERRORS = (aria2p.ClientException, requests.RequestException, OSError)
+STATUS_KEYS = ["gid", "status", "totalLength", "completedLength", "downloadSpeed", "errorMessage", "errorCode", "dir"]
+PERMANENT = "permanent: "  # prefix of a failure that no retry can fix
 
 
 class FetchError(RuntimeError):
     """A download that failed for a reason worth recording (state=failed)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
-    """Where to fetch a URL from: the pinned address plus what to send as Host."""
-
-    url: str  # http://address:port/path?query
-    host_header: str
-    host: str
+def backoff(attempt: int, base: float, cap: float = 60.0) -> float:
+    """Exponential back-off for the ``attempt``-th retry (1, 2, ...)."""
+    return float(min(cap, base * 2 ** max(0, attempt - 1)))
 
 
-def plan_fetch(url: str, address_of: object) -> Target:
-    """Validate an http URL and pin it to the address ``address_of(host)`` returns (pure given it)."""
-    parts = urlsplit(url)
-    if parts.scheme != "http":
-        raise FetchError(f"unsupported scheme {parts.scheme!r}")
-    if parts.username or parts.password:
-        raise FetchError("credentials in URL")
-    try:
-        host, port = split_host(parts.netloc)
-    except BadUrl as exc:
-        raise FetchError(str(exc)) from None
-    address = address_of(host)  # type: ignore[operator]
-    literal = f"[{address}]" if ":" in address else address
-    path = parts.path or "/"
-    query = f"?{parts.query}" if parts.query else ""
-    host_header = parts.netloc.lower()
-    return Target(url=f"http://{literal}:{port}{path}{query}", host_header=host_header, host=host)
+@dataclass
+class Owed:
+    """Messages whose offsets wait for the acknowledgement of what they produced."""
+
+    offsets: list[tuple[str, int, int]] = field(default_factory=list)
+    state: str = "produce"
+    deliveries: int = 0  # events produced and not yet acknowledged
+    outbox: list[tuple[str, bytes, bytes]] = field(default_factory=list)  # (topic, key, value) to (re)produce
+
+
+@dataclass
+class Job(Owed):
+    """One cache key being fetched, and the hot-url messages waiting for it."""
+
+    hot: HotUrl = field(default=None)  # type: ignore[assignment]  # always given
+    dir: Path = field(default=Path())
+    state: str = "check"  # check, queued, preflight, add, running, finish, produce, done
+    attempt: int = 0
+    not_before: float = 0.0  # monotonic: back-off
+    gid: str = ""
+    pre: Preflight | None = None
+    started: float = 0.0
+    delays: int = 0  # waits for a dependency (database, aria2c), not counted as attempts
+
+    @property
+    def key(self) -> str:
+        return self.hot.cache_key
 
 
 class Fetcher:
-    """Consumes `hot-urls` one at a time; each object is fetched at most once while cached."""
+    """Consumes `hot-urls`; each object is fetched at most once while cached."""
 
     def __init__(self, settings: Settings, bootstrap: str, catalog: Catalog | None = None) -> None:
         self.settings = settings
+        self.bootstrap = bootstrap
         self.root = settings.cache_root.resolve()
         self.tmp = self.root / "tmp"
-        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.jobs_dir = self.tmp / "jobs"
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.catalog = catalog or open_catalog(settings.catalog)
         self.store = open_store(settings, self.catalog)
         self.resolver = make_async_resolver(settings.upstream_dns)
-        self.aria2 = aria2p.API(aria2p.Client(host=settings.aria2_rpc_host, port=settings.aria2_rpc_port,
-                                              secret=settings.aria2_secret.get_secret_value(), timeout=10))
-        self.producer = producer(bootstrap)
+        self.aria2 = self._aria2_client()
+        self.producer = self._producer()
         self.consumer = consumer(bootstrap, settings.topic_prefix + "heatcache-fetcher")
         self.counters: Counter[str] = Counter()
+        self.jobs: dict[str, Job] = {}
+        self.owed: dict[str, Owed] = {}  # dead letters waiting for their acknowledgement
+        self.by_gid: dict[str, str] = {}
+        self.offsets = OffsetTracker()
+        self.results: queue.Queue[tuple[str, str, Any]] = queue.Queue()  # (key, kind, result) from workers
+        self.notified: queue.Queue[str] = queue.Queue()  # gids aria2 says stopped/completed/failed
+        self.reproduce: list[tuple[float, str, str, bytes, bytes]] = []  # (not_before, job key, topic, key, value)
+        self.aria2_ok = False
+        self.aria2_known: dict[str, dict[str, Any]] = {}  # job dir -> aria2 status, from the reconcile
+        self.aria2_retry_at = 0.0
+        self._stopping = threading.Event()
+        self._listener: threading.Thread | None = None
+        self.aria2_listener: aria2p.Client | None = None
 
+    # -- clients --------------------------------------------------------------------------
+    def _aria2_client(self) -> aria2p.Client:
+        s = self.settings
+        return aria2p.Client(host=s.aria2_rpc_host, port=s.aria2_rpc_port, secret=s.aria2_secret.get_secret_value(),
+                             timeout=5)
+
+    def _producer(self) -> Producer:
+        # Not idempotent: a CacheEvent sent twice is harmless (compacted, per key), and a message
+        # that timed out during a broker outage is produced again by us rather than failing the
+        # idempotence sequence.
+        return producer(self.bootstrap, **{"enable.idempotence": False, "acks": "all",
+                                           "message.timeout.ms": self.settings.fetch_producer_timeout_ms})
+
+    # -- the loop ---------------------------------------------------------------------------
     def run(self, stop: StopFlag) -> Counter[str]:
         s = self.settings
-        self.consumer.subscribe([s.topic(contract.HOT_URLS)])
+        self.consumer.subscribe([s.topic(contract.HOT_URLS)], on_revoke=self._revoked)
+        self._listener = threading.Thread(target=self._listen, name="aria2-notifications", daemon=True)
+        self._listener.start()
         announce_ready("fetch")
-        last_metrics = time.monotonic()
+        last_metrics = last_sweep = time.monotonic()
         try:
             while not stop.is_set():
-                msg = self.consumer.poll(0.5)
+                now = time.monotonic()
+                if not self.aria2_ok and now >= self.aria2_retry_at:
+                    self._connect_aria2()
+                busy = len(self.jobs) >= 4 * s.fetch_max_concurrent + 64
+                msg = None if busy else self.consumer.poll(0.1)
+                if busy:
+                    time.sleep(0.05)  # a full queue: let downloads finish before reading more
                 self.producer.poll(0)
-                if time.monotonic() - last_metrics > 10:
-                    last_metrics = time.monotonic()
-                    publish_metrics(self.producer, s, "fetcher", dict(self.counters))
-                if msg is None:
-                    continue
-                err = msg.error()
-                if err is not None:
-                    if err.code() != KafkaError._PARTITION_EOF:
-                        log.warning("consumer error: %s", err)
-                    continue
-                self.handle(msg)
-                self.consumer.store_offsets(msg)
+                if msg is not None:
+                    self._message(msg)
+                self._drain_workers()
+                self._drain_notifications()
+                self._advance(now)
+                self._retry_produce(now)
+                if now - last_sweep >= s.fetch_progress_interval_s:
+                    last_sweep = now
+                    self._sweep()
+                if now - last_metrics > 10:
+                    last_metrics = now
+                    publish_metrics(self.producer, s, "fetcher", {**dict(self.counters), "jobs": len(self.jobs)})
         finally:
-            self.producer.flush(30)
-            self.consumer.close()  # commits the stored offsets
+            self._stopping.set()
+            if self.aria2_listener is not None:
+                self.aria2_listener.stop_listening()
+            self.producer.flush(2)
+            self._drain_deliveries()
+            with contextlib.suppress(KafkaException):
+                self.consumer.close()  # commits the offsets stored so far
             self.catalog.close()
-            log.info("fetcher stopped: %s", dict(self.counters))
+            log.info("fetcher stopped: %s (%d jobs left to the next start)", dict(self.counters), len(self.jobs))
         return self.counters
 
-    def handle(self, msg: Message) -> None:
+    def _drain_deliveries(self) -> None:
+        self.producer.poll(0)
+
+    # -- messages ---------------------------------------------------------------------------
+    def _message(self, msg: Message) -> None:
+        err = msg.error()
+        if err is not None:
+            if err.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer error: %s", err)
+            return
+        where = (msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
+        self.offsets.add(*where)
         try:
             hot = contract.decode(msg.value(), HotUrl)
         except DecodeError as exc:
             self.counters["dead-letter"] += 1
-            dead_letter(self.producer, self.settings, msg, str(exc))
+            log.warning("dead-letter %s[%s]@%s: %s", *where, exc)
+            value = contract.dead_letter_value(where[0], where[1], where[2], str(exc), msg.value())
+            owed = Owed([where])
+            dl_key = f"\0dead-letter\0{where}"
+            self.owed[dl_key] = owed
+            owed.outbox.append((self.settings.topic(contract.DEAD_LETTER), msg.key() or b"", value))
+            self._flush_outbox(dl_key, owed)
             return
-        existing = self.catalog.get(hot.cache_key)
+        job = self.jobs.get(hot.cache_key)
+        if job is not None:  # the same object again while it is being fetched: one download
+            job.offsets.append(where)
+            self.counters["joined"] += 1
+            return
+        self.jobs[hot.cache_key] = Job([where], hot=hot, dir=self.jobs_dir / key_hash(hot.cache_key))
+
+    def _advance(self, now: float) -> None:
+        """Move every job that can move one step on."""
+        s = self.settings
+        running = [j for j in self.jobs.values() if j.state in ("preflight", "add", "running")]
+        per_host = Counter(j.hot.host for j in running)
+        slots = s.fetch_max_concurrent - len(running)
+        for key, job in list(self.jobs.items()):
+            if job.not_before > now:
+                continue
+            if job.state == "check":
+                self._check(key, job)
+            if job.state == "queued" and slots > 0 and per_host[job.hot.host] < s.fetch_max_per_host:
+                slots -= 1
+                per_host[job.hot.host] += 1
+                job.state = "preflight"
+                if not job.started:
+                    self._progress(job, "running")
+                self._spawn(key, "preflight", self._preflight_work, job.hot.url)
+            if job.state == "add" and self.aria2_ok:
+                self._add(job)
+
+    def _check(self, key: str, job: Job) -> None:
+        try:
+            existing = self.catalog.get(key)
+        except CatalogUnavailable as exc:
+            self._delay(job, f"catalog unavailable: {exc}")
+            return
         if existing is not None and existing.state == "cached" and (self.root / existing.path).exists():
+            # announce it again: the event may be what an earlier run could not get acknowledged
             self.counters["already-cached"] += 1
+            event = CacheEvent(cache_key=key, state="cached", url=existing.url, host=existing.host,
+                               path=existing.path, size=existing.size, sha256=existing.sha256, etag=existing.etag,
+                               last_modified=existing.last_modified, content_type=existing.content_type,
+                               node=self.settings.node_name, ts=existing.fetched_at, source="fetch")
+            job.outbox.append((self.settings.topic(contract.CACHE_EVENTS), key.encode(), contract.encode(event)))
+            job.state = "produce"
+            self._flush_outbox(key, job)
+            return
+        job.state = "queued"
+        self._progress(job, "queued")
+
+    def _delay(self, job: Job, why: str) -> None:
+        """A dependency is down: try this step again after a back-off (no attempt used up)."""
+        job.delays += 1
+        job.not_before = time.monotonic() + backoff(job.delays, 0.5, cap=10.0)
+        self.counters["delays"] += 1
+        log.warning("%s: %s; retrying", job.key, why)
+
+    # -- workers ----------------------------------------------------------------------------
+    def _spawn(self, key: str, kind: str, fn: Callable[..., Any], *args: Any) -> None:
+        """Blocking work (pre-flight, hashing and storing) off the loop, on a daemon thread so a
+        stop never waits for it."""
+
+        def work() -> None:
+            try:
+                result: Any = fn(*args)
+            except Exception as exc:  # handed back to the loop, which decides
+                result = exc
+            self.results.put((key, kind, result))
+
+        threading.Thread(target=work, name=f"fetch-{kind}", daemon=True).start()
+
+    def _preflight_work(self, url: str) -> Preflight:
+        s = self.settings
+        def resolve(host: str) -> str:  # upstream resolver, then the address policy, for every hop
+            address = resolve_origin(self.resolver, host, True)
+            return check_origin_address(address, s.allow_private_origins, s.origin_allow_networks)
+
+        return walk(url, resolve,
+                    max_hops=s.fetch_max_redirects + 1, timeout=10.0, source=s.outbound_address)
+
+    def _drain_workers(self) -> None:
+        while True:
+            try:
+                key, kind, result = self.results.get_nowait()
+            except queue.Empty:
+                return
+            job = self.jobs.get(key)
+            if job is None:
+                continue
+            if kind == "preflight":
+                self._preflight_done(key, job, result)
+            elif kind == "store":
+                self._store_done(key, job, result)
+
+    def _preflight_done(self, key: str, job: Job, result: Preflight | Exception) -> None:
+        if isinstance(result, (HopRefused, ForbiddenAddress, BadUrl)):
+            self._fail(key, job, PERMANENT + str(result))
+            return
+        if isinstance(result, (ResolveError, OSError, ValueError)):
+            self._retry(key, job, f"pre-flight: {result}")
+            return
+        if isinstance(result, Exception):
+            self._fail(key, job, f"pre-flight: {result!r}")
+            return
+        reason = judge(result, self.store.quota.object_cap())
+        if reason:
+            self._fail(key, job, PERMANENT + reason)
+            return
+        job.pre = result
+        job.state = "add"
+        job.dir.mkdir(parents=True, exist_ok=True)
+        (job.dir / "job.json").write_bytes(orjson.dumps({"url": job.hot.url, "key": key, "chain": result.chain}))
+        if self.aria2_ok:
+            self._add(job)
+
+    # -- aria2 ------------------------------------------------------------------------------
+    def _connect_aria2(self) -> None:
+        """(Re)connect: set the global options we rely on, and learn aria2's own downloads so a
+        restarted fetcher adopts them instead of adding the same files again."""
+        s = self.settings
+        try:
+            self.aria2.change_global_option({
+                "max-concurrent-downloads": str(s.fetch_max_concurrent),
+                "max-overall-download-limit": str(s.fetch_max_overall_bps),
+            })
+            known: dict[str, dict[str, Any]] = {}
+            for d in (self.aria2.tell_active(keys=STATUS_KEYS) + self.aria2.tell_waiting(0, 1000, keys=STATUS_KEYS)
+                      + self.aria2.tell_stopped(0, 1000, keys=STATUS_KEYS)):
+                if str(d.get("dir", "")).startswith(str(self.jobs_dir)):
+                    known[str(d["dir"])] = d
+        except ARIA2_ERRORS as exc:
+            self.aria2_retry_at = time.monotonic() + 2.0
+            if self.counters["aria2-down"] % 10 == 0:
+                log.warning("aria2c unreachable (%s); retrying", exc)
+            self.counters["aria2-down"] += 1
+            return
+        self.aria2_ok = True
+        for job in self.jobs.values():
+            if job.state != "running" or not job.gid:
+                continue
+            self.by_gid.pop(job.gid, None)
+            again = known.pop(str(job.dir), None)
+            if again is not None and again.get("status") in ("active", "waiting", "paused", "complete"):
+                job.gid = str(again["gid"])  # aria2 restarted from its session: the same download
+                self.by_gid[job.gid] = job.key
+                self.notified.put(job.gid)
+            else:  # aria2 forgot it (killed before saving its session): add it again, it resumes
+                job.gid, job.state = "", "add"
+                if again is not None:
+                    known[str(job.dir)] = again
+        self.aria2_known = known
+        log.info("aria2c connected; %d downloads of ours already known to it", len(known))
+
+    def _aria2_lost(self, exc: BaseException) -> None:
+        if self.aria2_ok:
+            log.warning("lost aria2c: %s; waiting for it", exc)
+        self.aria2_ok = False
+        self.aria2_retry_at = time.monotonic() + 1.0
+
+    def _add(self, job: Job) -> None:
+        assert job.pre is not None
+        known = self.aria2_known.pop(str(job.dir), None)
+        try:
+            if known is not None and known.get("status") in ("active", "waiting", "paused", "complete"):
+                job.gid = str(known["gid"])  # ours from before a restart: adopt, never add twice
+                if known["status"] == "paused":
+                    self.aria2.unpause(job.gid)
+                self.counters["adopted"] += 1
+                log.info("adopted aria2 download %s for %s (%s)", job.gid, job.key, known["status"])
+            else:
+                if known is not None:  # stopped with an error: drop the result, resume on the same files
+                    with contextlib.suppress(aria2p.ClientException):
+                        self.aria2.remove_download_result(str(known["gid"]))
+                job.gid = self.aria2.add_uri([job.pre.pinned], options={
+                    "dir": str(job.dir), "out": "object", "header": [f"Host: {job.pre.hop.host_header}"],
+                    "max-tries": "2", "retry-wait": "1", "connect-timeout": "10", "timeout": "30",
+                    "continue": "true", "allow-overwrite": "true", "auto-file-renaming": "false",
+                    "remote-time": "true", "user-agent": "heatcache-fetcher",
+                })
+        except aria2p.ClientException as exc:
+            self._retry(job.key, job, f"aria2 refused the download: {exc}")
+            return
+        except ARIA2_ERRORS as exc:
+            self._aria2_lost(exc)
+            return
+        self.by_gid[job.gid] = job.key
+        job.state = "running"
+        job.started = job.started or time.monotonic()
+        if known is not None and known.get("status") == "complete":
+            self.notified.put(job.gid)
+
+    def _listen(self) -> None:
+        """aria2's WebSocket notifications, on their own connection; reconnects while aria2c is down."""
+        client = self._aria2_client()
+        self.aria2_listener = client
+        while not self._stopping.is_set():
+            try:
+                client.listen_to_notifications(on_download_complete=self.notified.put,
+                                               on_download_error=self.notified.put,
+                                               on_download_stop=self.notified.put, timeout=1, handle_signals=False)
+            except Exception as exc:  # a dropped socket of any kind: wait and listen again
+                log.debug("notifications: %s", exc)
+            self._stopping.wait(1.0)
+
+    def _drain_notifications(self) -> None:
+        seen: set[str] = set()
+        while True:
+            try:
+                gid = self.notified.get_nowait()
+            except queue.Empty:
+                break
+            if gid in seen or gid not in self.by_gid:
+                continue
+            seen.add(gid)
+            try:
+                status = self.aria2.tell_status(gid, keys=STATUS_KEYS)
+            except aria2p.ClientException:
+                continue  # gone (removed by us): the sweep settles it
+            except ARIA2_ERRORS as exc:
+                self._aria2_lost(exc)
+                return
+            self._status(status)
+
+    def _sweep(self) -> None:
+        """Progress for the console, the cap and timeout, and any completion a lost notification missed."""
+        running = {j.gid: j for j in self.jobs.values() if j.state == "running" and j.gid}
+        if not running or not self.aria2_ok:
             return
         try:
-            self._progress(hot, "running")
-            event = self.fetch(hot)
-            self.counters["fetched"] += 1
-            self.counters["fetched-bytes"] += event.size
-            self._progress(hot, "done", event.size, event.size)
-        except (FetchError, ForbiddenAddress, ResolveError, BadUrl, StoreRefused) as exc:
-            log.warning("fetch of %s failed: %s", hot.url, exc)
-            self.counters["failed"] += 1
-            event = CacheEvent(cache_key=hot.cache_key, state="failed", url=hot.url, host=hot.host,
-                               node=self.settings.node_name, ts=time.time(), error=str(exc)[:500])
-            self._progress(hot, "failed", error=event.error)
-        self.producer.produce(self.settings.topic(contract.CACHE_EVENTS), key=hot.cache_key.encode(),
-                              value=contract.encode(event))
-        self.producer.flush(30)
+            active = {d["gid"]: d for d in self.aria2.tell_active(keys=STATUS_KEYS)}
+            for gid in running.keys() - active.keys():
+                with contextlib.suppress(aria2p.ClientException):
+                    active[gid] = self.aria2.tell_status(gid, keys=STATUS_KEYS)
+        except ARIA2_ERRORS as exc:
+            self._aria2_lost(exc)
+            return
+        for gid, job in running.items():
+            status = active.get(gid)
+            if status is None:  # aria2 does not know it any more (restarted without its session)
+                self.by_gid.pop(gid, None)
+                job.gid, job.state = "", "add"
+                continue
+            self._status(status)
 
-    def _progress(self, hot: HotUrl, state: str, done: int = 0, total: int = 0, speed: float = 0.0,
+    def _status(self, d: dict[str, Any]) -> None:
+        key = self.by_gid.get(str(d.get("gid")))
+        job = self.jobs.get(key or "")
+        if job is None or job.state != "running" or job.not_before > time.monotonic():
+            return
+        s = self.settings
+        state = d.get("status")
+        total, done = int(d.get("totalLength") or 0), int(d.get("completedLength") or 0)
+        cap = self.store.quota.object_cap()
+        if state == "complete":
+            self._finish(job)
+        elif state in ("error", "removed"):
+            self._forget_gid(job)
+            self._retry(job.key, job, f"aria2: {d.get('errorMessage') or state} (code {d.get('errorCode', '?')})")
+        elif total > cap or done > cap:
+            self._cancel(job)
+            self._fail(job.key, job, PERMANENT + f"body outgrew the cap of {cap} bytes")
+        elif time.monotonic() - job.started > s.fetch_timeout_s:
+            self._cancel(job)
+            self._retry(job.key, job, "download timed out")
+        else:
+            self._progress(job, "running", done, total, float(d.get("downloadSpeed") or 0))
+
+    def _cancel(self, job: Job) -> None:
+        with contextlib.suppress(*ARIA2_ERRORS):
+            self.aria2.force_remove(job.gid)
+        self._forget_gid(job)
+
+    def _forget_gid(self, job: Job) -> None:
+        if job.gid:
+            with contextlib.suppress(*ARIA2_ERRORS):
+                self.aria2.remove_download_result(job.gid)
+            self.by_gid.pop(job.gid, None)
+            job.gid = ""
+
+    # -- finishing --------------------------------------------------------------------------
+    def _finish(self, job: Job) -> None:
+        job.state = "finish"
+        self._spawn(job.key, "store", self._store_work, job)
+
+    def _store_work(self, job: Job) -> Any:
+        assert job.pre is not None
+        path = job.dir / "object"
+        if not path.exists():
+            raise FetchError("aria2 reported completion but wrote no file")
+        size = path.stat().st_size
+        length = job.pre.length
+        if length is not None and size != length:
+            raise FetchError(f"downloaded {size} bytes, the pre-flight said {length}")
+        modified = http_time(job.pre.headers.get("last-modified", ""))
+        if modified is not None and abs(path.stat().st_mtime - modified) > 1:
+            raise FetchError("Last-Modified of the download differs from the pre-flight: changed meanwhile")
+        h = job.pre.headers
+        now = time.time()
+        meta = ObjectMeta(job.hot.url, job.hot.host, h.get("etag", ""), h.get("last-modified", ""),
+                          h.get("content-type", ""), h.get("cache-control", ""), fresh_until(h, now),
+                          heat=job.hot.clients, source="fetch")
+        return self.store.commit_file(path, job.key, meta, expected_size=size, now=now)
+
+    def _store_done(self, key: str, job: Job, result: Any) -> None:
+        if isinstance(result, CatalogUnavailable):
+            job.state = "running"  # the file waits in its job directory; store it when the database is back
+            self._delay(job, str(result))
+            job.not_before = time.monotonic() + 2.0
+            self.notified.put(job.gid)
+            return
+        if isinstance(result, StoreRefused):
+            self._fail(key, job, PERMANENT + result.reason)
+            return
+        if isinstance(result, FetchError):
+            self._forget_gid(job)
+            shutil.rmtree(job.dir, ignore_errors=True)
+            self._retry(key, job, str(result))
+            return
+        if isinstance(result, Exception):
+            self._forget_gid(job)
+            self._fail(key, job, f"store: {result!r}")
+            return
+        self._forget_gid(job)
+        shutil.rmtree(job.dir, ignore_errors=True)
+        self.counters["fetched"] += 1
+        self.counters["fetched-bytes"] += result.event.size
+        self.counters["evicted"] += len(result.evicted)
+        self._progress(job, "done", result.event.size, result.event.size)
+        topic = self.settings.topic(contract.CACHE_EVENTS)
+        job.outbox += [(topic, e.cache_key.encode(), contract.encode(e)) for e in result.events]
+        job.state = "produce"
+        self._flush_outbox(key, job)
+
+    def _retry(self, key: str, job: Job, reason: str) -> None:
+        job.attempt += 1
+        if job.attempt > self.settings.fetch_retries:
+            self._fail(key, job, f"{reason} (after {job.attempt} attempts)")
+            return
+        wait = backoff(job.attempt, self.settings.fetch_retry_base_s)
+        log.warning("fetch of %s: %s; attempt %d in %.1f s", job.hot.url, reason, job.attempt + 1, wait)
+        self.counters["retries"] += 1
+        job.state = "queued"
+        job.not_before = time.monotonic() + wait
+
+    def _fail(self, key: str, job: Job, reason: str) -> None:
+        reason = reason.removeprefix(PERMANENT)
+        log.warning("fetch of %s failed: %s", job.hot.url, reason)
+        self.counters["failed"] += 1
+        if job.gid:
+            self._cancel(job)
+        shutil.rmtree(job.dir, ignore_errors=True)
+        event = CacheEvent(cache_key=key, state="failed", url=job.hot.url, host=job.hot.host,
+                           node=self.settings.node_name, ts=time.time(), error=reason[:500])
+        self._progress(job, "failed", error=event.error)
+        job.outbox.append((self.settings.topic(contract.CACHE_EVENTS), key.encode(), contract.encode(event)))
+        job.state = "produce"
+        self._flush_outbox(key, job)
+
+    # -- producing with acknowledgements ----------------------------------------------------
+    def _flush_outbox(self, key: str, job: Owed) -> None:
+        while job.outbox:
+            topic, k, value = job.outbox.pop(0)
+            self._produce(key, topic, k, value)
+        if job.deliveries == 0:
+            self._complete(key, job)
+
+    def _owed(self, key: str) -> Owed | None:
+        return self.jobs.get(key) or self.owed.get(key)
+
+    def _produce(self, job_key: str, topic: str, key: bytes, value: bytes) -> None:
+        job = self._owed(job_key)
+        if job is None:
+            return
+        job.deliveries += 1
+
+        def delivered(err: KafkaError | None, _msg: Message) -> None:
+            job.deliveries -= 1
+            if err is not None:  # not acknowledged (broker away past message.timeout.ms): send it again
+                self.counters["redelivered"] += 1
+                log.warning("event for %s not acknowledged (%s); producing it again", job_key, err)
+                self.reproduce.append((time.monotonic() + 1.0, job_key, topic, key, value))
+                job.deliveries += 1  # still owed
+                if err.fatal():
+                    self._replace_producer()
+            elif job.deliveries == 0 and not job.outbox:
+                self._complete(job_key, job)
+
+        try:
+            self.producer.produce(topic, key=key, value=value, on_delivery=delivered)
+        except BufferError:
+            job.deliveries -= 1
+            job.outbox.append((topic, key, value))
+            self.producer.poll(0.1)
+
+    def _retry_produce(self, now: float) -> None:
+        due = [r for r in self.reproduce if r[0] <= now]
+        if not due:
+            return
+        self.reproduce = [r for r in self.reproduce if r[0] > now]
+        for _at, job_key, topic, key, value in due:
+            job = self._owed(job_key)
+            if job is None:
+                continue
+            job.deliveries -= 1
+            self._produce(job_key, topic, key, value)
+
+    def _replace_producer(self) -> None:
+        log.error("producer failed fatally; replacing it")
+        self.producer = self._producer()
+
+    def _complete(self, key: str, job: Owed) -> None:
+        """Everything this job produced is acknowledged: its messages' offsets may be stored."""
+        job.state = "done"
+        self.jobs.pop(key, None)
+        self.owed.pop(key, None)
+        for topic, partition, offset in job.offsets:
+            commit = self.offsets.done(topic, partition, offset)
+            if commit is not None:
+                with contextlib.suppress(KafkaException):  # partition revoked meanwhile: it comes again
+                    self.consumer.store_offsets(offsets=[TopicPartition(topic, partition, commit)])
+
+    def _revoked(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self.offsets.forget(tp.topic, tp.partition)
+
+    def _progress(self, job: Job, state: str, done: int = 0, total: int = 0, speed: float = 0.0,
                   error: str = "") -> None:
         """One FetchProgress on `fetch-progress` (the console's progress bars); never blocks."""
+        hot = job.hot
         event = FetchProgress(cache_key=hot.cache_key, state=state, url=hot.url, host=hot.host, done_bytes=done,
                               total_bytes=total, speed_bps=speed, ts=time.time(), error=error,
                               node=self.settings.node_name)
-        self.producer.produce(self.settings.topic(contract.FETCH_PROGRESS), key=hot.cache_key.encode(),
-                              value=contract.encode(event))
-        self.producer.poll(0)
+        with contextlib.suppress(BufferError):
+            self.producer.produce(self.settings.topic(contract.FETCH_PROGRESS), key=hot.cache_key.encode(),
+                                  value=contract.encode(event))
 
-    def fetch(self, hot: HotUrl) -> CacheEvent:
-        s = self.settings
-        target = plan_fetch(hot.url, lambda h: resolve_origin(self.resolver, h, s.allow_private_origins))
-        work = self.tmp / f"fetch-{hot.cache_key.__hash__() & 0xffffffff:08x}"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        try:
-            path = self._download(target, work, hot)
-            meta = self._head(target)
-            result = self.store.commit_file(path, hot.cache_key, ObjectMeta(
-                hot.url, hot.host, meta.get("etag", ""), meta.get("last-modified", ""), meta.get("content-type", ""),
-                heat=hot.clients, source="fetch"))
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        return result.event
 
-    def _download(self, target: Target, work: Path, hot: HotUrl | None = None) -> Path:
-        s = self.settings
-        try:
-            download = self.aria2.add_uris(
-                [target.url],
-                options={"dir": str(work), "out": "object", "header": [f"Host: {target.host_header}"],
-                         "max-tries": "3", "retry-wait": "1", "connect-timeout": "10", "timeout": "30",
-                         "allow-overwrite": "true", "auto-file-renaming": "false", "remote-time": "false"},
-            )
-        except aria2p.ClientException as exc:
-            raise FetchError(f"aria2 refused the download: {exc}") from None
-        deadline = time.monotonic() + s.fetch_timeout_s
-        last_progress = 0.0
-        try:
-            while True:
-                download.update()
-                if hot is not None and time.monotonic() - last_progress >= 0.5:
-                    last_progress = time.monotonic()
-                    self._progress(hot, "running", download.completed_length, download.total_length,
-                                   float(download.download_speed))
-                if download.total_length > s.max_object_bytes:
-                    raise FetchError(f"object larger than {s.max_object_bytes} bytes")
-                if download.status == "complete":
-                    break
-                if download.status in ("error", "removed"):
-                    raise FetchError(f"aria2: {download.error_message or download.status}")
-                if time.monotonic() > deadline:
-                    raise FetchError("download timed out")
-                time.sleep(0.1)
-        finally:
-            if download.status != "complete":
-                try:
-                    self.aria2.remove([download], force=True, files=True, clean=True)
-                except aria2p.ClientException:
-                    pass
-            try:
-                self.aria2.client.remove_download_result(download.gid)
-            except aria2p.ClientException:
-                pass
-        path = work / "object"
-        if not path.exists():
-            raise FetchError("aria2 reported completion but wrote no file")
-        return path
+def job_dirs(root: Path) -> list[Path]:
+    """Job directories left on disk (for operators and tests)."""
+    jobs = root / "tmp" / "jobs"
+    return sorted(p for p in jobs.iterdir() if p.is_dir()) if jobs.exists() else []
 
-    def _head(self, target: Target) -> dict[str, str]:
-        """Validators and type from a HEAD (aria2 does not hand back response headers)."""
-        parts = urlsplit(target.url)
-        source = (self.settings.outbound_address, 0) if self.settings.outbound_address else None
-        conn = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=10,
-                                          source_address=source)
-        try:
-            conn.request("HEAD", parts.path + (f"?{parts.query}" if parts.query else ""),
-                         headers={"Host": target.host_header, "User-Agent": "heatcache-fetcher"})
-            resp = conn.getresponse()
-            if resp.status != 200:
-                return {}
-            return {k.lower(): v for k, v in resp.getheaders()
-                    if k.lower() in ("etag", "last-modified", "content-type")}
-        except OSError:
-            return {}
-        finally:
-            conn.close()

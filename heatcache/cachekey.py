@@ -130,7 +130,7 @@ def split_host(host_header: str, scheme: str = "http") -> tuple[str, int]:
 
 
 def _port(text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:  # "¹".isdigit() is True
         raise BadUrl(f"bad port {text[:8]!r}")
     return int(text)
 

@@ -86,7 +86,9 @@ async def _serve_main(run: Runner) -> None:
         run.counters["index.bad-events"] += 1
         dead_letter(prod, settings, msg, reason)
 
-    follower = CacheEventsFollower(run.bootstrap, settings.topic(contract.CACHE_EVENTS), index, on_bad=bad_event)
+    # the follower reads in its thread; this loop applies every change (the index's one writer)
+    follower = CacheEventsFollower(run.bootstrap, settings.topic(contract.CACHE_EVENTS), index,
+                                   asyncio.get_running_loop(), on_bad=bad_event)
     follower.start()
     try:
         while not follower.ready.is_set():
@@ -202,6 +204,63 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_console(settings: Settings, _args: argparse.Namespace) -> int:
+    from console.server import check_bind, run_console
+
+    try:
+        check_bind(settings)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return run_console(settings, _bootstrap(settings))
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    from console.status import run_status
+
+    try:
+        return run_status(settings, settings.kafka_bootstrap, as_json=args.json, watch=args.watch,
+                          interval=args.interval)
+    except RuntimeError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_control(settings: Settings, args: argparse.Namespace) -> int:
+    """Operator switches and purges: the same code (console.actions) as the console's buttons."""
+    import json
+
+    from console.actions import ActionError, Actions, parse_action
+    from console.feed import open_catalog_rows
+    from heatcache.kafkautil import producer
+
+    words = {"pause": "paused", "resume": "running", "stop": "stopped", "start": "running", "unpin": "none"}
+    what, rest = args.what, list(args.args)
+    if what in ("prefetch", "steering"):
+        body = {"action": what, "value": words.get(rest[0], rest[0]) if rest else ""}
+    elif what == "pin":
+        if len(rest) != 2:
+            raise UsageError("usage: heatcache control pin URL|HOST always|never|none")
+        body = {"action": "pin-url" if "://" in rest[0] else "pin-host", "subject": rest[0],
+                "value": words.get(rest[1], rest[1])}
+    elif what == "purge":
+        if len(rest) != 1:
+            raise UsageError("usage: heatcache control purge URL | --prefix URL | --host HOST")
+        kind = "purge-prefix" if args.prefix else "purge-host" if args.host else "purge-url"
+        body = {"action": kind, "subject": rest[0]}
+    else:
+        raise UsageError("heatcache control prefetch pause|resume | steering stop|start | pin X VALUE | purge X")
+    rows = open_catalog_rows(settings)
+    try:
+        action = parse_action(body, by=f"cli@{settings.node_name}")
+        prod = producer(_bootstrap(settings)) if not action.kind.startswith("purge") else None
+        result = Actions(settings, prod, rows).run(action)
+    except ActionError as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        rows.close()  # type: ignore[attr-defined]
+    print(json.dumps(result))
+    return 0 if result.get("ok") else 1
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from heatcache.demo import run_demo
 
@@ -218,6 +277,9 @@ COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], int], str]] =
     "broker": (cmd_broker, "run the embedded single-node Kafka broker alone"),
     "up": (cmd_up, "run the whole stack locally (embedded Kafka, aria2c, every stage)"),
     "demo": (cmd_demo, "the stack plus a sample origin and clients; prints what happened"),
+    "console": (cmd_console, "the operator's live web page (HEATCACHE_CONSOLE_HOST/PORT)"),
+    "status": (cmd_status, "what the stack does now, in the terminal (--watch, --json)"),
+    "control": (cmd_control, "prefetch pause|resume, steering stop|start, pin X always|never|none, purge X"),
 }
 
 
@@ -228,12 +290,22 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (_fn, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text)
         if name == "up":
-            p.add_argument("--without", action="append", choices=["streams", "fetch", "dns", "edge", "sniff"],
+            p.add_argument("--without", action="append",
+                           choices=["streams", "fetch", "dns", "edge", "sniff", "console"],
                            help="leave a stage out (repeatable)")
         if name == "nginx-conf":
             p.add_argument("--listen", default="80", help="nginx's listen directive (default 80)")
         if name == "demo":
             p.add_argument("--verbose", action="store_true", help="show every stage's log lines")
+        if name == "status":
+            p.add_argument("--json", action="store_true", help="one JSON snapshot, for scripts")
+            p.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+            p.add_argument("--interval", type=float, default=2.0, help="refresh interval in seconds")
+        if name == "control":
+            p.add_argument("what", choices=["prefetch", "steering", "pin", "purge"])
+            p.add_argument("args", nargs="*")
+            p.add_argument("--prefix", action="store_true", help="purge: every cached URL under this prefix")
+            p.add_argument("--host", action="store_true", help="purge: every cached URL of this host")
     return parser
 
 

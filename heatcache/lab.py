@@ -8,6 +8,7 @@ import hashlib
 import http.client
 import json
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -42,7 +43,8 @@ def lab_settings(base: Settings, state_dir: Path, port: int, upstream: str, **up
         "allow_private_origins": True, "node_address": NODE_IP, "outbound_address": NODE_IP,
         "edge_host": NODE_IP, "edge_port": port, "dns_host": "127.0.0.1", "dns_port": free_port_udp_tcp(),
         "aria2_rpc_port": free_port(), "batch_linger_ms": 100, "catalog_url": "",
-        "dns_health_interval_s": 0.5, "lab_mode": True,  # a lab: the shipped default secrets are fine
+        "dns_health_interval_s": 0.5, "console_port": free_port(),
+        "lab_mode": True,  # a lab: the shipped default secrets are fine
     }
     values.update(update)
     return base.model_copy(update=values)
@@ -51,8 +53,9 @@ def lab_settings(base: Settings, state_dir: Path, port: int, upstream: str, **up
 class Origin:
     """A threaded HTTP origin serving files from a folder, counting GETs per path."""
 
-    def __init__(self, root: Path, address: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, root: Path, address: str = "127.0.0.1", port: int = 0, rate_bps: int = 0) -> None:
         self.root = root
+        self.rate_bps = rate_bps  # > 0: bodies trickle at about this rate (a narrow uplink; the console's tests)
         self.hits: Counter[str] = Counter()
         origin = self
 
@@ -95,11 +98,32 @@ class Origin:
                 if status == 206:
                     self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
                 self.end_headers()
-                if body:
+                if body and origin.rate_bps > 0:
+                    chunk = max(1024, origin.rate_bps // 20)
+                    for i in range(start, end + 1, chunk):
+                        self.wfile.write(data[i : min(i + chunk, end + 1)])
+                        time.sleep(chunk / origin.rate_bps)  # pacing the link, not synchronizing
+                elif body:
                     self.wfile.write(data[start : end + 1])
 
             def do_GET(self) -> None:
+                if self.path.startswith("/__redirect/"):  # hostile origin: points the client inwards
+                    origin.hits[self.path] += 1
+                    self.send_response(302)
+                    self.send_header("Location", "http://127.0.0.1:" + self.path.split("/")[2] + "/secret")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 self._serve(True)
+
+            def do_POST(self) -> None:  # echoes the body: a form or an API call reaching its site
+                data = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                origin.hits["POST " + self.path] += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
 
             def do_HEAD(self) -> None:
                 self._serve(False)

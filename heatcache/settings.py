@@ -100,9 +100,20 @@ class Settings(BaseSettings):
     max_object_bytes: int = Field(default=4 * 1024**3, ge=1)
     fetch_timeout_s: float = Field(default=600.0, gt=0)
     allow_private_origins: bool = False  # only for labs and tests: origins on private addresses
+    origin_allow_networks: Annotated[tuple[str, ...], NoDecode] = ()  # private networks allowed as origins anyway
     catalog_url: str = ""  # sqlite:///path or mysql://user:pass@host:port/db; default sqlite in state
     node_name: str = "cache-0"
     outbound_address: str = ""  # source address for the node's own origin traffic (fetcher, edge)
+
+    # -- fetcher concurrency, retries, budget (fetcher/app.py)
+    fetch_max_concurrent: int = Field(default=8, ge=1, le=256)  # downloads at once, overall
+    fetch_max_per_host: int = Field(default=4, ge=1, le=64)  # downloads at once from one origin host
+    fetch_max_overall_bps: int = Field(default=0, ge=0)  # aria2c --max-overall-download-limit; 0 = none
+    fetch_retries: int = Field(default=3, ge=0, le=20)  # attempts after the first, with exponential back-off
+    fetch_retry_base_s: float = Field(default=2.0, gt=0)
+    fetch_max_redirects: int = Field(default=5, ge=0, le=20)
+    fetch_progress_interval_s: float = Field(default=0.5, gt=0, le=1.0)
+    fetch_producer_timeout_ms: int = Field(default=120_000, ge=1000)  # message.timeout.ms (re-sent after it)
 
     # -- cache store (cachestore/): quota, eviction, coherence
     cache_max_bytes: int = Field(default=0, ge=0)  # total bytes of cached objects; 0 = no byte quota
@@ -135,6 +146,32 @@ class Settings(BaseSettings):
     # the file from an internal location aliased to the cache's objects; empty = the edge sends
     edge_accel_prefix: str = ""
 
+    # -- console (the operator's web page and `heatcache status`)
+    console_host: str = "127.0.0.1"  # off loopback, every endpoint needs console_token
+    console_port: int = Field(default=8090, ge=0, le=65535)
+    console_token: SecretStr = SecretStr("")  # bearer/cookie token; required when not bound to loopback
+    # client networks named for the savings table: "dorms=10.1.0.0/16|10.9.0.0/16,library=10.2.0.0/16"
+    console_networks: Annotated[tuple[str, ...], NoDecode] = ()
+    console_refresh_s: float = Field(default=1.0, ge=0.1, le=60)  # live-stream push and catalog/edge poll period
+
+    @field_validator("console_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(p for p in value.replace(" ", "").split(",") if p)
+        return value
+
+    @field_validator("console_networks")
+    @classmethod
+    def _check_named_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            name, eq, cidrs = item.partition("=")
+            if not eq or not name or not cidrs:
+                raise ValueError(f"{item!r}: expected name=cidr[|cidr...]")
+            for cidr in cidrs.split("|"):
+                ipaddress.ip_network(cidr, strict=False)
+        return value
+
     @field_validator("sniff_ports", "sniff_tls_ports", mode="before")
     @classmethod
     def _split_ports(cls, value: Any) -> Any:
@@ -143,7 +180,7 @@ class Settings(BaseSettings):
         return value
 
     @field_validator("ignore_addresses", "upstream_dns", "ignore_hosts", "ignore_paths", "dns_client_networks",
-                     "never_steer_hosts", mode="before")
+                     "never_steer_hosts", "origin_allow_networks", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -164,7 +201,7 @@ class Settings(BaseSettings):
             raise ValueError("each port must be in 1..65535")
         return value
 
-    @field_validator("dns_client_networks")
+    @field_validator("dns_client_networks", "origin_allow_networks")
     @classmethod
     def _check_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for item in value:

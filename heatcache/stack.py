@@ -41,7 +41,7 @@ from heatcache.settings import Settings, default_secrets
 
 log = logging.getLogger(__name__)
 
-STAGES = ("streams", "fetch", "dns", "edge", "sniff")
+STAGES = ("streams", "fetch", "dns", "edge", "sniff", "console")
 STAGE_SECRETS = {"sniff": ("client_id_secret",), "fetch": ("aria2_secret",)}
 STABLE_S = 60.0  # a child that ran this long starts its back-off from the beginning again
 
@@ -63,6 +63,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             value = value.get_secret_value()
         elif isinstance(value, bool):
             value = "true" if value else "false"
+        elif isinstance(value, SecretStr):  # children need the secret itself, not its mask
+            value = value.get_secret_value()
         env[f"HEATCACHE_{name.upper()}"] = str(value)
     return env
 

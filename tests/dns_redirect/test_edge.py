@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import subprocess
 from pathlib import Path
 
 from dns_redirect.edge import Edge
 from dns_redirect.index import CacheIndex
 from heatcache.cachekey import KeyRules
 from heatcache.contract import CacheEvent
-from heatcache.lab import NODE_IP, shared_port
+from heatcache.lab import NODE_IP, ORIGIN_IP, Origin, make_sample_files, shared_port
 from heatcache.services.dnsmasq import Dnsmasq
 from heatcache.settings import load_settings
 from tests.dns_redirect.edgelab import EdgeLab, serving_edge
@@ -47,10 +48,38 @@ def test_miss_passes_through_to_the_origin(lab: EdgeLab) -> None:
 def test_hostile_requests_are_refused(lab: EdgeLab) -> None:
     assert lab.get("/x", host="not-steered.test")[0] == 421
     assert lab.get("/x", host="bad host")[0] == 400
-    assert lab.get("/x", method="POST")[0] == 405
+    assert lab.get("/x", method="TRACE")[0] == 405
+    assert lab.get("/x", method="CONNECT")[0] in (400, 404, 405)  # never tunnelled (aiohttp may refuse first)
     assert lab.get("/x", headers={"Via": "1.1 heatcache"})[0] == 508
     assert lab.get("/x", host="escape.lab.test")[0] in (404, 502)  # catalog path escaping the root: not served
     assert lab.origin.hits["/x"] <= 1
+
+
+def test_writes_to_a_steered_host_reach_its_origin(lab: EdgeLab) -> None:
+    """Steering must not break a site: a POST passes through with its body, and is never stored."""
+    conn = http.client.HTTPConnection(NODE_IP, lab.port, timeout=10)
+    try:
+        body = b"form=1&" * 20_000
+        conn.request("POST", "/submit", body=body, headers={"Host": f"origin.lab.test:{lab.port}"})
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.read() == body and resp.getheader("X-Cache") == "MISS"
+    finally:
+        conn.close()
+    assert lab.origin.hits["POST /submit"] == 1 and lab.edge.counters["fill.stored"] == 0
+
+
+def test_redirects_are_passed_to_the_client_never_followed(lab: EdgeLab, tmp_path: Path) -> None:
+    """An origin that redirects inwards (issue 15): the 3xx reaches the client as it came; the
+    node fetches no hop of the chain (an inward server would have counted a request)."""
+    inward = Origin(tmp_path, "127.0.0.1").start()
+    try:
+        (tmp_path / "secret").write_bytes(b"internal")
+        status, headers, body = lab.get(f"/__redirect/{inward.port}")
+        assert status == 302 and headers["location"] == f"http://127.0.0.1:{inward.port}/secret"
+        assert body == b"" and inward.hits == {} and lab.edge.counters["fill.stored"] == 0
+        assert lab.get(f"/__redirect/{inward.port}")[0] == 302  # and it is not stored either
+    finally:
+        inward.stop()
 
 
 def test_internal_origin_refused_when_private_not_allowed(tmp_path: Path, dnsmasq: Dnsmasq) -> None:
@@ -141,3 +170,29 @@ def test_fill_decisions() -> None:
     assert may_fill("GET", {}, 200, {**ok, "Vary": "Cookie"}, 100) == "vary"
     assert may_fill("GET", {}, 200, {**ok, "Vary": "Accept-Encoding"}, 100) == ""
     assert may_fill("GET", {}, 200, ok, 5) == "size"
+
+
+def test_a_full_disk_while_filling_keeps_the_clients_answer_whole(tmp_path: Path, dnsmasq: Dnsmasq) -> None:
+    """ENOSPC in the in-path store (issue 15): the copy is dropped, the client gets every byte."""
+    port = shared_port()
+    files = make_sample_files(tmp_path / "www", {"big.bin": 2_000_000})
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(cache)], check=True)
+    origin = Origin(tmp_path / "www", ORIGIN_IP, port).start()
+    try:
+        settings = load_settings(state_dir=tmp_path / "state", cache_dir=cache, upstream_dns=(dnsmasq.upstream,),
+                                 node_address=NODE_IP, allow_private_origins=True, outbound_address=NODE_IP)
+        index = CacheIndex()
+        index.apply(CacheEvent(f"http://origin.lab.test:{port}/other", "cached", path="objects/00/o"))
+        edge = Edge(settings, index, KeyRules.load())
+        with serving_edge(edge, NODE_IP, port):
+            lab = EdgeLab(port, edge, origin, files)
+            for _ in range(2):
+                status, headers, body = lab.get("/big.bin")
+                assert status == 200 and headers["x-cache"] == "MISS" and body == files["big.bin"]
+            assert edge.counters["fill.failed.disk"] == 2 and edge.counters["fill.stored"] == 0
+            assert not any((cache / "tmp").iterdir())  # the partial copies are gone
+    finally:
+        origin.stop()
+        subprocess.run(["umount", str(cache)], check=True)

@@ -1,97 +1,173 @@
-"""Integration tests for the fetcher (fetcher/app.py) on a real broker and a real aria2c: a good
-object is fetched once; a dead origin, a private address and a poison message each end as a
-recorded failure (or a dead letter) while the fetcher goes on."""
+"""Integration tests for the fetcher (fetcher/app.py) on a real broker and a real aria2c: objects
+are fetched concurrently and once; redirects are walked by the fetcher, every hop checked (an
+inward hop is refused and nothing is fetched from inside); hostile targets and sizes are refused
+with the reason recorded; a poison message is dead-lettered; failures retry and then fail."""
 
 from __future__ import annotations
 
 import hashlib
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
 from confluent_kafka import Producer
 
 from cachestore.catalog import open_catalog
-from fetcher.app import Fetcher
+from fetcher.app import Fetcher, job_dirs
 from heatcache import contract
-from heatcache.contract import CacheEvent, HotUrl
+from heatcache.contract import CacheEvent, FetchProgress, HotUrl
 from heatcache.kafkautil import read_topic
-from heatcache.lab import Origin, make_sample_files
 from heatcache.lifecycle import StopFlag
 from heatcache.netutil import free_port
 from heatcache.services.aria2 import Aria2Daemon
+from heatcache.services.dnsmasq import Dnsmasq
 from heatcache.settings import Settings
+from tests.fetcher.origin import Route, TestOrigin
 
 
-def hot(url: str) -> bytes:
-    host = url.split("/")[2].split(":")[0]
+def hot(url: str, host: str = "") -> bytes:
+    host = host or url.split("/")[2].split(":")[0]
     return contract.encode(HotUrl(url, url, host, 2, 2, 86400, time.time()))
 
 
-def test_fetches_once_and_records_failures(kafka_settings: Settings, aria2: Aria2Daemon, tmp_path: Path) -> None:
-    files = make_sample_files(tmp_path / "www", {"ok.bin": 200_000})
-    origin = Origin(tmp_path / "www", "127.0.0.2").start()
-    dead_port = free_port("127.0.0.2")  # nothing listens there
-    settings = kafka_settings.model_copy(update={
-        "aria2_rpc_port": aria2.port, "aria2_secret": "s3cret", "allow_private_origins": True,
-        "upstream_dns": ("127.0.0.1:9",), "fetch_timeout_s": 30.0})
-    good = f"http://127.0.0.2:{origin.port}/ok.bin"
+def publish(settings: Settings, *items: tuple[bytes, bytes]) -> None:
     prod = Producer({"bootstrap.servers": settings.kafka_bootstrap})
-    topic = settings.topic(contract.HOT_URLS)
-    prod.produce(topic, key=b"poison", value=b"{broken")
-    prod.produce(topic, key=good.encode(), value=hot(good))
-    prod.produce(topic, key=good.encode(), value=hot(good))  # the same object again: not fetched twice
-    prod.produce(topic, key=b"dead", value=hot(f"http://127.0.0.2:{dead_port}/gone.bin"))
-    prod.produce(topic, key=b"ftp", value=hot("ftp://127.0.0.2/x.bin"))
+    for key, value in items:
+        prod.produce(settings.topic(contract.HOT_URLS), key=key, value=value)
     assert prod.flush(10) == 0
+
+
+def cache_events(settings: Settings) -> dict[str, CacheEvent]:
+    out: dict[str, CacheEvent] = {}
+    for m in read_topic(settings.kafka_bootstrap, settings.topic(contract.CACHE_EVENTS)):
+        event = contract.decode(m.value(), CacheEvent)
+        out[event.url] = event
+    return out
+
+
+def wait_events(settings: Settings, urls: set[str], timeout: float = 90.0) -> dict[str, CacheEvent]:
+    deadline = time.monotonic() + timeout
+    events: dict[str, CacheEvent] = {}
+    while time.monotonic() < deadline:
+        events = cache_events(settings)
+        if urls <= events.keys():
+            return events
+        time.sleep(0.3)
+    raise AssertionError(f"no cache event for {sorted(urls - events.keys())}")
+
+
+@contextmanager
+def running(settings: Settings) -> Iterator[Fetcher]:
     fetcher = Fetcher(settings, settings.kafka_bootstrap)
     stop = StopFlag()
     worker = threading.Thread(target=fetcher.run, args=(stop,))
     worker.start()
     try:
-        deadline = time.monotonic() + 60
-        events: list[CacheEvent] = []
-        while len(events) < 2 and time.monotonic() < deadline:
-            time.sleep(0.3)
-            events = [contract.decode(m.value(), CacheEvent)
-                      for m in read_topic(settings.kafka_bootstrap, settings.topic(contract.CACHE_EVENTS))]
+        yield fetcher
     finally:
         stop.set()
         worker.join(30)
+        assert not worker.is_alive()
+
+
+def test_concurrent_fetches_redirects_and_failures(kafka_settings: Settings, aria2: Aria2Daemon) -> None:
+    origin = TestOrigin().start()
+    blobs = {f"/v{i}.bin": hashlib.sha256(str(i).encode()).digest() * 8192 for i in range(4)}  # 256 KiB each
+    for path, body in blobs.items():
+        origin.routes[path] = Route(body, rate=1_000_000)  # ~0.25 s each: they overlap if concurrent
+    origin.routes["/moved"] = Route(status=302, headers={"Location": "/v0.bin"})
+    origin.routes["/private"] = Route(b"secret", headers={"Cache-Control": "private, max-age=60"})
+    origin.routes["/flaky"] = Route(b"f" * 1000, fail_first=1, headers={"Cache-Control": "max-age=600"})
+    dead_port = free_port("127.0.0.2")
+    settings = kafka_settings.model_copy(update={
+        "aria2_rpc_port": aria2.port, "aria2_secret": "s3cret", "allow_private_origins": True,
+        "upstream_dns": ("127.0.0.1:9",), "fetch_timeout_s": 30.0, "fetch_retries": 1, "fetch_retry_base_s": 0.2})
+    urls = {p: origin.url(p) for p in [*blobs, "/moved", "/private", "/flaky"]}
+    dead = f"http://127.0.0.2:{dead_port}/gone.bin"
+    publish(settings, (b"poison", b"{broken"), *[(u.encode(), hot(u)) for u in urls.values()],
+            (urls["/v1.bin"].encode(), hot(urls["/v1.bin"])),  # the same object twice: one download
+            (b"dead", hot(dead)))
+    try:
+        with running(settings) as fetcher:
+            events = wait_events(settings, {*urls.values(), dead})
+    finally:
         origin.stop()
-    states = {e.url: (e.state, e.error) for e in events}
-    assert states[good][0] == "cached"
-    assert states[f"http://127.0.0.2:{dead_port}/gone.bin"][0] == "failed"
-    assert "ftp://127.0.0.2/x.bin" not in states  # the strict contract refuses it: a dead letter
-    assert origin.hits["/ok.bin"] == 1 and fetcher.counters["already-cached"] == 1
-    cached = next(e for e in events if e.state == "cached")
-    assert cached.sha256 == hashlib.sha256(files["ok.bin"]).hexdigest()
-    assert (settings.cache_root / cached.path).read_bytes() == files["ok.bin"]
-    assert not any((settings.cache_root / "tmp").iterdir())  # no half files left behind
+    for path, body in blobs.items():
+        ev = events[urls[path]]
+        assert ev.state == "cached" and ev.sha256 == hashlib.sha256(body).hexdigest(), ev
+        assert (settings.cache_root / ev.path).read_bytes() == body
+        assert ev.etag and ev.content_type == "" and ev.source == "fetch"
+    assert origin.gets["/v1.bin"] == 1 and fetcher.counters["joined"] + fetcher.counters["already-cached"] >= 1
+    assert origin.peak >= 2  # downloads ran side by side
+    moved = events[urls["/moved"]]
+    assert moved.state == "cached" and moved.sha256 == hashlib.sha256(blobs["/v0.bin"]).hexdigest()
+    assert origin.gets["/moved"] == 0  # the redirect was walked by a HEAD; aria2c got the final URL
+    assert events[urls["/private"]].state == "failed" and "private" in events[urls["/private"]].error
+    assert origin.gets["/private"] == 0
+    assert events[urls["/flaky"]].state == "cached" and origin.gets["/flaky"] == 2  # 500, then a retry
+    assert events[dead].state == "failed" and "attempts" in events[dead].error
+    assert not job_dirs(settings.cache_root)  # no half files left behind
     catalog = open_catalog(settings.catalog)
     try:
-        row = catalog.get(good)
-        assert row is not None and row.state == "cached" and row.size == 200_000
+        row = catalog.get(urls["/flaky"])
+        assert row is not None and row.state == "cached" and row.size == 1000
+        assert row.fresh_until > row.fetched_at + 500  # max-age=600 from the pre-flight
     finally:
         catalog.close()
-    dead = [orjson.loads(m.value()) for m in read_topic(settings.kafka_bootstrap, settings.topic(contract.DEAD_LETTER))]
-    assert [d["topic"] for d in dead] == [topic, topic]
-    assert any("not an http(s) URL" in d["reason"] for d in dead)
+    dead_letters = read_topic(settings.kafka_bootstrap, settings.topic(contract.DEAD_LETTER))
+    assert [orjson.loads(m.value())["topic"] for m in dead_letters] == [settings.topic(contract.HOT_URLS)]
+    progress = [contract.decode(m.value(), FetchProgress)
+                for m in read_topic(settings.kafka_bootstrap, settings.topic(contract.FETCH_PROGRESS))]
+    assert {"queued", "running", "done", "failed"} <= {p.state for p in progress}
 
 
-def test_private_origin_refused_by_default(kafka_settings: Settings, aria2: Aria2Daemon) -> None:
-    settings = kafka_settings.model_copy(update={"aria2_rpc_port": aria2.port, "aria2_secret": "s3cret"})
-    fetcher = Fetcher(settings, settings.kafka_bootstrap)
+def test_hostile_targets_are_refused(kafka_settings: Settings, aria2: Aria2Daemon, tmp_path: Path) -> None:
+    """Inward redirects and direct internal targets, a host resolving to a private address, a
+    5 GB Content-Length and a body without length outgrowing the cap: each refused with its
+    reason, and nothing is fetched from inside."""
+    inside = TestOrigin("127.0.0.1").start()  # the "internal service": must never be asked
+    inside.routes["/secret"] = Route(b"top secret")
+    origin = TestOrigin().start()  # the lab's public origin (127.0.0.2 is allowed explicitly)
+    targets = {
+        "/to-loopback": inside.url("/secret"),
+        "/to-v6-loopback": f"http://[::1]:{inside.port}/secret",
+        "/to-metadata": "http://169.254.169.254/latest/meta-data/",
+        "/to-ten": "http://10.1.2.3/x",
+        "/to-file": "file:///etc/passwd",
+        "/to-private-name": "http://internal.lab.test/x",
+    }
+    for path, location in targets.items():
+        origin.routes[path] = Route(status=302, headers={"Location": location})
+    origin.routes["/huge"] = Route(b"", head_length=5 * 1024**3)
+    origin.routes["/endless"] = Route(b"x" * (8 * 1024**2), chunked=True, rate=2_000_000)
+    dnsmasq = Dnsmasq({"internal.lab.test": "10.1.2.3", "origin.lab.test": "127.0.0.2"})
+    dnsmasq.start()
+    settings = kafka_settings.model_copy(update={
+        "aria2_rpc_port": aria2.port, "aria2_secret": "s3cret", "allow_private_origins": False,
+        "origin_allow_networks": ("127.0.0.2/32",), "upstream_dns": (dnsmasq.upstream,),
+        "max_object_bytes": 1024**2, "fetch_retries": 0})
+    direct = [inside.url("/secret"), f"http://[::1]:{inside.port}/secret", "http://169.254.169.254/latest/",
+              "http://10.1.2.3/x", "http://internal.lab.test/x"]  # (file:// is refused by the contract itself)
+    via = [origin.url(p) for p in targets] + [origin.url("/huge"), origin.url("/endless")]
+    publish(settings, *[(u.encode(), hot(u, "h")) for u in direct + via])
     try:
-        with_private = HotUrl("http://127.0.0.1:1/x", "http://127.0.0.1:1/x", "127.0.0.1", 2, 2, 1, 1.0)
-        from heatcache.safety import ForbiddenAddress
-
-        try:
-            fetcher.fetch(with_private)
-            raise AssertionError("fetched from a loopback origin")
-        except ForbiddenAddress:
-            pass
+        with running(settings):
+            events = wait_events(settings, set(direct + via))
     finally:
-        fetcher.consumer.close()
-        fetcher.catalog.close()
+        origin.stop()
+        inside.stop()
+        dnsmasq.stop()
+    for url in direct + via:
+        assert events[url].state == "failed", events[url]
+    assert not inside.gets and not inside.heads  # nothing was asked from inside
+    for url in [inside.url("/secret"), origin.url("/to-loopback")]:
+        assert "not a public address" in events[url].error
+    assert "not a public address" in events[origin.url("/to-private-name")].error
+    assert "unsupported scheme 'file'" in events[origin.url("/to-file")].error
+    assert "over the cap" in events[origin.url("/huge")].error and not origin.gets["/huge"]
+    assert "outgrew the cap" in events[origin.url("/endless")].error
+    assert origin.sent["/endless"] < 8 * 1024**2  # stopped, not downloaded to the end
+    assert not job_dirs(settings.cache_root)

@@ -180,7 +180,7 @@ def test_restart_keeps_topics_and_hits(lab: Lab, base_settings: Settings, tmp_pa
         assert_hit(lab, settings, client=2)
         first_bootstrap = stack.bootstrap
         # SIGTERM to every stage: each one flushes, commits and exits 0
-        assert stack.stop() == {s: 0 for s in ("sniff", "edge", "dns", "fetch", "streams")}
+        assert stack.stop() == {s: 0 for s in ("console", "sniff", "edge", "dns", "fetch", "streams")}
     gets = lab.origin.hits["/video.bin"]
     with Stack(settings, console=None) as stack:
         topics = AdminClient({"bootstrap.servers": stack.bootstrap}).list_topics(timeout=10).topics

@@ -1,0 +1,242 @@
+"""The console against a running stack (the lab origin and clients, every stage, the console
+as `heatcache up` starts it): headless Chromium on the page, `heatcache status --json`, and
+`heatcache status` rendered in an 80-column pseudo-terminal.
+
+One stack for the module. The origin trickles bodies at ~1 MB/s so a prefetch takes about two
+seconds and its progress is visible on the page.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import re
+import select
+import struct
+import subprocess
+import sys
+import termios
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cachestore.catalog import open_catalog
+from heatcache import contract
+from heatcache.contract import CacheEvent
+from heatcache.kafkautil import read_topic
+from heatcache.lab import (
+    NODE_IP,
+    ORIGIN_IP,
+    Origin,
+    Reply,
+    client_get,
+    client_sources,
+    lab_settings,
+    make_sample_files,
+    resolve_via,
+    shared_port,
+)
+from heatcache.services.dnsmasq import Dnsmasq
+from heatcache.settings import Settings, load_settings
+from heatcache.stack import Stack, settings_env
+
+pytestmark = pytest.mark.integration
+
+HOST = "origin.console.test"
+FILES = {"video.bin": 2_000_000, "notes.bin": 60_000}
+ARTIFACTS = Path(os.environ.get("HEATCACHE_TEST_ARTIFACTS", "test-artifacts")) / "console"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@dataclass
+class Running:
+    settings: Settings
+    stack: Stack
+    origin: Origin
+    files: dict[str, bytes]
+    port: int
+
+    def get(self, client: int, path: str) -> Reply:
+        src = client_sources(client + 1)[client]
+        return client_get(src, (self.settings.dns_host, self.settings.dns_port), HOST, self.port, path)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.console_host}:{self.settings.console_port}/"
+
+    def key(self, name: str) -> str:
+        return f"http://{HOST}:{self.port}/{name}"
+
+
+@pytest.fixture(scope="module")
+def running(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    tmp = tmp_path_factory.mktemp("console")
+    port = shared_port()
+    files = make_sample_files(tmp / "www", FILES)
+    origin = Origin(tmp / "www", ORIGIN_IP, port, rate_bps=1_000_000).start()
+    dns = Dnsmasq({HOST: ORIGIN_IP})
+    dns.start()
+    base = load_settings(state_dir=tmp / "state", topic_prefix=f"t{uuid.uuid4().hex[:10]}-",
+                         client_id_secret="test-secret", kafka_bootstrap=kafka)
+    settings = lab_settings(base, tmp / "state", port, dns.upstream, purge_token="purge-secret",
+                            console_refresh_s=0.3)
+    stack = Stack(settings, console=None)
+    try:
+        stack.start()
+        yield Running(settings, stack, origin, files, port)
+    finally:
+        stack.stop()
+        dns.stop()
+        origin.stop()
+
+
+def _wait(what: str, cond, timeout: float = 60.0, stack: Stack | None = None):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        assert stack is None or not stack.failed(), f"stage(s) died: {stack.failed()}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_browser_download_hits_and_purge(running: Running, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    s = running.settings
+    video = running.key("video.bin")
+    with sync_playwright() as pw:
+        # a fresh profile directory (Playwright passes it as --user-data-dir)
+        browser = pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path="/usr/bin/chromium", headless=True,
+            args=CHROMIUM_FLAGS, viewport={"width": 1400, "height": 1800})
+        try:
+            page = browser.new_page()
+            page.on("dialog", lambda dialog: dialog.accept())  # the confirmation of each action
+            page.goto(running.url)
+            page.wait_for_selector("#conn.ok", timeout=30_000)
+            assert page.inner_text("#edge-health") == "healthy"
+
+            # Round 1: two clients from the origin -> hot -> a prefetch whose progress shows.
+            for client in (0, 1):
+                for name in FILES:
+                    assert running.get(client, f"/{name}").address == ORIGIN_IP
+            row = f'#downloads tr[data-key="{video}"]'
+            page.wait_for_selector(f'{row}[data-state="running"]', timeout=60_000)
+            percent = float(page.eval_on_selector(f"{row} progress", "p => p.value"))
+            assert 0 <= percent < 100
+            page.screenshot(path=str(ARTIFACTS / "1-downloading.png"), full_page=True)
+            page.wait_for_selector(f'{row}[data-state="done"]', timeout=60_000)
+            page.wait_for_selector(f'#objects tr[data-key="{video}"]', timeout=30_000)
+            page.wait_for_selector(f'#steering tr[data-host="{HOST}"]', timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / "2-cached.png"), full_page=True)
+
+            # Round 2 from the edge: the hit counter and the bytes served rise on the page.
+            _wait("steering", lambda: resolve_via((s.dns_host, s.dns_port), HOST) == [NODE_IP], stack=running.stack)
+            notes_row = f'#objects tr[data-key="{running.key("notes.bin")}"]'
+            page.wait_for_selector(notes_row, timeout=60_000)
+            hits_before = int(page.inner_text("#hits-total"))
+            saved_before = int(page.get_attribute("#bytes-saved-total", "data-bytes") or 0)
+            for client in (2, 3):
+                reply = running.get(client, "/video.bin")
+                assert reply.headers.get("x-cache") == "HIT" and reply.body == running.files["video.bin"]
+            page.wait_for_function(
+                f"() => Number(document.getElementById('hits-total').textContent) >= {hits_before + 2}", timeout=30_000)
+            # bytes served come from the catalog's hit counts, which the edge writes every few seconds
+            page.wait_for_function(
+                f"() => Number(document.getElementById('bytes-saved-total').dataset.bytes) >= "
+                f"{saved_before + 2 * len(running.files['video.bin'])}", timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / "3-hits.png"), full_page=True)
+
+            # Purge from the page: file gone, catalog says purged, CacheEvent(purged), next is a MISS.
+            cat = open_catalog(s.catalog)
+            try:
+                entry = cat.get(video)
+                assert entry is not None and entry.state == "cached"
+                path = s.cache_root / entry.path
+                assert path.exists()
+                page.click(f'#objects tr[data-key="{video}"] button.purge')
+                page.wait_for_selector('#action-result[data-ok="1"]', timeout=30_000)
+                assert not path.exists()
+                entry = cat.get(video)
+                assert entry is not None and entry.state == "purged"
+            finally:
+                cat.close()
+            page.wait_for_selector(f'#cache-recent tr[data-key="{video}"][data-event="purged"]', timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / "4-purged.png"), full_page=True)
+        finally:
+            browser.close()
+    events = [contract.decode(m.value(), CacheEvent)
+              for m in read_topic(s.kafka_bootstrap, s.topic(contract.CACHE_EVENTS)) if m.key() == video.encode()]
+    assert "purged" in [e.state for e in events]
+    after = running.get(4, "/video.bin")
+    assert after.address == NODE_IP and after.headers.get("x-cache") == "MISS"
+    assert after.body == running.files["video.bin"]
+
+
+def _env(settings: Settings, **extra: str) -> dict[str, str]:
+    return {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1", **extra}
+
+
+def test_status_json_against_the_stack(running: Running) -> None:
+    s = running.settings
+    for client in (0, 1):  # something to show even when this test runs alone
+        running.get(client, "/notes.bin")
+    out = subprocess.run([sys.executable, "-m", "heatcache.cli", "status", "--json"], env=_env(s),
+                         capture_output=True, timeout=60, check=True)
+    snap = json.loads(out.stdout)
+    assert snap["source"] == "console"
+    assert {r["stage"] for r in snap["stages"]} >= {"streams", "fetcher", "dns", "edge", "sniffer"}
+    assert snap["steering"]["edge_healthy"] is True
+    assert set(snap["savings"]["windows"]) == {"5m", "1h", "1d"}
+    # without a console answering, status builds the same picture from Kafka, the catalog and the edge
+    direct = subprocess.run([sys.executable, "-m", "heatcache.cli", "status", "--json"],
+                            env=_env(s, HEATCACHE_CONSOLE_PORT="1"), capture_output=True, timeout=60, check=True)
+    snap2 = json.loads(direct.stdout)
+    assert snap2["source"] == "direct"
+    assert _wait_keys(snap2) >= {running.key("notes.bin")}
+    assert snap2["steering"]["edge_healthy"] is True
+
+
+def _wait_keys(snap: dict) -> set[str]:  # type: ignore[type-arg]
+    return {h["cache_key"] for h in snap["heat"]["urls"]}
+
+
+def test_status_renders_in_80_columns(running: Running) -> None:
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: a terminal of 24 x 80
+        os.execvpe(sys.executable, [sys.executable, "-m", "heatcache.cli", "status"],
+                   _env(running.settings, TERM="xterm-256color", COLUMNS="80", LINES="24"))
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    chunks = []
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 1.0)
+            if not ready:
+                continue
+            try:
+                data = os.read(fd, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0
+    text = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", b"".join(chunks).decode("utf-8", "replace"))
+    lines = text.replace("\r", "").split("\n")
+    assert max(len(line) for line in lines) <= 80, max(lines, key=len)
+    for title in ("stages", "savings", "downloads", "heat: top URLs", "cache:", "steering"):
+        assert title in text
