@@ -23,7 +23,8 @@ from heatcache.settings import Settings
 from heatcache.stack import Stack, StageProcess, after_exit, restart_delay
 from tests.faults.stackproc import Proc, alive, wait_for
 
-SERVING = ("--without", "streams", "--without", "fetch", "--without", "sniff")  # broker + dns + edge
+# kafka, dns and edge only
+SERVING = ("--without", "streams", "--without", "fetch", "--without", "sniff", "--without", "console")
 
 
 def serving(settings: Settings) -> bool:
@@ -133,7 +134,7 @@ def test_foreign_process_on_the_aria2_port(base_settings: Settings, tmp_path: Pa
         settings = base_settings.model_copy(update={"state_dir": tmp_path / "state", "aria2_rpc_port": port,
                                                     "kafka_bootstrap": "127.0.0.1:9"})
         up = Proc(settings, "up", "--without", "streams", "--without", "dns", "--without", "edge",
-                  "--without", "sniff")
+                  "--without", "sniff", "--without", "console")
         assert up.exit_code(60) == 1
         up.finish()
         assert f"port {port} for HEATCACHE_ARIA2_RPC_PORT (aria2c) is held by pid {foreign.proc.pid}" in up.output
