@@ -46,9 +46,7 @@ def cmd_sniff(settings: Settings, _args: argparse.Namespace) -> int:
 def cmd_streams(settings: Settings, _args: argparse.Namespace) -> int:
     from streams.app import run
 
-    (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)  # a fresh state dir has no parents yet
-    run(settings, _bootstrap(settings))
-    return 0
+    return run(settings, _bootstrap(settings))
 
 
 def cmd_fetch(settings: Settings, _args: argparse.Namespace) -> int:
@@ -267,6 +265,20 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     return run_demo(settings, verbose=args.verbose)
 
 
+# -- replay (issue 19): trace import and replay
+def cmd_trace(settings: Settings, args: argparse.Namespace) -> int:
+    from replay.cli import cmd_trace as run
+
+    return run(settings, args, _bootstrap(settings))
+
+
+def _replay_args(name: str, p: argparse.ArgumentParser) -> None:
+    from replay import cli as replay_cli
+
+    if name == "trace":
+        replay_cli.add_trace_args(p)
+
+
 COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], int], str]] = {
     "sniff": (cmd_sniff, "capture HTTP requests and publish them to Kafka"),
     "streams": (cmd_streams, "the Faust app: windowed heat, hot-url emission"),
@@ -280,6 +292,7 @@ COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], int], str]] =
     "console": (cmd_console, "the operator's live web page (HEATCACHE_CONSOLE_HOST/PORT)"),
     "status": (cmd_status, "what the stack does now, in the terminal (--watch, --json)"),
     "control": (cmd_control, "prefetch pause|resume, steering stop|start, pin X always|never|none, purge X"),
+    "trace": (cmd_trace, "trace import FILE: load an access log or capture into the requests topic"),
 }
 
 
@@ -306,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("args", nargs="*")
             p.add_argument("--prefix", action="store_true", help="purge: every cached URL under this prefix")
             p.add_argument("--host", action="store_true", help="purge: every cached URL of this host")
+        if name in ("trace", "replay"):
+            _replay_args(name, p)
     return parser
 
 

@@ -34,7 +34,8 @@ FETCH_PROGRESS = "fetch-progress"
 METRICS = "metrics"
 DEAD_LETTER = "dead-letter"
 CONTROL = "control"  # operator switches (pins, prefetch pause, steering stop); compacted
-ALL_TOPICS = (REQUESTS, HOT_URLS, CACHE_EVENTS, FETCH_PROGRESS, METRICS, DEAD_LETTER, CONTROL)
+HOST_HEAT = "host-heat"  # heat per host (HTTP and TLS) from streams, keyed by host
+ALL_TOPICS = (REQUESTS, HOT_URLS, CACHE_EVENTS, FETCH_PROGRESS, METRICS, DEAD_LETTER, CONTROL, HOST_HEAT)
 COMPACTED_TOPICS = frozenset({CACHE_EVENTS, CONTROL})
 
 CacheState = Literal["cached", "failed", "evicted", "purged", "stale"]
@@ -238,13 +239,32 @@ def _events(value: Any) -> tuple[RequestEvent, ...]:
     return tuple(_request_event(e) for e in value)
 
 
-@event_type("batch", bucket=Int(0, 65535), events=_events)
+def _logged_ints(value: Any) -> tuple[int, ...]:
+    """replay (issue 19): an optional per-event array of non-negative integers."""
+    if type(value) is not list or len(value) > MAX_BATCH_EVENTS:
+        raise DecodeError("must be an array parallel to events")
+    if not all(type(v) is int and 0 <= v < 1 << 53 for v in value):
+        raise DecodeError("must be non-negative integers")
+    return tuple(value)
+
+
+@event_type("batch", bucket=Int(0, 65535), events=_events, sizes=_logged_ints, statuses=_logged_ints)
 @dataclass(frozen=True, slots=True)
 class RequestBatch:
     """What one `requests` message holds: events of one partition bucket."""
 
     bucket: int
     events: tuple[RequestEvent, ...] = field(default_factory=tuple)
+    # -- replay (issue 19): what an imported access log knows and the sniffer cannot see (it
+    # watches requests only). Parallel to ``events`` when present, empty otherwise; encoded only
+    # when present, so sniffer batches are unchanged on the wire.
+    sizes: tuple[int, ...] = ()  # response bytes as logged (0 with status 0 = unknown)
+    statuses: tuple[int, ...] = ()  # HTTP status as logged (0 = unknown)
+
+    def __post_init__(self) -> None:
+        for name, row in (("sizes", self.sizes), ("statuses", self.statuses)):
+            if row and len(row) != len(self.events):
+                raise ValueError(f"{name} must be parallel to events")
 
 
 @event_type("hot", cache_key=KEY, url=Url(), host=HOST, heat=Int(), clients=Int(), window_s=Int(),
@@ -380,7 +400,25 @@ class FetchProgress:
                 raise DecodeError(f"progress {name} must be a non-negative number")
 
 
-Event = RequestBatch | HotUrl | CacheEvent | ControlEvent | FetchProgress
+@event_type("host-heat", host=HOST, partition=Int(0, 65535), requests=Int(), tls=Int(), clients=Int(),
+            window_s=Int(), ts=TS, http_share=Float(0.0, 1.0))
+@dataclass(frozen=True, slots=True)
+class HostHeat:
+    """The heat of one host in one `requests` partition over the heat window, on `host-heat`
+    (keyed by host). A host's requests spread over partitions: sum ``requests`` and ``tls``
+    over the latest record of each partition; ``clients`` is distinct per partition."""
+
+    host: str
+    partition: int
+    requests: int  # HTTP and TLS requests in the window
+    tls: int  # of which TLS ClientHellos (SNI): not cacheable here
+    clients: int
+    window_s: int
+    ts: float  # the partition's watermark (event time) when computed
+    http_share: float = 0.0  # share of the requests that are plain HTTP (cacheable at all)
+
+
+Event = RequestBatch | HotUrl | CacheEvent | ControlEvent | FetchProgress | HostHeat
 T = TypeVar("T")
 
 
@@ -391,6 +429,10 @@ def encode(event: Any) -> bytes:
         body["bucket"] = event.bucket
         # Events as compact arrays: a batch is the hot path, field names would double its size.
         body["events"] = [list(e) for e in event.events]
+        if event.sizes:
+            body["sizes"] = list(event.sizes)
+        if event.statuses:
+            body["statuses"] = list(event.statuses)
     else:
         body.update(dataclasses.asdict(event))
     return orjson.dumps(body)

@@ -334,13 +334,49 @@ EDGE = StageSpec("edge", (
             "index.bad-events"),
 ))
 
-ALL_STAGES: dict[str, StageSpec] = {s.stage: s for s in (SNIFFER, DNS, EDGE)}
+# streams (issue 16): heat per key and host; gauges are set at each flush by the Faust worker
+_HOT_REASONS = ("heat", "first-access", "refetch-evicted", "refetch-purged", "retry-failed")
+STREAMS = StageSpec("streams", (
+    counter("heatcache_streams_events_total", "Request events folded into heat", "events"),
+    counter("heatcache_streams_batches_total", "requests messages handled (batches of events)", "batches"),
+    counter("heatcache_streams_skipped_batches_total",
+            "Messages re-read after a restart that the durable state already held (not counted again)",
+            "skipped_batches"),
+    counter("heatcache_streams_late_events_total", "Events older than the watermark minus the grace (dropped)",
+            "late"),
+    counter("heatcache_streams_hot_urls_total", "HotUrls emitted, by reason", label="reason", prefix="hot.",
+            values=_HOT_REASONS),
+    counter("heatcache_streams_dead_letter_total", "Undecodable requests messages sent to dead-letter",
+            "dead_letter"),
+    counter("heatcache_streams_flushes_total", "Durable flushes of the heat state (then offsets commit)", "flushes"),
+    counter("heatcache_streams_state_records_total", "Records written to the heat table and its changelog",
+            "state_records"),
+    counter("heatcache_streams_cache_events_total", "cache-events read (cached, failed, evicted, ...)",
+            "cache_events"),
+    gauge("heatcache_streams_consumer_lag_messages", "requests messages not yet folded, over the worker's partitions",
+          "lag"),
+    gauge("heatcache_streams_partitions", "requests partitions this worker owns", "partitions"),
+    gauge("heatcache_streams_keys", "Cache keys with heat in memory", "keys"),
+    gauge("heatcache_streams_hosts", "Hosts with heat in memory (per partition)", "hosts"),
+))
+
+CONSOLE = StageSpec("console", (
+    gauge("heatcache_console_live_streams", "Browsers following the live stream", "streams"),
+    counter("heatcache_console_actions_total", "Operator actions from the page, by result", label="result",
+            keys={"action.ok": "ok", "action.refused": "refused", "action.failed": "failed"}),
+    counter("heatcache_console_feed_errors_total", "Records or polls the console could not read", "feed-errors"),
+))
+
+ALL_STAGES: dict[str, StageSpec] = {s.stage: s for s in (SNIFFER, DNS, EDGE, CONSOLE)}
 
 
 def register_stage(spec: StageSpec) -> StageSpec:
     """Add a stage's declaration (streams, fetcher, ... declare theirs in this module too)."""
     ALL_STAGES[spec.stage] = spec
     return spec
+
+
+register_stage(STREAMS)
 
 
 def markdown(specs: Iterable[StageSpec] | None = None) -> str:

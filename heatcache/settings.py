@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     topic_metrics: str = "metrics"
     topic_dead_letter: str = "dead-letter"
     topic_control: str = "control"  # operator switches (compacted): pins, prefetch pause, steering stop
+    topic_host_heat: str = "host-heat"  # HostHeat from streams (per host and partition)
     # -- Kafka client security (ops, k8s/): Strimzi's TLS listener with a client certificate per
     # stage; the files are the KafkaUser's Secret and the cluster CA, mounted by each pod
     kafka_security_protocol: str = Field(default="PLAINTEXT", pattern="^(PLAINTEXT|SSL)$")
@@ -92,6 +93,9 @@ class Settings(BaseSettings):
     heat_top_n: int = Field(default=10, ge=0)  # hot keys / hosts in each metrics snapshot
     heat_metrics_interval_s: float = Field(default=10.0, gt=0)
     heat_host_topic: bool = True  # publish HostHeat on `host-heat` each flush
+    heat_commit_interval_s: float = Field(default=0.0, ge=0)  # offset commits; 0 = the flush interval
+    streams_instance_id: str = ""  # Kafka static membership (group.instance.id): a restart rejoins at once
+    streams_session_timeout_s: float = Field(default=10.0, ge=6, le=300)  # a dead worker's partitions move on
 
     # -- fetcher
     aria2_rpc_host: str = "http://127.0.0.1"
