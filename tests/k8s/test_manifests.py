@@ -329,3 +329,26 @@ def test_image_is_configurable_and_pinned(rendered: dict[str, list[Obj]], overla
 def test_the_not_yet_on_runner_list_is_true() -> None:
     done = {stage for stage in NOT_YET_ON_RUNNER if RUNNER_SPEC[stage] in ALL_STAGES}
     assert not done, f"{done} now run on the runner: drop them from NOT_YET_ON_RUNNER"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_kafka_users_name_real_topics_and_every_client_has_one(rendered: dict[str, list[Obj]], overlay: str) -> None:
+    objs = rendered[overlay]
+    topics = {t["spec"]["topicName"] for t in of_kind(objs, "KafkaTopic")}
+    users = {u["metadata"]["name"]: u for u in of_kind(objs, "KafkaUser")}
+    for name, user in users.items():
+        assert user["spec"]["authentication"]["type"] == "tls", name
+        for acl in user["spec"]["authorization"]["acls"]:
+            res = acl["resource"]
+            if res["type"] != "topic":
+                continue
+            if res["patternType"] == "literal":
+                assert res["name"] in topics, f"{name}: ACL on unknown topic {res['name']}"
+            else:
+                assert any(t.startswith(res["name"]) for t in topics), f"{name}: prefix {res['name']} matches nothing"
+    # every stage container's client certificate is a KafkaUser's Secret
+    for w, c, stage in stage_containers(objs):
+        mounts = {m["name"]: m["mountPath"] for m in c.get("volumeMounts", [])}
+        vols = {v["name"]: v for v in pod_spec(w)["volumes"]}
+        (user_vol,) = [n for n, p in mounts.items() if p == "/etc/heatcache/kafka-user"]
+        assert vols[user_vol]["secret"]["secretName"] in users, stage
