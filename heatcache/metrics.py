@@ -320,7 +320,7 @@ EDGE = StageSpec("edge", (
     counter("heatcache_edge_miss_failures_total", "Misses that could not be passed through", label="reason",
             keys={"miss.unresolved": "unresolved", "miss.origin-failed": "origin-failed"}),
     counter("heatcache_edge_fills_total", "In-path stores of passed-through misses", label="result",
-            keys={"fill.stored": "stored", "fill.failed": "failed"}),
+            keys={"fill.stored": "stored", "fill.failed": "failed", "fill.failed.disk": "failed-disk"}),
     counter("heatcache_edge_fill_skipped_total", "Misses not stored while passing through, by reason",
             label="reason", prefix="fill.skipped.",
             values=("method", "status", "request", "cookie", "cache-control", "encoded", "vary", "size", "short")),
@@ -332,6 +332,14 @@ EDGE = StageSpec("edge", (
     gauge("heatcache_edge_cached_objects", "Objects in the edge's cache index", "objects"),
     counter("heatcache_edge_bad_cache_events_total", "cache-events messages refused (sent to dead-letter)",
             "index.bad-events"),
+    # TLS passthrough (steer): per-host figures are in the health JSON's tls_hosts
+    counter("heatcache_edge_tls_connections_total", "TLS connections spliced to their origin by SNI",
+            "tls.connections"),
+    counter("heatcache_edge_tls_refused_total", "TLS connections refused, by reason", label="reason",
+            prefix="tls.refused.", values=("not-steered", "no-sni", "not-hello", "timeout", "internal",
+                                           "unresolved", "origin-failed", "loop")),
+    counter("heatcache_edge_tls_bytes_total", "Bytes relayed by the TLS passthrough", label="direction",
+            keys={"tls.bytes-up": "up", "tls.bytes-down": "down"}),
 ))
 
 # streams (issue 16): heat per key and host; gauges are set at each flush by the Faust worker

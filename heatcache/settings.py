@@ -146,6 +146,10 @@ class Settings(BaseSettings):
     # with nginx in front: hits answer "X-Accel-Redirect: <prefix><object path>" and nginx sends
     # the file from an internal location aliased to the cache's objects; empty = the edge sends
     edge_accel_prefix: str = ""
+    # -- TLS passthrough on the cache node (steer): HTTPS to a steered host is spliced to its
+    # origin by the ClientHello's SNI, never terminated; empty = no TLS listener
+    edge_tls_ports: Annotated[tuple[int, ...], NoDecode] = (443,)
+    edge_tls_hello_timeout_s: float = Field(default=10.0, gt=0)  # a ClientHello must arrive by then
 
     # -- console (the operator's web page and `heatcache status`)
     console_host: str = "127.0.0.1"  # off loopback, every endpoint needs console_token
@@ -173,7 +177,7 @@ class Settings(BaseSettings):
                 ipaddress.ip_network(cidr, strict=False)
         return value
 
-    @field_validator("sniff_ports", "sniff_tls_ports", mode="before")
+    @field_validator("sniff_ports", "sniff_tls_ports", "edge_tls_ports", mode="before")
     @classmethod
     def _split_ports(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -195,7 +199,7 @@ class Settings(BaseSettings):
             raise ValueError("needs at least one port, each in 1..65535")
         return value
 
-    @field_validator("sniff_tls_ports")
+    @field_validator("sniff_tls_ports", "edge_tls_ports")
     @classmethod
     def _check_tls_ports(cls, value: tuple[int, ...]) -> tuple[int, ...]:
         if any(not 0 < p < 65536 for p in value):
