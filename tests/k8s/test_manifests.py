@@ -261,8 +261,11 @@ def test_env_ports_and_probes_match_the_code(rendered: dict[str, list[Obj]], ove
             assert any(ipaddress.ip_address("127.0.0.1") in ipaddress.ip_network(n) for n in s.dns_client_networks)
         if stage == "edge":
             serves.add((s.edge_port, "TCP"))
+            serves |= {(p, "TCP") for p in s.edge_tls_ports}
             assert s.edge_host == "0.0.0.0"
         assert set(ports) == serves, f"{stage}: container ports {set(ports)} but the stage serves {serves}"
+        # non-root without NET_BIND_SERVICE: nothing binds below 1024 (Services map 53, 80, 443)
+        assert all(p >= 1024 for p, _ in serves), f"{stage} binds a privileged port: {serves}"
         for probe_kind in ("readinessProbe", "livenessProbe"):
             probe = c[probe_kind]
             target = probe.get("httpGet") or probe.get("tcpSocket")
@@ -284,6 +287,9 @@ def test_env_ports_and_probes_match_the_code(rendered: dict[str, list[Obj]], ove
             edge_svc = [svc for svc in of_kind(objs, "Service") if svc["spec"].get("type") == "LoadBalancer"
                         and any(p["port"] == 80 for p in svc["spec"]["ports"])]
             assert len(edge_svc) == 1
+            # clients reach HTTP on 80 and TLS on 443 of the node's address
+            assert {(p["port"], p["targetPort"]) for p in edge_svc[0]["spec"]["ports"]} == {
+                (80, ports[(s.edge_port, "TCP")]), *((443, ports[(p, "TCP")]) for p in s.edge_tls_ports)}
             assert edge_svc[0]["metadata"]["annotations"]["metallb.io/loadBalancerIPs"] == s.node_address
     assert seen == {"sniff", "streams", "fetch", "dns", "edge"}
 
