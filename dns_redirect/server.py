@@ -26,7 +26,16 @@ from dnslib import RCODE, DNSRecord
 from dns_redirect.answer import error_reply, steered_reply
 from dns_redirect.index import CacheIndex
 from dns_redirect.policy import ClientAcl, RateLimiter, ResponseCache, lane_networks, never_steer
-from dns_redirect.wire import CLASS_IN, QTYPE_A, QTYPE_AAAA, pack_address, parse_question, steered_answer
+from dns_redirect.wire import (
+    CLASS_IN,
+    QTYPE_A,
+    QTYPE_AAAA,
+    Question,
+    pack_address,
+    parse_question,
+    steered_answer,
+    truncated,
+)
 from heatcache.netutil import free_port_udp_tcp
 from heatcache.settings import Settings, parse_hostport
 
@@ -87,17 +96,19 @@ class DnsServer:
         # Until the first health check answers, assume the edge is down: never strand clients.
         self.edge_healthy = not health_check
         self.health_check = health_check
+        # the operator's kill switch (`control` topic: steering stopped): answer every name normally
+        self.steering_stopped = False
         self._transports: list[asyncio.BaseTransport] = []
         self._tcp: asyncio.Server | None = None
         self._health_task: asyncio.Task[None] | None = None
         self.port = settings.dns_port
         self._memo: dict[bytes, bytes] = {}
-        self._questions: dict[bytes, tuple[tuple[str, int, int, bool], int]] = {}
-        self._memo_gen: tuple[int, bool] = (-1, False)
+        self._questions: dict[bytes, tuple[tuple[str, int, int, bool], Question]] = {}
+        self._memo_gen: tuple[int, bool, bool] = (-1, False, False)
         self._v4 = pack_address(settings.node_address)
         self._v6 = pack_address(settings.node_address6)
         self.lane: Lane | None = None  # the compiled UDP lane, once start() made one
-        self._lane_gen: tuple[int, bool] = (-1, False)
+        self._lane_gen: tuple[int, bool, bool] = (-1, False, False)
         self._udp_sock: socket.socket | None = None
         self._udp_tasks: set[asyncio.Task[None]] = set()
 
@@ -113,7 +124,7 @@ class DnsServer:
             return None
         # Steered answers differ from the query only after its id: memoize them by the query's
         # bytes, valid for one version of the index and one health state.
-        gen = (self.index.version, self.edge_healthy)
+        gen = (self.index.version, self.edge_healthy, self.steering_stopped)
         if gen != self._memo_gen:
             # both memos hold decisions of one generation: "steered" and "not steered, cached"
             self._memo.clear()
@@ -131,12 +142,9 @@ class DnsServer:
         known = self._questions.get(body)  # a query seen before: skip parsing it again
         if known is not None and cache is not None:
             now = time.monotonic()
-            reply = cache.get_wire(known[0], raw, known[1], now)
-            if reply is not None and (known[0][3] or len(reply) <= 512):
-                self.counters["cache-hit"] += 1
-                if lane is not None:
-                    lane.learn(raw, reply, cache.rendered_until(known[0], now), CACHE_HIT)
-                return reply
+            reply = cache.get_wire(known[0], raw, known[1].end, now)
+            if reply is not None:
+                return self._cached_udp(raw, reply, known[0], known[1], now)
         q = parse_question(raw)
         if q is None:
             return FULL
@@ -152,21 +160,33 @@ class DnsServer:
             key = (q.name, q.qtype, q.qclass, q.edns)
             now = time.monotonic()
             reply = cache.get_wire(key, raw, q.end, now)
-            if reply is not None and (q.edns or len(reply) <= 512):
+            if reply is not None:
                 if len(self._questions) >= 50_000:
                     self._questions.clear()
-                self._questions[body] = (key, q.end)
-                self.counters["cache-hit"] += 1
-                if lane is not None:
-                    lane.learn(raw, reply, cache.rendered_until(key, now), CACHE_HIT)
-                return reply
+                self._questions[body] = (key, q)
+                return self._cached_udp(raw, reply, key, q, now)
         return FULL
+
+    def _cached_udp(self, raw: bytes, reply: bytes, key: tuple[str, int, int, bool], q: Question,
+                    now: float) -> bytes:
+        """A cached answer as this client may take it over UDP: whole when it fits the client's
+        limit (512, or its EDNS size), else truncated (TC, OPT kept: it retries over TCP). The
+        lane learns exactly what was sent, so it keeps each client's limit too."""
+        self.counters["cache-hit"] += 1
+        if len(reply) > q.udp_limit:
+            self.counters["truncated"] += 1
+            reply = truncated(reply, raw, q)
+        lane = self.lane
+        if lane is not None:
+            assert self.cache is not None
+            lane.learn(raw, reply, self.cache.rendered_until(key, now), CACHE_HIT)
+        return reply
 
     def lane_readable(self) -> None:
         """The UDP socket is readable: the lane answers what it knows, Python the rest."""
         lane = self.lane
         assert lane is not None
-        gen = (self.index.version, self.edge_healthy)
+        gen = (self.index.version, self.edge_healthy, self.steering_stopped)
         if gen != self._lane_gen:  # a new index version or health state: nothing learned holds
             lane.clear()
             self._lane_gen = gen
@@ -212,7 +232,7 @@ class DnsServer:
         return self.limiter.allow(client, time.monotonic())
 
     def is_steered(self, name: str) -> bool:
-        return (self.edge_healthy and self.index.is_steered(name)
+        return (self.edge_healthy and not self.steering_stopped and self.index.is_steered(name)
                 and not never_steer(name, self.settings.never_steer_hosts))
 
     async def handle(self, raw: bytes, client: str = "127.0.0.1", checked: bool = False) -> bytes | None:
@@ -224,6 +244,10 @@ class DnsServer:
         if not checked and not self._allow(client):
             self.counters["rate-limited"] += 1
             return None  # dropping, not answering, gives a spoofed-source flood nothing to reflect
+        q = parse_question(raw)  # a plain A/AAAA question: the same bytes the UDP fast path sends
+        if q is not None and q.qclass == CLASS_IN and q.qtype in (QTYPE_A, QTYPE_AAAA) and self.is_steered(q.name):
+            self.counters["steered"] += 1
+            return steered_answer(raw, q, self._v4, self._v6, self.settings.dns_ttl)
         try:
             request = DNSRecord.parse(raw)
         except Exception:  # dnslib raises many types (DNSError, BufferError, struct.error...) on garbage
@@ -448,8 +472,9 @@ def _udp_limit(raw: bytes) -> int:
 
 
 def _truncate(reply: bytes) -> bytes:
-    """Header and question only, TC set: the client retries over TCP."""
+    """Header and question only (and the OPT, RFC 6891 7), TC set: the client retries over TCP."""
     record = DNSRecord.parse(reply)
-    record.rr, record.auth, record.ar = [], [], []
+    record.rr, record.auth = [], []
+    record.ar = [rr for rr in record.ar if rr.rtype == 41]
     record.header.tc = 1
     return bytes(record.pack())
