@@ -365,7 +365,8 @@ def test_every_secret_the_manifests_read_is_documented(rendered: dict[str, list[
     doc = (K8S.parent / "docs" / "operations.md").read_text()
     for overlay in OVERLAYS:
         objs = rendered[overlay]
-        strimzi_made = {u["metadata"]["name"] for u in of_kind(objs, "KafkaUser")} | {f"{gen.CLUSTER}-cluster-ca-cert"}
+        strimzi_made = {u["metadata"]["name"] for u in of_kind(objs, "KafkaUser")}
+        strimzi_made.add(f"{gen.CLUSTER}-cluster-ca-cert")
         for w in of_kind(objs, *WORKLOADS):
             for c in [*pod_spec(w).get("initContainers", []), *pod_spec(w)["containers"]]:
                 for item in c.get("env", []):
