@@ -372,7 +372,8 @@ def test_every_secret_the_manifests_read_is_documented(rendered: dict[str, list[
                 for item in c.get("env", []):
                     ref = item.get("valueFrom", {}).get("secretKeyRef")
                     if ref and ref["name"] not in strimzi_made:
-                        assert ref["name"] in doc and f"--from-literal={ref['key']}=" in doc, f"{overlay}: {ref} not in the docs"
+                        documented = ref["name"] in doc and f"--from-literal={ref['key']}=" in doc
+                        assert documented, f"{overlay}: {ref} not in the docs"
             for v in pod_spec(w)["volumes"]:
                 if "secret" in v:
                     assert v["secret"]["secretName"] in strimzi_made | set(doc.split()), v
