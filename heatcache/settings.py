@@ -83,7 +83,7 @@ class Settings(BaseSettings):
     heat_step_s: int = Field(default=0, ge=0)  # pane of the hopping window (window_s a multiple); 0 = about window/24
     heat_grace_s: int = Field(default=300, ge=0)  # events this far behind the watermark still count
     heat_expiry_s: int = Field(default=0, ge=0)  # state kept behind the watermark; 0 = window + grace
-    heat_sketch_p: int = Field(default=12, ge=4, le=18)  # HyperLogLog registers 2^p (1.6% error at 12)
+    heat_sketch_p: int = Field(default=10, ge=4, le=18)  # HyperLogLog registers 2^p (3.3% error at 10)
     heat_first_access: bool = False  # admit every key on its first request (costs uplink: see DESIGN)
     heat_rules: Path | None = None  # JSON rules file: overrides per host / path pattern, allow / deny
     heat_retry_base_s: float = Field(default=60.0, gt=0)  # failed fetch: re-emit after base * 2^(n-1)
