@@ -93,21 +93,24 @@ class _Splice:
         self.loop.add_reader(self.src, self._readable)
 
     def _readable(self) -> None:
-        try:
-            n = os.splice(self.src, self.w, self.CHUNK, flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
-        except BlockingIOError:
-            return
-        except OSError:
-            self._finish(False)
-            return
-        if n == 0:
-            self.loop.remove_reader(self.src)
-            with contextlib.suppress(OSError):
-                self.dst_sock.shutdown(socket.SHUT_WR)
-            self._finish(True)
-            return
-        self.pending += n
-        self._flush()
+        for _ in range(16):  # what arrived meanwhile goes too, without waiting for the next wake-up
+            try:
+                n = os.splice(self.src, self.w, self.CHUNK, flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
+            except BlockingIOError:
+                return
+            except OSError:
+                self._finish(False)
+                return
+            if n == 0:
+                self.loop.remove_reader(self.src)
+                with contextlib.suppress(OSError):
+                    self.dst_sock.shutdown(socket.SHUT_WR)
+                self._finish(True)
+                return
+            self.pending += n
+            self._flush()
+            if self.pending or self.finished:  # the destination is full (now watched) or gone
+                return
 
     def _flush(self) -> None:
         while self.pending:
