@@ -107,7 +107,7 @@ class Actions:
 
     def purge_url(self, url: str) -> dict[str, Any]:
         """One purge through the edge's API (same as `curl -X POST .../.heatcache/purge`)."""
-        token = self.settings.purge_token
+        token = self.settings.purge_token.get_secret_value()
         if not token:
             raise ActionError("purging is disabled: set HEATCACHE_PURGE_TOKEN (the edge's purge API token)")
         s = self.settings
