@@ -291,7 +291,9 @@ class Edge:
         except ResolveError as exc:
             self.counters["miss.unresolved"] += 1
             return web.Response(status=502, text=f"cannot resolve origin: {exc}\n")
-        if address in (self.settings.node_address, self.settings.node_address6) and port == self.edge_port(request):
+        # the origin resolving to this node is a loop whatever the port (behind a Service the edge's
+        # own port is not the one clients use)
+        if address in (self.settings.node_address, self.settings.node_address6):
             self.counters["refused.loop"] += 1
             return web.Response(status=508, text="origin resolves to this edge\n")
         literal = f"[{address}]" if ":" in address else address
@@ -396,10 +398,6 @@ class Edge:
         self.counters["fill.stored"] += 1
         self.counters["fill.bytes"] += fill.size
         log.info("stored in path: %s (%d bytes)", key, fill.size)
-
-    def edge_port(self, request: web.Request) -> int:
-        sockname = request.transport.get_extra_info("sockname") if request.transport else None
-        return int(sockname[1]) if sockname else self.settings.edge_port
 
 
 class _Fill:
