@@ -52,9 +52,16 @@ def cmd_streams(settings: Settings, _args: argparse.Namespace) -> int:
 
 def cmd_fetch(settings: Settings, _args: argparse.Namespace) -> int:
     from fetcher.app import Fetcher
+    from heatcache.metrics import FETCHER
+    from heatcache.runner import Runner
 
-    Fetcher(settings, _bootstrap(settings)).run(StopFlag().install())
-    return 0
+    bootstrap = _bootstrap(settings)
+    run = Runner(settings, FETCHER, bootstrap=bootstrap)
+
+    def main(run: Runner) -> None:
+        Fetcher(settings, bootstrap, runner=run).run(run.stop)
+
+    return run.run(main)
 
 
 def _serve(settings: Settings, stage: str) -> int:

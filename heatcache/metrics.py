@@ -334,7 +334,30 @@ EDGE = StageSpec("edge", (
             "index.bad-events"),
 ))
 
-ALL_STAGES: dict[str, StageSpec] = {s.stage: s for s in (SNIFFER, DNS, EDGE)}
+FETCHER = StageSpec("fetcher", (
+    counter("heatcache_fetcher_fetches_total", "Hot URLs settled, by result", label="result",
+            keys={"fetched": "cached", "failed": "failed", "already-cached": "already_cached"}),
+    counter("heatcache_fetcher_fetched_bytes_total", "Bytes of objects fetched and stored", "fetched-bytes"),
+    counter("heatcache_fetcher_joined_total", "Hot URLs for an object already being fetched (one download)", "joined"),
+    counter("heatcache_fetcher_retries_total", "Download attempts retried after a failure (exponential back-off)",
+            "retries"),
+    counter("heatcache_fetcher_adopted_total", "aria2 downloads adopted after a restart instead of added again",
+            "adopted"),
+    counter("heatcache_fetcher_evicted_total", "Objects evicted to make room for fetched ones", "evicted"),
+    counter("heatcache_fetcher_dependency_waits_total", "Steps delayed because the catalog or aria2c was away",
+            "delays"),
+    counter("heatcache_fetcher_aria2_unreachable_total", "Failed attempts to reach aria2c's RPC", "aria2-down"),
+    counter("heatcache_fetcher_dead_letters_total", "hot-urls messages sent to dead-letter", "dead-letter"),
+    counter("heatcache_fetcher_redelivered_total", "Events produced again after the broker did not acknowledge them",
+            "redelivered"),
+    gauge("heatcache_fetcher_jobs", "Hot URLs in progress (queued, downloading, storing or awaiting acks)", "jobs"),
+    gauge("heatcache_fetcher_downloads", "Downloads running in aria2c now", "downloads"),
+    gauge("heatcache_fetcher_cache_used_bytes", "Bytes of cached objects (catalog)", "cache-used"),
+    gauge("heatcache_fetcher_cache_quota_bytes", "HEATCACHE_CACHE_MAX_BYTES (0 = no byte quota)", "cache-quota"),
+    gauge("heatcache_fetcher_cache_free_bytes", "Free bytes on the cache's filesystem", "cache-free"),
+))
+
+ALL_STAGES: dict[str, StageSpec] = {s.stage: s for s in (SNIFFER, DNS, EDGE, FETCHER)}
 
 
 def register_stage(spec: StageSpec) -> StageSpec:
