@@ -77,7 +77,7 @@ class Feed:
         self.changed = threading.Event()
         self._threads = [threading.Thread(target=self._kafka_loop, name="console-kafka", daemon=True),
                          threading.Thread(target=self._poll_loop, name="console-poll", daemon=True)]
-        self._read_catalog = open_catalog_rows(settings)
+        self.read_catalog = open_catalog_rows(settings)
 
     def start(self) -> Feed:
         for t in self._threads:
@@ -88,7 +88,7 @@ class Feed:
         self.stopping.set()
         for t in self._threads:
             t.join(10)
-        self._read_catalog.close()  # type: ignore[attr-defined]
+        self.read_catalog.close()  # type: ignore[attr-defined]
 
     def wait_ready(self, timeout: float = 30.0) -> bool:
         return self.ready.wait(timeout) and self.polled.wait(timeout)
@@ -106,7 +106,7 @@ class Feed:
                  s.topic(contract.CACHE_EVENTS): contract.CACHE_EVENTS,
                  s.topic(contract.FETCH_PROGRESS): contract.FETCH_PROGRESS,
                  s.topic(contract.CONTROL): contract.CONTROL,
-                 s.topic_prefix + HOST_HEAT: HOST_HEAT}
+                 (s.topic(HOST_HEAT) if hasattr(s, "topic_host_heat") else s.topic_prefix + HOST_HEAT): HOST_HEAT}
         return names
 
     def _kafka_loop(self) -> None:
@@ -186,8 +186,8 @@ class Feed:
                         self.model.apply_metrics(record)
                 elif logical == HOST_HEAT and raw:
                     record = orjson.loads(raw)
-                    if isinstance(record, dict) and isinstance(record.get("host"), str):
-                        self.model.host_heat[record["host"]] = record
+                    if isinstance(record, dict):
+                        self.model.apply_host_heat(record)
             except (DecodeError, orjson.JSONDecodeError):
                 self.errors += 1  # the stages dead-letter bad records; the console only skips them
         self.changed.set()
@@ -200,7 +200,7 @@ class Feed:
 
     def poll_once(self) -> None:
         try:
-            rows = self._read_catalog()
+            rows = self.read_catalog()
         except Exception as exc:  # the database may be restarting: keep the last rows
             self.errors += 1
             log.warning("console: catalog read failed: %s", exc)

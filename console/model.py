@@ -67,7 +67,8 @@ class Model:
 
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> latest snapshot
     hot: dict[str, HotUrl] = field(default_factory=dict)
-    host_heat: dict[str, dict[str, Any]] = field(default_factory=dict)  # host -> latest host heat record
+    # host -> partition -> latest HostHeat record (a host's requests spread over partitions)
+    host_heat: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
     cache: dict[str, CacheEvent] = field(default_factory=dict)  # latest state per key
     recent: deque[CacheEvent] = field(default_factory=lambda: deque(maxlen=RECENT_EVENTS))
     progress: dict[str, FetchProgress] = field(default_factory=dict)
@@ -85,6 +86,12 @@ class Model:
 
     def apply_hot(self, hot: HotUrl) -> None:
         self.hot[hot.cache_key] = hot
+
+    def apply_host_heat(self, record: Mapping[str, Any]) -> None:
+        host = record.get("host")
+        part = record.get("partition", 0)
+        if isinstance(host, str) and isinstance(part, int):
+            self.host_heat.setdefault(host, {})[part] = dict(record)
 
     def apply_cache_event(self, event: CacheEvent) -> None:
         self.cache[event.cache_key] = event
@@ -142,21 +149,22 @@ def stages_view(metrics: Mapping[str, Mapping[str, Any]], now: float, stale_s: f
 
 # -- heat ----------------------------------------------------------------------------------------
 
-def heat_view(hot: Mapping[str, HotUrl], host_heat: Mapping[str, Mapping[str, Any]], n: int = 10) -> dict[str, Any]:
-    """Top URLs by heat, and top hosts: from host heat records when streams publishes them,
-    else summed from the hot URLs (without the HTTPS share, which only host heat knows)."""
+def heat_view(hot: Mapping[str, HotUrl], host_heat: Mapping[str, Mapping[int, Mapping[str, Any]]],
+              n: int = 10) -> dict[str, Any]:
+    """Top URLs by heat, and top hosts: from streams' host heat (requests and TLS summed over the
+    latest record of each partition; clients at least the largest partition's count) when it
+    publishes it, else summed from the hot URLs (without the HTTPS share)."""
     urls = sorted(hot.values(), key=lambda h: (-h.heat, -h.clients, h.cache_key))[:n]
     top_urls = [{"cache_key": h.cache_key, "url": h.url, "host": h.host, "heat": h.heat, "clients": h.clients,
                  "window_s": h.window_s, "ts": h.ts} for h in urls]
     hosts: list[dict[str, Any]] = []
     if host_heat:
-        for host, rec in host_heat.items():
-            requests = _num(rec.get("requests", rec.get("heat")))
-            tls = _num(rec.get("tls_requests", rec.get("tls")))
-            share = rec.get("https_share")
-            if not isinstance(share, (int, float)):
-                share = tls / requests if requests else None
-            hosts.append({"host": host, "heat": requests, "clients": _num(rec.get("clients")), "https_share": share})
+        for host, parts in host_heat.items():
+            requests = sum(_num(r.get("requests")) for r in parts.values())
+            tls = sum(_num(r.get("tls")) for r in parts.values())
+            clients = max((_num(r.get("clients")) for r in parts.values()), default=0.0)
+            hosts.append({"host": host, "heat": int(requests), "clients": int(clients),
+                          "https_share": tls / requests if requests else None})
     else:
         agg: dict[str, dict[str, Any]] = {}
         for h in hot.values():

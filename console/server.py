@@ -11,11 +11,11 @@ carry the page's CSRF token (a per-process secret the page embeds, unreadable cr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import ipaddress
 import logging
 import secrets
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -75,7 +75,8 @@ def same_origin(request: web.Request) -> bool:
 class ConsoleServer:
     """The web app; ``snapshot`` gives the page's data, ``actions`` carries out the buttons."""
 
-    def __init__(self, settings: Settings, snapshot: Snapshot, actions: Actions | None, push_s: float = 1.0) -> None:
+    def __init__(self, settings: Settings, snapshot: Snapshot, actions: Actions | None, push_s: float = 1.0,
+                 counters: Counter[str] | None = None) -> None:
         check_bind(settings)
         self.settings = settings
         self.snapshot = snapshot
@@ -85,7 +86,7 @@ class ConsoleServer:
         self.token = settings.console_token.get_secret_value()
         self.needs_token = token_required(settings)
         self._runner: web.AppRunner | None = None
-        self.streams = 0
+        self.counters: Counter[str] = counters if counters is not None else Counter()
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._guard], client_max_size=64 * 1024)
@@ -132,7 +133,7 @@ class ConsoleServer:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
                                            "X-Accel-Buffering": "no"})
         await resp.prepare(request)
-        self.streams += 1
+        self.counters["streams"] += 1
         loop = asyncio.get_running_loop()
         try:
             while True:
@@ -142,7 +143,7 @@ class ConsoleServer:
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
-            self.streams -= 1
+            self.counters["streams"] -= 1
         return resp
 
     async def action(self, request: web.Request) -> web.Response:
@@ -153,9 +154,12 @@ class ConsoleServer:
             act = parse_action(body, by=f"console@{request.remote or '?'}")
             result = await asyncio.get_running_loop().run_in_executor(None, self.actions.run, act)
         except ValueError as exc:  # ActionError, bad JSON
+            self.counters["action.refused"] += 1
             return web.json_response({"ok": False, "error": str(exc)}, status=400)
         except (RuntimeError, OSError) as exc:
+            self.counters["action.failed"] += 1
             return web.json_response({"ok": False, "error": str(exc)}, status=502)
+        self.counters["action.ok" if result.get("ok") else "action.refused"] += 1
         log.info("action %s %s %s by %s: %s", act.kind, act.subject, act.value, act.by, result)
         return web.json_response(result)
 
@@ -175,41 +179,31 @@ class ConsoleServer:
 
 
 def run_console(settings: Settings, bootstrap: str) -> int:
-    """The `heatcache console` stage: the feed, the web server, until SIGTERM."""
+    """The `heatcache console` stage on the one runner: the feed, the web server, until SIGTERM."""
     from console.feed import Feed
-    from heatcache.kafkautil import producer, publish_metrics
-    from heatcache.lifecycle import StopFlag, announce_ready
+    from heatcache.kafkautil import producer
+    from heatcache.metrics import CONSOLE
+    from heatcache.runner import ConfigError, Runner
 
-    check_bind(settings)
-    feed = Feed(settings, bootstrap, poll_s=settings.console_refresh_s).start()
-    prod = producer(bootstrap)
-    actions = Actions(settings, prod, feed._read_catalog)
-    server = ConsoleServer(settings, feed.snapshot, actions, push_s=settings.console_refresh_s)
+    async def main(run: Runner) -> None:
+        try:
+            check_bind(settings)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        feed = Feed(settings, bootstrap, poll_s=settings.console_refresh_s).start()
+        prod = producer(bootstrap)
+        server = ConsoleServer(settings, feed.snapshot, Actions(settings, prod, feed.read_catalog),
+                               push_s=settings.console_refresh_s, counters=run.counters)
+        try:
+            port = await server.start(settings.console_host, settings.console_port)
+            log.info("console on http://%s:%d/%s", settings.console_host, port,
+                     " (token required)" if server.needs_token else "")
+            run.ready()
+            await run.stopped()
+            await server.stop()
+        finally:
+            feed.stop()
+            run.counters["feed-errors"] = feed.errors
+            prod.flush(5)
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        flag = StopFlag().install()
-        flag.on_stop(lambda: _call_soon(loop, stop.set))
-        port = await server.start(settings.console_host, settings.console_port)
-        log.info("console on http://%s:%d/%s", settings.console_host, port,
-                 " (token required)" if server.needs_token else "")
-        announce_ready("console")
-        while not stop.is_set():
-            publish_metrics(prod, settings, "console", {"streams": server.streams, "feed_errors": feed.errors})
-            prod.poll(0)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 10)
-        await server.stop()
-
-    try:
-        asyncio.run(main())
-    finally:
-        feed.stop()
-        prod.flush(5)
-    return 0
-
-
-
-def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
-    loop.call_soon_threadsafe(fn)
+    return Runner(settings, CONSOLE, bootstrap=bootstrap).run_async(main)

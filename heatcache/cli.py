@@ -262,6 +262,20 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     return run_demo(settings, verbose=args.verbose)
 
 
+# -- replay (issue 19): trace import and replay
+def cmd_trace(settings: Settings, args: argparse.Namespace) -> int:
+    from replay.cli import cmd_trace as run
+
+    return run(settings, args, _bootstrap(settings))
+
+
+def _replay_args(name: str, p: argparse.ArgumentParser) -> None:
+    from replay import cli as replay_cli
+
+    if name == "trace":
+        replay_cli.add_trace_args(p)
+
+
 COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], int], str]] = {
     "sniff": (cmd_sniff, "capture HTTP requests and publish them to Kafka"),
     "streams": (cmd_streams, "the Faust app: windowed heat, hot-url emission"),
@@ -275,6 +289,7 @@ COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], int], str]] =
     "console": (cmd_console, "the operator's live web page (HEATCACHE_CONSOLE_HOST/PORT)"),
     "status": (cmd_status, "what the stack does now, in the terminal (--watch, --json)"),
     "control": (cmd_control, "prefetch pause|resume, steering stop|start, pin X always|never|none, purge X"),
+    "trace": (cmd_trace, "trace import FILE: load an access log or capture into the requests topic"),
 }
 
 
@@ -301,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("args", nargs="*")
             p.add_argument("--prefix", action="store_true", help="purge: every cached URL under this prefix")
             p.add_argument("--host", action="store_true", help="purge: every cached URL of this host")
+        if name in ("trace", "replay"):
+            _replay_args(name, p)
     return parser
 
 

@@ -237,13 +237,32 @@ def _events(value: Any) -> tuple[RequestEvent, ...]:
     return tuple(_request_event(e) for e in value)
 
 
-@event_type("batch", bucket=Int(0, 65535), events=_events)
+def _logged_ints(value: Any) -> tuple[int, ...]:
+    """replay (issue 19): an optional per-event array of non-negative integers."""
+    if type(value) is not list or len(value) > MAX_BATCH_EVENTS:
+        raise DecodeError("must be an array parallel to events")
+    if not all(type(v) is int and 0 <= v < 1 << 53 for v in value):
+        raise DecodeError("must be non-negative integers")
+    return tuple(value)
+
+
+@event_type("batch", bucket=Int(0, 65535), events=_events, sizes=_logged_ints, statuses=_logged_ints)
 @dataclass(frozen=True, slots=True)
 class RequestBatch:
     """What one `requests` message holds: events of one partition bucket."""
 
     bucket: int
     events: tuple[RequestEvent, ...] = field(default_factory=tuple)
+    # -- replay (issue 19): what an imported access log knows and the sniffer cannot see (it
+    # watches requests only). Parallel to ``events`` when present, empty otherwise; encoded only
+    # when present, so sniffer batches are unchanged on the wire.
+    sizes: tuple[int, ...] = ()  # response bytes as logged (0 with status 0 = unknown)
+    statuses: tuple[int, ...] = ()  # HTTP status as logged (0 = unknown)
+
+    def __post_init__(self) -> None:
+        for name, row in (("sizes", self.sizes), ("statuses", self.statuses)):
+            if row and len(row) != len(self.events):
+                raise ValueError(f"{name} must be parallel to events")
 
 
 @event_type("hot", cache_key=KEY, url=Url(), host=HOST, heat=Int(), clients=Int(), window_s=Int(),
@@ -390,6 +409,10 @@ def encode(event: Any) -> bytes:
         body["bucket"] = event.bucket
         # Events as compact arrays: a batch is the hot path, field names would double its size.
         body["events"] = [list(e) for e in event.events]
+        if event.sizes:
+            body["sizes"] = list(event.sizes)
+        if event.statuses:
+            body["statuses"] = list(event.statuses)
     else:
         body.update(dataclasses.asdict(event))
     return orjson.dumps(body)

@@ -357,7 +357,14 @@ FETCHER = StageSpec("fetcher", (
     gauge("heatcache_fetcher_cache_free_bytes", "Free bytes on the cache's filesystem", "cache-free"),
 ))
 
-ALL_STAGES: dict[str, StageSpec] = {s.stage: s for s in (SNIFFER, DNS, EDGE, FETCHER)}
+CONSOLE = StageSpec("console", (
+    gauge("heatcache_console_live_streams", "Browsers following the live stream", "streams"),
+    counter("heatcache_console_actions_total", "Operator actions from the page, by result", label="result",
+            keys={"action.ok": "ok", "action.refused": "refused", "action.failed": "failed"}),
+    counter("heatcache_console_feed_errors_total", "Records or polls the console could not read", "feed-errors"),
+))
+
+ALL_STAGES: dict[str, StageSpec] = {s.stage: s for s in (SNIFFER, DNS, EDGE, FETCHER, CONSOLE)}
 
 
 def register_stage(spec: StageSpec) -> StageSpec:

@@ -47,8 +47,13 @@ def test_heat_top_urls_and_hosts() -> None:
     assert [u["cache_key"] for u in view["urls"]] == [K2, K1]
     assert view["hosts"][0] == {"host": "a.test", "heat": 14, "clients": 3, "https_share": None}
     # host heat records (from streams) carry the HTTPS share
-    view = heat_view({}, {"v.test": {"host": "v.test", "requests": 10, "tls_requests": 4, "clients": 6}})
-    assert view["hosts"] == [{"host": "v.test", "heat": 10.0, "clients": 6.0, "https_share": 0.4}]
+    model = Model()
+    for part, (requests, tls, clients) in enumerate([(6, 4, 5), (4, 0, 6)]):
+        model.apply_host_heat({"host": "v.test", "partition": part, "requests": requests, "tls": tls,
+                               "clients": clients})
+    model.apply_host_heat({"host": "v.test", "partition": 0, "requests": 6, "tls": 0, "clients": 5})  # newer
+    view = heat_view({}, model.host_heat)
+    assert view["hosts"] == [{"host": "v.test", "heat": 10, "clients": 6, "https_share": 0.0}]
 
 
 def test_downloads_running_queued_failed_done() -> None:

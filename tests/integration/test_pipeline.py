@@ -96,7 +96,8 @@ def assert_hit(lab: Lab, settings: Settings, client: int) -> None:
 def test_request_to_local_hit(catalog: str, lab: Lab, kafka_settings: Settings, tmp_path: Path,
                               request: pytest.FixtureRequest) -> None:
     db_url = request.getfixturevalue("mariadb").url if catalog == "mariadb" else ""
-    settings = lab.settings(kafka_settings, tmp_path / "state", catalog_url=db_url, metrics_port=free_port_run(5))
+    settings = lab.settings(kafka_settings, tmp_path / "state", catalog_url=db_url,
+                            metrics_port=free_port_run(len(STAGES)))
     key = f"http://{HOST}:{lab.port}/video.bin"
     with Stack(settings, console=None) as stack:
         # Poison messages first: each consumer dead-letters them and goes on.

@@ -11,9 +11,11 @@ from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
+from pydantic import SecretStr
 
 from dns_redirect.edge import HEALTH_PATH
 from heatcache import contract
+from heatcache.metrics import ALL_STAGES
 from heatcache.services.kafka import kafka_version
 from heatcache.settings import Settings, SettingsError, load_settings
 from ops import k8s as gen
@@ -25,7 +27,14 @@ K8S_VERSION = "1.33.0"  # the Kubernetes release the built-in objects are valida
 STRIMZI_GROUP = "kafka.strimzi.io"
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet"}
 SNIFFER = "heatcache-sniffer"
-SECRET_FIELDS = {"aria2_secret", "client_id_secret", "purge_token", "catalog_url"}
+# what must come from Secrets: every SecretStr setting, and those that still are plain strings
+SECRET_FIELDS = {n for n, f in Settings.model_fields.items() if f.annotation is SecretStr} | {
+    "aria2_secret", "client_id_secret", "purge_token", "catalog_url"}
+RUNNER_PATHS = ("/metrics", "/health")  # heatcache/runner.py serves both on HEATCACHE_METRICS_PORT
+RUNNER_SPEC = {"sniff": "sniffer", "streams": "streams", "fetch": "fetcher", "dns": "dns", "edge": "edge"}
+# stages whose shell is not on the runner yet (their owners are moving them): their probes will
+# answer once they are; this list must shrink, a test fails when an entry is no longer true
+NOT_YET_ON_RUNNER = {"streams", "fetch"}
 Obj = dict[str, Any]
 
 
@@ -261,9 +270,13 @@ def test_env_ports_and_probes_match_the_code(rendered: dict[str, list[Obj]], ove
                 assert target["port"] in ports.values() or (target["port"], "TCP") in ports, f"{stage} {probe_kind}"
             if "httpGet" in probe:
                 path = probe["httpGet"]["path"]
-                assert path == (HEALTH_PATH if stage == "edge" else "/metrics"), f"{stage} {probe_kind} {path}"
                 port = next(p for (p, _), n in ports.items() if n == probe["httpGet"]["port"])
-                assert port == (s.edge_port if stage == "edge" else s.metrics_port)
+                if stage == "edge":
+                    assert (path, port) == (HEALTH_PATH, s.edge_port), f"{stage} {probe_kind}"
+                else:  # the runner's /metrics (alive) and /health (ok, or degraded: not ready)
+                    assert path in RUNNER_PATHS and port == s.metrics_port, f"{stage} {probe_kind} {path}"
+                    assert RUNNER_SPEC[stage] in ALL_STAGES or stage in NOT_YET_ON_RUNNER, \
+                        f"{stage} is probed on the runner's port but declares no metrics"
             if "exec" in probe:
                 assert probe["exec"]["command"][:3] == ["python", "-m", "heatcache.probe"]
         # the edge's external address is what steered names resolve to
@@ -311,3 +324,8 @@ def test_image_is_configurable_and_pinned(rendered: dict[str, list[Obj]], overla
             image = c["image"]
             assert re.fullmatch(r"[\w./-]+(:[\w.-]+)", image), f"{w['metadata']['name']}: {image}"
             assert not image.endswith(":latest")
+
+
+def test_the_not_yet_on_runner_list_is_true() -> None:
+    done = {stage for stage in NOT_YET_ON_RUNNER if RUNNER_SPEC[stage] in ALL_STAGES}
+    assert not done, f"{done} now run on the runner: drop them from NOT_YET_ON_RUNNER"
