@@ -19,7 +19,7 @@ import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -72,6 +72,7 @@ class Edge:
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
         self._fronts: set[HitFront] = set()
+        self.tls_hosts: Callable[[], dict[str, dict[str, int]]] | None = None  # the TLS passthrough's per-host figures
 
     async def start(self, host: str, port: int, *, reuse_address: bool = True, backlog: int = 1024) -> None:
         """Listen on host:port: the hit front first, aiohttp behind it for everything else."""
@@ -196,7 +197,10 @@ class Edge:
         return web.json_response({"purged": True, "cache_key": key})
 
     async def health(self, _request: web.Request) -> web.Response:
-        return web.json_response({"ok": True, "objects": len(self.index.objects), **self.counters})
+        body: dict[str, Any] = {"ok": True, "objects": len(self.index.objects), **self.counters}
+        if self.tls_hosts is not None:
+            body["tls_hosts"] = self.tls_hosts()
+        return web.json_response(body)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         decision = self.route(request.method, request.headers.get("Host", ""), request.raw_path,

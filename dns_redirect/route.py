@@ -114,3 +114,18 @@ def route(method: str, host_header: str, target: str, via: Iterable[str], index:
     if entry is not None:
         return Hit(entry, index.version, host, port, key)
     return Pass(host, port, key)
+
+
+UNKNOWN_NAME = Refuse(421, "tls-not-steered", "")
+NO_SNI = Refuse(400, "tls-no-sni", "")
+
+
+def route_tls(sni: str | None, port: int, index: IndexView, grace_s: float, now: float) -> Refuse | Passthrough:
+    """The decision for a TLS connection by its ClientHello's server name: passed through (never
+    terminated, never stored) to that name's origin on the same port while the name is steered
+    or was unsteered less than ``grace_s`` ago; refused otherwise (the node is no open relay)."""
+    if sni is None:
+        return NO_SNI
+    if not index.is_steered(sni) and not index.recently_steered(sni, grace_s, now):
+        return UNKNOWN_NAME
+    return Passthrough(sni, port, "")

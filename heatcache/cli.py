@@ -46,8 +46,7 @@ def cmd_sniff(settings: Settings, _args: argparse.Namespace) -> int:
 def cmd_streams(settings: Settings, _args: argparse.Namespace) -> int:
     from streams.app import run
 
-    run(settings, _bootstrap(settings))
-    return 0
+    return run(settings, _bootstrap(settings))
 
 
 def cmd_fetch(settings: Settings, _args: argparse.Namespace) -> int:
@@ -137,8 +136,18 @@ async def _serve_edge(run: Runner, index: CacheIndex, prod: Producer) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     await edge.start(settings.edge_host, settings.edge_port)
     log.info("edge on %s:%d", settings.edge_host, settings.edge_port)
+    from dns_redirect.passthrough import TlsPassthrough
+
+    tls = TlsPassthrough(settings, index, run.counters)  # HTTPS of steered hosts, spliced by SNI
+    try:
+        await tls.start(settings.edge_host, settings.edge_tls_ports)
+    except OSError:
+        await edge.stop()
+        raise
+    edge.tls_hosts = tls.figures.as_dict
     run.ready()
     await run.stopped()
+    await tls.stop()
     await edge.stop()  # flushes pending hit counts to the catalog
     catalog.close()
     log.info("edge stopped: %s", dict(edge.counters))

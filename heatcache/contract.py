@@ -33,7 +33,8 @@ FETCH_PROGRESS = "fetch-progress"
 METRICS = "metrics"
 DEAD_LETTER = "dead-letter"
 CONTROL = "control"  # operator switches (pins, prefetch pause, steering stop); compacted
-ALL_TOPICS = (REQUESTS, HOT_URLS, CACHE_EVENTS, FETCH_PROGRESS, METRICS, DEAD_LETTER, CONTROL)
+HOST_HEAT = "host-heat"  # heat per host (HTTP and TLS) from streams, keyed by host
+ALL_TOPICS = (REQUESTS, HOT_URLS, CACHE_EVENTS, FETCH_PROGRESS, METRICS, DEAD_LETTER, CONTROL, HOST_HEAT)
 COMPACTED_TOPICS = frozenset({CACHE_EVENTS, CONTROL})
 
 CacheState = Literal["cached", "failed", "evicted", "purged", "stale"]
@@ -398,7 +399,25 @@ class FetchProgress:
                 raise DecodeError(f"progress {name} must be a non-negative number")
 
 
-Event = RequestBatch | HotUrl | CacheEvent | ControlEvent | FetchProgress
+@event_type("host-heat", host=HOST, partition=Int(0, 65535), requests=Int(), tls=Int(), clients=Int(),
+            window_s=Int(), ts=TS, http_share=Float(0.0, 1.0))
+@dataclass(frozen=True, slots=True)
+class HostHeat:
+    """The heat of one host in one `requests` partition over the heat window, on `host-heat`
+    (keyed by host). A host's requests spread over partitions: sum ``requests`` and ``tls``
+    over the latest record of each partition; ``clients`` is distinct per partition."""
+
+    host: str
+    partition: int
+    requests: int  # HTTP and TLS requests in the window
+    tls: int  # of which TLS ClientHellos (SNI): not cacheable here
+    clients: int
+    window_s: int
+    ts: float  # the partition's watermark (event time) when computed
+    http_share: float = 0.0  # share of the requests that are plain HTTP (cacheable at all)
+
+
+Event = RequestBatch | HotUrl | CacheEvent | ControlEvent | FetchProgress | HostHeat
 T = TypeVar("T")
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import ssl
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -43,7 +45,7 @@ def lab_settings(base: Settings, state_dir: Path, port: int, upstream: str, **up
         "allow_private_origins": True, "node_address": NODE_IP, "outbound_address": NODE_IP,
         "edge_host": NODE_IP, "edge_port": port, "dns_host": "127.0.0.1", "dns_port": free_port_udp_tcp(),
         "aria2_rpc_port": free_port(), "batch_linger_ms": 100, "catalog_url": "",
-        "dns_health_interval_s": 0.5, "console_port": free_port(),
+        "dns_health_interval_s": 0.5, "console_port": free_port(), "edge_tls_ports": (free_port(NODE_IP),),
     }
     values.update(update)
     return base.model_copy(update=values)
@@ -52,7 +54,8 @@ def lab_settings(base: Settings, state_dir: Path, port: int, upstream: str, **up
 class Origin:
     """A threaded HTTP origin serving files from a folder, counting GETs per path."""
 
-    def __init__(self, root: Path, address: str = "127.0.0.1", port: int = 0, rate_bps: int = 0) -> None:
+    def __init__(self, root: Path, address: str = "127.0.0.1", port: int = 0, rate_bps: int = 0,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.root = root
         self.rate_bps = rate_bps  # > 0: bodies trickle at about this rate (a narrow uplink; the console's tests)
         self.hits: Counter[str] = Counter()
@@ -129,6 +132,9 @@ class Origin:
 
         self.server = ThreadingHTTPServer((address, port), Handler)
         self.server.daemon_threads = True
+        if tls is not None:  # HTTPS; the handshake runs in each request's thread, not in accept
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True,
+                                                 do_handshake_on_connect=False)
         self.address, self.port = self.server.server_address[:2]
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -139,6 +145,24 @@ class Origin:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def self_signed(folder: Path, names: list[str]) -> tuple[Path, Path]:
+    """A self-signed certificate for ``names`` (and its key), made with the openssl CLI: the lab's
+    HTTPS origins present it and the lab's clients trust exactly it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    san = ",".join(f"DNS:{n}" for n in names)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", f"/CN={names[0]}",
+                    "-addext", f"subjectAltName={san}"], check=True, capture_output=True)
+    return cert, key
+
+
+def tls_server_context(cert: Path, key: Path) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    return ctx
 
 
 def make_sample_files(root: Path, sizes: dict[str, int]) -> dict[str, bytes]:
@@ -197,11 +221,13 @@ def client_sources(n: int, base: str = "127.0.1.") -> list[str]:
 
 
 def serve_origin_main() -> None:
-    """``python -m heatcache.lab ROOT ADDRESS PORT``: an Origin in the foreground (for namespaces)."""
+    """``python -m heatcache.lab ROOT ADDRESS PORT [CERT KEY]``: an Origin in the foreground (for
+    namespaces); with a certificate and key, over HTTPS."""
     import signal
     import sys
 
-    origin = Origin(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])).start()
+    tls = tls_server_context(Path(sys.argv[4]), Path(sys.argv[5])) if len(sys.argv) > 5 else None
+    origin = Origin(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), tls=tls).start()
     print("origin ready", flush=True)
     signal.sigwait({signal.SIGTERM, signal.SIGINT})
     origin.stop()

@@ -320,7 +320,7 @@ EDGE = StageSpec("edge", (
     counter("heatcache_edge_miss_failures_total", "Misses that could not be passed through", label="reason",
             keys={"miss.unresolved": "unresolved", "miss.origin-failed": "origin-failed"}),
     counter("heatcache_edge_fills_total", "In-path stores of passed-through misses", label="result",
-            keys={"fill.stored": "stored", "fill.failed": "failed"}),
+            keys={"fill.stored": "stored", "fill.failed": "failed", "fill.failed.disk": "failed-disk"}),
     counter("heatcache_edge_fill_skipped_total", "Misses not stored while passing through, by reason",
             label="reason", prefix="fill.skipped.",
             values=("method", "status", "request", "cookie", "cache-control", "encoded", "vary", "size", "short")),
@@ -332,6 +332,40 @@ EDGE = StageSpec("edge", (
     gauge("heatcache_edge_cached_objects", "Objects in the edge's cache index", "objects"),
     counter("heatcache_edge_bad_cache_events_total", "cache-events messages refused (sent to dead-letter)",
             "index.bad-events"),
+    # TLS passthrough (steer): per-host figures are in the health JSON's tls_hosts
+    counter("heatcache_edge_tls_connections_total", "TLS connections spliced to their origin by SNI",
+            "tls.connections"),
+    counter("heatcache_edge_tls_refused_total", "TLS connections refused, by reason", label="reason",
+            prefix="tls.refused.", values=("not-steered", "no-sni", "not-hello", "timeout", "internal",
+                                           "unresolved", "origin-failed", "loop")),
+    counter("heatcache_edge_tls_bytes_total", "Bytes relayed by the TLS passthrough", label="direction",
+            keys={"tls.bytes-up": "up", "tls.bytes-down": "down"}),
+))
+
+# streams (issue 16): heat per key and host; gauges are set at each flush by the Faust worker
+_HOT_REASONS = ("heat", "first-access", "refetch-evicted", "refetch-purged", "retry-failed")
+STREAMS = StageSpec("streams", (
+    counter("heatcache_streams_events_total", "Request events folded into heat", "events"),
+    counter("heatcache_streams_batches_total", "requests messages handled (batches of events)", "batches"),
+    counter("heatcache_streams_skipped_batches_total",
+            "Messages re-read after a restart that the durable state already held (not counted again)",
+            "skipped_batches"),
+    counter("heatcache_streams_late_events_total", "Events older than the watermark minus the grace (dropped)",
+            "late"),
+    counter("heatcache_streams_hot_urls_total", "HotUrls emitted, by reason", label="reason", prefix="hot.",
+            values=_HOT_REASONS),
+    counter("heatcache_streams_dead_letter_total", "Undecodable requests messages sent to dead-letter",
+            "dead_letter"),
+    counter("heatcache_streams_flushes_total", "Durable flushes of the heat state (then offsets commit)", "flushes"),
+    counter("heatcache_streams_state_records_total", "Records written to the heat table and its changelog",
+            "state_records"),
+    counter("heatcache_streams_cache_events_total", "cache-events read (cached, failed, evicted, ...)",
+            "cache_events"),
+    gauge("heatcache_streams_consumer_lag_messages", "requests messages not yet folded, over the worker's partitions",
+          "lag"),
+    gauge("heatcache_streams_partitions", "requests partitions this worker owns", "partitions"),
+    gauge("heatcache_streams_keys", "Cache keys with heat in memory", "keys"),
+    gauge("heatcache_streams_hosts", "Hosts with heat in memory (per partition)", "hosts"),
 ))
 
 FETCHER = StageSpec("fetcher", (
@@ -371,6 +405,9 @@ def register_stage(spec: StageSpec) -> StageSpec:
     """Add a stage's declaration (streams, fetcher, ... declare theirs in this module too)."""
     ALL_STAGES[spec.stage] = spec
     return spec
+
+
+register_stage(STREAMS)
 
 
 def markdown(specs: Iterable[StageSpec] | None = None) -> str:

@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     topic_metrics: str = "metrics"
     topic_dead_letter: str = "dead-letter"
     topic_control: str = "control"  # operator switches (compacted): pins, prefetch pause, steering stop
+    topic_host_heat: str = "host-heat"  # HostHeat from streams (per host and partition)
     # -- Kafka client security (ops, k8s/): Strimzi's TLS listener with a client certificate per
     # stage; the files are the KafkaUser's Secret and the cluster CA, mounted by each pod
     kafka_security_protocol: str = Field(default="PLAINTEXT", pattern="^(PLAINTEXT|SSL)$")
@@ -89,6 +90,9 @@ class Settings(BaseSettings):
     heat_top_n: int = Field(default=10, ge=0)  # hot keys / hosts in each metrics snapshot
     heat_metrics_interval_s: float = Field(default=10.0, gt=0)
     heat_host_topic: bool = True  # publish HostHeat on `host-heat` each flush
+    heat_commit_interval_s: float = Field(default=0.0, ge=0)  # offset commits; 0 = the flush interval
+    streams_instance_id: str = ""  # Kafka static membership (group.instance.id): a restart rejoins at once
+    streams_session_timeout_s: float = Field(default=10.0, ge=6, le=300)  # a dead worker's partitions move on
 
     # -- fetcher
     aria2_rpc_host: str = "http://127.0.0.1"
@@ -142,6 +146,10 @@ class Settings(BaseSettings):
     # with nginx in front: hits answer "X-Accel-Redirect: <prefix><object path>" and nginx sends
     # the file from an internal location aliased to the cache's objects; empty = the edge sends
     edge_accel_prefix: str = ""
+    # -- TLS passthrough on the cache node (steer): HTTPS to a steered host is spliced to its
+    # origin by the ClientHello's SNI, never terminated; empty = no TLS listener
+    edge_tls_ports: Annotated[tuple[int, ...], NoDecode] = (443,)
+    edge_tls_hello_timeout_s: float = Field(default=10.0, gt=0)  # a ClientHello must arrive by then
 
     # -- console (the operator's web page and `heatcache status`)
     console_host: str = "127.0.0.1"  # off loopback, every endpoint needs console_token
@@ -169,7 +177,7 @@ class Settings(BaseSettings):
                 ipaddress.ip_network(cidr, strict=False)
         return value
 
-    @field_validator("sniff_ports", "sniff_tls_ports", mode="before")
+    @field_validator("sniff_ports", "sniff_tls_ports", "edge_tls_ports", mode="before")
     @classmethod
     def _split_ports(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -191,7 +199,7 @@ class Settings(BaseSettings):
             raise ValueError("needs at least one port, each in 1..65535")
         return value
 
-    @field_validator("sniff_tls_ports")
+    @field_validator("sniff_tls_ports", "edge_tls_ports")
     @classmethod
     def _check_tls_ports(cls, value: tuple[int, ...]) -> tuple[int, ...]:
         if any(not 0 < p < 65536 for p in value):

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 
 from heatcache.cachekey import BadUrl, KeyRules, _filter_query, cache_key, split_host
 from heatcache.contract import RequestEvent
-from sniffer.parse import LINKTYPE_ETHERNET, MAX_HEAD, parse_frame, parse_requests, parse_sni, ua_class
+from heatcache.tls import parse_sni
+from sniffer.parse import LINKTYPE_ETHERNET, MAX_HEAD, parse_frame, parse_requests, ua_class
 
 try:
     from sniffer import _fastpath

@@ -232,39 +232,6 @@ def _parse_head(head: bytes) -> tuple[HttpRequest, int] | str:
         return "non-ascii"
 
 
-def parse_sni(payload: bytes) -> str | None:
-    """The server name of a TLS ClientHello in one segment, or None (not a ClientHello, no SNI,
-    or cut short). Pure slicing of RFC 8446 / RFC 6066 structures."""
-    try:
-        if len(payload) < 43 or payload[0] != 0x16 or payload[1] != 0x03 or payload[5] != 0x01:
-            return None
-        end = min(len(payload), 5 + ((payload[3] << 8) | payload[4]))
-        pos = 5 + 4 + 2 + 32  # record header, handshake header, client_version, random
-        pos += 1 + payload[pos]  # session id
-        pos += 2 + ((payload[pos] << 8) | payload[pos + 1])  # cipher suites
-        pos += 1 + payload[pos]  # compression methods
-        ext_end = min(end, pos + 2 + ((payload[pos] << 8) | payload[pos + 1]))
-        pos += 2
-        while pos + 4 <= ext_end:
-            etype = (payload[pos] << 8) | payload[pos + 1]
-            elen = (payload[pos + 2] << 8) | payload[pos + 3]
-            pos += 4
-            if etype == 0:  # server_name: list length, then (type, length, name)*
-                p = pos + 2
-                stop = min(pos + elen, ext_end)
-                while p + 3 <= stop:
-                    ntype, nlen = payload[p], (payload[p + 1] << 8) | payload[p + 2]
-                    name = payload[p + 3 : p + 3 + nlen]
-                    if ntype == 0 and len(name) == nlen and nlen:
-                        return name.decode("ascii")
-                    p += 3 + nlen
-                return None
-            pos += elen
-    except (IndexError, UnicodeDecodeError):
-        return None
-    return None
-
-
 def ua_class(user_agent: str) -> str:
     """A coarse user-agent class: enough to tell updaters from browsers, no fingerprinting."""
     ua = user_agent.lower()

@@ -1,103 +1,423 @@
-"""The Faust app: consumes `requests` batches, keeps heat per key in a table, emits `hot-urls`.
+"""The Faust app: heat per key and host in memory, durable once per flush interval, HotUrls out.
 
-Messages are raw bytes decoded by the contract (not Faust records): a batch of events costs
-one decode, and the table is written once per distinct key per batch. The table's changelog
-makes the state survive restarts; undecodable messages go to `dead-letter`.
+Messages are raw bytes decoded by the contract (a batch of events costs one decode). Each
+`requests` partition's heat lives in memory in a :class:`streams.heat.PartitionHeat` (pure);
+the agent only folds messages into it. Durable state is written per *time*, not per event:
+every ``HEATCACHE_HEAT_FLUSH_INTERVAL_S`` the keys and hosts that changed are written to the
+Faust table (its store and its changelog topic), with one meta record per partition holding
+the watermark and the offset of the last message folded. Only once those writes, the HotUrls
+and the dead-letters are acknowledged by Kafka are the messages acked, so Faust commits an
+offset only when the state it reflects is durable (the stream runs with manual acks).
+
+Recovery is Faust's: a worker that gets a partition restores the table from the changelog
+(or from its RocksDB store), the meta record tells which offset the state holds, and messages
+re-read from the committed offset up to it are skipped. Nothing is counted twice; HotUrls sent
+after the last flush may be sent again, with the same admission id.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
+import weakref
 from collections import Counter
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+import orjson
+from confluent_kafka.admin import AdminClient
+from faust.streams import _current_event
+from faust.types import TP
 
 from heatcache import contract
-from heatcache.contract import DecodeError, RequestBatch
-from heatcache.lifecycle import announce_ready
+from heatcache.contract import DecodeError, HostHeat, HotUrl, RequestBatch
+from heatcache.metrics import STREAMS
+from heatcache.runner import ConfigError, Runner
 from heatcache.settings import Settings
+from streams.follow import CacheFollower
 from streams.heat import PartitionHeat, meta_key
-from streams.rules import rules_from_settings
+from streams.rules import CacheView, Rules, RulesError, rules_from_settings
 
 log = logging.getLogger(__name__)
 
+EXPIRE_EVERY_S = 60.0
 
-def make_app(settings: Settings, bootstrap: str) -> tuple[faust.App, Counter[str]]:
+
+def check_topics(settings: Settings, bootstrap: str, timeout: float = 20.0) -> None:
+    """Fail at once, with the topic's name, when a topic streams needs is missing or `requests`
+    has another partition count than the tables (Faust would otherwise loop on "not found")."""
+    md = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=timeout)
+    names = [contract.REQUESTS, contract.HOT_URLS, contract.CACHE_EVENTS, contract.DEAD_LETTER, contract.METRICS]
+    if settings.heat_host_topic:
+        names.append(contract.HOST_HEAT)
+    missing = [settings.topic(n) for n in names if settings.topic(n) not in md.topics]
+    if missing:
+        raise ConfigError(f"missing topic(s) {', '.join(missing)} (create them, e.g. with `heatcache broker` "
+                          "or the k8s KafkaTopics)")
+    requests = md.topics[settings.topic(contract.REQUESTS)]
+    if len(requests.partitions) != settings.kafka_partitions:
+        raise ConfigError(f"topic {settings.topic(contract.REQUESTS)} has {len(requests.partitions)} partitions, "
+                          f"HEATCACHE_KAFKA_PARTITIONS is {settings.kafka_partitions}: they must be equal")
+
+
+@dataclass
+class _Pending:
+    """What a partition produced since its last flush: acked once the flush is durable."""
+
+    events: list[Any] = field(default_factory=list)
+    futures: list[Awaitable[Any]] = field(default_factory=list)
+    last: Any = None  # the newest event (the store of a RocksDB table writes under it)
+
+
+class Stage:
+    """The shell around the pure heat: partitions, flushing, cache events, metrics."""
+
+    def __init__(self, settings: Settings, rules: Rules, app: faust.App, table: Any, topics: dict[str, Any],
+                 counters: Counter[str] | None = None) -> None:
+        self.settings = settings
+        self.rules = rules
+        self.app = app
+        self.table = table
+        self.topics = topics
+        self.parts: dict[int, PartitionHeat] = {}
+        self.pending: dict[int, _Pending] = {}
+        self.cache: dict[str, CacheView] = {}
+        self.retry: set[str] = set()  # failed keys waiting for their back-off
+        self.counters: Counter[str] = counters if counters is not None else Counter()
+        self.lock = asyncio.Lock()
+        self.interval = settings.heat_flush_interval_s
+        self.last_flush = time.monotonic()
+        self.last_expire = time.monotonic()
+        self.follower: CacheFollower | None = None
+        self.pins: Any = None
+        self.requests_topic = settings.topic(contract.REQUESTS)
+        self.started = False
+
+    async def start(self) -> None:
+        """Before the first message: know the cache's compacted history (no HotUrl for a key
+        that is already cached), then go."""
+        while self.follower is not None and not self.follower.ready.is_set():
+            await asyncio.sleep(0.05)
+        self.drain_cache_events()
+        self.started = True
+
+    # -- the hot path: one message
+    def handle(self, event: Any) -> None:
+        msg = event.message
+        p = msg.partition
+        pend = self.pending.get(p)
+        if pend is None:
+            pend = self.pending[p] = _Pending()
+        pend.events.append(event)
+        pend.last = event
+        try:
+            batch = contract.decode(event.value, RequestBatch)
+        except DecodeError as exc:
+            self.counters["dead_letter"] += 1
+            log.warning("dead-letter %s[%s]@%s: %s", msg.topic, p, msg.offset, exc)
+            pend.futures.append(self.topics["dead"].send_soon(key=event.key, value=contract.dead_letter_value(
+                msg.topic, p, msg.offset, str(exc), event.value)))
+            return
+        ph = self.partition(p)
+        result = ph.fold(msg.offset, batch.events)
+        c = self.counters
+        c["batches"] += 1
+        if result.skipped:
+            c["skipped_batches"] += 1
+            return
+        c["events"] += result.events
+        c["late"] += result.late
+        for hot in result.hot:
+            self.send_hot(hot, pend)
+
+    def send_hot(self, hot: HotUrl, pend: _Pending) -> None:
+        self.counters["hot." + hot.reason] += 1
+        log.info("hot: %s (%d clients, %d requests, %s)", hot.cache_key, hot.clients, hot.heat, hot.reason)
+        pend.futures.append(self.topics["hot"].send_soon(key=hot.cache_key.encode(), value=contract.encode(hot)))
+
+    def partition(self, p: int) -> PartitionHeat:
+        ph = self.parts.get(p)
+        if ph is None:
+            ph = self.parts[p] = PartitionHeat(p, self.rules, load=self.load, cache=self.cache)
+            ph.restore_meta(self.load(meta_key(p)))
+            if self.pins is not None:
+                ph.pins = self.pins
+            log.info("partition %d: state holds offsets up to %d (watermark %.3f)", p, ph.applied, ph.watermark)
+        return ph
+
+    def load(self, key: str) -> bytes | None:
+        value = self.table.data.get(key.encode())
+        return value if value is None or isinstance(value, bytes) else bytes(value)
+
+    def due(self) -> bool:
+        return time.monotonic() - self.last_flush >= self.interval
+
+    # -- durability: once per interval
+    async def flush(self) -> None:
+        async with self.lock:
+            self.last_flush = now = time.monotonic()
+            self.drain_cache_events()
+            expire = now - self.last_expire >= EXPIRE_EVERY_S
+            if expire:
+                self.last_expire = now
+            work: list[tuple[int, PartitionHeat, _Pending]] = []
+            futures: list[Awaitable[Any]] = []
+            for p, ph in list(self.parts.items()):
+                pend = self.pending.pop(p, None)
+                if expire:
+                    ph.expire()
+                if pend is None or (not pend.events and not pend.futures):
+                    if not (ph.dirty_keys or ph.expired_keys):
+                        continue
+                    pend = pend or _Pending()
+                if pend.last is None:
+                    # a re-check admitted a key of a partition with no new message: its state
+                    # is written with the next message of that partition
+                    self.pending[p] = pend
+                    continue
+                futures.extend(pend.futures)
+                if self.settings.heat_host_topic:
+                    futures.extend(self.send_host_heat(ph))
+                futures.extend(self.write_state(p, ph, pend.last))
+                work.append((p, ph, pend))
+            if not work:
+                return
+            await asyncio.gather(*futures)  # every write acknowledged by the broker
+            for p, ph, pend in work:
+                if self.parts.get(p) is not ph:
+                    continue  # revoked meanwhile: its new owner re-reads these messages
+                for ev in pend.events:
+                    ev.ack()
+            self.counters["flushes"] += 1
+            self.set_gauges()
+
+    def set_gauges(self) -> None:
+        c = self.counters
+        c["partitions"] = len(self.parts)
+        c["keys"] = sum(len(ph.keys) for ph in self.parts.values())
+        c["hosts"] = sum(len(ph.hosts) for ph in self.parts.values())
+        c["lag"] = sum(self.lags().values())
+
+    def lags(self) -> dict[int, int]:
+        out = {}
+        for p, ph in self.parts.items():
+            with contextlib.suppress(Exception):
+                hw = self.app.consumer.highwater(TP(self.requests_topic, p))
+                out[p] = max(0, (hw or 0) - ph.applied - 1)
+        return out
+
+    def write_state(self, p: int, ph: PartitionHeat, last: Any) -> list[Awaitable[Any]]:
+        futures = []
+        data = self.table.data
+        token = _current_event.set(weakref.ref(last))  # RocksDB's store picks its partition by it
+        try:
+            for key, value in ph.take_dirty():
+                kb = key.encode()
+                if value is None:
+                    with contextlib.suppress(KeyError):
+                        del data[kb]
+                else:
+                    data[kb] = value
+                futures.append(self.table.send_changelog(p, kb, value))
+                self.counters["state_records"] += 1
+        finally:
+            _current_event.reset(token)
+        return futures
+
+    def send_host_heat(self, ph: PartitionHeat) -> list[Awaitable[Any]]:
+        out = []
+        topic = self.topics["host_heat"]
+        for host in ph.dirty_hosts:
+            st = ph.host_stats(host)
+            ev = HostHeat(host=host, partition=ph.partition, requests=st.requests, tls=st.tls, clients=st.clients,
+                          window_s=st.window_s, ts=ph.watermark, http_share=round(st.http_share, 4))
+            out.append(topic.send_soon(key=host.encode(), value=contract.encode(ev)))
+        return out
+
+    # -- what the cache says
+    def drain_cache_events(self) -> None:
+        if self.follower is None:
+            return
+        queue = self.follower.queue
+        n = self.settings.kafka_partitions
+        while queue:
+            key, state, _ts = queue.popleft()
+            self.counters["cache_events"] += 1
+            ph = self.parts.get(contract.bucket_of(key, n))
+            if ph is None:  # not our partition: remember the state for when it is
+                old = self.cache.get(key, CacheView())
+                self.cache[key] = CacheView(state=state, failures=old.failures + 1 if state == "failed" else 0)
+                continue
+            ph.on_cache_event(key, state, ph.watermark)
+            if state == "failed":
+                self.retry.add(key)
+            elif state in ("evicted", "purged"):
+                self.recheck(ph, key)
+        for key in list(self.retry):
+            ph = self.parts.get(contract.bucket_of(key, n))
+            view = self.cache.get(key)
+            if ph is None or view is None or view.state != "failed":
+                self.retry.discard(key)
+            elif self.recheck(ph, key):
+                self.retry.discard(key)
+
+    def recheck(self, ph: PartitionHeat, key: str) -> bool:
+        hot = ph.recheck(key)
+        if hot is None:
+            return False
+        pend = self.pending.get(ph.partition)
+        if pend is None:
+            pend = self.pending[ph.partition] = _Pending()
+        self.send_hot(hot, pend)
+        return True
+
+    # -- rebalance
+    def on_revoked(self, revoked: set[TP]) -> None:
+        for tp in revoked:
+            if tp.topic == self.requests_topic:
+                self.parts.pop(tp.partition, None)
+                self.pending.pop(tp.partition, None)  # unacked: the new owner reads them again
+
+    # -- observing
+    def top(self) -> dict[str, Any]:
+        """The `streams-top` record: the hottest keys and hosts and each partition's lag."""
+        top_n = self.settings.heat_top_n
+        keys: list[tuple[str, int]] = []
+        hosts: Counter[str] = Counter()
+        for ph in self.parts.values():
+            keys.extend(ph.top_keys(top_n))
+            for host in ph.hosts:
+                hosts[host] += ph.host_stats(host).requests
+        keys.sort(key=lambda kv: -kv[1])
+        return {"stage": "streams-top", "node": self.settings.node_name, "ts": time.time(),
+                "top_keys": orjson.dumps(keys[:top_n]).decode(),
+                "top_hosts": orjson.dumps(hosts.most_common(top_n)).decode(),
+                "lag": orjson.dumps({str(p): n for p, n in sorted(self.lags().items())}).decode()}
+
+
+def make_app(settings: Settings, bootstrap: str, counters: Counter[str] | None = None,
+             on_ready: Any = None) -> tuple[faust.App, Stage]:
     """Build the Faust app for these settings (no module-global app: tests build their own)."""
+    rules = rules_from_settings(settings)
     parts = settings.kafka_partitions
+    datadir = (settings.state_dir / "faust").resolve()
+    datadir.mkdir(parents=True, exist_ok=True)  # a fresh state directory must not crash the worker
+    store = "memory://" if settings.heat_store == "memory" else "rocksdb://"
     app = faust.App(
         settings.topic_prefix + settings.app_id,
         broker=",".join(f"kafka://{b}" for b in bootstrap.split(",")),
-        store="memory://",
+        store=store,
         web_enabled=False,
         topic_partitions=parts,
         topic_replication_factor=1,
-        datadir=str((settings.state_dir / "faust").resolve()),
+        topic_allow_declare=True,
+        datadir=str(datadir),
         consumer_auto_offset_reset="earliest",
-        broker_commit_every=100,
-        broker_commit_interval=1.0,
+        # offsets are committed by time; they only cover messages acked after a durable flush
+        broker_commit_every=1_000_000,
+        broker_commit_interval=settings.heat_commit_interval_s or settings.heat_flush_interval_s,
+        broker_session_timeout=settings.streams_session_timeout_s,  # a killed worker's partitions move on
+        broker_heartbeat_interval=1.0,
+        consumer_group_instance_id=settings.streams_instance_id or None,
         stream_wait_empty=False,
+        stream_buffer_maxsize=16384,
         producer_compression_type="lz4",
+        producer_linger_ms=20,
     )
-    rules = rules_from_settings(settings)
-    parts_heat: dict[int, PartitionHeat] = {}
-    requests = app.topic(settings.topic(contract.REQUESTS), key_serializer="raw", value_serializer="raw",
-                         partitions=parts)
-    hot_topic = app.topic(settings.topic(contract.HOT_URLS), key_serializer="raw", value_serializer="raw")
-    dead = app.topic(settings.topic(contract.DEAD_LETTER), key_serializer="raw", value_serializer="raw")
+    topics = {
+        "requests": app.topic(settings.topic(contract.REQUESTS), key_serializer="raw", value_serializer="raw",
+                              partitions=parts),
+        "hot": app.topic(settings.topic(contract.HOT_URLS), key_serializer="raw", value_serializer="raw"),
+        "dead": app.topic(settings.topic(contract.DEAD_LETTER), key_serializer="raw", value_serializer="raw"),
+        "metrics": app.topic(settings.topic(contract.METRICS), key_serializer="raw", value_serializer="raw"),
+        "host_heat": app.topic(settings.topic(contract.HOST_HEAT), key_serializer="raw", value_serializer="raw"),
+    }
     table = app.Table("heat", default=None, partitions=parts, key_type=bytes, value_type=bytes)
+    stage = Stage(settings, rules, app, table, topics, counters)
 
-    def load(key: str) -> bytes | None:
-        return table.get(key.encode())
+    @app.agent(topics["requests"], name="heat")
+    async def heat(stream: Any) -> None:  # a faust Stream (StreamT's stub lacks noack)
+        async for event in stream.noack().events():
+            if not stage.started:
+                await stage.start()
+            stage.handle(event)
+            if stage.due():
+                await stage.flush()
 
-    counters: Counter[str] = Counter()
+    @app.timer(max(0.05, settings.heat_flush_interval_s / 2))
+    async def flush_idle() -> None:
+        if stage.due():
+            await stage.flush()
 
-    @app.agent(requests, name="heat")
-    async def heat(stream: faust.StreamT[Any]) -> None:
-        async for event in stream.events():
-            msg = event.message
-            try:
-                batch = contract.decode(event.value, RequestBatch)
-            except DecodeError as exc:
-                counters["dead-letter"] += 1
-                log.warning("dead-letter %s[%s]@%s: %s", msg.topic, msg.partition, msg.offset, exc)
-                await dead.send(key=event.key, value=contract.dead_letter_value(
-                    msg.topic, msg.partition, msg.offset, str(exc), event.value))
-                continue
-            counters["batches"] += 1
-            counters["events"] += len(batch.events)
-            ph = parts_heat.get(msg.partition)
-            if ph is None:
-                ph = parts_heat[msg.partition] = PartitionHeat(msg.partition, rules, load=load)
-                ph.restore_meta(load(meta_key(msg.partition)))
-            result = ph.fold(msg.offset, batch.events)
-            counters["late"] += result.late
-            for key, value in ph.take_dirty():
-                if value is None:
-                    table.pop(key.encode(), None)
-                else:
-                    table[key.encode()] = value
-                counters["table-writes"] += 1
-            for hot in result.hot:
-                counters["hot"] += 1
-                log.info("hot: %s (%d clients, %d requests)", hot.cache_key, hot.clients, hot.heat)
-                await hot_topic.send(key=hot.cache_key.encode(), value=contract.encode(hot))
+    async def on_revoked(_sender: Any, revoked: set[TP], **_kw: Any) -> None:
+        stage.on_revoked(revoked)
+
+    app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
+
+    @app.timer(settings.heat_metrics_interval_s)
+    async def top() -> None:  # the counters' snapshots are the runner's; this adds what is not a number
+        await topics["metrics"].send(key=b"streams-top", value=orjson.dumps(stage.top()))
 
     announced = False
 
-    @app.timer(0.5)
+    @app.timer(0.25)
     async def ready() -> None:
         nonlocal announced
-        if not announced and app.consumer.assignment():
+        follower_ready = stage.follower is None or stage.follower.ready.is_set()
+        if not announced and follower_ready and app.consumer.assignment():
             announced = True
-            announce_ready("streams")
+            if on_ready is not None:
+                on_ready()
 
-    return app, counters
+    return app, stage
 
 
-def run(settings: Settings, bootstrap: str, loglevel: str = "info") -> None:
-    """Run the app in a Faust worker until SIGTERM/SIGINT (the worker stops cleanly on both)."""
-    app, _ = make_app(settings, bootstrap)
+def run(settings: Settings, bootstrap: str, loglevel: str = "info") -> int:
+    """Run the app in a Faust worker under the stage runner until SIGTERM/SIGINT (Faust's worker
+    handles the signals and stops cleanly); the exit status.
+
+    Configuration errors (missing topics, partition mismatch, invalid rules) exit at once with
+    the runner's EX_CONFIG: a supervisor must not restart a worker that cannot work."""
+    return Runner(settings, STREAMS, bootstrap=bootstrap).run(lambda r: main(r, settings, bootstrap, loglevel),
+                                                              install_signals=False)
+
+
+def main(run: Runner, settings: Settings, bootstrap: str, loglevel: str = "info") -> None:
+    try:
+        check_topics(settings, bootstrap)
+        app, stage = make_app(settings, bootstrap, run.counters, on_ready=run.ready)
+    except RulesError as exc:
+        raise ConfigError(str(exc)) from None
+    follower = CacheFollower(bootstrap, settings.topic(contract.CACHE_EVENTS))
+    follower.start()
+    stage.follower = follower
+    control = _control_follower(settings, bootstrap)
+    if control is not None:
+        stage.pins = lambda key, host: control.state.pin(key, host)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:  # Faust's worker ends with SystemExit(0) after a clean stop
+        if exc.code not in (0, None):
+            raise RuntimeError(f"faust worker exited with {exc.code}") from None
+    finally:
+        run.stop.set()
+        follower.stop()
+        if control is not None:
+            control.stop()
+
+
+def _control_follower(settings: Settings, bootstrap: str) -> Any:
+    """Operator pins from the `control` topic (console), when the topic exists."""
+    topic = settings.topic(contract.CONTROL)
+    if topic not in AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).topics:
+        return None
+    from heatcache.control import ControlFollower
+
+    follower = ControlFollower(bootstrap, topic)
+    follower.start()
+    return follower

@@ -75,7 +75,8 @@ Loader = Callable[[str], bytes | None]
 class PartitionHeat:
     """All heat of one `requests` partition."""
 
-    def __init__(self, partition: int, rules: Rules, load: Loader | None = None) -> None:
+    def __init__(self, partition: int, rules: Rules, load: Loader | None = None,
+                 cache: dict[str, CacheView] | None = None) -> None:
         self.partition = partition
         self.rules = rules
         self.spec: WindowSpec = rules.spec
@@ -89,7 +90,8 @@ class PartitionHeat:
         self.expired_keys: set[str] = set()
         self.expired_hosts: set[str] = set()
         self._load = load
-        self.cache: dict[str, CacheView] = {}  # fed by the shell from `cache-events`
+        # what `cache-events` says, fed by the shell; one dict shared by a worker's partitions
+        self.cache: dict[str, CacheView] = cache if cache is not None else {}
         self.pins: Callable[[str, str], str] | None = None  # operator pins (console's control topic)
 
     # -- durable form: one record per key / host plus one for the partition itself
@@ -174,7 +176,7 @@ class PartitionHeat:
         view = self.cache.get(cache_key)
         if view is None:
             view = CacheView(fetching=kh.admitted > 0)
-        pin = self.pins(cache_key, "") if self.pins else ""
+        pin = self.pins(cache_key, _host_of(cache_key)) if self.pins else ""
         return decide(self.rules, cache_key, kh, view, self.watermark, pin)
 
     def _admit(self, ck: str, kh: KeyHeat, ts: float, decision: Decision) -> HotUrl:
@@ -183,8 +185,7 @@ class PartitionHeat:
         self.cache[ck] = replace(view, fetching=True)
         stats = decision.stats
         assert stats is not None
-        host, _, _ = ck.partition("://")[2].partition("/")
-        return HotUrl(cache_key=ck, url=kh.url or ck, host=host.split(":")[0], heat=stats.requests,
+        return HotUrl(cache_key=ck, url=kh.url or ck, host=_host_of(ck), heat=stats.requests,
                       clients=stats.clients, window_s=stats.window_s, ts=ts, reason=decision.reason,
                       admission=admission_id(ck, ts))
 
@@ -242,6 +243,11 @@ class PartitionHeat:
         first = self.spec.first_pane(self.watermark, self.spec.window_s)
         sums = ((ck, sum(c[0] for p, c in h.panes.items() if p >= first)) for ck, h in self.keys.items())
         return sorted(sums, key=lambda kv: -kv[1])[:n]
+
+
+def _host_of(cache_key: str) -> str:
+    host = cache_key.partition("://")[2].partition("/")[0]
+    return host.rpartition("@")[2].split(":")[0] if not host.startswith("[") else host.partition("]")[0] + "]"
 
 
 KEY_PREFIX = "k:"

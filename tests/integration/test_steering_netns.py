@@ -2,8 +2,10 @@
 
 The client's resolver is heatcache's DNS (port 53 on the node); curl and aria2c in the client
 namespace download a cached object (served by the edge: the origin's access counter does not
-move), an uncached object on the same host (passed through), and a byte range. When the edge
-stops, the next DNS answer after the TTL points at the origin again.
+move), an uncached object on the same host (passed through), and a byte range. HTTPS to the
+steered host completes its handshake with the origin's own (self-signed, client-trusted)
+certificate through the node's TLS passthrough; a name not steered is refused there. When the
+edge stops, the next DNS answer after the TTL points at the origin again, for both.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ from confluent_kafka import Producer
 
 from heatcache import contract
 from heatcache.contract import HotUrl
+from heatcache.lab import self_signed
 from heatcache.netns import CampusLab
 from heatcache.services.dnsmasq import Dnsmasq
 from heatcache.settings import Settings
 from heatcache.stack import Stack
 
 HOST = "origin.campus.test"
+OTHER = "other.campus.test"  # served by the same origin, never steered
 
 
 @pytest.fixture
@@ -41,16 +45,20 @@ def campus(tmp_path: Path) -> Iterator[tuple[CampusLab, dict[str, bytes]]]:
     files = {"big.bin": os.urandom(3 * 1024 * 1024), "small.bin": os.urandom(40_000)}
     for name, data in files.items():
         (www / name).write_bytes(data)
-    origin = subprocess.Popen(lab.exec_args(lab.origin, sys.executable, "-m", "heatcache.lab", str(www), lab.origin_ip,
-                                            "80"), stdout=subprocess.PIPE, text=True)
+    cert, key = self_signed(tmp_path / "pki", [HOST, OTHER])  # the client trusts exactly this
+    origins = [subprocess.Popen(lab.exec_args(lab.origin, sys.executable, "-m", "heatcache.lab", str(www),
+                                              lab.origin_ip, port, *tls), stdout=subprocess.PIPE, text=True)
+               for port, tls in (("80", ()), ("443", (str(cert), str(key))))]
     try:
-        assert origin.stdout is not None and "origin ready" in origin.stdout.readline()
+        for origin in origins:
+            assert origin.stdout is not None and "origin ready" in origin.stdout.readline()
         yield lab, files
     finally:
-        origin.terminate()
-        origin.wait(10)
-        if origin.stdout is not None:
-            origin.stdout.close()
+        for origin in origins:
+            origin.terminate()
+            origin.wait(10)
+            if origin.stdout is not None:
+                origin.stdout.close()
         lab.stop()
 
 
@@ -75,13 +83,14 @@ def in_client(lab: CampusLab, *args: str, timeout: float = 60) -> subprocess.Com
 def test_clients_are_steered_to_the_cache_and_back(campus: tuple[CampusLab, dict[str, bytes]],
                                                    kafka_settings: Settings, tmp_path: Path) -> None:
     lab, files = campus
-    upstream = Dnsmasq({HOST: lab.origin_ip})
+    upstream = Dnsmasq({HOST: lab.origin_ip, OTHER: lab.origin_ip})
     upstream.start()
     settings = kafka_settings.model_copy(update={
         "state_dir": tmp_path / "state", "node_address": lab.node_ip, "dns_host": lab.node_ip, "dns_port": 53,
         "edge_host": lab.node_ip, "edge_port": 80, "upstream_dns": (upstream.upstream,),
-        "allow_private_origins": True, "dns_ttl": 2, "dns_health_interval_s": 0.3,
+        "allow_private_origins": True, "dns_ttl": 2, "dns_health_interval_s": 0.3, "edge_tls_ports": (443,),
     })
+    cacert = str(tmp_path / "pki" / "cert.pem")
     stack = Stack(settings, stages=("fetch", "dns", "edge"), console=None)
     try:
         stack.start()
@@ -118,6 +127,15 @@ def test_clients_are_steered_to_the_cache_and_back(campus: tuple[CampusLab, dict
         assert proc.stdout.endswith(files["small.bin"])
         assert origin_hits(lab)["/small.bin"] == 1
 
+        # HTTPS to the steered host: spliced by SNI to the origin, its own certificate verified
+        proc = in_client(lab, "curl", "-sS", "-v", "--cacert", cacert, f"https://{HOST}/small.bin")
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == files["small.bin"] and f"Connected to {HOST} ({lab.node_ip})".encode() in proc.stderr
+        # a name not steered, sent to the node on 443 anyway, is refused (no open relay)
+        proc = in_client(lab, "curl", "-sS", "--cacert", cacert, "--resolve", f"{OTHER}:443:{lab.node_ip}",
+                         f"https://{OTHER}/small.bin")
+        assert proc.returncode != 0 and b"unrecognized name" in proc.stderr.lower(), proc.stderr
+
         # the edge goes away: steering stops within one TTL, clients reach the origin again
         stack.children.pop("edge").stop()
         stopped = time.monotonic()
@@ -127,6 +145,9 @@ def test_clients_are_steered_to_the_cache_and_back(campus: tuple[CampusLab, dict
         proc = in_client(lab, "curl", "-sS", "-o", str(out), url)
         assert proc.returncode == 0 and out.read_bytes() == files["big.bin"]
         assert origin_hits(lab)["/big.bin"] == 2
+        proc = in_client(lab, "curl", "-sS", "-v", "--cacert", cacert, f"https://{HOST}/small.bin")
+        assert proc.returncode == 0 and proc.stdout == files["small.bin"], proc.stderr
+        assert f"Connected to {HOST} ({lab.origin_ip})".encode() in proc.stderr  # direct again
     finally:
         stack.stop()
         upstream.stop()

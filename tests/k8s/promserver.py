@@ -53,7 +53,20 @@ class Prometheus:
         if not wait_for_port("127.0.0.1", self.port, timeout, alive=self.proc):
             self.stop()
             raise AssertionError(f"Prometheus did not start; see {self.workdir / 'prometheus.log'}")
+        deadline = time.monotonic() + timeout
+        while not self._ready():  # the port opens before the TSDB is ready (503 until then)
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()
+                raise AssertionError(f"Prometheus never got ready; see {self.workdir / 'prometheus.log'}")
+            time.sleep(0.2)
         return self
+
+    def _ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/-/ready", timeout=5) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
 
     def api(self, path: str, **params: str) -> Any:
         url = f"http://127.0.0.1:{self.port}/api/v1/{path}?{urllib.parse.urlencode(params)}"

@@ -21,7 +21,8 @@ from tests.k8s.promserver import Prometheus
 
 RULES = Path(grafana.OUT) / "heatcache-alerts.yaml"
 # the CLI's stage names and the names the stages declare their metrics under
-SPEC_OF = {"sniff": "sniffer", "fetch": "fetcher", "streams": "streams", "dns": "dns", "edge": "edge"}
+SPEC_OF = {"sniff": "sniffer", "fetch": "fetcher", "streams": "streams", "dns": "dns", "edge": "edge",
+           "console": "console"}
 
 
 def scraped_stages() -> list[str]:

@@ -10,7 +10,8 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw
 
-from sniffer.parse import LINKTYPE_ETHERNET, LINKTYPE_RAW, Segment, parse_frame, parse_requests, parse_sni
+from heatcache.tls import parse_sni
+from sniffer.parse import LINKTYPE_ETHERNET, LINKTYPE_RAW, Segment, parse_frame, parse_requests
 from sniffer.synth import client_hello
 
 GET = b"GET /a/b.iso?x=1 HTTP/1.1\r\nHost: example.com\r\nRange: bytes=0-99\r\nUser-Agent: curl/8\r\n\r\n"

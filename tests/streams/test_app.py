@@ -1,0 +1,151 @@
+"""Integration: `heatcache streams` workers on the real broker (the session's Kafka)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import orjson
+
+from heatcache import contract
+from heatcache.contract import CacheEvent, HostHeat, RequestEvent
+from heatcache.kafkautil import producer, read_topic
+from heatcache.runner import EX_CONFIG
+from heatcache.settings import Settings
+from heatcache.stack import settings_env
+from tests.streams.conftest import (
+    Workers,
+    changelog_meta,
+    expected_hot,
+    hot_urls,
+    last_offsets,
+    produce,
+    streams_settings,
+    wait_for,
+)
+
+
+def ev(key: str, client: str, ts: float) -> RequestEvent:
+    host = key.split("/")[2]
+    path = "/" + key.split("/", 3)[3]
+    return RequestEvent(ts, client, "GET", host, path, key, key)
+
+
+def tls(host: str, client: str, ts: float) -> RequestEvent:
+    return RequestEvent(ts, client, "TLS", host, "", f"https://{host}/", f"https://{host}/")
+
+
+def cache_event(settings: Settings, key: str, state: str) -> None:
+    prod = producer(settings.kafka_bootstrap)
+    prod.produce(settings.topic(contract.CACHE_EVENTS), key=key.encode(),
+                 value=contract.encode(CacheEvent(cache_key=key, state=state, url=key, ts=1.0)))
+    assert prod.flush(10) == 0
+
+
+def test_hot_once_per_admission_knows_the_cache_and_dead_letters(kafka_settings: Settings, workers: Workers) -> None:
+    s = streams_settings(kafka_settings)
+    keys = [f"http://h{i}.example/f{i}.bin" for i in range(6)]
+    cached, evicted = keys[0], keys[1]
+    cache_event(s, cached, "cached")  # already in the cache (e.g. filled by the edge): never emitted
+    workers.start(s)
+    # every key gets 3 clients in one message (decided once per key per message), one key one client
+    produce(s, [ev(k, c, 100 + i) for i, (k, c) in enumerate((k, c) for k in keys for c in "abc")])
+    produce(s, [ev("http://cold.example/x", "a", 200), tls("h2.example", "z", 201)])
+    prod = producer(s.kafka_bootstrap)
+    prod.produce(s.topic(contract.REQUESTS), key=b"0", partition=0, value=b"not json")
+    assert prod.flush(10) == 0
+    wait_for(lambda: len(hot_urls(s)) >= 5, what="five HotUrls")
+    first = hot_urls(s)
+    assert sorted(h.cache_key for h in first) == sorted(keys[1:])
+    assert all(h.clients == 3 and h.admission == f"{h.cache_key}@{h.ts:.6f}" for h in first)
+    # evicted while still hot: emitted again, as a new admission; more requests for the rest: nothing
+    cache_event(s, evicted, "evicted")
+    for k in keys[2:]:
+        cache_event(s, k, "cached")
+    produce(s, [ev(k, "d", 300) for k in keys])
+    wait_for(lambda: len(hot_urls(s)) >= 6, what="the evicted key again")
+    dead = read_topic(s.kafka_bootstrap, s.topic(contract.DEAD_LETTER), timeout=10)
+    assert [orjson.loads(m.value())["value"] for m in dead] == ["not json"]
+    # the host-heat topic: h2.example has 3 HTTP + 1 TLS (+1 later) requests in its partitions
+    def host_h2() -> list[HostHeat]:
+        msgs = read_topic(s.kafka_bootstrap, s.topic(contract.HOST_HEAT), timeout=10)
+        return [h for h in (contract.decode(m.value(), HostHeat) for m in msgs) if h.host == "h2.example"]
+
+    wait_for(lambda: any(h.tls == 1 for h in host_h2()), what="host heat with TLS")
+
+    def records(stage: str) -> list[dict[str, object]]:
+        msgs = read_topic(s.kafka_bootstrap, s.topic(contract.METRICS), timeout=10)
+        return [r for r in (orjson.loads(m.value()) for m in msgs) if r["stage"] == stage]
+
+    # the runner's snapshots (the one metrics scheme) and the top keys/hosts record
+    wait_for(lambda: any(r["events_total"] == 26 and r["hot_urls_total__refetch_evicted"] == 1
+                         for r in records("streams")), what="a streams snapshot with every event")
+    wait_for(lambda: records("streams-top"), what="a streams-top record")
+    top = orjson.loads(str(records("streams-top")[-1]["top_hosts"]))
+    assert {h for h, _n in top} >= {"h1.example", "h2.example"}
+    hot = hot_urls(s)
+    again = [h for h in hot if h.cache_key == evicted]
+    assert len(hot) == 6 and len(again) == 2 and again[1].reason == "refetch-evicted"
+    assert again[0].admission != again[1].admission
+
+
+def test_missing_topics_exit_at_once_with_config_status(kafka: str, base_settings: Settings) -> None:
+    s = base_settings.model_copy(update={"kafka_bootstrap": kafka})  # no topics created
+    env = {**settings_env(s)}
+    proc = subprocess.run([sys.executable, "-m", "heatcache.cli", "streams"], env={**env, "PATH": "/usr/bin"},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == EX_CONFIG
+    assert "missing topic" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_kill_9_recovery_counts_nothing_twice_and_keeps_admission_ids(kafka_settings: Settings,
+                                                                      workers: Workers) -> None:
+    # Offsets are not committed during the test (commit interval 10 min): every new worker
+    # re-reads the topic from the start, so only the durable state decides what counts.
+    s = streams_settings(kafka_settings, heat_min_clients=3, heat_commit_interval_s=600.0,
+                         streams_instance_id="w")
+    k, k2 = "http://a.example/big.iso", "http://b.example/other.iso"
+    # 1) a worker that never flushes: it admits k2, then dies with nothing durable
+    w1 = workers.start(s.model_copy(update={"heat_flush_interval_s": 600.0}))
+    produce(s, [ev(k2, c, 10 + i) for i, c in enumerate("abc")])
+    produce(s, [ev(k, "a", 20)])
+    produce(s, [ev(k, "b", 21)])
+    wait_for(lambda: len(hot_urls(s)) == 1, what="k2 admitted")
+    workers.kill9(w1)
+    # 2) a worker that flushes: re-reads everything, re-emits k2 with the same admission id
+    w2 = workers.start(s)
+    wait_for(lambda: len(hot_urls(s)) == 2, what="k2 re-emitted after the crash")
+    first, again = hot_urls(s)
+    assert first == again  # same admission, same id: the fetcher drops the second
+    wait_for(lambda: changelog_meta(s) == last_offsets(s), what="state durable up to the last message")
+    workers.kill9(w2)
+    # 3) a third worker restores the state, skips every message it holds, and k crosses exactly
+    workers.start(s)
+    produce(s, [ev(k, "c", 22)])
+    wait_for(lambda: len(hot_urls(s)) == 3, what="k admitted")
+    hot = hot_urls(s)
+    assert len(hot) == 3
+    assert (hot[2].cache_key, hot[2].clients, hot[2].heat, hot[2].ts) == (k, 3, 3, 22)
+
+
+def test_two_workers_give_the_hot_urls_of_one(kafka_settings: Settings, workers: Workers) -> None:
+    s = streams_settings(kafka_settings, heat_min_clients=2)
+    keys = [f"http://s{i % 7}.example/obj{i}" for i in range(60)]
+    first_half = [ev(k, f"c{(i * 7 + j) % 5}", 100 + i + j) for i, k in enumerate(keys) for j in range(2)
+                  if (i + j) % 3]
+    w1 = workers.start(s.model_copy(update={"streams_instance_id": "one"}))
+    produce(s, first_half, per_message=7)
+    w2 = workers.start(s.model_copy(update={"streams_instance_id": "two"}))  # a rebalance mid-stream
+    produce(s, [ev(k, f"d{i % 3}", 300 + i) for i, k in enumerate(keys)], per_message=5)
+    expected = expected_hot(s)
+    assert len(expected) > 30
+
+    def admitted() -> set[str]:
+        return {h.admission for h in hot_urls(s)}
+
+    wait_for(lambda: admitted() >= {h.admission for h in expected}, what="every expected admission")
+    assert admitted() == {h.admission for h in expected}
+    by_id = {h.admission: h for h in hot_urls(s)}
+    assert [by_id[h.admission] for h in expected] == expected  # same counts, same reasons
+    logs = w1.log_path.read_text() + w2.log_path.read_text()
+    assert logs.count("partition ") >= 3
