@@ -126,7 +126,8 @@ def stages_view(metrics: Mapping[str, Mapping[str, Any]], now: float, stale_s: f
     for the edge, when its health check answers), ``down`` when it is older, ``unknown`` when
     the stage never published one."""
     out = []
-    for stage in [*expected, *sorted(set(metrics) - set(expected))]:
+    extra = sorted(k for k in set(metrics) - set(expected) if not k.endswith("-top"))  # "-top": not a stage
+    for stage in [*expected, *extra]:
         rec = metrics.get(stage)
         if rec is None:
             status = "up" if stage == "edge" and edge_ok else "unknown"
@@ -136,7 +137,7 @@ def stages_view(metrics: Mapping[str, Mapping[str, Any]], now: float, stale_s: f
         ts = _num(rec.get("ts"))
         age = max(0.0, now - ts) if ts else None
         up = (age is not None and age <= stale_s) or (stage == "edge" and edge_ok)
-        lag = rec.get("lag", rec.get("consumer_lag"))
+        lag = rec.get("lag", rec.get("consumer_lag_messages", rec.get("consumer_lag")))
         # the runner's scheme: health "ok"/"degraded" with health_reason "dependency: reason; ..."
         degraded = rec.get("health") == "degraded"
         error = str(rec.get("last_error", "") or rec.get("health_reason", "") or "")

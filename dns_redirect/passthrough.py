@@ -6,8 +6,9 @@ Lancache's SNI proxy: read the ClientHello (``heatcache.tls``, the parser the sn
 the one router (``route.route_tls``) whether that name may pass, resolve it through the upstream
 resolver (never our own DNS, which would answer with this node), refuse internal addresses
 (``heatcache.safety``), connect from the node's outbound address and relay bytes both ways with
-flow control. Nothing is decrypted, no certificate is involved: the client completes its
-handshake with the origin's own certificate.
+``os.splice`` (socket -> pipe -> socket in the kernel, flow-controlled by the loop). Nothing is
+decrypted, no certificate is involved: the client completes its handshake with the origin's own
+certificate.
 
 Refusals answer a TLS alert (unrecognized_name for names not steered here, handshake_failure
 otherwise) and close, so clients fail fast instead of hanging.
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 import socket
 import time
 from collections import Counter
@@ -33,7 +36,6 @@ from heatcache.tls import MAX_HELLO, hello_record_length, parse_sni, valid_sni
 
 log = logging.getLogger(__name__)
 
-HIGH_WATER = 1 << 20  # bytes queued toward one side before the other side stops being read
 ALERT_UNRECOGNIZED_NAME = b"\x15\x03\x01\x00\x02\x02\x70"  # fatal unrecognized_name (112)
 ALERT_HANDSHAKE_FAILURE = b"\x15\x03\x01\x00\x02\x02\x28"  # fatal handshake_failure (40)
 MAX_HOSTS = 4096  # per-host figures kept for at most this many names (steered ones only)
@@ -66,110 +68,166 @@ class TlsFigures:
         return {h: vars(f).copy() for h, f in sorted(self.hosts.items())}
 
 
-class _Side(asyncio.Protocol):
-    """One connection of a relayed pair: what it receives is written to the other side, and it
-    stops reading while the other side's send buffer is over the high-water mark."""
+class _Splice:
+    """One direction of a relayed pair, in the kernel: ``os.splice`` moves bytes from the source
+    socket into a pipe and from the pipe into the destination socket, never through Python's
+    memory. While the destination is full the source is not read (flow control); at the
+    source's EOF the destination is shut for writing (TLS close_notify has passed already)."""
 
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.peer: _Side | None = None
-        self.account: Callable[[int], None] | None = None  # books relayed bytes as they pass
+    CHUNK = 1 << 20
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # a stream transport
+    def __init__(self, loop: asyncio.AbstractEventLoop, src: socket.socket, dst: socket.socket,
+                 account: Callable[[int], None], done: Callable[[bool], None]) -> None:
+        self.loop = loop
+        self.src, self.dst = src.fileno(), dst.fileno()
+        self.dst_sock = dst
+        self.account = account
+        self.done = done  # called once: True at a clean EOF, False on an error
+        self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        with contextlib.suppress(OSError):  # a bigger pipe: fewer wake-ups per MiB
+            fcntl.fcntl(self.w, fcntl.F_SETPIPE_SZ, self.CHUNK)
+        self.pending = 0
+        self.finished = False
 
-    def data_received(self, data: bytes) -> None:
-        peer = self.peer
-        if peer is not None and peer.transport is not None:
-            peer.transport.write(data)
-            if self.account is not None:
-                self.account(len(data))
+    def start(self) -> None:
+        self.loop.add_reader(self.src, self._readable)
 
-    def eof_received(self) -> bool:
-        peer = self.peer
-        if peer is not None and peer.transport is not None and peer.transport.can_write_eof():
-            peer.transport.write_eof()  # TLS close_notify has gone through already: pass the half-close on
-            return True
-        return False
+    def _readable(self) -> None:
+        try:
+            n = os.splice(self.src, self.w, self.CHUNK, flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._finish(False)
+            return
+        if n == 0:
+            self.loop.remove_reader(self.src)
+            with contextlib.suppress(OSError):
+                self.dst_sock.shutdown(socket.SHUT_WR)
+            self._finish(True)
+            return
+        self.pending += n
+        self._flush()
 
-    def pause_writing(self) -> None:  # our send buffer is full: stop reading the other side
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.pause_reading()
+    def _flush(self) -> None:
+        while self.pending:
+            try:
+                m = os.splice(self.r, self.dst, self.pending, flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
+            except BlockingIOError:  # the destination is full: stop reading until it drains
+                self.loop.remove_reader(self.src)
+                self.loop.add_writer(self.dst, self._writable)
+                return
+            except OSError:
+                self._finish(False)
+                return
+            self.pending -= m
+            self.account(m)
 
-    def resume_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.resume_reading()
+    def _writable(self) -> None:
+        self._flush()
+        if not self.pending and not self.finished:
+            self.loop.remove_writer(self.dst)
+            self.loop.add_reader(self.src, self._readable)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        peer = self.peer
-        if peer is not None and peer.transport is not None and not peer.transport.is_closing():
-            peer.transport.close()  # the pair lives and dies together (buffered bytes are still sent)
+    def _finish(self, clean: bool) -> None:
+        if not self.finished:
+            self.finished = True
+            self.close()
+            self.done(clean)
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.src)
+        self.loop.remove_writer(self.dst)
+        for fd in (self.r, self.w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.r = self.w = -1
 
 
-class _Client(_Side):
-    """The client's side: collects the ClientHello, then becomes one half of the relay."""
+class _Conn:
+    """One client connection: collect the ClientHello, decide, then two splices until both
+    directions end (or either fails, which closes both)."""
 
-    def __init__(self, owner: TlsPassthrough) -> None:
-        super().__init__()
+    def __init__(self, owner: TlsPassthrough, sock: socket.socket, port: int) -> None:
         self.owner = owner
-        self.port = 0  # the port the client used: the origin is asked on the same one
+        self.loop = asyncio.get_running_loop()
+        self.sock = sock
+        self.port = port  # the port the client used: the origin is asked on the same one
+        self.origin: socket.socket | None = None
         self.hello = b""
-        self.deciding = False
-        self.timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self.port = int(transport.get_extra_info("sockname")[1])
-        self.owner.live.add(self)
-        self.timer = asyncio.get_running_loop().call_later(self.owner.settings.edge_tls_hello_timeout_s,
-                                                           self._too_slow)
+        self.splices: list[_Splice] = []
+        self.ended = 0
+        self.closed = False
+        self.timer: asyncio.TimerHandle | None = self.loop.call_later(owner.settings.edge_tls_hello_timeout_s,
+                                                                      self._too_slow)
+        owner.live.add(self)
+        self.loop.add_reader(sock.fileno(), self._hello_readable)
 
     def _too_slow(self) -> None:
         self.timer = None
-        if self.peer is None and self.transport is not None:
+        if not self.splices:
             self.owner.counters["tls.refused.timeout"] += 1
-            self.transport.close()
+            self.close()
 
-    def data_received(self, data: bytes) -> None:
-        if self.peer is not None:
-            super().data_received(data)
+    def _hello_readable(self) -> None:
+        try:
+            data = self.sock.recv(MAX_HELLO)
+        except BlockingIOError:
             return
-        if self.deciding:  # paused; a last chunk may still arrive
-            self.hello += data
+        except OSError:
+            data = b""
+        if not data:
+            self.close()
             return
         self.hello += data
         need = hello_record_length(self.hello)
         if need is None or need > MAX_HELLO:
-            self._refuse(Refuse(400, "tls-not-hello", ""), None)
+            self.refuse(Refuse(400, "tls-not-hello", ""), None)
             return
         if len(self.hello) < need:
             return
+        self.loop.remove_reader(self.sock.fileno())
         sni = parse_sni(self.hello)
-        name = valid_sni(sni) if sni is not None else None
-        self.deciding = True
-        assert self.transport is not None
-        self.transport.pause_reading()
-        task = asyncio.get_running_loop().create_task(self.owner.connect(self, name))
+        task = self.loop.create_task(self.owner.connect(self, valid_sni(sni) if sni is not None else None))
         self.owner.tasks.add(task)
         task.add_done_callback(self.owner.tasks.discard)
 
-    def _refuse(self, refusal: Refuse, name: str | None) -> None:
+    def refuse(self, refusal: Refuse, name: str | None) -> None:
         self.owner.counters["tls.refused." + refusal.reason.removeprefix("tls-")] += 1
-        if name is not None:
-            fig = self.owner.figures.host(name) if refusal.reason != "tls-not-steered" else None
+        if name is not None and refusal.reason != "tls-not-steered":
+            fig = self.owner.figures.host(name)
             if fig is not None:
                 fig.refused += 1
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(ALERT_UNRECOGNIZED_NAME if refusal.reason == "tls-not-steered"
-                                 else ALERT_HANDSHAKE_FAILURE)
-            self.transport.close()
+        with contextlib.suppress(OSError):
+            self.sock.send(ALERT_UNRECOGNIZED_NAME if refusal.reason == "tls-not-steered" else ALERT_HANDSHAKE_FAILURE)
+        self.close()
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def relay(self, origin: socket.socket, up: Callable[[int], None], down: Callable[[int], None]) -> None:
+        self.splices = [_Splice(self.loop, self.sock, origin, up, self._ended),
+                        _Splice(self.loop, origin, self.sock, down, self._ended)]
+        for sp in self.splices:
+            sp.start()
+
+    def _ended(self, clean: bool) -> None:
+        self.ended += 1
+        if not clean or self.ended == 2:
+            self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if not self.splices:
+            self.loop.remove_reader(self.sock.fileno())
+        for sp in self.splices:
+            sp.close()
+        for sock in (self.sock, self.origin):
+            if sock is not None:
+                sock.close()
         self.owner.live.discard(self)
-        super().connection_lost(exc)
 
 
 class TlsPassthrough:
@@ -181,69 +239,87 @@ class TlsPassthrough:
         self.counters: Counter[str] = counters if counters is not None else Counter()
         self.figures = TlsFigures(self.counters)
         self.resolver = make_async_resolver(settings.upstream_dns)
-        self.servers: list[asyncio.Server] = []
-        self.live: set[_Client] = set()
+        self.listeners: list[socket.socket] = []
+        self.live: set[_Conn] = set()
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def start(self, host: str, ports: tuple[int, ...]) -> list[int]:
         """Listen on host at each port (0 = a free one); the ports bound."""
         loop = asyncio.get_running_loop()
         bound = []
-        try:
-            for port in ports:
-                server = await loop.create_server(lambda: _Client(self), host, port, reuse_address=True,
-                                                  backlog=1024)
-                self.servers.append(server)
-                bound.append(server.sockets[0].getsockname()[1])
-        except OSError as exc:
-            await self.stop()
-            raise OSError(exc.errno, f"TLS passthrough cannot listen on {host}:{port} "
-                                     f"(HEATCACHE_EDGE_TLS_PORTS): {exc.strerror}") from exc
+        for port in ports:
+            try:
+                family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                lsock = socket.socket(family, socket.SOCK_STREAM)
+                lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                lsock.bind((host, port))
+                lsock.listen(1024)
+                lsock.setblocking(False)
+            except OSError as exc:
+                lsock.close()
+                await self.stop()
+                raise OSError(exc.errno, f"TLS passthrough cannot listen on {host}:{port} "
+                                         f"(HEATCACHE_EDGE_TLS_PORTS): {exc.strerror}") from exc
+            real = lsock.getsockname()[1]
+            self.listeners.append(lsock)
+            loop.add_reader(lsock.fileno(), self._accept, lsock, real)
+            bound.append(real)
         log.info("TLS passthrough on %s ports %s", host, bound)
         return bound
 
-    async def connect(self, client: _Client, name: str | None) -> None:
+    def _accept(self, lsock: socket.socket, port: int) -> None:
+        for _ in range(64):  # a burst of clients in one wake-up, then let others run
+            try:
+                sock, _addr = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. EMFILE: keep listening, the next wake-up retries
+                log.warning("TLS passthrough accept failed: %s", exc)
+                return
+            sock.setblocking(False)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _Conn(self, sock, port)
+
+    async def connect(self, client: _Conn, name: str | None) -> None:
         """Decide, resolve, connect, then splice; every failure refuses the client."""
         s = self.settings
         decision = route_tls(name, client.port, self.index, 2 * s.dns_ttl, time.monotonic())
         if isinstance(decision, Refuse):
-            client._refuse(decision, name)
+            client.refuse(decision, name)
             return
         host = decision.host
         fig = self.figures.host(host)
         try:
             address = await resolve_origin_async(self.resolver, host, s.allow_private_origins)
         except ForbiddenAddress:
-            client._refuse(Refuse(403, "tls-internal", ""), host)
+            client.refuse(Refuse(403, "tls-internal", ""), host)
             return
         except ResolveError:
-            client._refuse(Refuse(502, "tls-unresolved", ""), host)
+            client.refuse(Refuse(502, "tls-unresolved", ""), host)
             return
         if address in (s.node_address, s.node_address6) and client.port in s.edge_tls_ports:
-            client._refuse(Refuse(508, "tls-loop", ""), host)
+            client.refuse(Refuse(508, "tls-loop", ""), host)
             return
         loop = asyncio.get_running_loop()
-        origin = _Side()
-        local = (s.outbound_address, 0) if s.outbound_address else None
+        origin = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
+        client.origin = origin
+        origin.setblocking(False)
         try:
-            transport, _ = await asyncio.wait_for(
-                loop.create_connection(lambda: origin, address, client.port, local_addr=local), 10)
+            if s.outbound_address and (":" in s.outbound_address) == (":" in address):
+                origin.bind((s.outbound_address, 0))
+            origin.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await asyncio.wait_for(loop.sock_connect(origin, (address, client.port)), 10)
+            await loop.sock_sendall(origin, client.hello)
         except (OSError, TimeoutError):
-            client._refuse(Refuse(502, "tls-origin-failed", ""), host)
+            client.refuse(Refuse(502, "tls-origin-failed", ""), host)
             return
-        if client.transport is None or client.transport.is_closing():
-            transport.close()
+        if client.closed:
             return
-        for t in (transport, client.transport):
-            sock = t.get_extra_info("socket")
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            t.set_write_buffer_limits(high=HIGH_WATER)
-        self.counters["tls.connections"] += 1
+        counters = self.counters
+        counters["tls.connections"] += 1
         if fig is not None:
             fig.connections += 1
-        counters = self.counters
 
         def up(n: int) -> None:
             counters["tls.bytes-up"] += n
@@ -255,22 +331,18 @@ class TlsPassthrough:
             if fig is not None:
                 fig.bytes_down += n
 
-        client.account, origin.account = up, down
-        client.peer, origin.peer = origin, client
-        transport.write(client.hello)
         up(len(client.hello))
         client.hello = b""
-        client.transport.resume_reading()
+        client.relay(origin, up, down)
 
     async def stop(self) -> None:
-        for server in self.servers:
-            server.close()
-        for client in list(self.live):
-            if client.transport is not None:
-                client.transport.close()
-        for server in self.servers:
-            await server.wait_closed()
-        self.servers = []
+        loop = asyncio.get_running_loop()
+        for lsock in self.listeners:
+            loop.remove_reader(lsock.fileno())
+            lsock.close()
+        self.listeners = []
+        for conn in list(self.live):
+            conn.close()
         for task in list(self.tasks):
             task.cancel()
         for task in list(self.tasks):

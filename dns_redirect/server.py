@@ -87,17 +87,19 @@ class DnsServer:
         # Until the first health check answers, assume the edge is down: never strand clients.
         self.edge_healthy = not health_check
         self.health_check = health_check
+        # the operator's kill switch (`control` topic: steering stopped): answer every name normally
+        self.steering_stopped = False
         self._transports: list[asyncio.BaseTransport] = []
         self._tcp: asyncio.Server | None = None
         self._health_task: asyncio.Task[None] | None = None
         self.port = settings.dns_port
         self._memo: dict[bytes, bytes] = {}
         self._questions: dict[bytes, tuple[tuple[str, int, int, bool], int]] = {}
-        self._memo_gen: tuple[int, bool] = (-1, False)
+        self._memo_gen: tuple[int, bool, bool] = (-1, False, False)
         self._v4 = pack_address(settings.node_address)
         self._v6 = pack_address(settings.node_address6)
         self.lane: Lane | None = None  # the compiled UDP lane, once start() made one
-        self._lane_gen: tuple[int, bool] = (-1, False)
+        self._lane_gen: tuple[int, bool, bool] = (-1, False, False)
         self._udp_sock: socket.socket | None = None
         self._udp_tasks: set[asyncio.Task[None]] = set()
 
@@ -113,7 +115,7 @@ class DnsServer:
             return None
         # Steered answers differ from the query only after its id: memoize them by the query's
         # bytes, valid for one version of the index and one health state.
-        gen = (self.index.version, self.edge_healthy)
+        gen = (self.index.version, self.edge_healthy, self.steering_stopped)
         if gen != self._memo_gen:
             # both memos hold decisions of one generation: "steered" and "not steered, cached"
             self._memo.clear()
@@ -166,7 +168,7 @@ class DnsServer:
         """The UDP socket is readable: the lane answers what it knows, Python the rest."""
         lane = self.lane
         assert lane is not None
-        gen = (self.index.version, self.edge_healthy)
+        gen = (self.index.version, self.edge_healthy, self.steering_stopped)
         if gen != self._lane_gen:  # a new index version or health state: nothing learned holds
             lane.clear()
             self._lane_gen = gen
@@ -212,7 +214,7 @@ class DnsServer:
         return self.limiter.allow(client, time.monotonic())
 
     def is_steered(self, name: str) -> bool:
-        return (self.edge_healthy and self.index.is_steered(name)
+        return (self.edge_healthy and not self.steering_stopped and self.index.is_steered(name)
                 and not never_steer(name, self.settings.never_steer_hosts))
 
     async def handle(self, raw: bytes, client: str = "127.0.0.1", checked: bool = False) -> bytes | None:

@@ -51,6 +51,7 @@ from fetcher.preflight import Preflight, judge, walk
 from heatcache import contract
 from heatcache.cachekey import BadUrl
 from heatcache.contract import CacheEvent, DecodeError, FetchProgress, HotUrl
+from heatcache.control import ControlFollower
 from heatcache.kafkautil import consumer, producer
 from heatcache.lifecycle import StopFlag, announce_ready
 from heatcache.redirects import HopRefused
@@ -134,6 +135,10 @@ class Fetcher:
         self.aria2_known: dict[str, dict[str, Any]] = {}  # job dir -> aria2 status, from the reconcile
         self.aria2_retry_at = 0.0
         self._stopping = threading.Event()
+        # operator switches (console / `heatcache control`): while prefetching is paused, queued
+        # jobs wait (running downloads finish); started in run()
+        self.control: ControlFollower | None = None
+        self._told_paused: set[str] = set()
         self._listener: threading.Thread | None = None
         self.aria2_listener: aria2p.Client | None = None
 
@@ -155,6 +160,9 @@ class Fetcher:
         self.consumer.subscribe([s.topic(contract.HOT_URLS)], on_revoke=self._revoked)
         self._listener = threading.Thread(target=self._listen, name="aria2-notifications", daemon=True)
         self._listener.start()
+        self.control = ControlFollower(self.bootstrap, s.topic(contract.CONTROL))
+        self.control.start()
+        self.control.wait_ready(10)  # a pause switched before this start holds from the first message
         if self.runner is not None:
             self.runner.ready()
         else:
@@ -184,6 +192,9 @@ class Fetcher:
                     self._gauges()
         finally:
             self._stopping.set()
+            if self.control is not None:
+                self.control.stop()
+                self.control.join(5)
             if self.aria2_listener is not None:
                 self.aria2_listener.stop_listening()
             self.producer.flush(2)
@@ -254,11 +265,19 @@ class Fetcher:
         running = [j for j in self.jobs.values() if j.state in ("preflight", "add", "running")]
         per_host = Counter(j.hot.host for j in running)
         slots = s.fetch_max_concurrent - len(running)
+        paused = self.control is not None and self.control.state.prefetch_paused
+        if not paused:
+            self._told_paused.clear()
         for key, job in list(self.jobs.items()):
             if job.not_before > now:
                 continue
             if job.state == "check":
                 self._check(key, job)
+            if job.state == "queued" and paused:
+                if key not in self._told_paused:  # once per pause: the console shows why it waits
+                    self._told_paused.add(key)
+                    self._progress(job, "queued", error="prefetch paused")
+                continue
             if job.state == "queued" and slots > 0 and per_host[job.hot.host] < s.fetch_max_per_host:
                 slots -= 1
                 per_host[job.hot.host] += 1

@@ -112,9 +112,27 @@ async def _serve_dns(run: Runner, index: CacheIndex) -> None:
     server = DnsServer(run.settings, index)
     server.counters = run.counters  # the runner's Counter: what /metrics and snapshots read
     run.metrics.bind("steered-hosts", lambda: len(index.hosts))
+    # the operator's kill switch from the `control` topic, applied on the server's loop
+    from heatcache import contract
+    from heatcache.control import ControlFollower, ControlState
+
+    loop = asyncio.get_running_loop()
+
+    def switch(state: ControlState) -> None:
+        if state.steering_stopped != server.steering_stopped:
+            log.warning("steering %s by the operator", "STOPPED" if state.steering_stopped else "started")
+        server.steering_stopped = state.steering_stopped
+
+    def on_change(state: ControlState) -> None:  # on the follower's thread
+        loop.call_soon_threadsafe(switch, state)
+
+    control = ControlFollower(run.bootstrap, run.settings.topic(contract.CONTROL), on_change=on_change)
+    control.start()
+    await loop.run_in_executor(None, control.wait_ready, 10.0)  # a stop switched earlier holds from the start
     await server.start()
     run.ready()
     await run.stopped()
+    control.stop()
     await server.stop()
     log.info("dns stopped: %s", dict(server.counters))
 
@@ -278,11 +296,19 @@ def cmd_trace(settings: Settings, args: argparse.Namespace) -> int:
     return run(settings, args, _bootstrap(settings))
 
 
+def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from replay.cli import cmd_replay as run
+
+    return run(settings, args)
+
+
 def _replay_args(name: str, p: argparse.ArgumentParser) -> None:
     from replay import cli as replay_cli
 
     if name == "trace":
         replay_cli.add_trace_args(p)
+    elif name == "replay":
+        replay_cli.add_replay_args(p)
 
 
 def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
@@ -344,6 +370,7 @@ COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], int], str]] =
     "purge": (cmd_purge, "purge cached objects by URL, --prefix URL or --host HOST (announced on cache-events)"),
     "control": (cmd_control, "prefetch pause|resume, steering stop|start, pin X always|never|none, purge X"),
     "trace": (cmd_trace, "trace import FILE: load an access log or capture into the requests topic"),
+    "replay": (cmd_replay, "run the production decisions over recorded traffic and report what they save"),
 }
 
 

@@ -90,6 +90,8 @@ class Settings(BaseSettings):
     heat_top_n: int = Field(default=10, ge=0)  # hot keys / hosts in each metrics snapshot
     heat_metrics_interval_s: float = Field(default=10.0, gt=0)
     heat_host_topic: bool = True  # publish HostHeat on `host-heat` each flush
+    heat_state_slots: int = Field(default=64, ge=1, le=65536)  # state records per partition (keys hashed over them)
+    heat_host_flush_s: float = Field(default=30.0, ge=0)  # host heat made durable this often (reporting only)
     heat_commit_interval_s: float = Field(default=0.0, ge=0)  # offset commits; 0 = the flush interval
     streams_instance_id: str = ""  # Kafka static membership (group.instance.id): a restart rejoins at once
     streams_session_timeout_s: float = Field(default=10.0, ge=6, le=300)  # a dead worker's partitions move on

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from heatcache.settings import Settings
 from replay.formats import FORMATS
@@ -40,3 +41,110 @@ def main_error(msg: str) -> int:
     print(msg, file=sys.stderr)
     return 2
 
+
+
+def _size(text: str) -> int:
+    text = text.strip().upper()
+    for unit, mul in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if text.endswith(unit) or text.endswith(unit + "B"):
+            return int(float(text.rstrip("B")[:-1]) * mul)
+    return int(text)
+
+
+def _list(kind: type, text: str) -> list[Any]:
+    out: list[Any] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if kind is bool:
+            out.append(part.lower() in ("on", "true", "yes", "1"))
+        elif kind is int:
+            out.append(_size(part))
+        else:
+            out.append(part)
+    return out
+
+
+def add_replay_args(p: argparse.ArgumentParser) -> None:
+    src = p.add_argument_group("what to replay (a file, or a time range of the requests topic)")
+    src.add_argument("--file", type=Path, help="an access log or capture (any `trace import` format)")
+    src.add_argument("--format", default="auto", choices=("auto", *FORMATS))
+    src.add_argument("--host", default="", help="Host of origin-form targets (CLF logs of one site)")
+    src.add_argument("--from", dest="start", default="", help="start time (epoch seconds or ISO 8601)")
+    src.add_argument("--to", dest="end", default="", help="end time (default: the end of the topic)")
+    src.add_argument("--default-size", type=_size, default=1 << 20,
+                     help="object size when neither the log nor cache-events knows it (default 1M)")
+    grid = p.add_argument_group("the grid (comma-separated values)")
+    grid.add_argument("--windows", default="3600,21600,86400", help="heat windows in seconds")
+    grid.add_argument("--min-clients", default="2,3")
+    grid.add_argument("--quotas", default="0", help="cache sizes (0 = no quota; 500G, 2T ...)")
+    grid.add_argument("--policies", default="heat", help="eviction: heat (the store's), lru (its baseline)")
+    grid.add_argument("--fill", default="on", help="in-path fill: on,off")
+    grid.add_argument("--prefetch", default="on", help="prefetch by heat: on,off")
+    grid.add_argument("--first-access", action="store_true", help="add the fetch-on-first-access rule")
+    grid.add_argument("--half-life", type=float, default=4 * 3600.0, help="eviction half-life in seconds")
+    p.add_argument("--jobs", type=int, default=0, help="settings run at once (default: one per CPU)")
+    p.add_argument("--no-baselines", action="store_true", help="skip LRU/S3-FIFO/ceiling/oracle")
+    p.add_argument("--out", type=Path, default=Path("replay-report"), help="directory for CSV, JSON and HTML")
+
+
+def _time(text: str) -> float:
+    from replay.formats import parse_ts
+
+    return parse_ts(text)
+
+
+def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from heatcache import contract
+    from replay import report
+    from replay.engine import prepare
+    from replay.grid import Outcome, grid, run_baselines, run_grid
+    from replay.trace import batches, read_file
+
+    known: dict[str, int] = {}
+    bad: Counter[str] = Counter()
+    if args.file:
+        trace, fmt = read_file(args.file, settings, args.format, args.host)
+        bad.update(trace.bad)
+        batch_list = list(batches(trace, settings.kafka_partitions, settings.batch_max_events,
+                                  settings.batch_linger_ms / 1000))
+        source = f"{args.file} ({fmt})"
+    elif args.start:
+        if not settings.kafka_bootstrap:
+            return main_error("heatcache replay: --from needs HEATCACHE_KAFKA_BOOTSTRAP (or give --file)")
+        from heatcache.kafkautil import read_topic
+        from replay.kafkaio import read_range
+
+        start, end = _time(args.start), (_time(args.end) if args.end else None)
+        batch_list = read_range(settings.kafka_bootstrap, settings.topic(contract.REQUESTS), start, end, bad=bad)
+        for msg in read_topic(settings.kafka_bootstrap, settings.topic(contract.CACHE_EVENTS)):
+            try:
+                ev = contract.decode(msg.value(), contract.CacheEvent)
+            except contract.DecodeError:
+                continue
+            if ev.size:
+                known[ev.cache_key] = ev.size
+        source = f"{settings.topic(contract.REQUESTS)} from {args.start} to {args.end or 'the end'}"
+    else:
+        return main_error("heatcache replay: give --file PATH or --from TIME [--to TIME]")
+    prep = prepare(batch_list, args.default_size, known)
+    quotas = _list(int, args.quotas) or [0]
+    settings_grid = grid(_list(int, args.windows), _list(int, args.min_clients), quotas,
+                         _list(str, args.policies), _list(bool, args.fill), _list(bool, args.prefetch),
+                         args.first_access, args.half_life)
+    results = run_grid(prep, settings_grid, settings, args.jobs)
+    base_rows, oracle = ([], []) if args.no_baselines else run_baselines(prep, quotas, settings)
+    n = sum(len(b.events) for b in prep.batches)
+    outcome = Outcome(results, base_rows, oracle, {
+        "source": source, "requests": n, "objects": len(prep.object_size),
+        "bytes_requested": results[0].bytes_requested if results else 0,
+        "hours": (prep.t1 - prep.t0) / 3600, "bad": dict(bad)})
+    print(report.table(outcome), end="")
+    paths = report.write_all(outcome, args.out)
+    if bad:
+        print("not replayed: " + ", ".join(f"{k}={v}" for k, v in sorted(bad.items())))
+    print(f"report: {paths['html']} (CSV {paths['csv']}, JSON {paths['json']})")
+    return 0

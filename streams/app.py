@@ -92,6 +92,7 @@ class Stage:
         self.interval = settings.heat_flush_interval_s
         self.last_flush = time.monotonic()
         self.last_expire = time.monotonic()
+        self.last_host_flush = time.monotonic()
         self.follower: CacheFollower | None = None
         self.pins: Any = None
         self.requests_topic = settings.topic(contract.REQUESTS)
@@ -142,7 +143,8 @@ class Stage:
     def partition(self, p: int) -> PartitionHeat:
         ph = self.parts.get(p)
         if ph is None:
-            ph = self.parts[p] = PartitionHeat(p, self.rules, load=self.load, cache=self.cache)
+            ph = self.parts[p] = PartitionHeat(p, self.rules, load=self.load, cache=self.cache,
+                                               slots=self.settings.heat_state_slots)
             ph.restore_meta(self.load(meta_key(p)))
             if self.pins is not None:
                 ph.pins = self.pins
@@ -164,6 +166,9 @@ class Stage:
             expire = now - self.last_expire >= EXPIRE_EVERY_S
             if expire:
                 self.last_expire = now
+            hosts_due = now - self.last_host_flush >= self.settings.heat_host_flush_s
+            if hosts_due:
+                self.last_host_flush = now
             work: list[tuple[int, PartitionHeat, _Pending]] = []
             futures: list[Awaitable[Any]] = []
             for p, ph in list(self.parts.items()):
@@ -182,7 +187,7 @@ class Stage:
                 futures.extend(pend.futures)
                 if self.settings.heat_host_topic:
                     futures.extend(self.send_host_heat(ph))
-                futures.extend(self.write_state(p, ph, pend.last))
+                futures.extend(self.write_state(p, ph, pend.last, hosts_due))
                 work.append((p, ph, pend))
             if not work:
                 return
@@ -210,12 +215,12 @@ class Stage:
                 out[p] = max(0, (hw or 0) - ph.applied - 1)
         return out
 
-    def write_state(self, p: int, ph: PartitionHeat, last: Any) -> list[Awaitable[Any]]:
+    def write_state(self, p: int, ph: PartitionHeat, last: Any, hosts: bool) -> list[Awaitable[Any]]:
         futures = []
         data = self.table.data
         token = _current_event.set(weakref.ref(last))  # RocksDB's store picks its partition by it
         try:
-            for key, value in ph.take_dirty():
+            for key, value in ph.take_dirty(hosts):
                 kb = key.encode()
                 if value is None:
                     with contextlib.suppress(KeyError):
@@ -231,7 +236,8 @@ class Stage:
     def send_host_heat(self, ph: PartitionHeat) -> list[Awaitable[Any]]:
         out = []
         topic = self.topics["host_heat"]
-        for host in ph.dirty_hosts:
+        touched, ph.touched_hosts = ph.touched_hosts, set()
+        for host in touched:
             st = ph.host_stats(host)
             ev = HostHeat(host=host, partition=ph.partition, requests=st.requests, tls=st.tls, clients=st.clients,
                           window_s=st.window_s, ts=ph.watermark, http_share=round(st.http_share, 4))

@@ -13,6 +13,7 @@ skipped: re-reading after a crash counts nothing twice.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -73,13 +74,20 @@ Loader = Callable[[str], bytes | None]
 
 
 class PartitionHeat:
-    """All heat of one `requests` partition."""
+    """All heat of one `requests` partition.
+
+    Durable form: the keys (and, separately, the hosts) are spread over ``slots`` records by a
+    hash of their name; a flush writes each slot that changed as one record holding every key
+    of the slot. The number of state records per flush is then bounded by the slots, not by
+    the distinct keys (the per-key JSON is cached between flushes, so a slot costs little more
+    to write than its changed keys)."""
 
     def __init__(self, partition: int, rules: Rules, load: Loader | None = None,
-                 cache: dict[str, CacheView] | None = None) -> None:
+                 cache: dict[str, CacheView] | None = None, slots: int = 64) -> None:
         self.partition = partition
         self.rules = rules
         self.spec: WindowSpec = rules.spec
+        self.slots = slots
         self.keys: dict[str, KeyHeat] = {}
         self.hosts: dict[str, Heat] = {}
         self.watermark = 0.0
@@ -87,14 +95,20 @@ class PartitionHeat:
         self.late = 0
         self.dirty_keys: set[str] = set()
         self.dirty_hosts: set[str] = set()
+        self.touched_hosts: set[str] = set()  # since the shell last published host heat
         self.expired_keys: set[str] = set()
         self.expired_hosts: set[str] = set()
         self._load = load
+        self._slot_keys: dict[int, set[str]] = {}
+        self._slot_hosts: dict[int, set[str]] = {}
+        self._loaded_key_slots: set[int] = set()
+        self._loaded_host_slots: set[int] = set()
+        self._json: dict[str, bytes] = {}  # serialized state of keys not changed since written
         # what `cache-events` says, fed by the shell; one dict shared by a worker's partitions
         self.cache: dict[str, CacheView] = cache if cache is not None else {}
         self.pins: Callable[[str, str], str] | None = None  # operator pins (console's control topic)
 
-    # -- durable form: one record per key / host plus one for the partition itself
+    # -- durable form
     def meta_json(self) -> bytes:
         return orjson.dumps({"w": self.watermark, "o": self.applied, "l": self.late})
 
@@ -103,24 +117,47 @@ class PartitionHeat:
             body = orjson.loads(raw)
             self.watermark, self.applied, self.late = float(body["w"]), int(body["o"]), int(body["l"])
 
-    def host_key(self, host: str) -> str:
-        # a host's events spread over partitions: each partition keeps (and stores) its own part
-        return f"{HOST_PREFIX}{self.partition}:{host}"
+    def slot_of(self, name: str) -> int:
+        return zlib.crc32(name.encode("utf-8", "surrogatepass")) % self.slots
+
+    def key_record(self, slot: int) -> str:
+        return f"{KEY_PREFIX}{self.partition}:{slot}"
+
+    def host_record(self, slot: int) -> str:
+        return f"{HOST_PREFIX}{self.partition}:{slot}"
 
     def key(self, cache_key: str) -> KeyHeat:
         heat = self.keys.get(cache_key)
         if heat is None:
-            raw = self._load(KEY_PREFIX + cache_key) if self._load else None
-            heat = KeyHeat.from_json(orjson.loads(raw)) if raw else KeyHeat()
-            self.keys[cache_key] = heat
+            slot = self.slot_of(cache_key)
+            if slot not in self._loaded_key_slots:
+                self._loaded_key_slots.add(slot)
+                raw = self._load(self.key_record(slot)) if self._load else None
+                members = self._slot_keys.setdefault(slot, set())
+                for name, body in (orjson.loads(raw) if raw else {}).items():
+                    self.keys[name] = KeyHeat.from_json(body)
+                    members.add(name)
+                heat = self.keys.get(cache_key)
+            if heat is None:
+                heat = self.keys[cache_key] = KeyHeat()
+                self._slot_keys.setdefault(slot, set()).add(cache_key)
         return heat
 
     def host(self, host: str) -> Heat:
         heat = self.hosts.get(host)
         if heat is None:
-            raw = self._load(self.host_key(host)) if self._load else None
-            heat = Heat.from_json(orjson.loads(raw)) if raw else Heat()
-            self.hosts[host] = heat
+            slot = self.slot_of(host)
+            if slot not in self._loaded_host_slots:
+                self._loaded_host_slots.add(slot)
+                raw = self._load(self.host_record(slot)) if self._load else None
+                members = self._slot_hosts.setdefault(slot, set())
+                for name, body in (orjson.loads(raw) if raw else {}).items():
+                    self.hosts[name] = Heat.from_json(body)
+                    members.add(name)
+                heat = self.hosts.get(host)
+            if heat is None:
+                heat = self.hosts[host] = Heat()
+                self._slot_hosts.setdefault(slot, set()).add(host)
         return heat
 
     # -- folding
@@ -136,37 +173,57 @@ class PartitionHeat:
             return result
         spec = self.spec
         step = spec.step_s
-        batch = list(events)
+        batch = events if isinstance(events, (tuple, list)) else tuple(events)
         result.events = len(batch)
         newest = max((ev.ts for ev in batch), default=self.watermark)
         wm = max(self.watermark, newest)
         too_old = wm - spec.grace_s
-        touched: dict[str, float] = {}
-        keys, hosts = self.keys, self.hosts
+        by_key: dict[str, list[RequestEvent]] = {}
+        by_host: dict[str, list[RequestEvent]] = {}
+        late = 0
         for ev in batch:
-            ts = ev.ts
-            if ts < too_old:
-                result.late += 1
+            if ev.ts < too_old:
+                late += 1
                 continue
-            pane = int(ts // step)
-            tls = ev.method == TLS
-            host = hosts.get(ev.host) or self.host(ev.host)
-            host.add(pane, ev.client, tls, 0, spec)
-            self.dirty_hosts.add(ev.host)
-            if tls or ev.method not in ADMISSIBLE:
-                continue  # host-level (TLS) or not fetchable: heat of the host only
-            ck = ev.cache_key
+            group = by_host.get(ev.host)
+            if group is None:
+                by_host[ev.host] = [ev]
+            else:
+                group.append(ev)
+            if ev.method in ADMISSIBLE:  # TLS and other methods: heat of the host only
+                group = by_key.get(ev.cache_key)
+                if group is None:
+                    by_key[ev.cache_key] = [ev]
+                else:
+                    group.append(ev)
+        for name, group in by_host.items():
+            (self.hosts.get(name) or self.host(name)).add_many(group, step, 0, spec)
+        self.dirty_hosts.update(by_host)
+        self.touched_hosts.update(by_host)
+        keys = self.keys
+        touched: list[tuple[str, KeyHeat, float]] = []
+        for ck, group in by_key.items():
             kh = keys.get(ck) or self.key(ck)
-            kh.add(pane, ev.client, False, sizes(ck) if sizes else 0, spec)
-            kh.url = ev.url
-            if ts >= touched.get(ck, -1.0):
-                touched[ck] = ts
+            ts = kh.add_many(group, step, sizes(ck) if sizes else 0, spec)
+            kh.url = group[-1].url
+            touched.append((ck, kh, ts))
         self.watermark = wm
         self.applied = offset
-        self.late += result.late
-        self.dirty_keys.update(touched)
-        for ck, ts in touched.items():
-            kh = keys[ck]
+        result.late = late
+        self.late += late
+        self.dirty_keys.update(by_key)
+        rule_for_key = self.rules.rule_for_key
+        cache = self.cache
+        for ck, kh, ts in touched:
+            # cheap necessary conditions first: most keys of a message are far from any rule
+            if kh.admitted:
+                view = cache.get(ck)
+                if view is None or view.fetching:
+                    continue  # admitted, no cache event since: being fetched
+            if kh.clients is not None and self.pins is None:
+                rule = rule_for_key(ck)
+                if not rule.first_access and len(kh.clients) < rule.min_clients:
+                    continue  # fewer clients ever seen than the rule needs in its window
             decision = self.decide(ck, kh)
             if decision.admit:
                 result.hot.append(self._admit(ck, kh, ts, decision))
@@ -209,30 +266,50 @@ class PartitionHeat:
 
     # -- expiry and flushing
     def expire(self) -> None:
-        """Drop panes behind the retention, and keys/hosts left empty (they become tombstones)."""
+        """Drop panes behind the retention, and keys/hosts left empty (their slots are rewritten)."""
         oldest = self.spec.pane(self.watermark - self.spec.retention_s) + 1
         for ck in [k for k, h in self.keys.items() if h.expire(oldest)]:
             del self.keys[ck]
+            self._slot_keys.get(self.slot_of(ck), set()).discard(ck)
+            self._json.pop(ck, None)
             self.dirty_keys.discard(ck)
             self.expired_keys.add(ck)
         for host in [k for k, h in self.hosts.items() if h.expire(oldest)]:
             del self.hosts[host]
+            self._slot_hosts.get(self.slot_of(host), set()).discard(host)
             self.dirty_hosts.discard(host)
             self.expired_hosts.add(host)
 
-    def take_dirty(self) -> list[tuple[str, bytes | None]]:
-        """The records that make the state durable since the last call: one per changed key
-        and host (None = delete), then the partition's meta record (watermark, applied offset)."""
+    def take_dirty(self, hosts: bool = True) -> list[tuple[str, bytes | None]]:
+        """The records that make the state durable since the last call: every slot with a
+        changed key (None = the slot is empty now), with ``hosts`` every slot with a changed
+        host, then the partition's meta record (watermark, applied offset).
+
+        Host heat is reported, never admitted on: the shell may write it less often (then a
+        crash loses or re-counts at most that much host heat; key heat is exact either way)."""
         out: list[tuple[str, bytes | None]] = []
+        js = self._json
         for ck in self.dirty_keys:
-            out.append((KEY_PREFIX + ck, orjson.dumps(self.keys[ck].to_json())))
-        for host in self.dirty_hosts:
-            out.append((self.host_key(host), orjson.dumps(self.hosts[host].to_json())))
-        out.extend((KEY_PREFIX + ck, None) for ck in self.expired_keys)
-        out.extend((self.host_key(h), None) for h in self.expired_hosts)
+            js.pop(ck, None)
+        slots = {self.slot_of(k) for k in self.dirty_keys} | {self.slot_of(k) for k in self.expired_keys}
+        for slot in slots:
+            members = self._slot_keys.get(slot) or set()
+            body = {}
+            for ck in members:
+                raw = js.get(ck)
+                if raw is None:
+                    raw = js[ck] = orjson.dumps(self.keys[ck].to_json())
+                body[ck] = orjson.Fragment(raw)
+            out.append((self.key_record(slot), orjson.dumps(body) if body else None))
+        self.dirty_keys, self.expired_keys = set(), set()
+        if hosts:
+            slots = {self.slot_of(h) for h in self.dirty_hosts} | {self.slot_of(h) for h in self.expired_hosts}
+            for slot in slots:
+                members = self._slot_hosts.get(slot) or set()
+                hbody = {h: self.hosts[h].to_json() for h in members}
+                out.append((self.host_record(slot), orjson.dumps(hbody) if hbody else None))
+            self.dirty_hosts, self.expired_hosts = set(), set()
         out.append((meta_key(self.partition), self.meta_json()))
-        self.dirty_keys, self.dirty_hosts = set(), set()
-        self.expired_keys, self.expired_hosts = set(), set()
         return out
 
     def host_stats(self, host: str) -> Any:

@@ -27,7 +27,6 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
-from urllib.parse import urlsplit
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -111,6 +110,7 @@ class Rules:
     deny_hosts: tuple[re.Pattern[str], ...] = ()
     backoff: Backoff = Backoff()
     _memo: dict[tuple[str, str], Rule] = field(default_factory=dict, compare=False, repr=False)
+    _key_memo: dict[str, Rule] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def simple(cls, spec: WindowSpec, min_clients: int = 2, min_requests: int = 1, first_access: bool = False,
@@ -118,6 +118,15 @@ class Rules:
         """One rule for every key (the settings alone, no file)."""
         return cls(spec, Rule(spec.window_s, min_clients, min_requests, first_access=first_access),
                    backoff=backoff or Backoff())
+
+    def rule_for_key(self, cache_key: str) -> Rule:
+        """The rule of one cache key (memoized per key: the hot path asks once per message)."""
+        rule = self._key_memo.get(cache_key)
+        if rule is None:
+            if len(self._key_memo) > 200_000:
+                self._key_memo.clear()
+            rule = self._key_memo[cache_key] = self.rule_for(*split_key(cache_key))
+        return rule
 
     def rule_for(self, host: str, path: str) -> Rule:
         """The rule of one key (memoized: the same key always gets the same rule)."""
@@ -182,10 +191,18 @@ def load_rules(path: Path | None, spec: WindowSpec, min_clients: int = 2, min_re
 
 
 def split_key(cache_key: str) -> tuple[str, str]:
-    """(host, path+query) of a cache key, the two things rules match on."""
-    parts = urlsplit(cache_key)
-    path = parts.path or "/"
-    return (parts.hostname or "", f"{path}?{parts.query}" if parts.query else path)
+    """(host, path+query) of a cache key, the two things rules match on (the key is normalized
+    already: lower-case host, no credentials, no fragment)."""
+    rest = cache_key.partition("://")[2]
+    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    authority, path = rest[:cut], rest[cut:]
+    if authority.startswith("["):
+        host = authority[: authority.find("]") + 1]
+    else:
+        host = authority.partition(":")[0]
+    if not path.startswith("/"):
+        path = "/" + path
+    return host, path
 
 
 # -- what streams knows of the cache -----------------------------------------------------------
@@ -227,8 +244,7 @@ def decide(rules: Rules, cache_key: str, heat: Heat | None, cache: CacheView, wa
     """
     if heat is None:
         return _NO_STATE
-    host, path = split_key(cache_key)
-    rule = rules.rule_for(host, path)
+    rule = rules.rule_for_key(cache_key)
     if pin == "never":
         return Decision(False, "pinned-never")
     if pin == "always":

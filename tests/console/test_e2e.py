@@ -28,7 +28,7 @@ import pytest
 
 from cachestore.catalog import open_catalog
 from heatcache import contract
-from heatcache.contract import CacheEvent
+from heatcache.contract import CacheEvent, FetchProgress
 from heatcache.kafkautil import read_topic
 from heatcache.lab import (
     NODE_IP,
@@ -49,7 +49,9 @@ from heatcache.stack import Stack, settings_env
 pytestmark = pytest.mark.integration
 
 HOST = "origin.console.test"
+OTHER = "other.console.test"  # same origin, never steered before the pause test
 FILES = {"video.bin": 2_000_000, "notes.bin": 60_000}
+EXTRA = {"extra.bin": 300_000}
 ARTIFACTS = Path(os.environ.get("HEATCACHE_TEST_ARTIFACTS", "test-artifacts")) / "console"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -63,25 +65,25 @@ class Running:
     files: dict[str, bytes]
     port: int
 
-    def get(self, client: int, path: str) -> Reply:
+    def get(self, client: int, path: str, host: str = HOST) -> Reply:
         src = client_sources(client + 1)[client]
-        return client_get(src, (self.settings.dns_host, self.settings.dns_port), HOST, self.port, path)
+        return client_get(src, (self.settings.dns_host, self.settings.dns_port), host, self.port, path)
 
     @property
     def url(self) -> str:
         return f"http://{self.settings.console_host}:{self.settings.console_port}/"
 
-    def key(self, name: str) -> str:
-        return f"http://{HOST}:{self.port}/{name}"
+    def key(self, name: str, host: str = HOST) -> str:
+        return f"http://{host}:{self.port}/{name}"
 
 
 @pytest.fixture(scope="module")
 def running(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     tmp = tmp_path_factory.mktemp("console")
     port = shared_port()
-    files = make_sample_files(tmp / "www", FILES)
+    files = make_sample_files(tmp / "www", {**FILES, **EXTRA})
     origin = Origin(tmp / "www", ORIGIN_IP, port, rate_bps=1_000_000).start()
-    dns = Dnsmasq({HOST: ORIGIN_IP})
+    dns = Dnsmasq({HOST: ORIGIN_IP, OTHER: ORIGIN_IP})
     dns.start()
     base = load_settings(state_dir=tmp / "state", topic_prefix=f"t{uuid.uuid4().hex[:10]}-",
                          client_id_secret="test-secret", kafka_bootstrap=kafka)
@@ -181,6 +183,51 @@ def test_browser_download_hits_and_purge(running: Running, tmp_path: Path) -> No
     after = running.get(4, "/video.bin")
     assert after.address == NODE_IP and after.headers.get("x-cache") == "MISS"
     assert after.body == running.files["video.bin"]
+
+
+def test_page_pauses_prefetch_and_stops_steering(running: Running, tmp_path: Path) -> None:
+    """The switches on the `control` topic, followed by the fetcher and the DNS at run time."""
+    from playwright.sync_api import sync_playwright
+
+    s = running.settings
+    dns_addr = (s.dns_host, s.dns_port)
+    extra = running.key("extra.bin", OTHER)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path="/usr/bin/chromium", headless=True,
+            args=CHROMIUM_FLAGS, viewport={"width": 1400, "height": 1800})
+        try:
+            page = browser.new_page()
+            page.on("dialog", lambda dialog: dialog.accept())
+            page.goto(running.url)
+            page.wait_for_selector("#conn.ok", timeout=30_000)
+
+            # paused: a new hot URL waits in the fetcher's queue, and the fetcher says why
+            page.click("#prefetch-pause")
+            page.wait_for_selector("#prefetch-state.warn", timeout=30_000)
+            for client in (0, 1):
+                assert running.get(client, "/extra.bin", OTHER).address == ORIGIN_IP
+            page.wait_for_selector(f'#downloads tr[data-key="{extra}"][data-state="queued"]', timeout=60_000)
+            _wait("the fetcher holding the download", lambda: any(
+                contract.decode(m.value(), FetchProgress).error == "prefetch paused"
+                for m in read_topic(s.kafka_bootstrap, s.topic(contract.FETCH_PROGRESS), timeout=5)
+                if m.key() == extra.encode()), stack=running.stack)
+            page.screenshot(path=str(ARTIFACTS / "5-paused.png"), full_page=True)
+            page.click("#prefetch-resume")
+            page.wait_for_selector(f'#downloads tr[data-key="{extra}"][data-state="done"]', timeout=60_000)
+
+            # the kill switch: the DNS answers every name normally, then steers again
+            _wait("steering", lambda: resolve_via(dns_addr, HOST) == [NODE_IP], stack=running.stack)
+            page.click("#steering-stop")
+            page.wait_for_selector("#steering-state.warn", timeout=30_000)
+            _wait("steering stopped", lambda: resolve_via(dns_addr, HOST) == [ORIGIN_IP], timeout=30,
+                  stack=running.stack)
+            assert running.get(2, "/notes.bin").address == ORIGIN_IP
+            page.click("#steering-start")
+            _wait("steering again", lambda: resolve_via(dns_addr, HOST) == [NODE_IP], timeout=30,
+                  stack=running.stack)
+        finally:
+            browser.close()
 
 
 def _env(settings: Settings, **extra: str) -> dict[str, str]:

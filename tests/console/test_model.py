@@ -38,7 +38,10 @@ def test_stages_up_down_unknown() -> None:
     assert by["sniffer"]["status"] == "down" and by["sniffer"]["age_s"] == 90
     assert by["streams"]["status"] == "unknown"
     assert by["edge"]["status"] == "up"  # no snapshot, but its health check answers
-    rows = stages_view({"dns": {"ts": 99.0, "health": "degraded", "health_reason": "kafka: down"}}, now=100.0)
+    rows = stages_view({"dns": {"ts": 99.0, "health": "degraded", "health_reason": "kafka: down"},
+                        "streams": {"ts": 99.0, "consumer_lag_messages": 7}, "streams-top": {"ts": 99.0}}, now=100.0)
+    assert [r["lag"] for r in rows if r["stage"] == "streams"] == [7]
+    assert "streams-top" not in {r["stage"] for r in rows}
     assert [(r["status"], r["last_error"]) for r in rows if r["stage"] == "dns"] == [("degraded", "kafka: down")]
 
 

@@ -148,3 +148,24 @@ def test_same_origin_rules() -> None:
 
     assert req(Origin="http://node:8090") and req(Referer="http://node:8090/")
     assert not req(Origin="http://node:8091") and not req(Origin="null") and not req()
+
+
+def test_cli_control_goes_through_the_same_actions(kafka_settings: Settings, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from heatcache.cli import main
+    from heatcache.stack import settings_env
+
+    for name, value in settings_env(kafka_settings).items():
+        monkeypatch.setenv(name, value)
+    assert main(["control", "prefetch", "pause"]) == 0
+    assert main(["control", "pin", "Big.Test", "never"]) == 0
+    assert main(["control", "pin", "http://big.test/a.iso", "always"]) == 0
+    assert main(["control", "steering", "stop"]) == 0
+    assert main(["control", "pin", "big.test", "sometimes"]) == 2  # refused with the reason
+    assert "value must be one of" in capsys.readouterr().err
+    events = [(e.target, e.subject, e.value, e.by.startswith("cli@")) for e in control_events(kafka_settings)]
+    assert events == [("prefetch", "", "paused", True), ("host", "big.test", "never", True),
+                      ("url", "http://big.test/a.iso", "always", True), ("steering", "", "stopped", True)]
+    # purging needs the edge's purge token: a clear refusal, nothing half-done
+    assert main(["control", "purge", "http://big.test/a.iso"]) == 2
+    assert "HEATCACHE_PURGE_TOKEN" in capsys.readouterr().err

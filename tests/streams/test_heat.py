@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import orjson
+
 from heatcache.contract import RequestEvent
 from streams.heat import PartitionHeat, admission_id
 from streams.rules import Rules
@@ -82,12 +84,24 @@ def test_durable_records_restore_the_same_state() -> None:
     assert [h.clients for h in hot] == [3]
 
 
-def test_expiry_drops_old_keys_as_tombstones() -> None:
-    p = part()
+def test_expiry_drops_old_keys_and_empties_their_slot() -> None:
+    p = PartitionHeat(0, Rules.simple(SPEC), slots=1024)
+    other = "http://example.com/other"
+    assert p.slot_of(K) != p.slot_of(other)
     p.fold(0, [ev("a", 1)])
     p.take_dirty()
-    p.fold(1, [ev("b", 500, key="http://example.com/other")])
+    p.fold(1, [ev("b", 500, key=other)])
     p.expire()
     assert K not in p.keys
     recs = dict(p.take_dirty())
-    assert recs["k:" + K] is None and recs["k:http://example.com/other"] is not None
+    assert recs[p.key_record(p.slot_of(K))] is None  # a tombstone: the slot is empty now
+    assert other in orjson.loads(recs[p.key_record(p.slot_of(other))] or b"{}")
+
+
+def test_one_record_per_changed_slot_not_per_key() -> None:
+    p = PartitionHeat(0, Rules.simple(SPEC), slots=4)
+    p.fold(0, [ev("a", 1, key=f"http://example.com/k{i}") for i in range(100)])
+    recs = p.take_dirty(hosts=False)
+    assert len(recs) == 5  # 4 slots + the meta record
+    q = PartitionHeat(0, Rules.simple(SPEC), load=dict(recs).get, slots=4)
+    assert all(q.key(f"http://example.com/k{i}").stats(0, 100).requests == 1 for i in range(100))

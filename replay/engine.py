@@ -1,0 +1,414 @@
+"""The replay engine: a trace through the production decision code, one setting at a time.
+
+Nothing here decides what production decides; the engine only moves time forward and keeps
+score. Each decision is one of the stages' own pure cores, behind a small adapter:
+
+- admission: ``streams.heat.PartitionHeat`` (fold a batch, HotUrls out; cache events in), with
+  the rules ``streams.rules.rules_from_settings`` builds from the setting;
+- eviction and quota: ``cachestore.policy.POLICIES`` (the store's policy, or its LRU baseline)
+  and ``cachestore.quota.plan_space``;
+- in-path fill: ``dns_redirect.hits.may_fill`` on the logged status and size;
+- steering: ``dns_redirect.index.CacheIndex.is_steered`` and ``dns_redirect.policy.never_steer``
+  (a host is steered while it has a cached object and no override says otherwise).
+
+What happens to one request, in the order production sees it:
+1. the client asks; if its host is steered and the object is cached, the edge serves it
+   (a local hit: those bytes did not cross the uplink);
+2. otherwise it goes to the origin; if the host is steered, the edge is in the path and, when
+   fill is on and ``may_fill`` allows, stores the object as it passes (no extra download);
+3. when its batch is folded, streams may admit keys; with prefetch on, the fetcher downloads
+   each admitted key not cached yet (one extra download of the object: bytes prefetched).
+
+Object sizes: the largest whole (status 200) response logged for the key; when the log has no
+sizes (captures, the sniffer's own batches), sizes from ``cache-events`` or ``default_size``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from cachestore.policy import POLICIES, HeatPolicy, LruPolicy, Policy, PolicyParams
+from cachestore.quota import Quota, plan_space
+from dns_redirect.hits import may_fill
+from dns_redirect.index import CacheIndex
+from dns_redirect.policy import never_steer
+from heatcache.cachekey import key_host
+from heatcache.contract import CacheEvent, RequestBatch, RequestEvent
+from heatcache.settings import Settings
+from streams.heat import PartitionHeat
+from streams.rules import Rules, rules_from_settings
+
+TLS = "TLS"
+_HUGE_DISK = 1 << 62  # replay has no filesystem: only the byte quota limits the cache
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One point of the grid: the knobs replay varies (everything else from the base settings)."""
+
+    window_s: int = 24 * 3600
+    min_clients: int = 2
+    min_requests: int = 1
+    first_access: bool = False
+    quota_bytes: int = 0  # HEATCACHE_CACHE_MAX_BYTES; 0 = no byte quota
+    policy: str = "heat"  # cachestore.policy.POLICIES: "heat" (the store's) or "lru" (its baseline)
+    half_life_s: float = 4 * 3600.0
+    fill: bool = True
+    prefetch: bool = True
+    admission: str = "streams"  # "streams" (production) or "oracle" (knows the future: a baseline)
+
+    @property
+    def name(self) -> str:
+        adm = "oracle" if self.admission == "oracle" else (
+            "first" if self.first_access else f"{self.min_clients}c{self.min_requests}r/{_dur(self.window_s)}")
+        quota = _bytes(self.quota_bytes) if self.quota_bytes else "inf"
+        return (f"{adm} {self.policy}@{quota} fill={'on' if self.fill else 'off'} "
+                f"prefetch={'on' if self.prefetch else 'off'}")
+
+    def settings(self, base: Settings) -> Settings:
+        """The base settings with this setting's knobs: what production would run with."""
+        return base.model_copy(update={
+            "heat_window_s": self.window_s, "heat_min_clients": self.min_clients,
+            "heat_min_requests": self.min_requests, "heat_first_access": self.first_access,
+            "heat_step_s": 0 if base.heat_window_s != self.window_s else base.heat_step_s,
+            "cache_max_bytes": self.quota_bytes, "cache_half_life_s": self.half_life_s,
+            "edge_fill": self.fill,
+        })
+
+    def apply_command(self) -> str:
+        """How an operator puts this setting in production (docs/tuning.md)."""
+        env = [f"HEATCACHE_HEAT_WINDOW_S={self.window_s}", f"HEATCACHE_HEAT_MIN_CLIENTS={self.min_clients}",
+               f"HEATCACHE_HEAT_MIN_REQUESTS={self.min_requests}",
+               f"HEATCACHE_HEAT_FIRST_ACCESS={'true' if self.first_access else 'false'}",
+               f"HEATCACHE_CACHE_MAX_BYTES={self.quota_bytes}", f"HEATCACHE_CACHE_HALF_LIFE_S={self.half_life_s:g}",
+               f"HEATCACHE_EDGE_FILL={'true' if self.fill else 'false'}"]
+        cmd = " ".join(env) + " heatcache up"
+        if not self.prefetch:
+            cmd += "; heatcache control prefetch pause"
+        return cmd
+
+    @property
+    def applicable(self) -> bool:
+        """Whether production can run it (the LRU baseline and the oracle are for comparison)."""
+        return self.policy == "heat" and self.admission == "streams"
+
+
+def _dur(s: float) -> str:
+    return f"{s / 3600:g}h" if s >= 3600 and s % 3600 == 0 else f"{s / 60:g}m" if s % 60 == 0 else f"{s:g}s"
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(n)
+
+
+# -- adapters -----------------------------------------------------------------------------------
+
+
+class Admission(Protocol):
+    """What the engine needs from an admission rule."""
+
+    def fold(self, partition: int, events: Sequence[RequestEvent]) -> list[tuple[str, float, int]]:
+        """Fold one batch; the (cache key, ts, distinct clients) admitted."""
+        ...
+
+    def cache_event(self, partition: int, cache_key: str, state: str) -> None: ...
+
+
+class StreamsAdmission:
+    """streams' PartitionHeat, one per partition, fed offsets as the Faust shell does."""
+
+    def __init__(self, rules: Rules) -> None:
+        self.rules = rules
+        self.parts: dict[int, PartitionHeat] = {}
+        self.offsets: Counter[int] = Counter()
+        self.emitted: list[tuple[str, float]] = []  # every admission, for comparisons with the worker
+
+    def _part(self, partition: int) -> PartitionHeat:
+        ph = self.parts.get(partition)
+        if ph is None:
+            ph = self.parts[partition] = PartitionHeat(partition, self.rules)
+        return ph
+
+    def fold(self, partition: int, events: Sequence[RequestEvent]) -> list[tuple[str, float, int]]:
+        ph = self._part(partition)
+        offset = self.offsets[partition]
+        self.offsets[partition] = offset + 1
+        result = ph.fold(offset, events)
+        self.emitted.extend((h.cache_key, h.ts) for h in result.hot)
+        # the Faust shell writes ph.take_dirty() to its table here; replay keeps the state in memory
+        ph.dirty_keys.clear()
+        ph.dirty_hosts.clear()
+        return [(h.cache_key, h.ts, h.clients) for h in result.hot]
+
+    def cache_event(self, partition: int, cache_key: str, state: str) -> None:
+        ph = self._part(partition)
+        ph.on_cache_event(cache_key, state, ph.watermark)
+
+
+class OracleAdmission:
+    """The oracle prefetcher (a baseline, not production): knows every key's future requests
+    and admits a key at a request when at least ``pays`` more requests for it will follow, i.e.
+    when the prefetch (one download) is paid back by the hits it will give."""
+
+    def __init__(self, events: Sequence[RequestEvent], pays: int = 2) -> None:
+        self.remaining: Counter[str] = Counter(ev.cache_key for ev in events if ev.method != TLS)
+        self.pays = pays
+        self.done: set[str] = set()
+
+    def fold(self, partition: int, events: Sequence[RequestEvent]) -> list[tuple[str, float, int]]:
+        out = []
+        for ev in events:
+            if ev.method == TLS:
+                continue
+            key = ev.cache_key
+            self.remaining[key] -= 1
+            if key not in self.done and self.remaining[key] >= self.pays:
+                self.done.add(key)
+                out.append((key, ev.ts, 0))
+        return out
+
+    def cache_event(self, partition: int, cache_key: str, state: str) -> None:
+        if state in ("evicted", "purged", "failed"):
+            self.done.discard(cache_key)
+
+
+def make_policy(setting: Setting) -> Policy:
+    if setting.policy == "heat":
+        return HeatPolicy(PolicyParams(half_life_s=setting.half_life_s))
+    if setting.policy == "lru":
+        return LruPolicy()
+    return POLICIES[setting.policy]()
+
+
+# -- results ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    """What one setting did on one trace. Ratios are over requests and bytes requested."""
+
+    setting: str
+    requests: int = 0
+    bytes_requested: int = 0
+    hits: int = 0
+    bytes_local: int = 0
+    prefetches: int = 0
+    bytes_prefetched: int = 0
+    fills: int = 0
+    bytes_filled: int = 0
+    prefetches_never_hit: int = 0
+    hosts_steered: int = 0
+    hosts_steered_end: int = 0
+    evictions: int = 0
+    refused: int = 0
+    tls_events: int = 0
+    median_first_hit_s: float = math.nan  # per object: from its first request to its first local hit
+    series: list[tuple[float, int, int, int]] = field(default_factory=list)  # (bin start, requested, local, prefetched)
+    params: dict[str, Any] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+    hot: list[tuple[str, float]] = field(default_factory=list)  # admissions (key, ts), when kept
+    cached_at_end: list[str] = field(default_factory=list)
+
+    @property
+    def hit_ratio(self) -> float:
+        return self.hits / self.requests if self.requests else 0.0
+
+    @property
+    def byte_hit_ratio(self) -> float:
+        return self.bytes_local / self.bytes_requested if self.bytes_requested else 0.0
+
+    @property
+    def net_savings(self) -> float:
+        """(bytes served locally - bytes prefetched) / bytes requested: the headline figure."""
+        return (self.bytes_local - self.bytes_prefetched) / self.bytes_requested if self.bytes_requested else 0.0
+
+    def row(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k not in ("series", "hot", "cached_at_end")}
+        out.update(hit_ratio=self.hit_ratio, byte_hit_ratio=self.byte_hit_ratio, net_savings=self.net_savings)
+        return out
+
+
+# -- the trace as the engine reads it ---------------------------------------------------------
+
+
+@dataclass
+class Prepared:
+    """Batches in delivery order and each request's bytes, computed once per trace."""
+
+    batches: list[RequestBatch]
+    request_bytes: list[list[int]]  # per batch, per event
+    object_size: dict[str, int]
+    t0: float
+    t1: float
+
+
+def prepare(batches: Sequence[RequestBatch], default_size: int = 1 << 20,
+            known_sizes: dict[str, int] | None = None) -> Prepared:
+    """Object sizes (largest logged 200, else ``known_sizes`` from cache-events, else the
+    default) and each request's bytes (as logged; a request with nothing logged: the object)."""
+    size: dict[str, int] = dict(known_sizes or {})
+    logged: dict[str, int] = {}
+    for b in batches:
+        if b.sizes:
+            for ev, n, st in zip(b.events, b.sizes, b.statuses or (0,) * len(b.events), strict=True):
+                if (st == 200 or (st == 0 and n)) and n > logged.get(ev.cache_key, 0):
+                    logged[ev.cache_key] = n
+    size.update(logged)
+    per: list[list[int]] = []
+    t0, t1 = math.inf, -math.inf
+    for b in batches:
+        row = []
+        sizes = b.sizes or (0,) * len(b.events)
+        statuses = b.statuses or (0,) * len(b.events)
+        for ev, n, st in zip(b.events, sizes, statuses, strict=True):
+            if ev.cache_key not in size:
+                size[ev.cache_key] = default_size
+            row.append(n if (n or st) else size[ev.cache_key])
+            t0 = min(t0, ev.ts)
+            t1 = max(t1, ev.ts)
+        per.append(row)
+    if t0 > t1:
+        t0 = t1 = 0.0
+    return Prepared(list(batches), per, size, t0, t1)
+
+
+# -- the engine ---------------------------------------------------------------------------------
+
+
+def run(prep: Prepared, setting: Setting, base: Settings, bins: int = 48, keep_hot: bool = False,
+        admission: Admission | None = None, on_request: Callable[[int, bool], None] | None = None) -> Result:
+    """Replay ``prep`` under ``setting``; see the module doc for what happens to each request."""
+    import time
+
+    started = time.perf_counter()
+    live = setting.settings(base)
+    res = Result(setting.name, params=asdict(setting))
+    if admission is None:
+        if setting.admission == "oracle":
+            admission = OracleAdmission([ev for b in prep.batches for ev in b.events])
+        else:
+            admission = StreamsAdmission(rules_from_settings(live))
+    policy = make_policy(setting)
+    quota = Quota(max_bytes=setting.quota_bytes, min_free_bytes=0,
+                  max_object_fraction=live.cache_max_object_fraction, max_object_bytes=live.max_object_bytes)
+    index = CacheIndex()
+    overrides = live.never_steer_hosts
+    max_fill = live.max_object_bytes
+    sizes = prep.object_size
+    span = max(prep.t1 - prep.t0, 1e-9)
+    series = [[0, 0, 0] for _ in range(bins)]
+    first_seen: dict[str, float] = {}
+    first_hit: list[float] = []
+    hit_once: set[str] = set()
+    pending_prefetch: set[str] = set()  # prefetched, not hit yet
+    steered_ever: set[str] = set()
+    override_memo: dict[str, bool] = {}
+    fill_memo: dict[tuple[str, bool, int, int], bool] = {}
+    partition_of: dict[str, int] = {}
+    no_headers: dict[str, str] = {}
+
+    def steered(host: str) -> bool:
+        if not index.is_steered(host):
+            return False
+        o = override_memo.get(host)
+        if o is None:
+            o = override_memo[host] = never_steer(host, overrides)
+        return not o
+
+    def store(key: str, size: int, ts: float, source: str, heat: int, partition: int) -> bool:
+        plan = plan_space(quota, size, policy.used_bytes, _HUGE_DISK)
+        if plan.refused:
+            res.refused += 1
+            return False
+        if plan.free_bytes:
+            for victim in policy.evict(plan.free_bytes, ts):
+                res.evictions += 1
+                index.apply(CacheEvent(cache_key=victim, state="evicted", ts=ts))
+                admission.cache_event(partition_of.get(victim, partition), victim, "evicted")
+                if victim in pending_prefetch:
+                    pending_prefetch.discard(victim)
+                    res.prefetches_never_hit += 1
+        policy.insert(key, size, ts, heat)
+        index.apply(CacheEvent(cache_key=key, state="cached", size=size, ts=ts, source=source))
+        steered_ever.add(key_host(key))
+        partition_of[key] = partition
+        admission.cache_event(partition, key, "cached")
+        return True
+
+    fill_on, prefetch_on = setting.fill, setting.prefetch
+    for batch, nbytes in zip(prep.batches, prep.request_bytes, strict=True):
+        part = batch.bucket
+        statuses = batch.statuses or (0,) * len(batch.events)
+        for ev, b, st in zip(batch.events, nbytes, statuses, strict=True):
+            if ev.method == TLS:
+                res.tls_events += 1
+                continue
+            key, ts = ev.cache_key, ev.ts
+            res.requests += 1
+            res.bytes_requested += b
+            slot = series[min(bins - 1, int((ts - prep.t0) / span * bins))]
+            slot[0] += b
+            if key not in first_seen:
+                first_seen[key] = ts
+            host = key_host(key)
+            is_steered = steered(host)
+            if is_steered and key in policy:
+                res.hits += 1
+                res.bytes_local += b
+                slot[1] += b
+                policy.access(key, ts)
+                pending_prefetch.discard(key)
+                if key not in hit_once:
+                    hit_once.add(key)
+                    first_hit.append(ts - first_seen[key])
+                if on_request is not None:
+                    on_request(res.requests, True)
+                continue
+            if on_request is not None:
+                on_request(res.requests, False)
+            if is_steered and fill_on:
+                size = sizes[key]
+                status = st or 200
+                whole = b == size and not ev.range
+                mk = (ev.method, whole, status, size)
+                ok = fill_memo.get(mk)
+                if ok is None:
+                    headers = {"Range": ev.range} if ev.range or not whole else no_headers
+                    ok = may_fill(ev.method, headers, status, {"Content-Length": str(size)}, max_fill) == ""
+                    if len(fill_memo) > 100_000:
+                        fill_memo.clear()
+                    fill_memo[mk] = ok
+                if ok and key not in policy and store(key, size, ts, "fill", 0, part):
+                    res.fills += 1
+                    res.bytes_filled += size
+        for key, ts, clients in admission.fold(part, batch.events):
+            if not prefetch_on or key in policy:
+                continue
+            size = sizes[key]
+            if store(key, size, ts, "fetch", clients, part):
+                res.prefetches += 1
+                res.bytes_prefetched += size
+                pending_prefetch.add(key)
+                series[min(bins - 1, int((ts - prep.t0) / span * bins))][2] += size
+            else:
+                admission.cache_event(part, key, "failed")
+    res.prefetches_never_hit += len(pending_prefetch)
+    res.hosts_steered = len(steered_ever)
+    res.hosts_steered_end = sum(1 for h in index.hosts if not never_steer(h, overrides))
+    if first_hit:
+        first_hit.sort()
+        res.median_first_hit_s = first_hit[len(first_hit) // 2]
+    res.series = [(prep.t0 + i * span / bins, s[0], s[1], s[2]) for i, s in enumerate(series)]
+    if keep_hot and isinstance(admission, StreamsAdmission):
+        res.hot = list(admission.emitted)
+    if keep_hot:
+        res.cached_at_end = sorted(index.objects)
+    res.elapsed_s = time.perf_counter() - started
+    return res

@@ -1,0 +1,101 @@
+"""A grid of settings over one trace, in parallel processes, plus the baselines at each cache size."""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from heatcache.settings import Settings
+from replay import baselines
+from replay.baselines import Baseline, Req
+from replay.engine import Prepared, Result, Setting, run
+
+# What a forked worker reads: the prepared trace is handed over by fork (copy-on-write), not
+# pickled once per setting. Set only by run_grid, right before the pool starts.
+_SHARED: dict[str, Any] = {}
+
+
+def grid(windows: Sequence[int] = (3600, 6 * 3600, 24 * 3600), min_clients: Sequence[int] = (2, 3),
+         quotas: Sequence[int] = (0,), policies: Sequence[str] = ("heat",), fills: Sequence[bool] = (True,),
+         prefetches: Sequence[bool] = (True,), first_access: bool = False, half_life_s: float = 4 * 3600.0
+         ) -> list[Setting]:
+    """Every combination of the knobs (``first_access`` adds the fetch-on-first-access rule)."""
+    out = [Setting(window_s=w, min_clients=c, quota_bytes=q, policy=p, fill=f, prefetch=pf, half_life_s=half_life_s)
+           for w, c, q, p, f, pf in itertools.product(windows, min_clients, quotas, policies, fills, prefetches)]
+    if first_access:
+        out += [Setting(window_s=windows[0], min_clients=1, first_access=True, quota_bytes=q, policy=p, fill=f,
+                        prefetch=True, half_life_s=half_life_s)
+                for q, p, f in itertools.product(quotas, policies, fills)]
+    return out
+
+
+def _run_one(setting: Setting) -> Result:
+    return run(_SHARED["prep"], setting, _SHARED["base"])
+
+
+def run_grid(prep: Prepared, settings: Sequence[Setting], base: Settings, jobs: int = 0) -> list[Result]:
+    """Each setting in its own process (``jobs`` at once; 0 = one per CPU), results in order."""
+    jobs = jobs or os.cpu_count() or 1
+    if jobs <= 1 or len(settings) <= 1:
+        return [run(prep, s, base) for s in settings]
+    _SHARED.update(prep=prep, base=base)
+    try:
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=min(jobs, len(settings)), mp_context=ctx) as pool:
+            return list(pool.map(_run_one, settings))
+    finally:
+        _SHARED.clear()
+
+
+def requests_of(prep: Prepared) -> list[Req]:
+    """The trace as (ts, key, bytes) for the in-path baselines (host-level TLS events left out)."""
+    out = []
+    size = prep.object_size
+    for b in prep.batches:
+        for ev in b.events:
+            if ev.method != "TLS":
+                out.append(Req(ev.ts, ev.cache_key, size[ev.cache_key]))
+    out.sort(key=lambda r: r.ts)
+    return out
+
+
+@dataclass
+class Outcome:
+    """Everything one replay produced: the grid's results and the baselines per cache size."""
+
+    results: list[Result]
+    baselines: list[Baseline] = field(default_factory=list)
+    oracle: list[Result] = field(default_factory=list)
+    trace: dict[str, Any] = field(default_factory=dict)  # what was replayed (source, span, counts)
+
+    def recommended(self) -> Result | None:
+        """The applicable setting with the highest net savings (ties: byte hit ratio, then fewer
+        bytes prefetched)."""
+        ok = [r for r in self.results if Setting(**r.params).applicable]
+        if not ok:
+            return None
+        return max(ok, key=lambda r: (round(r.net_savings, 6), round(r.byte_hit_ratio, 6), -r.bytes_prefetched))
+
+
+def run_baselines(prep: Prepared, quotas: Sequence[int], base: Settings, with_libcachesim: bool = True,
+                  oracle: bool = True) -> tuple[list[Baseline], list[Result]]:
+    """No cache, in-path LRU/S3-FIFO, the offline ceiling and the oracle prefetcher per quota."""
+    reqs = requests_of(prep)
+    total = sum(r.size for r in reqs)
+    out = [Baseline("no cache", 0, len(reqs), 0, total, 0)]
+    oracles: list[Result] = []
+    for q in quotas:
+        cap = q if q > 0 else max(1, sum(prep.object_size.values()))
+        out.append(replace(baselines.store_lru(reqs, cap), capacity=q))
+        if with_libcachesim and baselines.libcachesim_available():
+            for policy in ("LRU", "S3FIFO"):
+                out.append(replace(baselines.libcachesim_run(reqs, cap, policy), capacity=q))
+        out.append(baselines.ceiling(reqs, q))
+        if oracle:
+            oracles.append(run(prep, Setting(quota_bytes=q, admission="oracle", policy="heat"), base))
+    return out, oracles

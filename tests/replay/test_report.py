@@ -1,0 +1,74 @@
+"""The report renders: CSV and JSON parse, its PNGs decode, and headless Chromium (Debian's
+`chromium`) loads the HTML page and saves a screenshot of it."""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+import subprocess
+from pathlib import Path
+
+import orjson
+from PIL import Image
+
+from heatcache.settings import Settings
+from replay import report
+from replay.engine import run
+from replay.grid import Outcome, grid, run_baselines
+from tests.replay.test_engine import ROWS, hand_trace
+
+
+def test_report_renders_in_chromium(base_settings: Settings, tmp_path: Path) -> None:
+    prep = hand_trace(ROWS)
+    settings = grid(windows=(3600, 86400), min_clients=(2, 3), quotas=(0, 300), fills=(True, False))
+    results = [run(prep, s, base_settings) for s in settings]
+    rows_b, oracles = run_baselines(prep, [0, 300], base_settings)
+    outcome = Outcome(results, rows_b, oracles, {"source": "hand", "requests": 6, "objects": 3, "hours": 0.01,
+                                                  "bytes_requested": 600})
+    text = report.table(outcome)
+    best = outcome.recommended()
+    assert best is not None and f"recommended: {best.setting}" in text and "apply with:  HEATCACHE_" in text
+    paths = report.write_all(outcome, tmp_path / "out")
+    with open(paths["csv"]) as fh:
+        table = list(csv.DictReader(fh))
+    assert len(table) == len(results) + len(oracles) + len(rows_b)
+    body = orjson.loads(paths["json"].read_bytes())
+    assert body["recommended"]["setting"] == best.setting and body["recommended"]["command"].startswith("HEATCACHE_")
+    for name in ("size", "time", "grid"):
+        with Image.open(paths[name]) as img:
+            img.load()
+            assert img.format == "PNG" and img.width > 300 and img.height > 150
+    page = paths["html"].read_text()
+    assert page.count("data:image/png;base64,") == 3 and best.setting in page and "src=\"http" not in page
+
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is missing: ./dev installs it"
+    shot = tmp_path / "shot.png"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                    "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,2400",
+                    f"--screenshot={shot}", paths["html"].resolve().as_uri()],
+                   check=True, capture_output=True, timeout=180)
+    with Image.open(io.BytesIO(shot.read_bytes())) as img:
+        img.load()
+        assert img.size == (1280, 2400)
+        colours = img.convert("L").getextrema()
+        assert colours[0] < 100 < colours[1]  # text and charts on a light page, not a blank frame
+
+
+def test_replay_command_on_a_file(tmp_path: Path, monkeypatch: object, capsys: object) -> None:
+    import pytest
+
+    from heatcache.cli import main
+    from tests.replay import samples
+
+    mp: pytest.MonkeyPatch = monkeypatch  # type: ignore[assignment]
+    mp.setenv("HEATCACHE_STATE_DIR", str(tmp_path / "state"))
+    log = samples.write("squid", tmp_path / "access.log")
+    out = tmp_path / "report"
+    assert main(["replay", "--file", str(log), "--windows", "3600", "--min-clients", "1,2", "--quotas", "0,1M",
+                 "--jobs", "1", "--out", str(out)]) == 0
+    text = capsys.readouterr().out  # type: ignore[attr-defined]
+    assert "recommended: " in text and "not replayed: bad-time=1, syntax=1" in text
+    assert {p.name for p in out.iterdir()} == {"replay.csv", "replay.json", "report.html", "size.png", "time.png",
+                                               "grid.png"}
