@@ -17,7 +17,6 @@ counts from zero again).
 
 from __future__ import annotations
 
-import ipaddress
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -288,8 +287,10 @@ def sample_from(catalog: Iterable[CatalogRow], edge: Mapping[str, Any], metrics:
     hits = edge_counters.get("hits", edge_counters.get("responses_total__hit"))
     misses = edge_counters.get("misses", edge_counters.get("responses_total__miss"))
     fetched = fetcher.get("fetched-bytes", fetcher.get("fetched_bytes_total"))
+    # the edge's own count of body bytes served (exact for ranges, immediate); else the catalog's
+    served = edge_counters.get("hit_bytes")
     return Sample(ts=now, hits=int(_num(hits)), misses=int(_num(misses)),
-                  hit_bytes=sum(host_bytes.values()),
+                  hit_bytes=int(_num(served)) if served is not None else sum(host_bytes.values()),
                   prefetched_bytes=max(prefetched_bytes, int(_num(fetched))),
                   host_hit_bytes=host_bytes, host_hits=host_hits, net_hit_bytes=nets)
 
@@ -391,15 +392,6 @@ def steering_view(cache: Mapping[str, CacheEvent], control: ControlState, edge: 
 
 
 # -- the whole page ------------------------------------------------------------------------------
-
-def named_networks(spec: Iterable[str]) -> dict[str, list[ipaddress.IPv4Network | ipaddress.IPv6Network]]:
-    """``name=cidr[|cidr...]`` entries -> name -> networks (validated by the settings)."""
-    out: dict[str, list[ipaddress.IPv4Network | ipaddress.IPv6Network]] = {}
-    for item in spec:
-        name, _, cidrs = item.partition("=")
-        out[name] = [ipaddress.ip_network(c, strict=False) for c in cidrs.split("|") if c]
-    return out
-
 
 def snapshot(model: Model, now: float, quota_bytes: int = 0, networks: Iterable[str] = (),
              never_steer: Iterable[str] = (), stale_s: float = 30.0) -> dict[str, Any]:

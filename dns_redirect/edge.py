@@ -39,6 +39,7 @@ from dns_redirect.route import FORWARDED, VIA, Hit, KeyMemo, Passthrough, Refuse
 from heatcache import contract
 from heatcache.cachekey import BadUrl, cache_key
 from heatcache.contract import CacheEvent
+from heatcache.networks import NetworkNamer
 from heatcache.resolve import ResolveError, make_async_resolver, resolve_origin_async
 from heatcache.safety import ForbiddenAddress
 from heatcache.settings import Settings
@@ -80,6 +81,7 @@ class Edge:
         self._fronts: set[HitFront] = set()
         self._room_tasks: set[asyncio.Task[None]] = set()
         self.tls_hosts: Callable[[], dict[str, dict[str, int]]] | None = None  # the TLS passthrough's per-host figures
+        self.networks = NetworkNamer(settings.console_networks)  # named client networks, for savings
 
     async def start(self, host: str, port: int, *, reuse_address: bool = True, backlog: int = 1024) -> None:
         """Listen on host:port: the hit front first, aiohttp behind it for everything else."""
@@ -88,7 +90,7 @@ class Edge:
         server = self._runner.server
         assert server is not None
         wiring = FrontWiring(self._route_head, self._open, self._book_hit, self._count, server,
-                             self.settings.edge_accel_prefix)
+                             self.settings.edge_accel_prefix, sent=self._hit_bytes)
         self._listener = await asyncio.get_running_loop().create_server(
             lambda: HitFront(wiring, self._fronts), host, port, reuse_address=reuse_address, backlog=backlog)
 
@@ -111,6 +113,13 @@ class Edge:
         self.counters["hits"] += 1
         n, _last = self.pending_hits.get(key, (0, 0.0))
         self.pending_hits[key] = (n + 1, time.time())
+
+    def _hit_bytes(self, length: int, peer: str) -> None:
+        """Body bytes served from the cache, in total and per named client network (the
+        console's savings; in the health answer's counters)."""
+        self.counters["hit_bytes"] += length
+        if self.networks:
+            self.counters["hit_bytes.net." + (self.networks.name(peer) or "other")] += length
 
     def _count(self, name: str) -> None:
         self.counters[name] += 1
@@ -250,6 +259,8 @@ class Edge:
                             h.get("If-None-Match", ""), h.get("If-Modified-Since", ""), h.get("Range", ""),
                             h.get("If-Range", ""))
             resp = web.StreamResponse(status=plan.status, headers=plan.headers)
+            if plan.status in (200, 206) and request.method != "HEAD":
+                self._hit_bytes(plan.length, request.remote or "")
             if plan.status != 304:  # a 304 carries neither a body nor a length
                 resp.content_length = plan.length if plan.status in (200, 206) else 0
             try:

@@ -126,6 +126,7 @@ class FrontWiring:
     handoff: Callable[[], asyncio.Protocol]  # aiohttp's protocol for the rest of a connection
     accel_prefix: str = ""  # nginx in front: answer X-Accel-Redirect instead of the body
     tails: _Tails = field(default_factory=_Tails)
+    sent: Callable[[int, str], None] | None = None  # (body bytes of a hit, client address): savings counters
 
     def answer(self, head: SimpleHead) -> tuple[bytes, int, int, int] | None:
         """A plain request the front can answer from disk: (head bytes, open file descriptor
@@ -162,11 +163,14 @@ class HitFront(asyncio.Protocol):
         self.busy = False  # a body is still being sent as the client makes room
         self.pending: tuple[int, int, int, bool] | None = None  # file, offset, end, keep-alive
         self.handed = False
+        self.peer = ""  # the client's address (per-network savings)
         self.last = time.monotonic()
         self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # a stream transport (uvloop's is not a subclass)
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if peer else ""
         raw = transport.get_extra_info("socket")
         # our own handle on the same socket (a dup), for send(MSG_MORE) and sendfile; asyncio's
         # wrapper forbids direct I/O. Used only while the transport's write buffer is empty.
@@ -223,6 +227,8 @@ class HitFront(asyncio.Protocol):
             self.buf = self.buf[end + 4:]
             self.last = time.monotonic()
             header, fd, start, length = hit
+            if self.wiring.sent is not None:
+                self.wiring.sent(length, self.peer)
             self._send(header, fd, start, length, head.keep_alive)
 
     def _send(self, header: bytes, fd: int, start: int, length: int, keep_alive: bool) -> None:

@@ -26,7 +26,16 @@ from dnslib import RCODE, DNSRecord
 from dns_redirect.answer import error_reply, steered_reply
 from dns_redirect.index import CacheIndex
 from dns_redirect.policy import ClientAcl, RateLimiter, ResponseCache, lane_networks, never_steer
-from dns_redirect.wire import CLASS_IN, QTYPE_A, QTYPE_AAAA, pack_address, parse_question, steered_answer
+from dns_redirect.wire import (
+    CLASS_IN,
+    QTYPE_A,
+    QTYPE_AAAA,
+    Question,
+    pack_address,
+    parse_question,
+    steered_answer,
+    truncated,
+)
 from heatcache.netutil import free_port_udp_tcp
 from heatcache.settings import Settings, parse_hostport
 
@@ -94,7 +103,7 @@ class DnsServer:
         self._health_task: asyncio.Task[None] | None = None
         self.port = settings.dns_port
         self._memo: dict[bytes, bytes] = {}
-        self._questions: dict[bytes, tuple[tuple[str, int, int, bool], int]] = {}
+        self._questions: dict[bytes, tuple[tuple[str, int, int, bool], Question]] = {}
         self._memo_gen: tuple[int, bool, bool] = (-1, False, False)
         self._v4 = pack_address(settings.node_address)
         self._v6 = pack_address(settings.node_address6)
@@ -133,12 +142,9 @@ class DnsServer:
         known = self._questions.get(body)  # a query seen before: skip parsing it again
         if known is not None and cache is not None:
             now = time.monotonic()
-            reply = cache.get_wire(known[0], raw, known[1], now)
-            if reply is not None and (known[0][3] or len(reply) <= 512):
-                self.counters["cache-hit"] += 1
-                if lane is not None:
-                    lane.learn(raw, reply, cache.rendered_until(known[0], now), CACHE_HIT)
-                return reply
+            reply = cache.get_wire(known[0], raw, known[1].end, now)
+            if reply is not None:
+                return self._cached_udp(raw, reply, known[0], known[1], now)
         q = parse_question(raw)
         if q is None:
             return FULL
@@ -154,15 +160,27 @@ class DnsServer:
             key = (q.name, q.qtype, q.qclass, q.edns)
             now = time.monotonic()
             reply = cache.get_wire(key, raw, q.end, now)
-            if reply is not None and (q.edns or len(reply) <= 512):
+            if reply is not None:
                 if len(self._questions) >= 50_000:
                     self._questions.clear()
-                self._questions[body] = (key, q.end)
-                self.counters["cache-hit"] += 1
-                if lane is not None:
-                    lane.learn(raw, reply, cache.rendered_until(key, now), CACHE_HIT)
-                return reply
+                self._questions[body] = (key, q)
+                return self._cached_udp(raw, reply, key, q, now)
         return FULL
+
+    def _cached_udp(self, raw: bytes, reply: bytes, key: tuple[str, int, int, bool], q: Question,
+                    now: float) -> bytes:
+        """A cached answer as this client may take it over UDP: whole when it fits the client's
+        limit (512, or its EDNS size), else truncated (TC, OPT kept: it retries over TCP). The
+        lane learns exactly what was sent, so it keeps each client's limit too."""
+        self.counters["cache-hit"] += 1
+        if len(reply) > q.udp_limit:
+            self.counters["truncated"] += 1
+            reply = truncated(reply, raw, q)
+        lane = self.lane
+        if lane is not None:
+            assert self.cache is not None
+            lane.learn(raw, reply, self.cache.rendered_until(key, now), CACHE_HIT)
+        return reply
 
     def lane_readable(self) -> None:
         """The UDP socket is readable: the lane answers what it knows, Python the rest."""
@@ -226,6 +244,10 @@ class DnsServer:
         if not checked and not self._allow(client):
             self.counters["rate-limited"] += 1
             return None  # dropping, not answering, gives a spoofed-source flood nothing to reflect
+        q = parse_question(raw)  # a plain A/AAAA question: the same bytes the UDP fast path sends
+        if q is not None and q.qclass == CLASS_IN and q.qtype in (QTYPE_A, QTYPE_AAAA) and self.is_steered(q.name):
+            self.counters["steered"] += 1
+            return steered_answer(raw, q, self._v4, self._v6, self.settings.dns_ttl)
         try:
             request = DNSRecord.parse(raw)
         except Exception:  # dnslib raises many types (DNSError, BufferError, struct.error...) on garbage
@@ -450,8 +472,9 @@ def _udp_limit(raw: bytes) -> int:
 
 
 def _truncate(reply: bytes) -> bytes:
-    """Header and question only, TC set: the client retries over TCP."""
+    """Header and question only (and the OPT, RFC 6891 7), TC set: the client retries over TCP."""
     record = DNSRecord.parse(reply)
-    record.rr, record.auth, record.ar = [], [], []
+    record.rr, record.auth = [], []
+    record.ar = [rr for rr in record.ar if rr.rtype == 41]
     record.header.tc = 1
     return bytes(record.pack())

@@ -58,7 +58,8 @@ function render(s) {
     el("td", {}, bytes(w.bytes_saved)), el("td", {}, bytes(w.prefetched_bytes)), el("td", {}, pct(w.byte_hit_ratio)),
     el("td", {}, bytes(w.net_saved_bytes)))));
   fill("savings-hosts", hour.hosts.map((h) => el("tr", {}, el("td", {}, h.host), el("td", {}, h.hits), el("td", {}, bytes(h.bytes_saved)))));
-  fill("savings-networks", hour.networks.map((n) => el("tr", {}, el("td", {}, n.network), el("td", {}, bytes(n.bytes_saved)))));
+  fill("savings-networks", hour.networks.map((n) => el("tr", { "data-network": n.network, "data-bytes": n.bytes_saved },
+    el("td", {}, n.network), el("td", {}, bytes(n.bytes_saved)))));
   drawChart(sv.chart);
 
   // stages

@@ -88,7 +88,7 @@ def running(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ru
     base = load_settings(state_dir=tmp / "state", topic_prefix=f"t{uuid.uuid4().hex[:10]}-",
                          client_id_secret="test-secret", kafka_bootstrap=kafka)
     settings = lab_settings(base, tmp / "state", port, dns.upstream, purge_token="purge-secret",
-                            console_refresh_s=0.3)
+                            console_refresh_s=0.3, console_networks=("lab-clients=127.0.1.0/24",))
     stack = Stack(settings, console=None)
     try:
         stack.start()
@@ -157,6 +157,10 @@ def test_browser_download_hits_and_purge(running: Running, tmp_path: Path) -> No
             page.wait_for_function(
                 f"() => Number(document.getElementById('bytes-saved-total').dataset.bytes) >= "
                 f"{saved_before + 2 * len(running.files['video.bin'])}", timeout=30_000)
+            # the edge counted those bytes under the clients' named network
+            page.wait_for_function(
+                "() => Number(document.querySelector('#savings-networks tr[data-network=\"lab-clients\"]')"
+                f"?.dataset.bytes || 0) >= {2 * len(running.files['video.bin'])}", timeout=30_000)
             page.screenshot(path=str(ARTIFACTS / "3-hits.png"), full_page=True)
 
             # Purge from the page: file gone, catalog says purged, CacheEvent(purged), next is a MISS.

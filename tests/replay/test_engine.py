@@ -115,3 +115,20 @@ def test_oracle_and_grid_in_processes(base_settings: Settings) -> None:
     best = Outcome(parallel, rows_b, oracles).recommended()
     assert best is not None and best.net_savings == max(r.net_savings for r in parallel)
     assert "HEATCACHE_HEAT_WINDOW_S=" in Setting(**best.params).apply_command()
+
+
+def test_shipped_defaults_never_lose_bytes_on_the_named_traces(base_settings: Settings) -> None:
+    # the traces bench/replay names, small: the shipped admission/eviction/fill defaults, with no
+    # quota and with a tenth of the working set, never cost more uplink bytes than they save
+    from replay.gen import make_trace, named_traces
+
+    shipped = base_settings
+    for named in named_traces(3000):
+        prep = prepare(list(batches(make_trace(named.params), shipped.kafka_partitions)))
+        ws = sum(prep.object_size.values())
+        for quota in (0, ws // 10):
+            s = Setting(window_s=shipped.heat_window_s, min_clients=shipped.heat_min_clients,
+                        min_requests=shipped.heat_min_requests, first_access=shipped.heat_first_access,
+                        quota_bytes=quota, half_life_s=shipped.cache_half_life_s, fill=shipped.edge_fill)
+            r = run(prep, s, shipped)
+            assert r.requests == 3000 and r.net_savings >= 0, (named.name, quota, r.net_savings)
