@@ -138,3 +138,32 @@ def test_inward_redirect_through_the_fetcher(kafka_settings: Settings, aria2: Ar
     cached = [m for m in read_topic(settings.kafka_bootstrap, settings.topic(contract.CACHE_EVENTS))
               if b'"cached"' in (m.value() or b"")]
     assert not cached
+
+
+def test_broker_down_past_the_delivery_timeout(base_settings: Settings, aria2: Aria2Daemon, tmp_path: Path) -> None:
+    """A private broker stopped while a download runs, for longer than the producer's
+    message.timeout.ms: the CacheEvent is produced again when it is back, none is lost."""
+    from heatcache.services.kafka import EmbeddedKafka, ensure_topics
+
+    broker = EmbeddedKafka(tmp_path / "kafka", heap_mb=256)
+    bootstrap = broker.start()
+    origin = TestOrigin().start()
+    body = os.urandom(900_000)
+    origin.routes["/slow.bin"] = Route(body, rate=300_000)  # ~3 s
+    settings = fetch_settings(base_settings.model_copy(update={"kafka_bootstrap": bootstrap}), aria2,
+                              fetch_producer_timeout_ms=1500)
+    try:
+        ensure_topics(bootstrap, settings)
+        url = origin.url("/slow.bin")
+        publish(settings, (url.encode(), hot(url)))
+        with running(settings) as fetcher:
+            wait_for(lambda: origin.sent["/slow.bin"] > 0, "the download to start")
+            broker.stop()
+            wait_for(lambda: fetcher.counters["redelivered"] > 0, "a delivery to time out")
+            broker.start()
+            events = wait_events(settings, {url})
+        assert events[url].state == "cached" and events[url].sha256 == hashlib.sha256(body).hexdigest()
+        assert origin.gets["/slow.bin"] == 1
+    finally:
+        origin.stop()
+        broker.stop()
