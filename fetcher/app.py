@@ -174,12 +174,15 @@ class Fetcher:
                 if not self.aria2_ok and now >= self.aria2_retry_at:
                     self._connect_aria2()
                 busy = len(self.jobs) >= 4 * s.fetch_max_concurrent + 64
-                msg = None if busy else self.consumer.poll(0.1)
+                # every message waiting, at once: a burst of hot URLs starts its downloads together
+                msgs = [] if busy else self.consumer.consume(256, 0.05)
                 if busy:
                     time.sleep(0.05)  # a full queue: let downloads finish before reading more
                 self.producer.poll(0)
-                if msg is not None:
+                for msg in msgs:
                     self._message(msg)
+                if msgs:
+                    self._advance(time.monotonic())
                 self._drain_workers()
                 self._drain_notifications()
                 self._advance(now)
