@@ -16,6 +16,7 @@ import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from console.model import CatalogRow
 from heatcache import contract
@@ -73,8 +74,8 @@ def purge_targets(action: Action, rows: Iterable[CatalogRow]) -> list[str]:
     if action.kind == "purge-prefix":
         return sorted({r.url for r in cached if r.url.startswith(action.subject)
                        or r.cache_key.startswith(action.subject)})
-    host = action.subject.lower().rstrip(".")
-    return sorted({r.url for r in cached if r.host.lower() == host})
+    host = action.subject.lower().rstrip(".")  # a host, or host:port as in the cache key
+    return sorted({r.url for r in cached if r.host.lower() == host or urlsplit(r.cache_key).netloc.lower() == host})
 
 
 class Actions:
@@ -101,13 +102,15 @@ class Actions:
         urls = purge_targets(action, self.rows() if action.kind != "purge-url" else [])
         results = [self.purge_url(u) for u in urls]
         purged = [r["cache_key"] for r in results if r.get("purged")]
-        return {"ok": bool(purged) or (action.kind != "purge-url" and not urls), "action": action.kind,
+        if not urls:
+            raise ActionError(f"nothing cached matches {action.subject!r}")
+        return {"ok": bool(purged), "action": action.kind,
                 "purged": purged, "not_cached": [r.get("cache_key", r.get("url")) for r in results
                                                  if not r.get("purged")]}
 
     def purge_url(self, url: str) -> dict[str, Any]:
         """One purge through the edge's API (same as `curl -X POST .../.heatcache/purge`)."""
-        token = self.settings.purge_token
+        token = self.settings.purge_token.get_secret_value()
         if not token:
             raise ActionError("purging is disabled: set HEATCACHE_PURGE_TOKEN (the edge's purge API token)")
         s = self.settings

@@ -179,7 +179,7 @@ class Edge:
 
     async def purge(self, request: web.Request) -> web.Response:
         """``POST /.heatcache/purge`` with ``Authorization: Bearer <token>`` and {"url": "..."}."""
-        token = self.settings.purge_token
+        token = self.settings.purge_token.get_secret_value()
         if not token:
             return web.Response(status=404, text="purge is disabled\n")
         given = request.headers.get("Authorization", "")

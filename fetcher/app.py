@@ -145,7 +145,8 @@ class Fetcher:
     # -- clients --------------------------------------------------------------------------
     def _aria2_client(self) -> aria2p.Client:
         s = self.settings
-        return aria2p.Client(host=s.aria2_rpc_host, port=s.aria2_rpc_port, secret=s.aria2_secret, timeout=5)
+        return aria2p.Client(host=s.aria2_rpc_host, port=s.aria2_rpc_port, secret=s.aria2_secret.get_secret_value(),
+                             timeout=5)
 
     def _producer(self) -> Producer:
         # Not idempotent: a CacheEvent sent twice is harmless (compacted, per key), and a message

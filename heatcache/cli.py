@@ -40,7 +40,7 @@ def cmd_sniff(settings: Settings, _args: argparse.Namespace) -> int:
     from heatcache.runner import Runner
     from sniffer.app import main
 
-    return Runner(settings, SNIFFER, bootstrap=_bootstrap(settings)).run(main)
+    return Runner(settings, SNIFFER, bootstrap=_bootstrap(settings), secrets=("client_id_secret",)).run(main)
 
 
 def cmd_streams(settings: Settings, _args: argparse.Namespace) -> int:
@@ -52,8 +52,13 @@ def cmd_streams(settings: Settings, _args: argparse.Namespace) -> int:
 def cmd_fetch(settings: Settings, _args: argparse.Namespace) -> int:
     from fetcher.app import Fetcher
     from heatcache.metrics import FETCHER
-    from heatcache.runner import Runner
+    from heatcache.runner import EX_CONFIG, Runner
+    from heatcache.settings import default_secrets
 
+    bad = default_secrets(settings, ("aria2_secret",))
+    if bad:
+        log.error("%s still holds the shipped default secret: set your own (or HEATCACHE_LAB_MODE=true)", bad[0])
+        return EX_CONFIG
     bootstrap = _bootstrap(settings)
     run = Runner(settings, FETCHER, bootstrap=bootstrap)
 
@@ -206,20 +211,25 @@ def cmd_nginx_conf(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
-    from heatcache.stack import STAGES, Stack
+    from heatcache.runner import EX_CONFIG, ConfigError
+    from heatcache.services.procs import StackRunning
+    from heatcache.stack import STAGES, PortTaken, Stack
 
     stages = [s for s in STAGES if s not in set(args.without or [])]
     stop = StopFlag().install()
     stack = Stack(settings, stages)
-    stack.start()
+    try:
+        stack.start()
+    except ConfigError as exc:
+        print(f"heatcache up: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except (PortTaken, StackRunning) as exc:
+        print(f"heatcache up: {exc}", file=sys.stderr)
+        return 1
     print(f"heatcache up: Kafka {stack.bootstrap}, DNS {settings.dns_host}:{settings.dns_port}, "
           f"edge {settings.edge_host}:{settings.edge_port}. Ctrl-C stops everything.", flush=True)
     try:
-        while not stop.wait(1.0):
-            dead = stack.failed()
-            if dead:
-                log.error("stage(s) %s exited; stopping the stack", ", ".join(dead))
-                return 1
+        stop.wait()  # the stack's supervisor restarts what dies and reports configuration errors
     finally:
         codes = stack.stop()
         print(f"heatcache stopped: {codes}", flush=True)

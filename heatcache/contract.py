@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -508,6 +509,9 @@ def bucket_of(cache_key: str, partitions: int) -> int:
     return zlib.crc32(cache_key.encode("utf-8", "surrogatepass")) % partitions
 
 
+_USERINFO = re.compile(r"://[^/@\s\"'?#]*@")
+
+
 def dead_letter_value(topic: str, partition: int, offset: int, reason: str, raw: bytes | None) -> bytes:
     """The value written to `dead-letter`: where the message came from, why, and its bytes."""
     return orjson.dumps(
@@ -517,6 +521,7 @@ def dead_letter_value(topic: str, partition: int, offset: int, reason: str, raw:
             "partition": partition,
             "offset": offset,
             "reason": reason,
-            "value": (raw or b"").decode("utf-8", "backslashreplace"),
+            # the bytes as received, except credentials of any URL in them (never carried on)
+            "value": _USERINFO.sub("://***@", (raw or b"").decode("utf-8", "backslashreplace")),
         }
     )

@@ -46,6 +46,7 @@ def lab_settings(base: Settings, state_dir: Path, port: int, upstream: str, **up
         "edge_host": NODE_IP, "edge_port": port, "dns_host": "127.0.0.1", "dns_port": free_port_udp_tcp(),
         "aria2_rpc_port": free_port(), "batch_linger_ms": 100, "catalog_url": "",
         "dns_health_interval_s": 0.5, "console_port": free_port(), "edge_tls_ports": (free_port(NODE_IP),),
+        "lab_mode": True,  # a lab: the shipped default secrets are fine
     }
     values.update(update)
     return base.model_copy(update=values)

@@ -31,7 +31,7 @@ def probe_dns(settings: Settings, timeout: float = 3.0) -> bool:
 
 def probe_aria2(settings: Settings, timeout: float = 3.0) -> bool:
     body = json.dumps({"jsonrpc": "2.0", "id": "probe", "method": "aria2.getVersion",
-                       "params": [f"token:{settings.aria2_secret}"]}).encode()
+                       "params": [f"token:{settings.aria2_secret.get_secret_value()}"]}).encode()
     url = f"{settings.aria2_rpc_host}:{settings.aria2_rpc_port}/jsonrpc"
     req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=timeout) as resp:

@@ -47,7 +47,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from heatcache import contract
 from heatcache.lifecycle import StopFlag, announce_ready
 from heatcache.metrics import StageMetrics, StageSpec, registry_for
-from heatcache.settings import Settings
+from heatcache.settings import Settings, default_secrets
 
 log = logging.getLogger("heatcache.runner")
 
@@ -114,8 +114,9 @@ class Runner:
     """Runs one stage: see the module docstring."""
 
     def __init__(self, settings: Settings, spec: StageSpec, counters: Counter[str] | None = None,
-                 bootstrap: str | None = None) -> None:
+                 bootstrap: str | None = None, secrets: Iterable[str] = ()) -> None:
         self.settings = settings
+        self.secrets = tuple(secrets)  # settings that must not hold the shipped default (ConfigError)
         self.stage = spec.stage
         self.metrics = StageMetrics(spec, counters)
         self.counters = self.metrics.counters
@@ -196,6 +197,10 @@ class Runner:
         self.stop.on_stop(self._arm_deadline)
         code = 0
         try:
+            bad = default_secrets(self.settings, self.secrets)
+            if bad:
+                raise ConfigError(f"{', '.join(bad)} still hold the shipped default secret: set your own "
+                                  "(or HEATCACHE_LAB_MODE=true on a lab machine)")
             self._start_outputs()
             body()
         except ConfigError as exc:

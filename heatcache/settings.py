@@ -7,6 +7,7 @@ configuration of its own. Invalid values fail at start-up with a message naming 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -64,7 +65,9 @@ class Settings(BaseSettings):
     metrics_bind: str = "0.0.0.0"  # address /metrics and /health listen on
     metrics_interval_s: float = Field(default=10.0, ge=0)  # `metrics` topic snapshot period; 0 = off
     stop_deadline_s: float = Field(default=10.0, gt=0)  # after SIGTERM, long work is interrupted after this
-    client_id_secret: str = "change-me"  # HMAC key for pseudonymous client ids
+    # a lab or test machine: the shipped default secrets are accepted (never on a real node)
+    lab_mode: bool = False
+    client_id_secret: SecretStr = SecretStr("change-me")  # HMAC key for pseudonymous client ids
     client_id_rotation_s: int = Field(default=7 * 86400, ge=60)
     ignore_addresses: Annotated[tuple[str, ...], NoDecode] = ()  # e.g. the cache node itself: no feedback loop
     batch_max_events: int = Field(default=500, ge=1)
@@ -99,7 +102,7 @@ class Settings(BaseSettings):
     # -- fetcher
     aria2_rpc_host: str = "http://127.0.0.1"
     aria2_rpc_port: int = Field(default=6800, ge=0, le=65535)
-    aria2_secret: str = "heatcache"
+    aria2_secret: SecretStr = SecretStr("heatcache")
     max_object_bytes: int = Field(default=4 * 1024**3, ge=1)
     fetch_timeout_s: float = Field(default=600.0, gt=0)
     allow_private_origins: bool = False  # only for labs and tests: origins on private addresses
@@ -141,7 +144,7 @@ class Settings(BaseSettings):
     never_steer_hosts: Annotated[tuple[str, ...], NoDecode] = ()  # always resolved normally
     edge_health_url: str = ""  # default http://<node_address>:<edge_port>/.heatcache/health
     dns_health_interval_s: float = Field(default=0.0, ge=0)  # 0 = a third of the steered TTL
-    purge_token: str = ""  # bearer token for the edge's purge API; empty = purge disabled
+    purge_token: SecretStr = SecretStr("")  # bearer token for the edge's purge API; empty = purge disabled
     edge_fill: bool = True  # store cacheable misses of steered hosts as they pass through the edge
     edge_host: str = "127.0.0.1"
     edge_port: int = Field(default=8080, ge=0, le=65535)
@@ -248,6 +251,13 @@ class Settings(BaseSettings):
             raise ValueError("must start with sqlite:/// or mysql://")
         return value
 
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Settings:
+        """A copy with ``update`` validated like the environment is (pydantic's own copy skips
+        validation: a plain string would stand where a SecretStr belongs)."""
+        if not update:
+            return super().model_copy(deep=deep)
+        return type(self).model_validate({**dict(self), **update})
+
     # -- derived values
     @property
     def cache_root(self) -> Path:
@@ -283,6 +293,19 @@ class Settings(BaseSettings):
         """Full topic name for a logical one ('requests', 'hot-urls', ...)."""
         field = "topic_" + name.replace("-", "_")
         return self.topic_prefix + str(getattr(self, field))
+
+
+# Secrets as shipped: a node started with one of these would be keyed like every other install.
+DEFAULT_SECRETS = {"client_id_secret": "change-me", "aria2_secret": "heatcache"}
+
+
+def default_secrets(settings: Settings, names: Iterable[str] = tuple(DEFAULT_SECRETS)) -> list[str]:
+    """The HEATCACHE_* variables among ``names`` that still hold the shipped default secret
+    (empty in lab mode): start-up refuses them."""
+    if settings.lab_mode:
+        return []
+    return [f"HEATCACHE_{n.upper()}" for n in names
+            if getattr(settings, n).get_secret_value() == DEFAULT_SECRETS[n]]
 
 
 def parse_hostport(text: str, default_port: int) -> tuple[str, int]:

@@ -68,7 +68,7 @@ class EventMaker:
     @classmethod
     def from_settings(cls, settings: Settings) -> EventMaker:
         return cls(KeyRules.load(settings.cache_key_rules),
-                   ClientHasher(settings.client_id_secret.encode(), settings.client_id_rotation_s,
+                   ClientHasher(settings.client_id_secret.get_secret_value().encode(), settings.client_id_rotation_s,
                                 raw=settings.client_id_raw),
                    Filters(frozenset(settings.ignore_addresses), settings.ignore_hosts, settings.ignore_paths))
 

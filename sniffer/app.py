@@ -40,7 +40,7 @@ def build_parser(settings: Settings, counters: Counter[str] | None = None) -> Fr
     return FrameParser(
         ports=frozenset(settings.sniff_ports),
         rules=KeyRules.load(settings.cache_key_rules),
-        hasher=ClientHasher(settings.client_id_secret.encode(), settings.client_id_rotation_s,
+        hasher=ClientHasher(settings.client_id_secret.get_secret_value().encode(), settings.client_id_rotation_s,
                             raw=settings.client_id_raw),
         counters=counters if counters is not None else Counter(),
         tls_ports=frozenset(settings.sniff_tls_ports),

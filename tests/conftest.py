@@ -43,7 +43,7 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def base_settings(tmp_path: Path) -> Settings:
     """Settings isolated in tmp_path with a unique topic prefix (environment ignored)."""
     return load_settings(state_dir=tmp_path / "state", topic_prefix=f"t{uuid.uuid4().hex[:10]}-",
-                         client_id_secret="test-secret")
+                         client_id_secret="test-secret", lab_mode=True)
 
 
 @pytest.fixture

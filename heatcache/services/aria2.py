@@ -7,7 +7,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from heatcache.netutil import free_port, terminate, wait_for_port
+from heatcache.netutil import free_port, port_is_free, terminate, wait_for_port
+from heatcache.services.procs import port_owner, with_parent_death
 
 
 class Aria2SetupError(RuntimeError):
@@ -46,8 +47,12 @@ class Aria2Daemon:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if not self.port:
             self.port = free_port()
+        elif not port_is_free(self.port):
+            # never talk to someone else's aria2c (or whatever holds the port) with our secret
+            raise Aria2SetupError(f"aria2 RPC port {self.port} is held by {port_owner(self.port) or 'another process'}")
         log = open(self.state_dir / "aria2c.log", "ab")
-        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(with_parent_death(self.command()), stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
         log.close()
         if not wait_for_port("127.0.0.1", self.port, timeout, alive=self.proc):
             self.stop()

@@ -15,6 +15,7 @@ import dns.message
 import dns.query
 
 from heatcache.netutil import free_port_udp_tcp, terminate
+from heatcache.services.procs import with_parent_death
 
 
 class DnsmasqSetupError(RuntimeError):
@@ -56,7 +57,8 @@ class Dnsmasq:
                 "--log-facility=-", "--cache-size=1000", "--local-ttl=60"]
         args += [f"--address=/{name}/{ip}" for name, ip in self.records.items()]
         args += [f"--txt-record={name},{','.join(texts)}" for name, texts in self.txt.items()]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        self.proc = subprocess.Popen(with_parent_death(args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     start_new_session=True)
         deadline = time.monotonic() + timeout
         name = next(iter(self.records), "heatcache.invalid")
         while time.monotonic() < deadline:

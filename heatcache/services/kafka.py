@@ -27,6 +27,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from heatcache import contract
 from heatcache.netutil import free_port, port_is_free, terminate, wait_for_port
+from heatcache.services.procs import port_owner, with_parent_death
 from heatcache.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,8 @@ class EmbeddedKafka:
         saved = self.data_dir / "ports"
         if self.requested_port:
             broker = self.requested_port
+            if not port_is_free(broker):
+                raise KafkaSetupError(f"Kafka port {broker} is held by {port_owner(broker) or 'another process'}")
             ctrl = int(saved.read_text().split()[1]) if saved.exists() else free_port()
         elif saved.exists():
             broker, ctrl = map(int, saved.read_text().split())
@@ -183,8 +186,8 @@ class EmbeddedKafka:
             if proc.returncode != 0:
                 raise KafkaSetupError(f"formatting Kafka storage failed:\n{proc.stdout}{proc.stderr}")
         out = open(self.data_dir / "broker.log", "ab")
-        self.proc = subprocess.Popen([*java, "kafka.Kafka", str(config)], stdout=out, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(with_parent_death([*java, "kafka.Kafka", str(config)]), stdout=out,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
         out.close()
         deadline = time.monotonic() + timeout
         if not wait_for_port("127.0.0.1", self.port, timeout, alive=self.proc):

@@ -14,6 +14,7 @@ from pathlib import Path
 import pymysql
 
 from heatcache.netutil import free_port, terminate
+from heatcache.services.procs import with_parent_death
 
 
 class MariaDBSetupError(RuntimeError):
@@ -58,9 +59,10 @@ class MariaDB:
         self.port = free_port()
         log = open(self.base_dir / "mariadbd.log", "ab")
         self.proc = subprocess.Popen(
-            [server, "--no-defaults", f"--datadir={self.datadir}", f"--socket={self.socket}", f"--port={self.port}",
-             "--bind-address=127.0.0.1", "--user=root", "--skip-log-bin", "--innodb-buffer-pool-size=32M",
-             f"--pid-file={self.base_dir / 'mariadbd.pid'}"],
+            with_parent_death(
+                [server, "--no-defaults", f"--datadir={self.datadir}", f"--socket={self.socket}", f"--port={self.port}",
+                 "--bind-address=127.0.0.1", "--user=root", "--skip-log-bin", "--innodb-buffer-pool-size=32M",
+                 f"--pid-file={self.base_dir / 'mariadbd.pid'}"]),
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()

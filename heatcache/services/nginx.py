@@ -10,6 +10,7 @@ from pathlib import Path
 
 from heatcache.netutil import terminate, wait_for_port
 from heatcache.nginxconf import standalone
+from heatcache.services.procs import with_parent_death
 from heatcache.settings import Settings
 
 
@@ -34,7 +35,7 @@ class NginxFront:
         conf.write_text(standalone(self.settings, f"{self.host}:{self.port}", str(self.workdir)))
         output = self.workdir / "output.log"  # what nginx says before its error_log is open
         with open(output, "wb") as out:
-            self.proc = subprocess.Popen([binary, "-c", str(conf), "-p", str(self.workdir)],
+            self.proc = subprocess.Popen(with_parent_death([binary, "-c", str(conf), "-p", str(self.workdir)]),
                                          stdout=out, stderr=subprocess.STDOUT)
         if not wait_for_port(self.host, self.port, timeout, self.proc):
             said = "".join(p.read_text(errors="replace") for p in (output, self.workdir / "error.log") if p.exists())

@@ -176,5 +176,9 @@ def test_actions_parse_and_purge_targets() -> None:
     rows = [CatalogRow(K1, K1, "a.test", 1, "cached", 0), CatalogRow(K2, K2, "a.test", 1, "purged", 0),
             CatalogRow(K3, K3, "b.test", 1, "cached", 0)]
     assert purge_targets(parse_action({"action": "purge-host", "subject": "A.test"}), rows) == [K1]
+    assert purge_targets(parse_action({"action": "purge-host", "subject": "b.test:80"}), rows) == []
+    rows.append(CatalogRow("http://c.test:8080/x", "http://c.test:8080/x", "c.test", 1, "cached", 0))
+    assert purge_targets(parse_action({"action": "purge-host", "subject": "c.test:8080"}), rows) == [
+        "http://c.test:8080/x"]
     assert purge_targets(parse_action({"action": "purge-prefix", "subject": "http://b.test/"}), rows) == [K3]
     assert purge_targets(parse_action({"action": "purge-url", "subject": K2}), rows) == [K2]

@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from heatcache import contract
 from heatcache.kafkautil import read_topic
 from heatcache.services.aria2 import Aria2Daemon
@@ -35,7 +37,7 @@ def wait_for(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None
 
 
 def fetch_settings(base: Settings, aria2: Aria2Daemon, **more: object) -> Settings:
-    return base.model_copy(update={"aria2_rpc_port": aria2.port, "aria2_secret": "s3cret",
+    return base.model_copy(update={"aria2_rpc_port": aria2.port, "aria2_secret": SecretStr("s3cret"),
                                    "allow_private_origins": True, "upstream_dns": ("127.0.0.1:9",),
                                    "fetch_retry_base_s": 0.2, **more})
 

@@ -54,3 +54,14 @@ def test_parse_hostport() -> None:
     assert parse_hostport("[::1]:54", 53) == ("::1", 54)
     with pytest.raises(ValueError):
         parse_hostport("resolver.example", 53)
+
+
+def test_secrets_are_secret_and_defaults_refused_outside_labs() -> None:
+    from heatcache.settings import default_secrets
+
+    s = load_settings(lab_mode=False)
+    assert "change-me" not in repr(s) and "heatcache'" not in repr(s)
+    assert default_secrets(s) == ["HEATCACHE_CLIENT_ID_SECRET", "HEATCACHE_ARIA2_SECRET"]
+    assert default_secrets(s.model_copy(update={"lab_mode": True})) == []
+    mine = s.model_copy(update={"aria2_secret": "mine", "client_id_secret": "mine too"})
+    assert mine.aria2_secret.get_secret_value() == "mine" and default_secrets(mine) == []

@@ -261,8 +261,11 @@ def test_env_ports_and_probes_match_the_code(rendered: dict[str, list[Obj]], ove
             assert any(ipaddress.ip_address("127.0.0.1") in ipaddress.ip_network(n) for n in s.dns_client_networks)
         if stage == "edge":
             serves.add((s.edge_port, "TCP"))
+            serves |= {(p, "TCP") for p in s.edge_tls_ports}
             assert s.edge_host == "0.0.0.0"
         assert set(ports) == serves, f"{stage}: container ports {set(ports)} but the stage serves {serves}"
+        # non-root without NET_BIND_SERVICE: nothing binds below 1024 (Services map 53, 80, 443)
+        assert all(p >= 1024 for p, _ in serves), f"{stage} binds a privileged port: {serves}"
         for probe_kind in ("readinessProbe", "livenessProbe"):
             probe = c[probe_kind]
             target = probe.get("httpGet") or probe.get("tcpSocket")
@@ -284,6 +287,9 @@ def test_env_ports_and_probes_match_the_code(rendered: dict[str, list[Obj]], ove
             edge_svc = [svc for svc in of_kind(objs, "Service") if svc["spec"].get("type") == "LoadBalancer"
                         and any(p["port"] == 80 for p in svc["spec"]["ports"])]
             assert len(edge_svc) == 1
+            # clients reach HTTP on 80 and TLS on 443 of the node's address
+            assert {(p["port"], p["targetPort"]) for p in edge_svc[0]["spec"]["ports"]} == {
+                (80, ports[(s.edge_port, "TCP")]), *((443, ports[(p, "TCP")]) for p in s.edge_tls_ports)}
             assert edge_svc[0]["metadata"]["annotations"]["metallb.io/loadBalancerIPs"] == s.node_address
     assert seen == {"sniff", "streams", "fetch", "dns", "edge"}
 
@@ -329,3 +335,26 @@ def test_image_is_configurable_and_pinned(rendered: dict[str, list[Obj]], overla
 def test_the_not_yet_on_runner_list_is_true() -> None:
     done = {stage for stage in NOT_YET_ON_RUNNER if RUNNER_SPEC[stage] in ALL_STAGES}
     assert not done, f"{done} now run on the runner: drop them from NOT_YET_ON_RUNNER"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_kafka_users_name_real_topics_and_every_client_has_one(rendered: dict[str, list[Obj]], overlay: str) -> None:
+    objs = rendered[overlay]
+    topics = {t["spec"]["topicName"] for t in of_kind(objs, "KafkaTopic")}
+    users = {u["metadata"]["name"]: u for u in of_kind(objs, "KafkaUser")}
+    for name, user in users.items():
+        assert user["spec"]["authentication"]["type"] == "tls", name
+        for acl in user["spec"]["authorization"]["acls"]:
+            res = acl["resource"]
+            if res["type"] != "topic":
+                continue
+            if res["patternType"] == "literal":
+                assert res["name"] in topics, f"{name}: ACL on unknown topic {res['name']}"
+            else:
+                assert any(t.startswith(res["name"]) for t in topics), f"{name}: prefix {res['name']} matches nothing"
+    # every stage container's client certificate is a KafkaUser's Secret
+    for w, c, stage in stage_containers(objs):
+        mounts = {m["name"]: m["mountPath"] for m in c.get("volumeMounts", [])}
+        vols = {v["name"]: v for v in pod_spec(w)["volumes"]}
+        (user_vol,) = [n for n, p in mounts.items() if p == "/etc/heatcache/kafka-user"]
+        assert vols[user_vol]["secret"]["secretName"] in users, stage

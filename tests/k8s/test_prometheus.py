@@ -36,9 +36,10 @@ def prom(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prome
     base = free_port_run(len(STAGES))
     settings = load_settings(
         state_dir=work / "state", topic_prefix=f"t{uuid.uuid4().hex[:10]}-", kafka_bootstrap=kafka,
-        client_id_secret="test-secret", metrics_port=base, metrics_interval_s=1.0, dns_port=free_port_udp_tcp(),
+        client_id_secret="test-secret", aria2_secret="test-aria2", lab_mode=True, metrics_port=base,
+        metrics_interval_s=1.0, dns_port=free_port_udp_tcp(),
         edge_port=free_port(), aria2_rpc_port=free_port(), console_port=free_port(), sniff_ports=(free_port(),),
-        dns_health_interval_s=0.5,
+        dns_health_interval_s=0.5, edge_tls_ports=(free_port(),),
     )
     with Stack(settings, console=None):
         targets = {stage: f"127.0.0.1:{base + STAGES.index(stage)}" for stage in scraped_stages()}

@@ -20,7 +20,8 @@ def test_every_format_reads_the_same_requests(fmt: str, base_settings: Settings,
     path = samples.write(fmt, tmp_path / f"log.{fmt}")
     trace, used = read_file(path, base_settings)
     assert used == fmt
-    hasher = ClientHasher(base_settings.client_id_secret.encode(), base_settings.client_id_rotation_s)
+    hasher = ClientHasher(base_settings.client_id_secret.get_secret_value().encode(),
+                          base_settings.client_id_rotation_s)
     assert [e.ts for e in trace.events] == [r[0] for r in samples.REQUESTS]
     assert [e.cache_key for e in trace.events] == samples.KEYS  # the key rules drop utm_source
     assert [e.client for e in trace.events] == [hasher.client_id(r[1], r[0]) for r in samples.REQUESTS]

@@ -21,7 +21,7 @@ def test_every_format_round_trips_through_requests(kafka_settings: Settings, tmp
     mp: pytest.MonkeyPatch = monkeypatch  # type: ignore[assignment]
     for name, value in (("KAFKA_BOOTSTRAP", kafka_settings.kafka_bootstrap),
                         ("TOPIC_PREFIX", kafka_settings.topic_prefix), ("STATE_DIR", str(tmp_path / "state")),
-                        ("CLIENT_ID_SECRET", kafka_settings.client_id_secret)):
+                        ("CLIENT_ID_SECRET", kafka_settings.client_id_secret.get_secret_value())):
         mp.setenv("HEATCACHE_" + name, value)
     topic = kafka_settings.topic(contract.REQUESTS)
     files = {}
