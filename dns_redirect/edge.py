@@ -299,7 +299,9 @@ class Edge:
         except ResolveError as exc:
             self.counters["miss.unresolved"] += 1
             return web.Response(status=502, text=f"cannot resolve origin: {exc}\n")
-        if address in (self.settings.node_address, self.settings.node_address6) and port == self.edge_port(request):
+        # the origin resolving to this node is a loop whatever the port (behind a Service the edge's
+        # own port is not the one clients use)
+        if address in (self.settings.node_address, self.settings.node_address6):
             self.counters["refused.loop"] += 1
             return web.Response(status=508, text="origin resolves to this edge\n")
         literal = f"[{address}]" if ":" in address else address
@@ -427,7 +429,3 @@ class Edge:
             self.producer.produce(self.settings.topic(contract.CACHE_EVENTS), key=event.cache_key.encode(),
                                   value=contract.encode(event))
             self.producer.poll(0)
-
-    def edge_port(self, request: web.Request) -> int:
-        sockname = request.transport.get_extra_info("sockname") if request.transport else None
-        return int(sockname[1]) if sockname else self.settings.edge_port

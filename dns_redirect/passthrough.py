@@ -298,7 +298,7 @@ class TlsPassthrough:
         except ResolveError:
             client.refuse(Refuse(502, "tls-unresolved", ""), host)
             return
-        if address in (s.node_address, s.node_address6) and client.port in s.edge_tls_ports:
+        if address in (s.node_address, s.node_address6):  # a loop, whatever port (the node behind a Service)
             client.refuse(Refuse(508, "tls-loop", ""), host)
             return
         loop = asyncio.get_running_loop()

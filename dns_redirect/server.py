@@ -97,7 +97,9 @@ class DnsServer:
         self.edge_healthy = not health_check
         self.health_check = health_check
         # the operator's kill switch (`control` topic: steering stopped): answer every name normally
-        self.steering_stopped = False
+        self.steering_stopped = not settings.dns_steering
+        # a trial on some client networks only: everyone else resolves steered names normally
+        self.steer_acl = ClientAcl(settings.dns_steer_networks) if settings.dns_steer_networks else None
         self._transports: list[asyncio.BaseTransport] = []
         self._tcp: asyncio.Server | None = None
         self._health_task: asyncio.Task[None] | None = None
@@ -132,10 +134,13 @@ class DnsServer:
             self._memo_gen = gen
         body = raw[2:]
         lane = self.lane
+        limited = self.steer_acl is not None  # the lane cannot tell clients apart: it learns no steered name
         tail = self._memo.get(body)
         if tail is not None:
+            if limited and not self._steers(client):
+                return FULL  # steered for others: this client is answered normally
             self.counters["steered"] += 1
-            if lane is not None:  # e.g. the lane's table overflowed and was cleared
+            if lane is not None and not limited:  # e.g. the lane's table overflowed and was cleared
                 lane.learn(raw, raw[:2] + tail, _FOREVER, STEERED)
             return raw[:2] + tail
         cache = self.cache
@@ -149,11 +154,13 @@ class DnsServer:
         if q is None:
             return FULL
         if q.qclass == CLASS_IN and q.qtype in (QTYPE_A, QTYPE_AAAA) and self.is_steered(q.name):
+            if limited and not self._steers(client):
+                return FULL
             self.counters["steered"] += 1
             answer = steered_answer(raw, q, self._v4, self._v6, self.settings.dns_ttl)
             if len(self._memo) < 50_000:
                 self._memo[body] = answer[2:]
-            if lane is not None:
+            if lane is not None and not limited:
                 lane.learn(raw, answer, _FOREVER, STEERED)
             return answer
         if cache is not None:
@@ -177,7 +184,7 @@ class DnsServer:
             self.counters["truncated"] += 1
             reply = truncated(reply, raw, q)
         lane = self.lane
-        if lane is not None:
+        if lane is not None and not (self.steer_acl is not None and self.is_steered(key[0])):
             assert self.cache is not None
             lane.learn(raw, reply, self.cache.rendered_until(key, now), CACHE_HIT)
         return reply
@@ -231,6 +238,10 @@ class DnsServer:
             return self.lane.allow(client)
         return self.limiter.allow(client, time.monotonic())
 
+    def _steers(self, client: str) -> bool:
+        """Whether this client's steered names are steered (a trial limited to some networks)."""
+        return self.steer_acl is None or self.steer_acl.allowed(client)
+
     def is_steered(self, name: str) -> bool:
         return (self.edge_healthy and not self.steering_stopped and self.index.is_steered(name)
                 and not never_steer(name, self.settings.never_steer_hosts))
@@ -245,7 +256,9 @@ class DnsServer:
             self.counters["rate-limited"] += 1
             return None  # dropping, not answering, gives a spoofed-source flood nothing to reflect
         q = parse_question(raw)  # a plain A/AAAA question: the same bytes the UDP fast path sends
-        if q is not None and q.qclass == CLASS_IN and q.qtype in (QTYPE_A, QTYPE_AAAA) and self.is_steered(q.name):
+        steers = self._steers(client)
+        if (q is not None and q.qclass == CLASS_IN and q.qtype in (QTYPE_A, QTYPE_AAAA) and steers
+                and self.is_steered(q.name)):
             self.counters["steered"] += 1
             return steered_answer(raw, q, self._v4, self._v6, self.settings.dns_ttl)
         try:
@@ -257,7 +270,8 @@ class DnsServer:
             self.counters["malformed"] += 1
             return None
         s = self.settings
-        reply = steered_reply(request, self.is_steered, s.node_address, s.node_address6, s.dns_ttl)
+        reply = steered_reply(request, self.is_steered if steers else _never, s.node_address, s.node_address6,
+                              s.dns_ttl)
         if reply is not None:
             self.counters["steered"] += 1
             return bytes(reply.pack())
@@ -443,6 +457,10 @@ class DnsServer:
         if self._tcp is not None:
             self._tcp.close()
             await self._tcp.wait_closed()
+
+
+def _never(_name: str) -> bool:
+    return False
 
 
 _FOREVER = float("inf")  # steered answers hold until the index or the edge's health changes

@@ -126,7 +126,7 @@ async def _serve_dns(run: Runner, index: CacheIndex) -> None:
     def switch(state: ControlState) -> None:
         if state.steering_stopped != server.steering_stopped:
             log.warning("steering %s by the operator", "STOPPED" if state.steering_stopped else "started")
-        server.steering_stopped = state.steering_stopped
+        server.steering_stopped = state.steering_stopped or not run.settings.dns_steering
 
     def on_change(state: ControlState) -> None:  # on the follower's thread
         loop.call_soon_threadsafe(switch, state)

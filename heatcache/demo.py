@@ -58,6 +58,8 @@ def run_demo(base: Settings, verbose: bool = False, clients: int = 5) -> int:
                       f"cache node {NODE_IP}, {clients} clients; starting the stack (Kafka, aria2c, 5 stages)...")
         stack = Stack(settings, console=sys.stdout if verbose else None).start()
         console.print(f"stack up in {time.monotonic() - started:.0f}s (Kafka at {stack.bootstrap})")
+        if "console" in stack.children:
+            console.print(f"operator console: http://{settings.console_host}:{settings.console_port}/")
         dns_addr = (settings.dns_host, settings.dns_port)
         sources = client_sources(clients)
         replies: Counter[str] = Counter()

@@ -83,7 +83,7 @@ class Settings(BaseSettings):
     heat_step_s: int = Field(default=0, ge=0)  # pane of the hopping window (window_s a multiple); 0 = about window/24
     heat_grace_s: int = Field(default=300, ge=0)  # events this far behind the watermark still count
     heat_expiry_s: int = Field(default=0, ge=0)  # state kept behind the watermark; 0 = window + grace
-    heat_sketch_p: int = Field(default=12, ge=4, le=18)  # HyperLogLog registers 2^p (1.6% error at 12)
+    heat_sketch_p: int = Field(default=10, ge=4, le=18)  # HyperLogLog registers 2^p (3.3% error at 10)
     heat_first_access: bool = False  # admit every key on its first request (costs uplink: see DESIGN)
     heat_rules: Path | None = None  # JSON rules file: overrides per host / path pattern, allow / deny
     heat_retry_base_s: float = Field(default=60.0, gt=0)  # failed fetch: re-emit after base * 2^(n-1)
@@ -151,6 +151,9 @@ class Settings(BaseSettings):
     # with nginx in front: hits answer "X-Accel-Redirect: <prefix><object path>" and nginx sends
     # the file from an internal location aliased to the cache's objects; empty = the edge sends
     edge_accel_prefix: str = ""
+    # -- switching steering on safely (steer): off entirely, or only for some client networks
+    dns_steering: bool = True  # false: no name is steered (the `control` topic cannot turn it on)
+    dns_steer_networks: Annotated[tuple[str, ...], NoDecode] = ()  # only these clients are steered; empty = all
     # -- TLS passthrough on the cache node (steer): HTTPS to a steered host is spliced to its
     # origin by the ClientHello's SNI, never terminated; empty = no TLS listener
     edge_tls_ports: Annotated[tuple[int, ...], NoDecode] = (443,)
@@ -190,7 +193,7 @@ class Settings(BaseSettings):
         return value
 
     @field_validator("ignore_addresses", "upstream_dns", "ignore_hosts", "ignore_paths", "dns_client_networks",
-                     "never_steer_hosts", "origin_allow_networks", mode="before")
+                     "never_steer_hosts", "origin_allow_networks", "dns_steer_networks", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -211,7 +214,7 @@ class Settings(BaseSettings):
             raise ValueError("each port must be in 1..65535")
         return value
 
-    @field_validator("dns_client_networks", "origin_allow_networks")
+    @field_validator("dns_client_networks", "origin_allow_networks", "dns_steer_networks")
     @classmethod
     def _check_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for item in value:

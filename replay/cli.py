@@ -87,6 +87,9 @@ def add_replay_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=int, default=0, help="settings run at once (default: one per CPU)")
     p.add_argument("--no-baselines", action="store_true", help="skip LRU/S3-FIFO/ceiling/oracle")
     p.add_argument("--out", type=Path, default=Path("replay-report"), help="directory for CSV, JSON and HTML")
+    p.add_argument("--shadow", action="store_true",
+                   help="also run a real streams worker on a prefixed copy of the range with the recommended "
+                        "setting and compare its HotUrls with the simulated ones (needs Kafka)")
 
 
 def _time(text: str) -> float:
@@ -147,4 +150,19 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     if bad:
         print("not replayed: " + ", ".join(f"{k}={v}" for k, v in sorted(bad.items())))
     print(f"report: {paths['html']} (CSV {paths['csv']}, JSON {paths['json']})")
+    if args.shadow:
+        if not settings.kafka_bootstrap:
+            return main_error("heatcache replay: --shadow needs HEATCACHE_KAFKA_BOOTSTRAP")
+        from replay.engine import Setting
+        from replay.shadow import shadow
+
+        best = outcome.recommended()
+        candidate = Setting(**best.params) if best is not None else settings_grid[0]
+        result = shadow(batch_list, candidate, settings)
+        print(result.summary())
+        for key, ts in (result.only_simulated + result.only_emitted)[:10]:
+            print(f"  differs: {key} @ {ts:.3f}")
+        if not result.identical:
+            print("the shadow worker's last log lines:\n" + result.worker_log)
+        return 0 if result.identical else 1
     return 0

@@ -181,19 +181,21 @@ class PartitionHeat:
         by_key: dict[str, list[RequestEvent]] = {}
         by_host: dict[str, list[RequestEvent]] = {}
         late = 0
+        host_get, key_get = by_host.get, by_key.get
         for ev in batch:
-            if ev.ts < too_old:
+            ts, _client, method, host, _path, _url, ck = ev[:7]
+            if ts < too_old:
                 late += 1
                 continue
-            group = by_host.get(ev.host)
+            group = host_get(host)
             if group is None:
-                by_host[ev.host] = [ev]
+                by_host[host] = [ev]
             else:
                 group.append(ev)
-            if ev.method in ADMISSIBLE:  # TLS and other methods: heat of the host only
-                group = by_key.get(ev.cache_key)
+            if method == "GET" or method == "HEAD":  # TLS and other methods: heat of the host only
+                group = key_get(ck)
                 if group is None:
-                    by_key[ev.cache_key] = [ev]
+                    by_key[ck] = [ev]
                 else:
                     group.append(ev)
         for name, group in by_host.items():
@@ -256,6 +258,12 @@ class PartitionHeat:
         """Decide again for a key whose cache state changed (evicted while still hot, a failed
         fetch whose back-off has passed): admission without a new request."""
         kh = self.keys.get(cache_key)
+        if kh is None and self._load is not None:
+            kh = self.key(cache_key)  # its slot may not be loaded since a restart
+            if not kh.panes:  # no heat here: nothing to re-check
+                del self.keys[cache_key]
+                self._slot_keys.get(self.slot_of(cache_key), set()).discard(cache_key)
+                return None
         if kh is None:
             return None
         decision = self.decide(cache_key, kh)

@@ -136,3 +136,33 @@ def test_aaaa_with_a_node_v6_address(upstream: Dnsmasq, tmp_path: Path) -> None:
         for transport in ("+notcp", "+tcp"):
             reply = dig(srv.port, "AAAA", "cdn.lab.test", transport)
             assert reply.answer == ["cdn.lab.test. 7 IN AAAA 2001:db8::10"] and reply.authority == []
+
+
+@pytest.mark.parametrize("fastlane", [True, False], ids=["compiled-lane", "python-lane"])
+def test_steering_limited_to_listed_client_networks(upstream: Dnsmasq, tmp_path: Path, fastlane: bool) -> None:
+    """A campus trials steering on one subnet: its clients are steered, every other client gets
+    the origin's answer, however often each asks (the lane must not replay one to the other)."""
+    settings = load_settings(state_dir=tmp_path, dns_port=0, node_address="192.0.2.10", dns_fastlane=fastlane,
+                             upstream_dns=(upstream.upstream,), dns_steer_networks=("127.0.5.0/24",))
+    index = CacheIndex()
+    index.apply(CacheEvent("http://origin.lab.test/a", "cached", path="objects/aa/a"))
+    srv = DnsServer(settings, index, health_check=False)
+    with on_loop_thread(srv.start, srv.stop):
+        for _ in range(3):
+            for transport in ("+notcp", "+tcp"):
+                trial = dig(srv.port, "A", "origin.lab.test", transport, "-b", "127.0.5.9")
+                other = dig(srv.port, "A", "origin.lab.test", transport, "-b", "127.0.0.1")
+                assert [a.split()[-1] for a in trial.answer] == ["192.0.2.10"], trial
+                assert [a.split()[-1] for a in other.answer] == ["127.0.0.2"], other
+
+
+def test_the_steering_setting_switches_it_all_off(upstream: Dnsmasq, tmp_path: Path) -> None:
+    settings = load_settings(state_dir=tmp_path, dns_port=0, node_address="192.0.2.10", dns_steering=False,
+                             upstream_dns=(upstream.upstream,))
+    index = CacheIndex()
+    index.apply(CacheEvent("http://origin.lab.test/a", "cached", path="objects/aa/a"))
+    srv = DnsServer(settings, index, health_check=False)
+    with on_loop_thread(srv.start, srv.stop):
+        for transport in ("+notcp", "+tcp", "+notcp"):
+            reply = dig(srv.port, "A", "origin.lab.test", transport)
+            assert [a.split()[-1] for a in reply.answer] == ["127.0.0.2"], reply

@@ -21,7 +21,7 @@ from heatcache.settings import Settings, SettingsError, load_settings
 from ops import k8s as gen
 from ops.topics import all_topics, co_partitioned
 from tests.k8s import strimzi_api
-from tests.k8s.conftest import OVERLAYS
+from tests.k8s.conftest import K8S, OVERLAYS
 
 K8S_VERSION = "1.33.0"  # the Kubernetes release the built-in objects are validated against
 STRIMZI_GROUP = "kafka.strimzi.io"
@@ -358,3 +358,22 @@ def test_kafka_users_name_real_topics_and_every_client_has_one(rendered: dict[st
         vols = {v["name"]: v for v in pod_spec(w)["volumes"]}
         (user_vol,) = [n for n, p in mounts.items() if p == "/etc/heatcache/kafka-user"]
         assert vols[user_vol]["secret"]["secretName"] in users, stage
+
+
+def test_every_secret_the_manifests_read_is_documented(rendered: dict[str, list[Obj]]) -> None:
+    """docs/operations.md tells the operator how to create each Secret and key (Strimzi makes the rest)."""
+    doc = (K8S.parent / "docs" / "operations.md").read_text()
+    for overlay in OVERLAYS:
+        objs = rendered[overlay]
+        strimzi_made = {u["metadata"]["name"] for u in of_kind(objs, "KafkaUser")}
+        strimzi_made.add(f"{gen.CLUSTER}-cluster-ca-cert")
+        for w in of_kind(objs, *WORKLOADS):
+            for c in [*pod_spec(w).get("initContainers", []), *pod_spec(w)["containers"]]:
+                for item in c.get("env", []):
+                    ref = item.get("valueFrom", {}).get("secretKeyRef")
+                    if ref and ref["name"] not in strimzi_made:
+                        documented = ref["name"] in doc and f"--from-literal={ref['key']}=" in doc
+                        assert documented, f"{overlay}: {ref} not in the docs"
+            for v in pod_spec(w)["volumes"]:
+                if "secret" in v:
+                    assert v["secret"]["secretName"] in strimzi_made | set(doc.split()), v
