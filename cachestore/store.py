@@ -208,6 +208,21 @@ class ObjectStore:
                 return None
             return self._drop(entry, state, time.time() if now is None else now, reason)
 
+    def purge(self, *, key: str = "", prefix: str = "", host: str = "", now: float | None = None) -> list[CacheEvent]:
+        """Delete every cached object matching one key, a key prefix or a host; their
+        CacheEvent(purged) for the caller to publish (what `heatcache purge` and the edge's API do)."""
+        if sum(map(bool, (key, prefix, host))) != 1:
+            raise ValueError("purge needs exactly one of key, prefix, host")
+        at = time.time() if now is None else now
+        with self._locked():
+            if key:
+                rows = [e for e in [self.catalog.get(key)] if e is not None and e.state == "cached"]
+            elif host:
+                rows = [e for e in self.catalog.by_host(host.lower().rstrip(".")) if e.state == "cached"]
+            else:
+                rows = [e for e in self.catalog.cached() if e.cache_key.startswith(prefix)]
+            return [self._drop(e, "purged", at, "purge") for e in rows]
+
     def make_room(self, need_bytes: int, now: float | None = None) -> list[CacheEvent]:
         """Evict lowest-ranked objects until ``need_bytes`` are free (a full disk elsewhere)."""
         with self._locked():

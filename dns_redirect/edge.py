@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
+import errno
 import hmac
 import logging
 import os
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -28,8 +27,11 @@ import aiohttp
 from aiohttp import web
 from confluent_kafka import Producer
 
-from cachestore.catalog import Catalog, Entry
-from cachestore.paths import object_relpath, resolve_in_root
+from cachestore import open_store
+from cachestore.catalog import Catalog, open_catalog
+from cachestore.coherence import fresh_until, refuse_to_store
+from cachestore.paths import resolve_in_root
+from cachestore.store import ObjectMeta, PendingObject, StoreRefused
 from dns_redirect.front import FrontWiring, HitFront, OpenObjects
 from dns_redirect.hits import SimpleHead, etag_for, http_date, may_fill, plan_hit
 from dns_redirect.index import CacheIndex
@@ -62,6 +64,10 @@ class Edge:
         self.rules = rules
         self.catalog = catalog
         self.producer = producer
+        # the one writer of the cache (quota, eviction, atomic rename, catalog row); without a
+        # catalog of its own (tests) the edge keeps one at the settings' catalog URL
+        self.store = open_store(settings, catalog if catalog is not None else open_catalog(settings.catalog)) \
+            if settings.edge_fill else None
         self.root = settings.cache_root.resolve()
         self.resolver = make_async_resolver(settings.upstream_dns)
         self.counters: Counter[str] = Counter()
@@ -73,6 +79,7 @@ class Edge:
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
         self._fronts: set[HitFront] = set()
+        self._room_tasks: set[asyncio.Task[None]] = set()
         self.tls_hosts: Callable[[], dict[str, dict[str, int]]] | None = None  # the TLS passthrough's per-host figures
         self.networks = NetworkNamer(settings.console_networks)  # named client networks, for savings
 
@@ -193,14 +200,15 @@ class Edge:
         event = CacheEvent(cache_key=key, state="purged", url=entry.url, host=entry.host,
                            node=self.settings.node_name, ts=time.time())
         self.index.apply(event)  # misses from now on, before the topic comes back round
-        with contextlib.suppress(ValueError, OSError):
-            resolve_in_root(self.root, entry.path).unlink()
-        if self.catalog is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self.catalog.set_state, key, "purged")
-        if self.producer is not None:
-            self.producer.produce(self.settings.topic(contract.CACHE_EVENTS), key=key.encode(),
-                                  value=contract.encode(event))
-            self.producer.poll(0)
+        if self.store is not None:  # the store deletes the file and marks the row
+            stored = await asyncio.get_running_loop().run_in_executor(None, self.store.remove, key, "purged")
+            event = stored or event
+        else:
+            with contextlib.suppress(ValueError, OSError):
+                resolve_in_root(self.root, entry.path).unlink()
+            if self.catalog is not None:
+                await asyncio.get_running_loop().run_in_executor(None, self.catalog.set_state, key, "purged")
+        self._announce(event)
         self.counters["purged"] += 1
         log.info("purged %s", key)
         return web.json_response({"purged": True, "cache_key": key})
@@ -310,15 +318,18 @@ class Edge:
                 out_headers["X-Cache"] = "MISS"
                 resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=out_headers)
                 await resp.prepare(request)
-                fill = None
-                if key and store and self.settings.edge_fill:
+                fill: PendingObject | None = None
+                if key and store and self.store is not None:
                     reason = may_fill(request.method, request.headers, upstream.status, upstream.headers,
-                                      self.settings.max_object_bytes)
+                                      self.store.quota.object_cap())
+                    shared = refuse_to_store(request.headers, upstream.status, upstream.headers)
+                    if not reason and shared:  # e.g. a Cookie on the request and no public/s-maxage
+                        reason = "cookie" if "Cookie" in request.headers else "request"
                     if reason:
                         self.counters["fill.skipped." + reason] += 1
                     else:
                         try:
-                            fill = _Fill(self.root, key)
+                            fill = self.store.begin(key)
                         except OSError as exc:  # a full or failing disk: the client still gets its bytes
                             self._fill_failed(key, exc)
                 try:
@@ -332,7 +343,7 @@ class Edge:
                             held = chunk
                             if fill is not None:
                                 try:
-                                    kept = fill.add(chunk, self.settings.max_object_bytes)
+                                    kept = fill.add(chunk)
                                 except OSError as exc:  # ENOSPC, EIO: drop the copy, keep streaming
                                     fill.abort()
                                     fill = None
@@ -347,6 +358,10 @@ class Edge:
                         if length is None or int(length) == fill.size:
                             try:
                                 await self._finish_fill(fill, key, host, request, upstream.headers)
+                            except StoreRefused as exc:  # over the quota with nothing to evict, ...
+                                log.info("in-path store of %s refused: %s", key, exc.reason)
+                                self.counters["fill.skipped.quota"] += 1
+                                fill.abort()
                             except Exception as exc:  # storing is a bonus: the client still gets its bytes
                                 log.warning("in-path store of %s failed: %s", key, exc)
                                 self.counters["fill.failed"] += 1
@@ -374,62 +389,43 @@ class Edge:
     def _fill_failed(self, key: str, exc: OSError) -> None:
         log.warning("in-path store of %s dropped: %s", key, exc)
         self.counters["fill.failed.disk"] += 1
+        if exc.errno == errno.ENOSPC and self.store is not None:  # the disk filled from elsewhere: make room
+            task = asyncio.get_running_loop().create_task(self._make_room())
+            self._room_tasks.add(task)
+            task.add_done_callback(self._room_tasks.discard)
 
-    async def _finish_fill(self, fill: _Fill, key: str, host: str, request: web.Request,
+    async def _make_room(self) -> None:
+        assert self.store is not None
+        try:
+            events = await asyncio.get_running_loop().run_in_executor(None, self.store.enforce)
+        except Exception as exc:  # a database outage: the next fill tries again
+            log.warning("eviction after a full disk failed: %s", exc)
+            return
+        for event in events:
+            self.index.apply(event)
+            self._announce(event)
+
+    async def _finish_fill(self, fill: PendingObject, key: str, host: str, request: web.Request,
                            headers: Mapping[str, str]) -> None:
-        """Move the stored copy into place and announce it like a fetched object."""
-        rel = fill.commit()
+        """Store the copy through the cache store (quota, eviction, atomic rename, catalog row) and
+        announce it like a fetched object, with whatever it evicted."""
+        assert self.store is not None
         url = f"http://{request.headers.get('Host', host)}{request.raw_path}"
         now = time.time()
-        event = CacheEvent(cache_key=key, state="cached", url=url, host=host, path=rel, size=fill.size,
-                           sha256=fill.digest.hexdigest(), etag=headers.get("ETag", ""),
-                           last_modified=headers.get("Last-Modified", ""),
-                           content_type=headers.get("Content-Type", ""), node=self.settings.node_name, ts=now,
-                           source="fill")
-        self.index.apply(event)  # the next request is a hit, before the topic comes back round
-        if self.catalog is not None:
-            entry = Entry(key, url, host, rel, fill.size, event.sha256, event.etag, event.last_modified,
-                          event.content_type, "cached", now)
-            await asyncio.get_running_loop().run_in_executor(None, self.catalog.upsert, entry)
+        meta = ObjectMeta(url, host, headers.get("ETag", ""), headers.get("Last-Modified", ""),
+                          headers.get("Content-Type", ""), headers.get("Cache-Control", ""),
+                          fresh_until(headers, now), source="fill")
+        result = await asyncio.get_running_loop().run_in_executor(None, self.store.commit_pending, fill, meta, now)
+        for event in result.events:
+            self.index.apply(event)  # the next request is a hit, before the topic comes back round
+            self._announce(event)
+        self.counters["fill.stored"] += 1
+        self.counters["fill.bytes"] += result.event.size
+        self.counters["fill.evicted"] += len(result.evicted)
+        log.info("stored in path: %s (%d bytes)", key, result.event.size)
+
+    def _announce(self, event: CacheEvent) -> None:
         if self.producer is not None:
-            self.producer.produce(self.settings.topic(contract.CACHE_EVENTS), key=key.encode(),
+            self.producer.produce(self.settings.topic(contract.CACHE_EVENTS), key=event.cache_key.encode(),
                                   value=contract.encode(event))
             self.producer.poll(0)
-        self.counters["fill.stored"] += 1
-        self.counters["fill.bytes"] += fill.size
-        log.info("stored in path: %s (%d bytes)", key, fill.size)
-
-
-class _Fill:
-    """A copy of a passing response being written to a temporary file next to the objects."""
-
-    def __init__(self, root: Path, key: str) -> None:
-        self.root = root
-        self.rel = object_relpath(key)
-        tmp = root / "tmp"
-        tmp.mkdir(parents=True, exist_ok=True)
-        self.path = tmp / f"fill-{uuid.uuid4().hex}"
-        self.fh = open(self.path, "wb")
-        self.digest = hashlib.sha256()
-        self.size = 0
-
-    def add(self, chunk: bytes, limit: int) -> bool:
-        self.size += len(chunk)
-        if self.size > limit:
-            return False
-        self.fh.write(chunk)
-        self.digest.update(chunk)
-        return True
-
-    def commit(self) -> str:
-        self.fh.close()
-        final = resolve_in_root(self.root, self.rel)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self.path, final)  # atomic: a reader sees the old file or the whole new one
-        return self.rel
-
-    def abort(self) -> None:
-        with contextlib.suppress(OSError):  # closing flushes: on a full disk that fails too
-            self.fh.close()
-        with contextlib.suppress(OSError):
-            self.path.unlink()

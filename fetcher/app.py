@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import shutil
 import threading
@@ -51,10 +52,11 @@ from heatcache import contract
 from heatcache.cachekey import BadUrl
 from heatcache.contract import CacheEvent, DecodeError, FetchProgress, HotUrl
 from heatcache.control import ControlFollower
-from heatcache.kafkautil import consumer, producer, publish_metrics
+from heatcache.kafkautil import consumer, producer
 from heatcache.lifecycle import StopFlag, announce_ready
 from heatcache.redirects import HopRefused
 from heatcache.resolve import ResolveError, make_async_resolver, resolve_origin
+from heatcache.runner import Runner
 from heatcache.safety import ForbiddenAddress, check_origin_address
 from heatcache.settings import Settings
 
@@ -106,8 +108,10 @@ class Job(Owed):
 class Fetcher:
     """Consumes `hot-urls`; each object is fetched at most once while cached."""
 
-    def __init__(self, settings: Settings, bootstrap: str, catalog: Catalog | None = None) -> None:
+    def __init__(self, settings: Settings, bootstrap: str, catalog: Catalog | None = None,
+                 runner: Runner | None = None) -> None:
         self.settings = settings
+        self.runner = runner
         self.bootstrap = bootstrap
         self.root = settings.cache_root.resolve()
         self.tmp = self.root / "tmp"
@@ -119,7 +123,7 @@ class Fetcher:
         self.aria2 = self._aria2_client()
         self.producer = self._producer()
         self.consumer = consumer(bootstrap, settings.topic_prefix + "heatcache-fetcher")
-        self.counters: Counter[str] = Counter()
+        self.counters: Counter[str] = runner.counters if runner is not None else Counter()
         self.jobs: dict[str, Job] = {}
         self.owed: dict[str, Owed] = {}  # dead letters waiting for their acknowledgement
         self.by_gid: dict[str, str] = {}
@@ -160,7 +164,10 @@ class Fetcher:
         self.control = ControlFollower(self.bootstrap, s.topic(contract.CONTROL))
         self.control.start()
         self.control.wait_ready(10)  # a pause switched before this start holds from the first message
-        announce_ready("fetch")
+        if self.runner is not None:
+            self.runner.ready()
+        else:
+            announce_ready("fetch")
         last_metrics = last_sweep = time.monotonic()
         try:
             while not stop.is_set():
@@ -168,12 +175,15 @@ class Fetcher:
                 if not self.aria2_ok and now >= self.aria2_retry_at:
                     self._connect_aria2()
                 busy = len(self.jobs) >= 4 * s.fetch_max_concurrent + 64
-                msg = None if busy else self.consumer.poll(0.1)
+                # every message waiting, at once: a burst of hot URLs starts its downloads together
+                msgs = [] if busy else self.consumer.consume(256, 0.05)
                 if busy:
                     time.sleep(0.05)  # a full queue: let downloads finish before reading more
                 self.producer.poll(0)
-                if msg is not None:
+                for msg in msgs:
                     self._message(msg)
+                if msgs:
+                    self._advance(time.monotonic())
                 self._drain_workers()
                 self._drain_notifications()
                 self._advance(now)
@@ -181,9 +191,9 @@ class Fetcher:
                 if now - last_sweep >= s.fetch_progress_interval_s:
                     last_sweep = now
                     self._sweep()
-                if now - last_metrics > 10:
+                if now - last_metrics > 5:
                     last_metrics = now
-                    publish_metrics(self.producer, s, "fetcher", {**dict(self.counters), "jobs": len(self.jobs)})
+                    self._gauges()
         finally:
             self._stopping.set()
             if self.control is not None:
@@ -198,6 +208,29 @@ class Fetcher:
             self.catalog.close()
             log.info("fetcher stopped: %s (%d jobs left to the next start)", dict(self.counters), len(self.jobs))
         return self.counters
+
+    def _gauges(self) -> None:
+        """The gauges the runner's /metrics and snapshots read (the cache's size from the catalog)."""
+        c = self.counters
+        c["jobs"] = len(self.jobs)
+        c["downloads"] = sum(1 for j in self.jobs.values() if j.state == "running")
+        c["cache-quota"] = self.store.quota.max_bytes
+        with contextlib.suppress(OSError):
+            st = os.statvfs(self.root)
+            c["cache-free"] = st.f_bavail * st.f_frsize
+        try:
+            c["cache-used"] = self.store.used_bytes()
+            self._health_ok("catalog")
+        except CatalogUnavailable as exc:
+            self._degraded("catalog", str(exc))
+
+    def _degraded(self, dependency: str, reason: str) -> None:
+        if self.runner is not None:
+            self.runner.health.degraded(dependency, reason)
+
+    def _health_ok(self, dependency: str) -> None:
+        if self.runner is not None:
+            self.runner.health.ok(dependency)
 
     def _drain_deliveries(self) -> None:
         self.producer.poll(0)
@@ -282,6 +315,7 @@ class Fetcher:
     def _delay(self, job: Job, why: str) -> None:
         """A dependency is down: try this step again after a back-off (no attempt used up)."""
         job.delays += 1
+        self._degraded(why.split(":")[0].split()[0], why)
         job.not_before = time.monotonic() + backoff(job.delays, 0.5, cap=10.0)
         self.counters["delays"] += 1
         log.warning("%s: %s; retrying", job.key, why)
@@ -361,11 +395,13 @@ class Fetcher:
                     known[str(d["dir"])] = d
         except ARIA2_ERRORS as exc:
             self.aria2_retry_at = time.monotonic() + 2.0
+            self._degraded("aria2", f"unreachable: {exc}")
             if self.counters["aria2-down"] % 10 == 0:
                 log.warning("aria2c unreachable (%s); retrying", exc)
             self.counters["aria2-down"] += 1
             return
         self.aria2_ok = True
+        self._health_ok("aria2")
         for job in self.jobs.values():
             if job.state != "running" or not job.gid:
                 continue
@@ -385,6 +421,7 @@ class Fetcher:
     def _aria2_lost(self, exc: BaseException) -> None:
         if self.aria2_ok:
             log.warning("lost aria2c: %s; waiting for it", exc)
+            self._degraded("aria2", str(exc))
         self.aria2_ok = False
         self.aria2_retry_at = time.monotonic() + 1.0
 
@@ -405,7 +442,7 @@ class Fetcher:
                 job.gid = self.aria2.add_uri([job.pre.pinned], options={
                     "dir": str(job.dir), "out": "object", "header": [f"Host: {job.pre.hop.host_header}"],
                     "max-tries": "2", "retry-wait": "1", "connect-timeout": "10", "timeout": "30",
-                    "continue": "true", "allow-overwrite": "true", "auto-file-renaming": "false",
+                    "continue": "true", "allow-overwrite": "false", "auto-file-renaming": "false",
                     "remote-time": "true", "user-agent": "heatcache-fetcher",
                 })
         except aria2p.ClientException as exc:

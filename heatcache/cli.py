@@ -51,15 +51,21 @@ def cmd_streams(settings: Settings, _args: argparse.Namespace) -> int:
 
 def cmd_fetch(settings: Settings, _args: argparse.Namespace) -> int:
     from fetcher.app import Fetcher
-    from heatcache.runner import EX_CONFIG
+    from heatcache.metrics import FETCHER
+    from heatcache.runner import EX_CONFIG, Runner
     from heatcache.settings import default_secrets
 
     bad = default_secrets(settings, ("aria2_secret",))
     if bad:
         log.error("%s still holds the shipped default secret: set your own (or HEATCACHE_LAB_MODE=true)", bad[0])
         return EX_CONFIG
-    Fetcher(settings, _bootstrap(settings)).run(StopFlag().install())
-    return 0
+    bootstrap = _bootstrap(settings)
+    run = Runner(settings, FETCHER, bootstrap=bootstrap)
+
+    def main(run: Runner) -> None:
+        Fetcher(settings, bootstrap, runner=run).run(run.stop)
+
+    return run.run(main)
 
 
 def _serve(settings: Settings, stage: str) -> int:
@@ -315,6 +321,50 @@ def _replay_args(name: str, p: argparse.ArgumentParser) -> None:
         replay_cli.add_replay_args(p)
 
 
+def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
+    """Purge cached objects by URL, URL prefix or host through the cache store; each announced on
+    `cache-events` (acknowledged by the broker before the command returns)."""
+    from cachestore import open_store
+    from cachestore.catalog import open_catalog
+    from heatcache import contract
+    from heatcache.cachekey import BadUrl, KeyRules, cache_key
+    from heatcache.kafkautil import producer
+
+    target = args.target
+    catalog = open_catalog(settings.catalog)
+    try:
+        store = open_store(settings, catalog)
+        if args.host:
+            events = store.purge(host=target)
+        elif args.prefix:
+            events = store.purge(prefix=target)
+        else:
+            scheme, _, rest = target.partition("://")
+            authority, slash, tail = rest.partition("/")
+            try:
+                key = cache_key(authority, slash + tail if slash else "/", KeyRules.load(settings.cache_key_rules),
+                                scheme or "http")
+            except BadUrl as exc:
+                raise UsageError(f"not a URL: {exc}") from exc
+            events = store.purge(key=key)
+    finally:
+        catalog.close()
+    prod = producer(_bootstrap(settings))
+    failed: list[str] = []
+    for event in events:
+        prod.produce(settings.topic(contract.CACHE_EVENTS), key=event.cache_key.encode(),
+                     value=contract.encode(event),
+                     on_delivery=lambda err, msg: failed.append(str(err)) if err is not None else None)
+    left = prod.flush(30)
+    for event in events:
+        print(f"purged {event.cache_key} ({event.size} bytes)")
+    print(f"{len(events)} object(s) purged")
+    if left or failed:
+        print(f"warning: {left + len(failed)} purge event(s) not acknowledged by the broker", file=sys.stderr)
+        return 1
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], int], str]] = {
     "sniff": (cmd_sniff, "capture HTTP requests and publish them to Kafka"),
     "streams": (cmd_streams, "the Faust app: windowed heat, hot-url emission"),
@@ -327,6 +377,7 @@ COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], int], str]] =
     "demo": (cmd_demo, "the stack plus a sample origin and clients; prints what happened"),
     "console": (cmd_console, "the operator's live web page (HEATCACHE_CONSOLE_HOST/PORT)"),
     "status": (cmd_status, "what the stack does now, in the terminal (--watch, --json)"),
+    "purge": (cmd_purge, "purge cached objects by URL, --prefix URL or --host HOST (announced on cache-events)"),
     "control": (cmd_control, "prefetch pause|resume, steering stop|start, pin X always|never|none, purge X"),
     "trace": (cmd_trace, "trace import FILE: load an access log or capture into the requests topic"),
     "replay": (cmd_replay, "run the production decisions over recorded traffic and report what they save"),
@@ -339,6 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_fn, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text)
+        if name == "purge":
+            p.add_argument("target", help="a URL (its cache key), a URL prefix with --prefix, a host with --host")
+            group = p.add_mutually_exclusive_group()
+            group.add_argument("--prefix", action="store_true", help="every cached URL starting with TARGET")
+            group.add_argument("--host", action="store_true", help="every cached URL of host TARGET")
         if name == "up":
             p.add_argument("--without", action="append",
                            choices=["streams", "fetch", "dns", "edge", "sniff", "console"],

@@ -323,7 +323,9 @@ EDGE = StageSpec("edge", (
             keys={"fill.stored": "stored", "fill.failed": "failed", "fill.failed.disk": "failed-disk"}),
     counter("heatcache_edge_fill_skipped_total", "Misses not stored while passing through, by reason",
             label="reason", prefix="fill.skipped.",
-            values=("method", "status", "request", "cookie", "cache-control", "encoded", "vary", "size", "short")),
+            values=("method", "status", "request", "cookie", "cache-control", "encoded", "vary", "size", "short",
+                    "quota")),
+    counter("heatcache_edge_fill_evictions_total", "Objects evicted to make room for in-path stores", "fill.evicted"),
     counter("heatcache_edge_fill_bytes_total", "Bytes stored in-path", "fill.bytes"),
     counter("heatcache_edge_purged_total", "Objects purged through the purge API", "purged"),
     counter("heatcache_edge_client_gone_total", "Clients that hung up mid-answer", "client-gone"),
@@ -368,6 +370,29 @@ STREAMS = StageSpec("streams", (
     gauge("heatcache_streams_hosts", "Hosts with heat in memory (per partition)", "hosts"),
 ))
 
+FETCHER = StageSpec("fetcher", (
+    counter("heatcache_fetcher_fetches_total", "Hot URLs settled, by result", label="result",
+            keys={"fetched": "cached", "failed": "failed", "already-cached": "already_cached"}),
+    counter("heatcache_fetcher_fetched_bytes_total", "Bytes of objects fetched and stored", "fetched-bytes"),
+    counter("heatcache_fetcher_joined_total", "Hot URLs for an object already being fetched (one download)", "joined"),
+    counter("heatcache_fetcher_retries_total", "Download attempts retried after a failure (exponential back-off)",
+            "retries"),
+    counter("heatcache_fetcher_adopted_total", "aria2 downloads adopted after a restart instead of added again",
+            "adopted"),
+    counter("heatcache_fetcher_evicted_total", "Objects evicted to make room for fetched ones", "evicted"),
+    counter("heatcache_fetcher_dependency_waits_total", "Steps delayed because the catalog or aria2c was away",
+            "delays"),
+    counter("heatcache_fetcher_aria2_unreachable_total", "Failed attempts to reach aria2c's RPC", "aria2-down"),
+    counter("heatcache_fetcher_dead_letters_total", "hot-urls messages sent to dead-letter", "dead-letter"),
+    counter("heatcache_fetcher_redelivered_total", "Events produced again after the broker did not acknowledge them",
+            "redelivered"),
+    gauge("heatcache_fetcher_jobs", "Hot URLs in progress (queued, downloading, storing or awaiting acks)", "jobs"),
+    gauge("heatcache_fetcher_downloads", "Downloads running in aria2c now", "downloads"),
+    gauge("heatcache_fetcher_cache_used_bytes", "Bytes of cached objects (catalog)", "cache-used"),
+    gauge("heatcache_fetcher_cache_quota_bytes", "HEATCACHE_CACHE_MAX_BYTES (0 = no byte quota)", "cache-quota"),
+    gauge("heatcache_fetcher_cache_free_bytes", "Free bytes on the cache's filesystem", "cache-free"),
+))
+
 CONSOLE = StageSpec("console", (
     gauge("heatcache_console_live_streams", "Browsers following the live stream", "streams"),
     counter("heatcache_console_actions_total", "Operator actions from the page, by result", label="result",
@@ -375,7 +400,7 @@ CONSOLE = StageSpec("console", (
     counter("heatcache_console_feed_errors_total", "Records or polls the console could not read", "feed-errors"),
 ))
 
-ALL_STAGES: dict[str, StageSpec] = {s.stage: s for s in (SNIFFER, DNS, EDGE, CONSOLE)}
+ALL_STAGES: dict[str, StageSpec] = {s.stage: s for s in (SNIFFER, DNS, EDGE, FETCHER, CONSOLE)}
 
 
 def register_stage(spec: StageSpec) -> StageSpec:

@@ -83,3 +83,22 @@ def test_enforce_shrinks_to_a_lowered_quota(tmp_path: Path) -> None:
         assert [e.state for e in events] == ["evicted"] * 3 and store.used_bytes() == 200
     finally:
         store.catalog.close()
+
+
+def test_purge_by_key_prefix_and_host(tmp_path: Path) -> None:
+    store = make_store(tmp_path, Quota())
+    try:
+        for key in ("http://a.example/v/1", "http://a.example/v/2", "http://a.example/x", "http://b.example/v/1"):
+            pending = store.begin(key)
+            pending.add(b"data")
+            store.commit_pending(pending, ObjectMeta(key, key.split("/")[2]), now=1.0)
+        assert [e.cache_key for e in store.purge(key="http://a.example/x")] == ["http://a.example/x"]
+        assert sorted(e.cache_key for e in store.purge(prefix="http://a.example/v/")) == [
+            "http://a.example/v/1", "http://a.example/v/2"]
+        events = store.purge(host="B.example")
+        assert [(e.cache_key, e.state) for e in events] == [("http://b.example/v/1", "purged")]
+        assert store.purge(host="b.example") == [] and store.used_bytes() == 0
+        with pytest.raises(ValueError):
+            store.purge()
+    finally:
+        store.catalog.close()

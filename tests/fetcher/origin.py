@@ -80,13 +80,16 @@ class TestOrigin:
                 body, start = route.body, 0
                 status = route.status
                 rng = self.headers.get("Range", "")
-                if status == 200 and rng.startswith("bytes=") and rng.endswith("-") and not route.chunked:
-                    start = int(rng[6:-1])
-                    status = 206
+                if status == 200 and rng.startswith("bytes=") and "-" in rng and not route.chunked:
+                    first, _, last = rng[6:].partition("-")  # bytes=N- or bytes=N-M (to the end here)
+                    if last in ("", str(len(body) - 1)):
+                        start = int(first)
+                        status = 206
                 self.send_response(status)
                 for name, value in route.headers.items():
                     self.send_header(name, value)
-                self.send_header("ETag", '"' + hashlib.sha256(body).hexdigest()[:16] + '"')
+                if "ETag" not in route.headers:
+                    self.send_header("ETag", '"' + hashlib.sha256(body).hexdigest()[:16] + '"')
                 if status == 206:
                     self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
                 if route.chunked:

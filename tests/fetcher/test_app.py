@@ -14,6 +14,7 @@ from pathlib import Path
 
 import orjson
 from confluent_kafka import Producer
+from pydantic import SecretStr
 
 from cachestore.catalog import open_catalog
 from fetcher.app import Fetcher, job_dirs
@@ -83,7 +84,7 @@ def test_concurrent_fetches_redirects_and_failures(kafka_settings: Settings, ari
     origin.routes["/flaky"] = Route(b"f" * 1000, fail_first=1, headers={"Cache-Control": "max-age=600"})
     dead_port = free_port("127.0.0.2")
     settings = kafka_settings.model_copy(update={
-        "aria2_rpc_port": aria2.port, "aria2_secret": "s3cret", "allow_private_origins": True,
+        "aria2_rpc_port": aria2.port, "aria2_secret": SecretStr("s3cret"), "allow_private_origins": True,
         "upstream_dns": ("127.0.0.1:9",), "fetch_timeout_s": 30.0, "fetch_retries": 1, "fetch_retry_base_s": 0.2})
     urls = {p: origin.url(p) for p in [*blobs, "/moved", "/private", "/flaky"]}
     dead = f"http://127.0.0.2:{dead_port}/gone.bin"
@@ -146,7 +147,7 @@ def test_hostile_targets_are_refused(kafka_settings: Settings, aria2: Aria2Daemo
     dnsmasq = Dnsmasq({"internal.lab.test": "10.1.2.3", "origin.lab.test": "127.0.0.2"})
     dnsmasq.start()
     settings = kafka_settings.model_copy(update={
-        "aria2_rpc_port": aria2.port, "aria2_secret": "s3cret", "allow_private_origins": False,
+        "aria2_rpc_port": aria2.port, "aria2_secret": SecretStr("s3cret"), "allow_private_origins": False,
         "origin_allow_networks": ("127.0.0.2/32",), "upstream_dns": (dnsmasq.upstream,),
         "max_object_bytes": 1024**2, "fetch_retries": 0})
     direct = [inside.url("/secret"), f"http://[::1]:{inside.port}/secret", "http://169.254.169.254/latest/",
