@@ -17,7 +17,9 @@ case "$step" in
     ;;
   install)
     wheel=$1 prefix=$2 deps=${3:-}
-    "$PYTHON" -m pip install --no-compile --prefix "$prefix" ${deps:+--no-deps} "$wheel"
+    # --ignore-installed: never uninstall a heatcache the build interpreter already has (a developer
+    # venv running the test) while installing into PREFIX
+    "$PYTHON" -m pip install --no-compile --ignore-installed --prefix "$prefix" ${deps:+--no-deps} "$wheel"
     ;;
   caps)
     bindir=$1
