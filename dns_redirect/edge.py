@@ -73,6 +73,9 @@ class Edge:
         self.counters: Counter[str] = Counter()
         self.session: aiohttp.ClientSession | None = None
         self.pending_hits: dict[str, tuple[int, float]] = {}
+        # requests served since BypassWatch last collected them: hits by cache key, misses by host
+        self.served_keys: Counter[str] = Counter()
+        self.served_hosts: Counter[str] = Counter()
         self._flusher: asyncio.Task[None] | None = None
         self.keys = KeyMemo(rules)
         self._open = OpenObjects(self.root)
@@ -111,6 +114,7 @@ class Edge:
 
     def _book_hit(self, key: str) -> None:
         self.counters["hits"] += 1
+        self.served_keys[key] += 1  # the bypass ratio's "served" half (folded per host by BypassWatch)
         n, _last = self.pending_hits.get(key, (0, 0.0))
         self.pending_hits[key] = (n + 1, time.time())
 
@@ -309,6 +313,7 @@ class Edge:
         headers["Via"] = VIA
         assert self.session is not None
         self.counters["misses"] += 1
+        self.served_hosts[host] += 1
         resp: web.StreamResponse | None = None
         try:
             body = request.content if request.body_exists else None  # streamed, never buffered

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
+import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from heatcache.lifecycle import StopFlag, setup_logging
 from heatcache.settings import Settings, SettingsError, load_settings
@@ -168,12 +170,53 @@ async def _serve_edge(run: Runner, index: CacheIndex, prod: Producer) -> None:
         await edge.stop()
         raise
     edge.tls_hosts = tls.figures.as_dict
+    bypass = _start_bypass(run, index, edge, tls, prod)  # leak detection (steer, issue 18)
     run.ready()
     await run.stopped()
+    await bypass()
     await tls.stop()
     await edge.stop()  # flushes pending hit counts to the catalog
     catalog.close()
     log.info("edge stopped: %s", dict(edge.counters))
+
+
+def _start_bypass(run: Runner, index: CacheIndex, edge: Any, tls: Any, prod: Producer) -> Callable[[], Any]:
+    """Follow `requests` for the bypass ratio of every steered host; publish the per-host figures
+    as the ``edge-top`` metrics record every metrics interval. Returns the async stopper."""
+    from dns_redirect.bypass import RECORD, BypassWatch, RequestsFollower
+    from heatcache import contract
+    from heatcache.kafkautil import publish_metrics
+
+    settings = run.settings
+    loop = asyncio.get_running_loop()
+    watch = BypassWatch(settings, index.is_steered, run.counters)
+    follower = RequestsFollower(run.bootstrap, settings.topic(contract.REQUESTS), loop, watch.on_events,
+                                run.counters, settings.kafka_client_config())
+    follower.start()
+    period = settings.metrics_interval_s or 10.0
+
+    async def ticks() -> None:
+        while True:
+            now = time.time()
+            watch.collect(now, edge.served_keys, edge.served_hosts, tls.figures.as_dict())
+            fields = watch.tick(now)
+            if settings.metrics_interval_s > 0:
+                try:
+                    publish_metrics(prod, settings, RECORD, fields)
+                except BufferError:
+                    pass  # the broker is away: the next record supersedes this one
+            await asyncio.sleep(min(period, 5.0))
+
+    task = asyncio.create_task(ticks())
+
+    async def stop() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        follower.stop()
+        await loop.run_in_executor(None, follower.join, 5)
+
+    return stop
 
 
 def cmd_dns(settings: Settings, _args: argparse.Namespace) -> int:

@@ -342,6 +342,17 @@ EDGE = StageSpec("edge", (
                                            "unresolved", "origin-failed", "loop")),
     counter("heatcache_edge_tls_bytes_total", "Bytes relayed by the TLS passthrough", label="direction",
             keys={"tls.bytes-up": "up", "tls.bytes-down": "down"}),
+    # leak detection (steer): per-host ratios are in the `edge-top` record (bypass_ratio.<host>)
+    counter("heatcache_edge_bypassed_requests_total",
+            "Requests the sniffer saw for steered hosts going to an origin (around the cache node)",
+            "bypass.requests"),
+    gauge("heatcache_edge_bypass_ratio_max",
+          "Highest bypass ratio of a steered host over the window (hosts with enough requests)",
+          "bypass.max-ratio"),
+    gauge("heatcache_edge_bypass_high_hosts", "Steered hosts whose bypass ratio is above the alert ratio",
+          "bypass.high-hosts"),
+    counter("heatcache_edge_bypass_bad_batches_total", "requests messages the bypass follower could not decode",
+            "bypass.bad-batches"),
 ))
 
 # streams (issue 16): heat per key and host; gauges are set at each flush by the Faust worker

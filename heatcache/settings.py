@@ -158,6 +158,10 @@ class Settings(BaseSettings):
     # origin by the ClientHello's SNI, never terminated; empty = no TLS listener
     edge_tls_ports: Annotated[tuple[int, ...], NoDecode] = (443,)
     edge_tls_hello_timeout_s: float = Field(default=10.0, gt=0)  # a ClientHello must arrive by then
+    # -- leak detection (steer): requests the sniffer still sees for steered hosts bypassed the node
+    bypass_window_s: float = Field(default=300.0, gt=0)  # the bypass ratio's sliding window
+    bypass_alert_ratio: float = Field(default=0.2, ge=0, le=1)  # a host above this is "high" (logged, counted)
+    bypass_min_requests: int = Field(default=20, ge=1)  # fewer requests in the window say nothing
 
     # -- console (the operator's web page and `heatcache status`)
     console_host: str = "127.0.0.1"  # off loopback, every endpoint needs console_token
