@@ -35,6 +35,7 @@ from cachestore.store import ObjectMeta, PendingObject, StoreRefused
 from dns_redirect.front import FrontWiring, HitFront, OpenObjects
 from dns_redirect.hits import SimpleHead, may_fill, plan_hit
 from dns_redirect.index import CacheIndex
+from dns_redirect.ports import edge_listeners, parse_port_map, tls_client_ports
 from dns_redirect.route import FORWARDED, VIA, Hit, KeyMemo, Passthrough, Refuse, Route, route
 from heatcache import contract
 from heatcache.cachekey import BadUrl, cache_key
@@ -45,6 +46,8 @@ from heatcache.safety import ForbiddenAddress
 from heatcache.settings import Settings
 
 log = logging.getLogger(__name__)
+
+ORIGIN_CACHE_ENTRIES = 4096  # origins' addresses kept for their DNS TTL (a miss does not resolve again)
 
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
                         "transfer-encoding", "upgrade", "proxy-connection"})
@@ -69,7 +72,7 @@ class Edge:
         self.store = open_store(settings, catalog if catalog is not None else open_catalog(settings.catalog)) \
             if settings.edge_fill else None
         self.root = settings.cache_root.resolve()
-        self.resolver = make_async_resolver(settings.upstream_dns)
+        self.resolver = make_async_resolver(settings.upstream_dns, ORIGIN_CACHE_ENTRIES)
         self.counters: Counter[str] = Counter()
         self.session: aiohttp.ClientSession | None = None
         self.pending_hits: dict[str, tuple[int, float]] = {}
@@ -81,6 +84,12 @@ class Edge:
         self._open = OpenObjects(self.root)
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
+        self._more: list[asyncio.Server] = []  # the listeners of the other ports (``listen``)
+        self._wiring: FrontWiring | None = None
+        # the client ports this edge serves (HTTP) and the TLS passthrough's: in the health JSON,
+        # where the DNS checks that every port a host's keys use is answered (steer)
+        self.ports: list[int] = []
+        self.tls_ports: list[int] = []
         self._fronts: set[HitFront] = set()
         self._room_tasks: set[asyncio.Task[None]] = set()
         self.tls_hosts: Callable[[], dict[str, dict[str, int]]] | None = None  # the TLS passthrough's per-host figures
@@ -92,16 +101,28 @@ class Edge:
         await self._runner.setup()
         server = self._runner.server
         assert server is not None
-        wiring = FrontWiring(self._route_head, self._open, self._book_hit, self._count, server,
+        wiring = self._wiring = FrontWiring(self._route_head, self._open, self._book_hit, self._count, server,
                              self.settings.edge_accel_prefix, sent=self._hit_bytes)
         self._listener = await asyncio.get_running_loop().create_server(
             lambda: HitFront(wiring, self._fronts), host, port, reuse_address=reuse_address, backlog=backlog)
+
+    async def listen(self, host: str, port: int, *, reuse_address: bool = True, backlog: int = 1024) -> int:
+        """One more listener (another port clients use) on the same front and app; after
+        ``start``. Returns the port bound (``port`` 0: a free one)."""
+        assert self._wiring is not None, "start() first"
+        wiring = self._wiring
+        server = await asyncio.get_running_loop().create_server(
+            lambda: HitFront(wiring, self._fronts), host, port, reuse_address=reuse_address, backlog=backlog)
+        self._more.append(server)
+        return int(server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
         """Stop listening, close idle front connections, let aiohttp finish its own (and flush
         the pending hit counts to the catalog)."""
         if self._listener is not None:
             self._listener.close()
+        for extra in self._more:
+            extra.close()
         for front in list(self._fronts):
             front.close()
         if self._runner is not None:
@@ -110,6 +131,9 @@ class Edge:
         if self._listener is not None:
             await self._listener.wait_closed()
             self._listener = None
+        for extra in self._more:
+            await extra.wait_closed()
+        self._more.clear()
         self._open.close()
 
     def _book_hit(self, key: str) -> None:
@@ -221,6 +245,8 @@ class Edge:
         body: dict[str, Any] = {"ok": True, "objects": len(self.index.objects), **self.counters}
         if self.tls_hosts is not None:
             body["tls_hosts"] = self.tls_hosts()
+        if self.ports:
+            body["ports"], body["tls_ports"] = self.ports, self.tls_ports
         return web.json_response(body)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -296,7 +322,8 @@ class Edge:
         Redirects are never followed here: a 3xx goes to the client as it came, so no hop of a
         redirect chain is fetched by the node (an origin cannot point the edge inwards)."""
         try:
-            address = await resolve_origin_async(self.resolver, host, self.settings.allow_private_origins)
+            address = await resolve_origin_async(self.resolver, host, self.settings.allow_private_origins,
+                                                 self.settings.origin_allow_networks)
         except ForbiddenAddress:
             self.counters["refused.internal"] += 1
             return web.Response(status=403, text="origin address not allowed\n")
@@ -434,3 +461,26 @@ class Edge:
             self.producer.produce(self.settings.topic(contract.CACHE_EVENTS), key=event.cache_key.encode(),
                                   value=contract.encode(event))
             self.producer.poll(0)
+
+
+async def start_listeners(edge: Edge, settings: Settings) -> list[int]:
+    """Start ``edge`` on HEATCACHE_EDGE_PORT and listen on every other port clients use: the
+    sniffed ports and the mapped ones (``HEATCACHE_EDGE_PORT_MAP``). The edge's own port must
+    listen (an error otherwise); the others are best effort: one the edge cannot bind (port 80
+    without the privilege, a port taken) is left out of ``edge.ports``, the health answer's
+    list, so the DNS does not steer the hosts whose keys use it. Returns the client ports served."""
+    port_map = parse_port_map(settings.edge_port_map)
+    plan = edge_listeners(settings.edge_port, settings.sniff_ports, port_map, settings.edge_tls_ports)
+    own = next(iter(plan))
+    await edge.start(settings.edge_host, own)
+    served = list(plan[own])
+    for listen, clients in list(plan.items())[1:]:
+        try:
+            await edge.listen(settings.edge_host, listen)
+            served.extend(clients)
+        except OSError as exc:
+            log.error("edge cannot listen on %s:%d (%s): hosts with keys on port(s) %s are not steered",
+                      settings.edge_host, listen, exc, ",".join(map(str, clients)))
+    if settings.edge_port:  # port 0 (any free one, tests): nothing to report, the DNS checks no ports
+        edge.ports, edge.tls_ports = served, tls_client_ports(settings.edge_tls_ports, port_map)
+    return served

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from dns_redirect.ports import key_port
 from heatcache import contract
 from heatcache.cachekey import key_host
 from heatcache.contract import CacheEvent, DecodeError
@@ -32,16 +33,18 @@ class CacheIndex:
         self.objects: dict[str, CacheEvent] = {}
         self.hosts: Counter[str] = Counter()
         self.unsteered_at: dict[str, float] = {}  # host -> when its last object went away
+        self.host_ports: dict[str, Counter[tuple[str, int]]] = {}  # host -> (scheme, port) of its keys
         self.version = 0  # bumped after every change: answer memos keyed on it stay correct
 
     def apply(self, event: CacheEvent, now: float | None = None) -> None:
         old = self.objects.pop(event.cache_key, None)
         if old is not None:
-            self._drop_host(key_host(old.cache_key), now)
+            self._drop_host(old.cache_key, now)
         if event.state == "cached":
             self.objects[event.cache_key] = event
             host = key_host(event.cache_key)
             self.hosts[host] += 1
+            self.host_ports.setdefault(host, Counter())[key_port(event.cache_key)] += 1
             self.unsteered_at.pop(host, None)
         self.version += 1
 
@@ -49,7 +52,7 @@ class CacheIndex:
         """A tombstone (null value) on the compacted topic."""
         old = self.objects.pop(cache_key, None)
         if old is not None:
-            self._drop_host(key_host(cache_key), now)
+            self._drop_host(cache_key, now)
         self.version += 1
 
     def apply_all(self, changes: list[tuple[str, CacheEvent | None]], now: float | None = None) -> None:
@@ -60,16 +63,27 @@ class CacheIndex:
             else:
                 self.apply(event, now)
 
-    def _drop_host(self, host: str, now: float | None) -> None:
+    def _drop_host(self, cache_key: str, now: float | None) -> None:
+        host = key_host(cache_key)
+        ports = self.host_ports.get(host)
+        if ports is not None:
+            ports[key_port(cache_key)] -= 1
+            if ports[key_port(cache_key)] <= 0:
+                del ports[key_port(cache_key)]
         self.hosts[host] -= 1
         if self.hosts[host] <= 0:
             del self.hosts[host]
+            self.host_ports.pop(host, None)
             self.unsteered_at[host] = time.monotonic() if now is None else now
 
     def recently_steered(self, host: str, grace_s: float, now: float | None = None) -> bool:
         """True while clients may still hold a DNS answer pointing here (within ``grace_s``)."""
         since = self.unsteered_at.get(host.lower().rstrip("."))
         return since is not None and (time.monotonic() if now is None else now) - since < grace_s
+
+    def ports_of(self, host: str) -> frozenset[tuple[str, int]]:
+        """(scheme, port) of every cached key of ``host``: the ports its clients will use."""
+        return frozenset(self.host_ports.get(host.lower().rstrip("."), ()))
 
     def is_steered(self, host: str) -> bool:
         return host.lower().rstrip(".") in self.hosts

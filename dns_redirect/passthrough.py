@@ -241,7 +241,7 @@ class TlsPassthrough:
         self.index = index
         self.counters: Counter[str] = counters if counters is not None else Counter()
         self.figures = TlsFigures(self.counters)
-        self.resolver = make_async_resolver(settings.upstream_dns)
+        self.resolver = make_async_resolver(settings.upstream_dns, 4096)  # origins kept for their TTL
         self.listeners: list[socket.socket] = []
         self.live: set[_Conn] = set()
         self.tasks: set[asyncio.Task[None]] = set()
@@ -294,7 +294,8 @@ class TlsPassthrough:
         host = decision.host
         fig = self.figures.host(host)
         try:
-            address = await resolve_origin_async(self.resolver, host, s.allow_private_origins)
+            address = await resolve_origin_async(self.resolver, host, s.allow_private_origins,
+                                                 s.origin_allow_networks)
         except ForbiddenAddress:
             client.refuse(Refuse(403, "tls-internal", ""), host)
             return

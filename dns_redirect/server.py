@@ -26,6 +26,7 @@ from dnslib import RCODE, DNSRecord
 from dns_redirect.answer import error_reply, steered_reply
 from dns_redirect.index import CacheIndex
 from dns_redirect.policy import ClientAcl, RateLimiter, ResponseCache, lane_networks, never_steer
+from dns_redirect.ports import ports_served
 from dns_redirect.wire import (
     CLASS_IN,
     QTYPE_A,
@@ -96,6 +97,9 @@ class DnsServer:
         # Until the first health check answers, assume the edge is down: never strand clients.
         self.edge_healthy = not health_check
         self.health_check = health_check
+        # (HTTP client ports, TLS ports) the edge reported serving in its health JSON; None = no
+        # report (no health check, or an edge that does not say): no per-port check
+        self.edge_ports: tuple[frozenset[int], frozenset[int]] | None = None
         # the operator's kill switch (`control` topic: steering stopped): answer every name normally
         self.steering_stopped = not settings.dns_steering
         # a trial on some client networks only: everyone else resolves steered names normally
@@ -106,11 +110,11 @@ class DnsServer:
         self.port = settings.dns_port
         self._memo: dict[bytes, bytes] = {}
         self._questions: dict[bytes, tuple[tuple[str, int, int, bool], Question]] = {}
-        self._memo_gen: tuple[int, bool, bool] = (-1, False, False)
+        self._memo_gen: tuple[int, bool, bool, object] = (-1, False, False, None)
         self._v4 = pack_address(settings.node_address)
         self._v6 = pack_address(settings.node_address6)
         self.lane: Lane | None = None  # the compiled UDP lane, once start() made one
-        self._lane_gen: tuple[int, bool, bool] = (-1, False, False)
+        self._lane_gen: tuple[int, bool, bool, object] = (-1, False, False, None)
         self._udp_sock: socket.socket | None = None
         self._udp_tasks: set[asyncio.Task[None]] = set()
 
@@ -126,7 +130,7 @@ class DnsServer:
             return None
         # Steered answers differ from the query only after its id: memoize them by the query's
         # bytes, valid for one version of the index and one health state.
-        gen = (self.index.version, self.edge_healthy, self.steering_stopped)
+        gen = (self.index.version, self.edge_healthy, self.steering_stopped, self.edge_ports)
         if gen != self._memo_gen:
             # both memos hold decisions of one generation: "steered" and "not steered, cached"
             self._memo.clear()
@@ -193,7 +197,7 @@ class DnsServer:
         """The UDP socket is readable: the lane answers what it knows, Python the rest."""
         lane = self.lane
         assert lane is not None
-        gen = (self.index.version, self.edge_healthy, self.steering_stopped)
+        gen = (self.index.version, self.edge_healthy, self.steering_stopped, self.edge_ports)
         if gen != self._lane_gen:  # a new index version or health state: nothing learned holds
             lane.clear()
             self._lane_gen = gen
@@ -244,7 +248,8 @@ class DnsServer:
 
     def is_steered(self, name: str) -> bool:
         return (self.edge_healthy and not self.steering_stopped and self.index.is_steered(name)
-                and not never_steer(name, self.settings.never_steer_hosts))
+                and not never_steer(name, self.settings.never_steer_hosts)
+                and (self.edge_ports is None or ports_served(self.index.ports_of(name), *self.edge_ports)))
 
     async def handle(self, raw: bytes, client: str = "127.0.0.1", checked: bool = False) -> bytes | None:
         """The reply to one query from ``client``, or None to send nothing. ``checked``: the
@@ -337,11 +342,17 @@ class DnsServer:
                 await writer.wait_closed()
 
     async def check_health(self, session: aiohttp.ClientSession) -> bool:
+        ports = self.edge_ports
         try:
             async with session.get(self.settings.health_url) as resp:
                 healthy = resp.status == 200
-        except (aiohttp.ClientError, TimeoutError, OSError):
+                if healthy:
+                    ports = served_ports(await resp.json(content_type=None))
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
             healthy = False
+        if ports != self.edge_ports:
+            log.info("edge serves HTTP ports %s, TLS ports %s", *(sorted(p) for p in ports or ((), ())))
+            self.edge_ports = ports
         if healthy != self.edge_healthy:
             log.warning("edge %s: steering %s", "healthy" if healthy else "DOWN",
                         "on" if healthy else "off (answers come from upstream)")
@@ -476,6 +487,17 @@ def _bind_udp(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def served_ports(body: object) -> tuple[frozenset[int], frozenset[int]] | None:
+    """The ports an edge's health JSON says it serves (``ports``, ``tls_ports``); None when it
+    does not say (an edge from before the per-port check)."""
+    if not isinstance(body, dict) or not isinstance(body.get("ports"), list):
+        return None
+    http = frozenset(p for p in body["ports"] if type(p) is int)
+    tls = frozenset(p for p in body.get("tls_ports", ()) if type(p) is int) \
+        if isinstance(body.get("tls_ports", ()), list) else frozenset()
+    return http, tls
 
 
 def _udp_limit(raw: bytes) -> int:

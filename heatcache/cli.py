@@ -159,8 +159,10 @@ async def _serve_edge(run: Runner, index: CacheIndex, prod: Producer) -> None:
     # one descriptor per connection plus the open objects: take what the system allows
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    await edge.start(settings.edge_host, settings.edge_port)
-    log.info("edge on %s:%d", settings.edge_host, settings.edge_port)
+    from dns_redirect.edge import start_listeners
+
+    served = await start_listeners(edge, settings)  # its port, every sniffed port, the mapped ones
+    log.info("edge on %s:%d (client ports %s)", settings.edge_host, settings.edge_port, ",".join(map(str, served)))
     from dns_redirect.passthrough import TlsPassthrough
 
     tls = TlsPassthrough(settings, index, run.counters)  # HTTPS of steered hosts, spliced by SNI

@@ -29,9 +29,13 @@ def _configure(res: dns.resolver.BaseResolver, upstreams: tuple[str, ...]) -> No
     res.lifetime = 5.0
 
 
-def make_async_resolver(upstreams: tuple[str, ...]) -> dns.asyncresolver.Resolver:
+def make_async_resolver(upstreams: tuple[str, ...], cache_entries: int = 0) -> dns.asyncresolver.Resolver:
+    """A resolver on ``upstreams`` (the system's when empty); ``cache_entries`` > 0 keeps that
+    many answers for their TTL (dnspython's LRU cache: a hot origin is not asked per miss)."""
     res = dns.asyncresolver.Resolver(configure=not upstreams)
     _configure(res, upstreams)
+    if cache_entries > 0:
+        res.cache = dns.resolver.LRUCache(cache_entries)
     return res
 
 
@@ -47,11 +51,14 @@ def resolve_origin(resolver: dns.asyncresolver.Resolver, host: str, allow_privat
     return asyncio.run(resolve_origin_async(resolver, host, allow_private))
 
 
-async def resolve_origin_async(resolver: dns.asyncresolver.Resolver, host: str, allow_private: bool) -> str:
-    """First allowed address of ``host`` (A first, then AAAA); ForbiddenAddress if it is not."""
+async def resolve_origin_async(resolver: dns.asyncresolver.Resolver, host: str, allow_private: bool,
+                               allowed_networks: tuple[str, ...] = ()) -> str:
+    """First address of ``host`` (A first, then AAAA) if the address policy allows it
+    (``check_origin_address``: ``allowed_networks`` = HEATCACHE_ORIGIN_ALLOW_NETWORKS, the same as
+    the fetcher's); ForbiddenAddress if it is not."""
     literal = _literal(host)
     if literal is not None:
-        return check_origin_address(literal, allow_private)
+        return check_origin_address(literal, allow_private, allowed_networks)
     addresses: list[str] = []
     for rdtype in ("A", "AAAA"):
         try:
@@ -65,4 +72,4 @@ async def resolve_origin_async(resolver: dns.asyncresolver.Resolver, host: str, 
             break
     if not addresses:
         raise ResolveError(f"{host} has no address")
-    return check_origin_address(addresses[0], allow_private)
+    return check_origin_address(addresses[0], allow_private, allowed_networks)

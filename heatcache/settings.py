@@ -158,6 +158,9 @@ class Settings(BaseSettings):
     # origin by the ClientHello's SNI, never terminated; empty = no TLS listener
     edge_tls_ports: Annotated[tuple[int, ...], NoDecode] = (443,)
     edge_tls_hello_timeout_s: float = Field(default=10.0, gt=0)  # a ClientHello must arrive by then
+    # the edge also listens on every HEATCACHE_SNIFF_PORTS port; "80:8080" = clients' port 80 reaches
+    # the listener on 8080 (a Service or NAT in front: no root needed for 80)
+    edge_port_map: Annotated[tuple[str, ...], NoDecode] = ()
     # -- leak detection (steer): requests the sniffer still sees for steered hosts bypassed the node
     bypass_window_s: float = Field(default=300.0, gt=0)  # the bypass ratio's sliding window
     bypass_alert_ratio: float = Field(default=0.2, ge=0, le=1)  # a host above this is "high" (logged, counted)
@@ -197,7 +200,8 @@ class Settings(BaseSettings):
         return value
 
     @field_validator("ignore_addresses", "upstream_dns", "ignore_hosts", "ignore_paths", "dns_client_networks",
-                     "never_steer_hosts", "origin_allow_networks", "dns_steer_networks", mode="before")
+                     "never_steer_hosts", "origin_allow_networks", "dns_steer_networks", "edge_port_map",
+                     mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -216,6 +220,16 @@ class Settings(BaseSettings):
     def _check_tls_ports(cls, value: tuple[int, ...]) -> tuple[int, ...]:
         if any(not 0 < p < 65536 for p in value):
             raise ValueError("each port must be in 1..65535")
+        return value
+
+    @field_validator("edge_port_map")
+    @classmethod
+    def _check_port_map(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            client, sep, listen = item.partition(":")
+            if not (sep and client.isdigit() and listen.isdigit() and 0 < int(client) < 65536
+                    and 0 < int(listen) < 65536):
+                raise ValueError(f"{item!r} is not CLIENT_PORT:LISTEN_PORT (1..65535 each)")
         return value
 
     @field_validator("dns_client_networks", "origin_allow_networks", "dns_steer_networks")

@@ -287,9 +287,12 @@ def test_env_ports_and_probes_match_the_code(rendered: dict[str, list[Obj]], ove
             edge_svc = [svc for svc in of_kind(objs, "Service") if svc["spec"].get("type") == "LoadBalancer"
                         and any(p["port"] == 80 for p in svc["spec"]["ports"])]
             assert len(edge_svc) == 1
-            # clients reach HTTP on 80 and TLS on 443 of the node's address
+            # clients reach HTTP on 80 and TLS on 443 of the node's address, and HTTP on every
+            # other port the edge reports serving (its port, the sniffed ones: issue 18)
+            http = {80, s.edge_port, *s.sniff_ports}
             assert {(p["port"], p["targetPort"]) for p in edge_svc[0]["spec"]["ports"]} == {
-                (80, ports[(s.edge_port, "TCP")]), *((443, ports[(p, "TCP")]) for p in s.edge_tls_ports)}
+                *((c, ports[(s.edge_port, "TCP")]) for c in http),
+                *((443, ports[(p, "TCP")]) for p in s.edge_tls_ports)}
             assert edge_svc[0]["metadata"]["annotations"]["metallb.io/loadBalancerIPs"] == s.node_address
     assert seen == {"sniff", "streams", "fetch", "dns", "edge"}
 
