@@ -70,8 +70,11 @@ def test_sigterm_during_a_long_download(kafka_settings: Settings, aria2: Aria2Da
         log.close()
         origin.stop()
     assert events[url].state == "cached" and events[url].sha256 == hashlib.sha256(body).hexdigest()
-    assert origin.gets["/long.bin"] == 1  # the restarted fetcher adopted aria2's download
-    assert "adopted aria2 download" in (tmp_path / "fetch.log").read_text()
+    # aria2c's requests go through the fetcher's policy proxy, so the stop cuts its connection:
+    # the restarted fetcher adopts (or re-adds) the download and aria2c resumes it from its file
+    starts = [int(r[6:].split("-")[0]) for r in origin.ranges["/long.bin"] if r.startswith("bytes=")]
+    assert starts and starts[-1] > 0, origin.ranges
+    assert origin.sent["/long.bin"] < 2 * len(body)  # the remaining bytes, not the whole object again
 
 
 def test_kill9_of_aria2c_resumes(kafka_settings: Settings, aria2: Aria2Daemon) -> None:
