@@ -18,14 +18,22 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections import Counter
-from socket import AF_INET, AF_INET6, inet_pton
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from socket import AF_INET, AF_INET6, inet_pton
 
 from heatcache.cachekey import BadUrl, KeyRules, _filter_query, cache_key, split_host
 from heatcache.contract import RequestEvent
 from heatcache.tls import parse_sni
-from sniffer.parse import LINKTYPE_ETHERNET, LINKTYPE_RAW, MAX_HEAD, parse_fragment, parse_frame, parse_requests, ua_class
+from sniffer.parse import (
+    LINKTYPE_ETHERNET,
+    LINKTYPE_RAW,
+    MAX_HEAD,
+    parse_fragment,
+    parse_frame,
+    parse_requests,
+    ua_class,
+)
 from sniffer.reassembly import Fragments
 
 try:

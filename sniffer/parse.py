@@ -129,8 +129,8 @@ def parse_fragment(frame: bytes, linktype: int = LINKTYPE_ETHERNET) -> Fragment 
             if ihl < 20 or total < ihl or end > len(frame):
                 return "bad-ip-length"
             fo = (frame[off + 6] << 8) | frame[off + 7]
-            return Fragment((4, frame[off + 12 : off + 16], frame[off + 16 : off + 20], frame[off + 4] << 8 | frame[off + 5]),
-                            (fo & 0x1FFF) * 8, bool(fo & 0x2000), frame[off : off + ihl], frame[off + ihl : end])
+            key = (4, frame[off + 12 : off + 16], frame[off + 16 : off + 20], frame[off + 4] << 8 | frame[off + 5])
+            return Fragment(key, (fo & 0x1FFF) * 8, bool(fo & 0x2000), frame[off : off + ihl], frame[off + ihl : end])
         if ethertype != 0x86DD:
             return "not-ip"
         end = off + 40 + ((frame[off + 4] << 8) | frame[off + 5])
@@ -149,8 +149,9 @@ def parse_fragment(frame: bytes, linktype: int = LINKTYPE_ETHERNET) -> Fragment 
         fo = (frame[pos + 2] << 8) | frame[pos + 3]
         # the reassembled datagram: the fixed header, next header TCP, no extension headers
         header = frame[off : off + 6] + b"\x06" + frame[off + 7 : off + 40]
-        return Fragment((6, frame[off + 8 : off + 24], frame[off + 24 : off + 40], int.from_bytes(frame[pos + 4 : pos + 8], "big")),
-                        fo & 0xFFF8, bool(fo & 1), header, frame[pos + 8 : end])
+        ident = int.from_bytes(frame[pos + 4 : pos + 8], "big")
+        key = (6, frame[off + 8 : off + 24], frame[off + 24 : off + 40], ident)
+        return Fragment(key, fo & 0xFFF8, bool(fo & 1), header, frame[pos + 8 : end])
     except (IndexError, ValueError):
         return "malformed"
 
