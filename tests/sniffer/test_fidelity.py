@@ -8,8 +8,12 @@ frame, same counters), and the bounds (flows, out-of-order bytes, fragments) are
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections import Counter
+from pathlib import Path
 
+import pytest
 from scapy.layers.inet import IP, TCP, fragment
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment, fragment6
 from scapy.layers.l2 import Ether
@@ -18,7 +22,7 @@ from scapy.packet import Raw
 from heatcache.contract import RequestEvent
 from sniffer.events import FrameParser
 from sniffer.synth import tcp_frame
-from tests.sniffer.test_fastpath import compiled, reference
+from tests.sniffer.test_fastpath import compiled, reference, write_pcap
 
 C, S = "10.0.0.9", "203.0.113.5"
 C6, S6 = "2001:db8::9", "2001:db8::5"
@@ -220,3 +224,38 @@ def test_fragment_table_is_pure_and_bounded_in_bytes() -> None:
     for f in ipv4_fragments(C, S, 40080, big, 600):
         p.events(f, 1.0)
     assert p.counters["drop.fragments-full"] >= 1 and p.counters["requests"] == 0
+
+
+# -- the same cases against tshark
+
+
+@pytest.mark.integration  # runs the tshark program
+def test_crafted_capture_equals_tshark(tmp_path: Path) -> None:
+    """One capture with every case above, read by tshark with out-of-order reassembly on
+    (tcp.reassemble_out_of_order; off by default in tshark 4.0, which then loses those requests)
+    and by both parsers: the same requests in the same order. tshark leaves http.host empty for
+    HTTP/1.0 without Host; we key it on the destination (what its full URI would name)."""
+    a, b, c3 = head("/1"), head("/2"), head("/3")
+    big = head("/cut.iso", pad=3000)
+    frames = flow(C, S, 40000, [(0, head("/r.iso")), (0, head("/r.iso")), (len(head("/r.iso")), head("/s.iso"))])
+    frames += flow(C, S, 40001, [(len(a), b), (len(a) + len(b), c3), (0, a)])
+    frames += flow(C, S, 40002, [(0, big[:1400]), (2800, big[2800:]), (1400, big[1400:2800])])
+    frames += flow(C6, S6, 40003, [(len(a), b), (0, a), (0, a)])
+    frames.append(tcp_frame(C, S, 40004, 80, head("/pub/file.iso", None, "1.0")))
+    frames += ipv4_fragments(C, S, 40005, head("/frag.iso", pad=1800), 600)
+    frames += ipv6_fragments(C6, S6, 40006, head("/frag6.iso", pad=1800), 700)
+    path = tmp_path / "crafted.pcap"
+    write_pcap(path, frames)
+    tshark = shutil.which("tshark")
+    assert tshark is not None, "tshark is part of the test set-up (Debian package tshark)"
+    proc = subprocess.run([tshark, "-n", "-o", "tcp.reassemble_out_of_order:TRUE", "-r", str(path), "-Y",
+                           "http.request", "-T", "fields", "-E", "aggregator=|", "-e", "http.request.method",
+                           "-e", "http.host", "-e", "http.request.uri"],
+                          capture_output=True, text=True, check=True, timeout=120)
+    theirs = [r for line in proc.stdout.splitlines()
+              for r in zip(*(col.split("|") for col in line.split("\t")), strict=True)]
+    want = ["/r.iso", "/s.iso", "/1", "/2", "/3", "/cut.iso", "/1", "/2", "/pub/file.iso", "/frag.iso", "/frag6.iso"]
+    assert [uri for _m, _h, uri in theirs] == want
+    events, _c = both([(f, 1_790_000_000 + i + (i * 7919) % 1_000_000 / 1e6) for i, f in enumerate(frames)])
+    assert [(e.method, e.path) for e in events] == [(m, uri) for m, _h, uri in theirs]
+    assert [e.host for e in events] == [h or S for _m, h, _uri in theirs]
