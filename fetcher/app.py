@@ -122,7 +122,7 @@ class Fetcher:
         self.resolver = make_async_resolver(settings.upstream_dns)
         self.aria2 = self._aria2_client()
         self.producer = self._producer()
-        self.consumer = consumer(bootstrap, settings.topic_prefix + "heatcache-fetcher")
+        self.consumer = consumer(bootstrap, settings.topic_prefix + "heatcache-fetcher", settings)
         self.counters: Counter[str] = runner.counters if runner is not None else Counter()
         self.jobs: dict[str, Job] = {}
         self.owed: dict[str, Owed] = {}  # dead letters waiting for their acknowledgement
@@ -152,7 +152,7 @@ class Fetcher:
         # Not idempotent: a CacheEvent sent twice is harmless (compacted, per key), and a message
         # that timed out during a broker outage is produced again by us rather than failing the
         # idempotence sequence.
-        return producer(self.bootstrap, **{"enable.idempotence": False, "acks": "all",
+        return producer(self.bootstrap, self.settings, **{"enable.idempotence": False, "acks": "all",
                                            "message.timeout.ms": self.settings.fetch_producer_timeout_ms})
 
     # -- the loop ---------------------------------------------------------------------------

@@ -84,7 +84,7 @@ async def _serve_main(run: Runner) -> None:
 
     settings, stage = run.settings, run.stage
     index = CacheIndex()
-    prod = producer(run.bootstrap, error_cb=run.kafka_error_cb)
+    prod = producer(run.bootstrap, settings, error_cb=run.kafka_error_cb)
 
     def bad_event(msg: Message, reason: str) -> None:  # the error policy: dead-letter, keep following
         run.counters["index.bad-events"] += 1
@@ -283,7 +283,7 @@ def cmd_control(settings: Settings, args: argparse.Namespace) -> int:
     rows = open_catalog_rows(settings)
     try:
         action = parse_action(body, by=f"cli@{settings.node_name}")
-        prod = producer(_bootstrap(settings)) if not action.kind.startswith("purge") else None
+        prod = producer(_bootstrap(settings), settings) if not action.kind.startswith("purge") else None
         result = Actions(settings, prod, rows).run(action)
     except ActionError as exc:
         raise UsageError(str(exc)) from None
@@ -349,7 +349,7 @@ def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
             events = store.purge(key=key)
     finally:
         catalog.close()
-    prod = producer(_bootstrap(settings))
+    prod = producer(_bootstrap(settings), settings)
     failed: list[str] = []
     for event in events:
         prod.produce(settings.topic(contract.CACHE_EVENTS), key=event.cache_key.encode(),
