@@ -22,6 +22,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, 
 from console.model import CatalogRow, Model, sample_from, snapshot
 from heatcache import contract
 from heatcache.contract import CacheEvent, ControlEvent, DecodeError, FetchProgress, HotUrl
+from heatcache.kafkautil import client_config
 from heatcache.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,8 @@ class Feed:
     def _follow(self) -> None:
         names = self._topics()
         cons = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"heatcache-console-{uuid.uuid4()}",
-                         "enable.auto.commit": False, "enable.partition.eof": True})
+                         "enable.auto.commit": False, "enable.partition.eof": True,
+                         **client_config(self.settings)})
         try:
             md = cons.list_topics(timeout=10)
             since_ms = int((time.time() - HISTORY_S) * 1000)

@@ -9,7 +9,8 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
@@ -113,7 +114,7 @@ class CacheEventsFollower(threading.Thread):
     BATCH = 500
 
     def __init__(self, bootstrap: str, topic: str, index: CacheIndex, loop: asyncio.AbstractEventLoop,
-                 on_bad: DeadLetter | None = None) -> None:
+                 on_bad: DeadLetter | None = None, config: Mapping[str, Any] | None = None) -> None:
         super().__init__(name="cache-events", daemon=True)
         self.topic = topic
         self.index = index
@@ -128,6 +129,7 @@ class CacheEventsFollower(threading.Thread):
             "group.id": f"heatcache-follower-{uuid.uuid4()}",  # never commits: always rebuilds
             "enable.auto.commit": False,
             "enable.partition.eof": True,
+            **(config or {}),  # Kafka TLS: kafkautil.client_config(settings)
         })
 
     def _apply(self, changes: list[Change], caught_up: bool) -> None:  # on the loop

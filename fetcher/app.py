@@ -52,7 +52,7 @@ from heatcache import contract
 from heatcache.cachekey import BadUrl
 from heatcache.contract import CacheEvent, DecodeError, FetchProgress, HotUrl
 from heatcache.control import ControlFollower
-from heatcache.kafkautil import consumer, producer
+from heatcache.kafkautil import client_config, consumer, producer
 from heatcache.lifecycle import StopFlag, announce_ready
 from heatcache.redirects import HopRefused
 from heatcache.resolve import ResolveError, make_async_resolver, resolve_origin
@@ -161,7 +161,7 @@ class Fetcher:
         self.consumer.subscribe([s.topic(contract.HOT_URLS)], on_revoke=self._revoked)
         self._listener = threading.Thread(target=self._listen, name="aria2-notifications", daemon=True)
         self._listener.start()
-        self.control = ControlFollower(self.bootstrap, s.topic(contract.CONTROL))
+        self.control = ControlFollower(self.bootstrap, s.topic(contract.CONTROL), config=client_config(s))
         self.control.start()
         self.control.wait_ready(10)  # a pause switched before this start holds from the first message
         if self.runner is not None:

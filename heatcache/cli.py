@@ -80,7 +80,7 @@ def _serve(settings: Settings, stage: str) -> int:
 async def _serve_main(run: Runner) -> None:
     from dns_redirect.index import CacheEventsFollower, CacheIndex
     from heatcache import contract
-    from heatcache.kafkautil import dead_letter, producer
+    from heatcache.kafkautil import client_config, dead_letter, producer
 
     settings, stage = run.settings, run.stage
     index = CacheIndex()
@@ -92,7 +92,7 @@ async def _serve_main(run: Runner) -> None:
 
     # the follower reads in its thread; this loop applies every change (the index's one writer)
     follower = CacheEventsFollower(run.bootstrap, settings.topic(contract.CACHE_EVENTS), index,
-                                   asyncio.get_running_loop(), on_bad=bad_event)
+                                   asyncio.get_running_loop(), on_bad=bad_event, config=client_config(settings))
     follower.start()
     try:
         while not follower.ready.is_set():
@@ -131,7 +131,8 @@ async def _serve_dns(run: Runner, index: CacheIndex) -> None:
     def on_change(state: ControlState) -> None:  # on the follower's thread
         loop.call_soon_threadsafe(switch, state)
 
-    control = ControlFollower(run.bootstrap, run.settings.topic(contract.CONTROL), on_change=on_change)
+    control = ControlFollower(run.bootstrap, run.settings.topic(contract.CONTROL), on_change=on_change,
+                              config=run.settings.kafka_client_config())
     control.start()
     await loop.run_in_executor(None, control.wait_ready, 10.0)  # a stop switched earlier holds from the start
     await server.start()
@@ -283,7 +284,7 @@ def cmd_control(settings: Settings, args: argparse.Namespace) -> int:
     rows = open_catalog_rows(settings)
     try:
         action = parse_action(body, by=f"cli@{settings.node_name}")
-        prod = producer(_bootstrap(settings), settings) if not action.kind.startswith("purge") else None
+        prod = producer(_bootstrap(settings), settings) if action.kind != "purge-url" else None
         result = Actions(settings, prod, rows).run(action)
     except ActionError as exc:
         raise UsageError(str(exc)) from None

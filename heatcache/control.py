@@ -149,7 +149,8 @@ class ControlFollower(threading.Thread):
     this thread with the new state. Undecodable records are counted and skipped (the topic is
     compacted and re-read at every start; the writer validates with the same contract)."""
 
-    def __init__(self, bootstrap: str, topic: str, on_change: Callable[[ControlState], None] | None = None) -> None:
+    def __init__(self, bootstrap: str, topic: str, on_change: Callable[[ControlState], None] | None = None,
+                 config: Mapping[str, Any] | None = None) -> None:
         super().__init__(name="control", daemon=True)
         self.topic = topic
         self.state = ControlState()
@@ -162,6 +163,7 @@ class ControlFollower(threading.Thread):
             "group.id": f"heatcache-control-{uuid.uuid4()}",  # never commits: always rebuilds
             "enable.auto.commit": False,
             "enable.partition.eof": True,
+            **(config or {}),  # Kafka TLS: kafkautil.client_config(settings)
         })
 
     def on_change(self, callback: Callable[[ControlState], None]) -> None:

@@ -399,7 +399,7 @@ def main(run: Runner, settings: Settings, bootstrap: str, loglevel: str = "info"
         app, stage = make_app(settings, bootstrap, run.counters, on_ready=run.ready)
     except RulesError as exc:
         raise ConfigError(str(exc)) from None
-    follower = CacheFollower(bootstrap, settings.topic(contract.CACHE_EVENTS))
+    follower = CacheFollower(bootstrap, settings.topic(contract.CACHE_EVENTS), config=settings.kafka_client_config())
     follower.start()
     stage.follower = follower
     control = _control_follower(settings, bootstrap)
@@ -425,6 +425,6 @@ def _control_follower(settings: Settings, bootstrap: str) -> Any:
         return None
     from heatcache.control import ControlFollower
 
-    follower = ControlFollower(bootstrap, topic)
+    follower = ControlFollower(bootstrap, topic, config=settings.kafka_client_config())
     follower.start()
     return follower

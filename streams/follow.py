@@ -11,6 +11,8 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+from collections.abc import Mapping
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
@@ -24,7 +26,7 @@ log = logging.getLogger(__name__)
 class CacheFollower(threading.Thread):
     """Reads `cache-events` into ``queue`` as (cache_key, state, ts) tuples."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, config: Mapping[str, Any] | None = None) -> None:
         super().__init__(name="cache-events", daemon=True)
         self.topic = topic
         self.queue: collections.deque[tuple[str, str, float]] = collections.deque()
@@ -33,7 +35,8 @@ class CacheFollower(threading.Thread):
         self._stop = threading.Event()
         self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "heatcache-streams-cache",
                                    "enable.auto.commit": False, "enable.partition.eof": True,
-                                   "auto.offset.reset": "earliest"})
+                                   "auto.offset.reset": "earliest",
+                                   **(config or {})})  # Kafka TLS: kafkautil.client_config(settings)
 
     def run(self) -> None:
         cons = self._consumer
