@@ -92,11 +92,12 @@ async def _serve_main(run: Runner) -> None:
 
     # the follower reads in its thread; this loop applies every change (the index's one writer)
     follower = CacheEventsFollower(run.bootstrap, settings.topic(contract.CACHE_EVENTS), index,
-                                   asyncio.get_running_loop(), on_bad=bad_event, config=client_config(settings))
+                                   asyncio.get_running_loop(), on_bad=bad_event, health=run.health,
+                                   config=client_config(settings))
     follower.start()
     try:
         while not follower.ready.is_set():
-            if not follower.is_alive():  # could not reach the broker: exit, the supervisor restarts us
+            if not follower.is_alive():  # not expected (it waits for the broker): the supervisor restarts us
                 raise RuntimeError("the cache-events follower stopped before catching up")
             if run.stop.is_set():
                 return
@@ -132,7 +133,7 @@ async def _serve_dns(run: Runner, index: CacheIndex) -> None:
         loop.call_soon_threadsafe(switch, state)
 
     control = ControlFollower(run.bootstrap, run.settings.topic(contract.CONTROL), on_change=on_change,
-                              config=run.settings.kafka_client_config())
+                              health=run.health, config=run.settings.kafka_client_config())
     control.start()
     await loop.run_in_executor(None, control.wait_ready, 10.0)  # a stop switched earlier holds from the start
     await server.start()
