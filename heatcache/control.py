@@ -8,7 +8,8 @@ Stages only *read* the state (``follower.state``); the console and the CLI write
 
 Use in a stage::
 
-    follower = ControlFollower(bootstrap, settings.topic(contract.CONTROL)); follower.start()
+    follower = ControlFollower(bootstrap, settings.topic(contract.CONTROL),
+                               config=kafkautil.client_config(settings)); follower.start()
     ...
     if follower.state.prefetch_paused: ...          # fetcher
     if follower.state.steering_stopped: ...         # DNS (the kill switch)

@@ -16,7 +16,7 @@ from heatcache.settings import load_settings
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("heatcache", "sniffer", "streams", "fetcher", "dns_redirect", "console", "replay", "cachestore", "ops")
 # what carries the security settings into a client's config dict
-CARRIERS = ("client_config(", "kafka_client_config(", "**(config or {})")
+CARRIERS = ("client_config(", "kafka_client_config(", "**(config or {})", "config=config")
 # built before any settings exist: the embedded broker's own readiness probe (PLAINTEXT listener)
 ALLOWED = {("heatcache/services/kafka.py", "AdminClient({\"bootstrap.servers\": self.bootstrap})")}
 
@@ -48,10 +48,11 @@ def test_ssl_context_verifies_the_broker_and_loads_the_client_cert(tmp_path: Pat
 def _client_calls(text: str) -> list[tuple[int, str]]:
     """(line, the call's text up to its closing parenthesis) of every Kafka client construction."""
     out = []
-    for m in re.finditer(r"\b(Producer|Consumer|AdminClient)\(", text):
-        if text[max(0, m.start() - 11):m.start()].endswith("isinstance("):
+    # kafkautil.Follower and its subclasses (super().__init__(bootstrap, ...)) take config= too
+    for m in re.finditer(r"\b(Producer|Consumer|AdminClient|\w*Follower)\(|super\(\)\.__init__\(bootstrap", text):
+        if text[max(0, m.start() - 11):m.start()].endswith(("isinstance(", "class ")):
             continue
-        depth, i = 0, m.end() - 1
+        depth, i = 0, text.index("(", m.start() + (len("super()") if m.group(0).startswith("super") else 0))
         while i < len(text):
             depth += {"(": 1, ")": -1}.get(text[i], 0)
             if depth == 0:
