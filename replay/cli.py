@@ -28,7 +28,8 @@ def cmd_trace(settings: Settings, args: argparse.Namespace, bootstrap: str) -> i
 
     trace, fmt = read_file(args.file, settings, args.format, args.host)
     report = publish_trace(trace, bootstrap, settings.topic(contract.REQUESTS),
-                           args.max_events or settings.batch_max_events, settings.batch_linger_ms / 1000)
+                           args.max_events or settings.batch_max_events, settings.batch_linger_ms / 1000,
+                           settings=settings)
     bad = ", ".join(f"{k}={v}" for k, v in sorted(report.bad.items())) or "none"
     span = f"{trace.events[0].ts:.3f}..{trace.events[-1].ts:.3f}" if trace.events else "-"
     print(f"trace import: {args.file} as {fmt}: {trace.lines} lines, {report.events} requests in "
@@ -125,8 +126,9 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
         from replay.kafkaio import read_range
 
         start, end = _time(args.start), (_time(args.end) if args.end else None)
-        batch_list = read_range(settings.kafka_bootstrap, settings.topic(contract.REQUESTS), start, end, bad=bad)
-        for msg in read_topic(settings.kafka_bootstrap, settings.topic(contract.CACHE_EVENTS)):
+        batch_list = read_range(settings.kafka_bootstrap, settings.topic(contract.REQUESTS), start, end, bad=bad,
+                                settings=settings)
+        for msg in read_topic(settings.kafka_bootstrap, settings.topic(contract.CACHE_EVENTS), settings=settings):
             try:
                 ev = contract.decode(msg.value(), contract.CacheEvent)
             except contract.DecodeError:
