@@ -111,6 +111,7 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     from replay.trace import batches, read_file
 
     known: dict[str, int] = {}
+    failed: set[str] = set()  # production's fetch outcomes: downloads that failed
     bad: Counter[str] = Counter()
     if args.file:
         trace, fmt = read_file(args.file, settings, args.format, args.host)
@@ -134,10 +135,14 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
                 continue
             if ev.size:
                 known[ev.cache_key] = ev.size
+            if ev.state == "failed":
+                failed.add(ev.cache_key)
+            else:
+                failed.discard(ev.cache_key)
         source = f"{settings.topic(contract.REQUESTS)} from {args.start} to {args.end or 'the end'}"
     else:
         return main_error("heatcache replay: give --file PATH or --from TIME [--to TIME]")
-    prep = prepare(batch_list, args.default_size, known)
+    prep = prepare(batch_list, args.default_size, known, failed)
     quotas = _list(int, args.quotas) or [0]
     settings_grid = grid(_list(int, args.windows), _list(int, args.min_clients), quotas,
                          _list(str, args.policies), _list(bool, args.fill), _list(bool, args.prefetch),
