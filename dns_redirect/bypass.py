@@ -44,7 +44,7 @@ class RequestsFollower(threading.Thread):
 
     def __init__(self, bootstrap: str, topic: str, loop: asyncio.AbstractEventLoop,
                  deliver: Callable[[tuple[RequestEvent, ...]], None], counters: Counter[str],
-                 client_config: dict[str, str] | None = None) -> None:
+                 config: dict[str, str] | None = None) -> None:
         super().__init__(name="bypass-requests", daemon=True)
         self.topic = topic
         self.loop = loop
@@ -56,7 +56,7 @@ class RequestsFollower(threading.Thread):
             "bootstrap.servers": bootstrap,
             "group.id": f"heatcache-bypass-{uuid.uuid4()}",  # never commits
             "enable.auto.commit": False,
-            **(client_config or {}),
+            **(config or {}),  # the settings' Kafka security (TLS in k8s)
         })
 
     def _assign(self) -> bool:
