@@ -5,8 +5,11 @@ score. Each decision is one of the stages' own pure cores, behind a small adapte
 
 - admission: ``streams.heat.PartitionHeat`` (fold a batch, HotUrls out; cache events in), with
   the rules ``streams.rules.rules_from_settings`` builds from the setting;
-- eviction and quota: ``cachestore.policy.POLICIES`` (the store's policy, or its LRU baseline)
-  and ``cachestore.quota.plan_space``;
+- eviction and quota: ``store``, the cache store's own order (``cachestore.policy.choose_victims``
+  over the catalog's hit counts, heat and last activity: :class:`replay.storepolicy.StorePolicy`;
+  tests/replay/test_store_equal.py checks the contents against a real ObjectStore), or for
+  comparison ``cachestore.policy.POLICIES`` (``heat``: the decayed-frequency model the store's
+  simulator uses, ``lru``: its baseline); and ``cachestore.quota.plan_space``;
 - in-path fill: ``dns_redirect.hits.may_fill`` on the logged status and size;
 - steering: ``dns_redirect.index.CacheIndex.is_steered`` and ``dns_redirect.policy.never_steer``
   (a host is steered while it has a cached object and no override says otherwise).
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -39,6 +42,7 @@ from dns_redirect.policy import never_steer
 from heatcache.cachekey import key_host
 from heatcache.contract import CacheEvent, RequestBatch, RequestEvent
 from heatcache.settings import Settings
+from replay.storepolicy import StorePolicy
 from streams.heat import PartitionHeat
 from streams.rules import Rules, rules_from_settings
 
@@ -55,7 +59,7 @@ class Setting:
     min_requests: int = 1
     first_access: bool = False
     quota_bytes: int = 0  # HEATCACHE_CACHE_MAX_BYTES; 0 = no byte quota
-    policy: str = "heat"  # cachestore.policy.POLICIES: "heat" (the store's) or "lru" (its baseline)
+    policy: str = "store"  # "store" (what ObjectStore evicts), or cachestore.policy.POLICIES "heat" / "lru"
     half_life_s: float = 4 * 3600.0
     fill: bool = True
     prefetch: bool = True
@@ -94,7 +98,7 @@ class Setting:
     @property
     def applicable(self) -> bool:
         """Whether production can run it (the LRU baseline and the oracle are for comparison)."""
-        return self.policy == "heat" and self.admission == "streams"
+        return self.policy == "store" and self.admission == "streams"
 
 
 def _dur(s: float) -> str:
@@ -186,6 +190,8 @@ class OracleAdmission:
 
 
 def make_policy(setting: Setting) -> Policy:
+    if setting.policy == "store":
+        return StorePolicy(PolicyParams(half_life_s=setting.half_life_s))  # as cachestore.open_store sets it
     if setting.policy == "heat":
         return HeatPolicy(PolicyParams(half_life_s=setting.half_life_s))
     if setting.policy == "lru":
@@ -214,6 +220,7 @@ class Result:
     hosts_steered_end: int = 0
     evictions: int = 0
     refused: int = 0
+    fetch_failures: int = 0  # prefetches of keys whose download failed in production
     tls_events: int = 0
     median_first_hit_s: float = math.nan  # per object: from its first request to its first local hit
     series: list[tuple[float, int, int, int]] = field(default_factory=list)  # (bin start, requested, local, prefetched)
@@ -257,12 +264,16 @@ class Prepared:
     host_of: dict[str, str] = field(default_factory=dict)  # cache key -> heatcache.cachekey.key_host(key)
     first_seen: dict[str, float] = field(default_factory=dict)  # cache key -> ts of its first (non-TLS) request
     batch_ts: list[float] = field(default_factory=list)  # per batch: its first event's ts (for the series)
+    failed_fetches: frozenset[str] = frozenset()  # keys whose download failed in production (cache-events)
 
 
 def prepare(batches: Sequence[RequestBatch], default_size: int = 1 << 20,
-            known_sizes: dict[str, int] | None = None) -> Prepared:
+            known_sizes: dict[str, int] | None = None, failed_fetches: Iterable[str] = ()) -> Prepared:
     """Object sizes (largest logged 200, else ``known_sizes`` from cache-events, else the
-    default) and each request's bytes (as logged; a request with nothing logged: the object)."""
+    default) and each request's bytes (as logged; a request with nothing logged: the object).
+
+    ``failed_fetches``: the fetch outcomes production had, from `cache-events` (keys whose last
+    event is ``failed``): replay's prefetch of such a key fails too, and streams is told so."""
     size: dict[str, int] = dict(known_sizes or {})
     logged: dict[str, int] = {}
     for b in batches:
@@ -295,15 +306,20 @@ def prepare(batches: Sequence[RequestBatch], default_size: int = 1 << 20,
         per.append(row)
     if t0 > t1:
         t0 = t1 = 0.0
-    return Prepared(list(batches), per, size, t0, t1, host_of, first_seen, batch_ts)
+    return Prepared(list(batches), per, size, t0, t1, host_of, first_seen, batch_ts, frozenset(failed_fetches))
 
 
 # -- the engine ---------------------------------------------------------------------------------
 
 
 def run(prep: Prepared, setting: Setting, base: Settings, bins: int = 48, keep_hot: bool = False,
-        admission: Admission | None = None) -> Result:
+        admission: Admission | None = None, journal: list[tuple[Any, ...]] | None = None) -> Result:
     """Replay ``prep`` under ``setting``; see the module doc for what happens to each request.
+
+    ``journal``, when given, receives what the cache store would have been asked, in order:
+    ``("fill"|"fetch", key, size, ts, heat)`` per object to store, then ``("refused", key)`` or
+    one ``("evicted", key)`` per victim; ``("fetch-failed", key)`` per download that failed in
+    production; ``("hit", key, ts)`` per local hit (tests drive a real ObjectStore with it).
 
     The loop is the hot path of a grid (one pass per setting): per-request state lives in
     locals, per-trace facts (hosts, first requests, sizes) come from ``prep``, and the cache
@@ -355,13 +371,19 @@ def run(prep: Prepared, setting: Setting, base: Settings, bins: int = 48, keep_h
         return ok
 
     def store(key: str, size: int, ts: float, source: str, heat: int, partition: int) -> bool:
+        if journal is not None:
+            journal.append((source, key, size, ts, heat))
         plan = plan_space(quota, size, policy.used_bytes, _HUGE_DISK)
         if plan.refused:
             counts["refused"] += 1
+            if journal is not None:
+                journal.append(("refused", key))
             return False
         if plan.free_bytes:
             for victim in policy.evict(plan.free_bytes, ts):
                 counts["evictions"] += 1
+                if journal is not None:
+                    journal.append(("evicted", victim))
                 ev = evicted_events.get(victim)
                 if ev is None:
                     ev = evicted_events[victim] = CacheEvent(cache_key=victim, state="evicted")
@@ -384,7 +406,8 @@ def run(prep: Prepared, setting: Setting, base: Settings, bins: int = 48, keep_h
         return True
 
     requests = bytes_requested = hits = bytes_local = tls_events = 0
-    prefetches = bytes_prefetched = fills = bytes_filled = 0
+    prefetches = bytes_prefetched = fills = bytes_filled = fetch_failures = 0
+    failed_fetches = prep.failed_fetches
     fill_on, prefetch_on = setting.fill, setting.prefetch
     fold = admission.fold
     for batch, nbytes, bts in zip(prep.batches, prep.request_bytes, prep.batch_ts, strict=True):
@@ -409,6 +432,8 @@ def run(prep: Prepared, setting: Setting, base: Settings, bins: int = 48, keep_h
                 bytes_local += b
                 slot[1] += b
                 policy.access(key, ev[0])
+                if journal is not None:
+                    journal.append(("hit", key, ev[0]))
                 pending_prefetch.discard(key)
                 if key not in hit_once:
                     hit_once.add(key)
@@ -431,6 +456,12 @@ def run(prep: Prepared, setting: Setting, base: Settings, bins: int = 48, keep_h
         for key, ts, clients in fold(part, batch.events):
             if not prefetch_on or key in cached:
                 continue
+            if key in failed_fetches:  # production's download of it failed: so does this one
+                fetch_failures += 1
+                if journal is not None:
+                    journal.append(("fetch-failed", key))
+                cache_event(part, key, "failed")
+                continue
             size = sizes[key]
             if store(key, size, ts, "fetch", clients, part):
                 prefetches += 1
@@ -442,7 +473,7 @@ def run(prep: Prepared, setting: Setting, base: Settings, bins: int = 48, keep_h
     res.requests, res.bytes_requested, res.hits, res.bytes_local, res.tls_events = (
         requests, bytes_requested, hits, bytes_local, tls_events)
     res.prefetches, res.bytes_prefetched = prefetches, bytes_prefetched
-    res.fills, res.bytes_filled = fills, bytes_filled
+    res.fills, res.bytes_filled, res.fetch_failures = fills, bytes_filled, fetch_failures
     res.refused, res.evictions = counts["refused"], counts["evictions"]
     res.prefetches_never_hit = counts["never_hit"] + len(pending_prefetch)
     res.hosts_steered = len(steered_ever)
