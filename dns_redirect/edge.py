@@ -33,7 +33,7 @@ from cachestore.coherence import fresh_until, refuse_to_store
 from cachestore.paths import resolve_in_root
 from cachestore.store import ObjectMeta, PendingObject, StoreRefused
 from dns_redirect.front import FrontWiring, HitFront, OpenObjects
-from dns_redirect.hits import SimpleHead, etag_for, http_date, may_fill, plan_hit
+from dns_redirect.hits import SimpleHead, may_fill, plan_hit
 from dns_redirect.index import CacheIndex
 from dns_redirect.route import FORWARDED, VIA, Hit, KeyMemo, Passthrough, Refuse, Route, route
 from heatcache import contract
@@ -254,10 +254,10 @@ class Edge:
         try:
             st = os.fstat(fobj.fileno())
             h = request.headers
-            plan = plan_hit(st.st_size, etag_for(entry.sha256, st.st_size),
-                            entry.last_modified or http_date(st.st_mtime), entry.content_type,
+            # the origin's validators, never our own (they survive steering switching on and off)
+            plan = plan_hit(st.st_size, entry.etag, entry.last_modified, entry.content_type,
                             h.get("If-None-Match", ""), h.get("If-Modified-Since", ""), h.get("Range", ""),
-                            h.get("If-Range", ""))
+                            h.get("If-Range", ""), h.get("If-Match", ""), h.get("If-Unmodified-Since", ""))
             resp = web.StreamResponse(status=plan.status, headers=plan.headers)
             if plan.status in (200, 206) and request.method != "HEAD":
                 self._hit_bytes(plan.length, request.remote or "")

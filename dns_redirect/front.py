@@ -29,7 +29,6 @@ from dns_redirect.hits import (
     MAX_HEAD,
     SimpleHead,
     accel_head,
-    etag_for,
     head_end,
     head_start,
     http_date,
@@ -43,6 +42,8 @@ if TYPE_CHECKING:
 
 IDLE_S = 75.0  # like aiohttp's keep-alive timeout; also bounds a head that never completes
 MAX_BUFFERED = 4 * MAX_HEAD  # pipelined bytes held while a large body is still going out
+# request headers that make a hit's answer depend on the request (else the prebuilt 200 head)
+_PLAIN = frozenset({"range", "if-none-match", "if-modified-since", "if-match", "if-unmodified-since"})
 
 
 class OpenObject(NamedTuple):
@@ -82,8 +83,7 @@ class OpenObjects:
             return None  # escaping path, or evicted under us: aiohttp's handler decides
         try:
             st = os.fstat(fd)
-            etag = etag_for(entry.sha256, st.st_size)
-            modified = entry.last_modified or http_date(st.st_mtime)
+            etag, modified = entry.etag, entry.last_modified  # the origin's validators, never our own
             plain = head_start(plan_hit(st.st_size, etag, modified, entry.content_type))
         except BaseException:
             os.close(fd)
@@ -143,9 +143,10 @@ class FrontWiring:
         if self.accel_prefix:
             return accel_head(self.accel_prefix, decision.entry.path, obj.content_type) + tail, obj.fd, 0, 0
         h = head.headers
-        if "range" in h or "if-none-match" in h or "if-modified-since" in h:
+        if not _PLAIN.isdisjoint(h):
             plan = plan_hit(obj.size, obj.etag, obj.last_modified, obj.content_type, h.get("if-none-match", ""),
-                            h.get("if-modified-since", ""), h.get("range", ""), h.get("if-range", ""))
+                            h.get("if-modified-since", ""), h.get("range", ""), h.get("if-range", ""),
+                            h.get("if-match", ""), h.get("if-unmodified-since", ""))
             length = plan.length if plan.status in (200, 206) and head.method != "HEAD" else 0
             return head_start(plan) + tail, obj.fd, plan.start, length
         return obj.plain + tail, obj.fd, 0, obj.size if head.method != "HEAD" else 0

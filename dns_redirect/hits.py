@@ -17,15 +17,51 @@ class HitPlan(NamedTuple):
 
 
 def etag_for(sha256: str, size: int) -> str:
-    """A strong validator from the content digest: stable across restarts and nodes."""
+    """A strong validator from the content digest (kept for callers that need a digest tag; the
+    edge itself answers with the origin's validators, see :func:`plan_hit`)."""
     return f'"{sha256[:32]}"' if sha256 else f'"size-{size}"'
 
 
-def _etag_listed(header: str, etag: str) -> bool:
+def _tags(header: str) -> list[str]:
+    return [t.strip() for t in header.split(",") if t.strip()]
+
+
+def _weak_match(header: str, etag: str) -> bool:
+    """If-None-Match: weak comparison (W/"x" matches "x"), ``*`` matches any stored object."""
     if header.strip() == "*":
         return True
-    tags = [t.strip() for t in header.split(",")]
-    return any(t == etag or t == "W/" + etag for t in tags)  # weak comparison for If-None-Match
+    if not etag:
+        return False
+    opaque = etag.removeprefix("W/")
+    return any(t.removeprefix("W/") == opaque for t in _tags(header))
+
+
+def _strong_match(header: str, etag: str) -> bool:
+    """If-Match: strong comparison (a weak tag on either side never matches), ``*`` matches."""
+    if header.strip() == "*":
+        return True
+    if not etag or etag.startswith("W/"):
+        return False
+    return any(t == etag for t in _tags(header))
+
+
+def _date(value: str) -> float | None:
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def if_range_holds(if_range: str, etag: str, last_modified: str) -> bool:
+    """RFC 9110 13.1.5: an entity-tag must match strongly; an HTTP-date must equal Last-Modified
+    exactly (as a date); a weak or malformed validator never holds (the whole object is sent)."""
+    value = if_range.strip()
+    if value.startswith(('"', "W/")):
+        return bool(etag) and not value.startswith("W/") and not etag.startswith("W/") and value == etag
+    given, modified = _date(value), _date(last_modified)
+    return given is not None and modified is not None and given == modified
 
 
 def _parse_range(header: str, size: int) -> tuple[int, int] | str | None:
@@ -53,21 +89,35 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | str | None:
 
 
 def plan_hit(size: int, etag: str, last_modified: str, content_type: str, if_none_match: str = "",
-             if_modified_since: str = "", range_header: str = "", if_range: str = "") -> HitPlan:
-    headers = {"Content-Type": content_type or "application/octet-stream", "ETag": etag,
-               "Accept-Ranges": "bytes", "X-Cache": "HIT"}
+             if_modified_since: str = "", range_header: str = "", if_range: str = "", if_match: str = "",
+             if_unmodified_since: str = "") -> HitPlan:
+    """The answer to a GET/HEAD of a stored object, with the origin's validators (``etag`` and
+    ``last_modified`` as the origin sent them; no ETag header when the origin gave none), the
+    preconditions evaluated in RFC 9110 13.2.2's order: If-Match (412), else
+    If-Unmodified-Since (412); If-None-Match (304), else If-Modified-Since (304); then Range
+    under If-Range (206, 416, or the whole object when If-Range does not hold)."""
+    headers = {"Content-Type": content_type or "application/octet-stream"}
+    if etag:
+        headers["ETag"] = etag
+    headers["Accept-Ranges"] = "bytes"
+    headers["X-Cache"] = "HIT"
     if last_modified:
         headers["Last-Modified"] = last_modified
+    if if_match:
+        if not _strong_match(if_match, etag):
+            return HitPlan(412, 0, 0, headers)
+    elif if_unmodified_since:
+        given, modified = _date(if_unmodified_since), _date(last_modified)
+        if given is not None and modified is not None and modified > given:  # invalid dates: ignored
+            return HitPlan(412, 0, 0, headers)
     if if_none_match:
-        if _etag_listed(if_none_match, etag):
+        if _weak_match(if_none_match, etag):
             return HitPlan(304, 0, 0, headers)
-    elif if_modified_since and last_modified:
-        try:
-            if parsedate_to_datetime(last_modified) <= parsedate_to_datetime(if_modified_since):
-                return HitPlan(304, 0, 0, headers)
-        except (TypeError, ValueError):
-            pass
-    if range_header and (not if_range or if_range.strip() == etag):
+    elif if_modified_since:
+        given, modified = _date(if_modified_since), _date(last_modified)
+        if given is not None and modified is not None and modified <= given:
+            return HitPlan(304, 0, 0, headers)
+    if range_header and (not if_range or if_range_holds(if_range, etag, last_modified)):
         parsed = _parse_range(range_header, size)
         if parsed == "unsatisfiable":
             headers["Content-Range"] = f"bytes */{size}"

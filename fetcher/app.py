@@ -31,7 +31,7 @@ import queue
 import shutil
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 ARIA2_ERRORS = (aria2p.ClientException, requests.RequestException, OSError)
 STATUS_KEYS = ["gid", "status", "totalLength", "completedLength", "downloadSpeed", "errorMessage", "errorCode", "dir"]
 PERMANENT = "permanent: "  # prefix of a failure that no retry can fix
+ADMISSIONS_KEPT = 100_000  # admission ids remembered (a re-sent one comes soon after the original)
 
 
 class FetchError(RuntimeError):
@@ -127,6 +128,8 @@ class Fetcher:
         self.jobs: dict[str, Job] = {}
         self.owed: dict[str, Owed] = {}  # dead letters waiting for their acknowledgement
         self.by_gid: dict[str, str] = {}
+        # admission ids (HotUrl.admission) taken on, oldest first: a re-sent one is dropped
+        self.admissions: OrderedDict[str, None] = OrderedDict()
         self.offsets = OffsetTracker()
         self.results: queue.Queue[tuple[str, str, Any]] = queue.Queue()  # (key, kind, result) from workers
         self.notified: queue.Queue[str] = queue.Queue()  # gids aria2 says stopped/completed/failed
@@ -261,6 +264,16 @@ class Fetcher:
             job.offsets.append(where)
             self.counters["joined"] += 1
             return
+        if hot.admission and hot.admission in self.admissions:
+            # the same admission re-sent (streams restarted before committing): handled already,
+            # whatever became of it (cached, failed, evicted since) - never a second download
+            self.counters["duplicate-admission"] += 1
+            self._offset_done(*where)
+            return
+        if hot.admission:
+            self.admissions[hot.admission] = None
+            while len(self.admissions) > ADMISSIONS_KEPT:
+                self.admissions.popitem(last=False)
         self.jobs[hot.cache_key] = Job([where], hot=hot, dir=self.jobs_dir / key_hash(hot.cache_key))
 
     def _advance(self, now: float) -> None:
@@ -682,10 +695,13 @@ class Fetcher:
         self.jobs.pop(key, None)
         self.owed.pop(key, None)
         for topic, partition, offset in job.offsets:
-            commit = self.offsets.done(topic, partition, offset)
-            if commit is not None:
-                with contextlib.suppress(KafkaException):  # partition revoked meanwhile: it comes again
-                    self.consumer.store_offsets(offsets=[TopicPartition(topic, partition, commit)])
+            self._offset_done(topic, partition, offset)
+
+    def _offset_done(self, topic: str, partition: int, offset: int) -> None:
+        commit = self.offsets.done(topic, partition, offset)
+        if commit is not None:
+            with contextlib.suppress(KafkaException):  # partition revoked meanwhile: it comes again
+                self.consumer.store_offsets(offsets=[TopicPartition(topic, partition, commit)])
 
     def _revoked(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         for tp in partitions:

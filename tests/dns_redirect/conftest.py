@@ -20,7 +20,7 @@ from heatcache.netutil import free_port
 from heatcache.services.dnsmasq import Dnsmasq
 from heatcache.services.nginx import NginxFront
 from heatcache.settings import load_settings
-from tests.dns_redirect.edgelab import EdgeLab, serving_edge
+from tests.dns_redirect.edgelab import ORIGIN_ETAG, ORIGIN_LM, EdgeLab, serving_edge
 
 
 @contextlib.contextmanager
@@ -38,7 +38,8 @@ def edge_lab(tmp_path: Path, dnsmasq: Dnsmasq, nginx: bool = False) -> Iterator[
     path.parent.mkdir(parents=True)
     path.write_bytes(files["cached.bin"])
     index = CacheIndex()
-    index.apply(CacheEvent(key, "cached", path=rel, size=len(files["cached.bin"]), content_type="video/mp4"))
+    index.apply(CacheEvent(key, "cached", path=rel, size=len(files["cached.bin"]), content_type="video/mp4",
+                           etag=ORIGIN_ETAG, last_modified=ORIGIN_LM))  # the origin's validators
     index.apply(CacheEvent(f"http://internal.lab.test:{port}/x", "cached", path="objects/00/x"))
     index.apply(CacheEvent(f"http://escape.lab.test:{port}/x", "cached", path="../../../../etc/passwd"))
     catalog = open_catalog(settings.catalog)

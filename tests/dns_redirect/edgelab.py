@@ -12,6 +12,10 @@ from dns_redirect.edge import Edge
 from heatcache.lab import NODE_IP, Origin
 from tests.loopthread import on_loop_thread
 
+# the validators the lab's cached object carries from its origin (the edge serves these)
+ORIGIN_ETAG = '"origin-v1"'
+ORIGIN_LM = "Mon, 23 Nov 2026 08:00:00 GMT"
+
 
 @dataclass
 class EdgeLab:

@@ -15,7 +15,7 @@ from heatcache.contract import CacheEvent
 from heatcache.lab import NODE_IP, ORIGIN_IP, Origin, make_sample_files, shared_port
 from heatcache.services.dnsmasq import Dnsmasq
 from heatcache.settings import load_settings
-from tests.dns_redirect.edgelab import EdgeLab, serving_edge
+from tests.dns_redirect.edgelab import ORIGIN_ETAG, ORIGIN_LM, EdgeLab, serving_edge
 
 
 def test_hit_is_served_from_disk(lab: EdgeLab) -> None:
@@ -33,6 +33,26 @@ def test_range_head_and_conditional(lab: EdgeLab) -> None:
     assert status == 200 and body == b"" and headers["content-length"] == str(len(lab.files["cached.bin"]))
     status, _, _ = lab.get("/cached.bin", headers={"If-None-Match": headers["etag"]})
     assert status == 304
+    assert lab.origin.hits == {}
+
+
+def test_preconditions_with_the_origins_validators(lab: EdgeLab) -> None:
+    """RFC 9110 preconditions against the origin's ETag/Last-Modified, on both hit paths (the
+    front answers plain GETs; a GET with a Content-Length goes to aiohttp's handler)."""
+    body = lab.files["cached.bin"]
+    for extra in ({}, {"Content-Length": "0"}):
+        status, headers, _ = lab.get("/cached.bin", headers=extra)
+        assert status == 200 and headers["etag"] == ORIGIN_ETAG and headers["last-modified"] == ORIGIN_LM
+        assert lab.get("/cached.bin", headers={**extra, "If-None-Match": ORIGIN_ETAG})[0] == 304
+        assert lab.get("/cached.bin", headers={**extra, "If-Match": '"other"'})[0] == 412
+        assert lab.get("/cached.bin", headers={**extra, "If-Match": ORIGIN_ETAG})[0] == 200
+        assert lab.get("/cached.bin", headers={**extra, "If-Unmodified-Since": "Sun, 22 Nov 2026 08:00:00 GMT"}
+                       )[0] == 412
+        status, _, got = lab.get("/cached.bin", headers={**extra, "Range": "bytes=0-9", "If-Range": ORIGIN_LM})
+        assert status == 206 and got == body[:10]
+        status, _, got = lab.get("/cached.bin", headers={**extra, "Range": "bytes=0-9",
+                                                         "If-Range": "Tue, 24 Nov 2026 08:00:00 GMT"})
+        assert status == 200 and got == body
     assert lab.origin.hits == {}
 
 

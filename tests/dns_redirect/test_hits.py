@@ -57,6 +57,63 @@ def test_conditionals() -> None:
     assert plan_hit(10, etag_for("", 10), "", "").headers["Content-Type"] == "application/octet-stream"
 
 
+def test_the_origins_validators_are_served_and_never_our_own() -> None:
+    plan = plan_hit(1000, '"origin-1"', LM, "")
+    assert plan.headers["ETag"] == '"origin-1"' and plan.headers["Last-Modified"] == LM
+    plan = plan_hit(1000, "", "", "")  # the origin gave none: we invent none
+    assert "ETag" not in plan.headers and "Last-Modified" not in plan.headers
+    assert plan_hit(1000, "", "", "", if_none_match='"x"').status == 200
+    assert plan_hit(1000, "", "", "", if_none_match="*").status == 304
+    assert plan_hit(1000, "", "", "", if_modified_since=LM).status == 200  # nothing to compare with
+
+
+EARLIER = "Sun, 22 Nov 2026 08:00:00 GMT"
+LATER = "Tue, 24 Nov 2026 08:00:00 GMT"
+WEAK = 'W/"w1"'
+
+
+@pytest.mark.parametrize(
+    ("etag", "kwargs", "status"),
+    [
+        # If-Match: strong comparison; a mismatch is 412 whatever else the request says
+        (ETAG, {"if_match": ETAG}, 200),
+        (ETAG, {"if_match": f'"a", {ETAG}'}, 200),
+        (ETAG, {"if_match": "*"}, 200),
+        (ETAG, {"if_match": '"other"'}, 412),
+        (ETAG, {"if_match": f"W/{ETAG}"}, 412),  # weak never matches strongly
+        (WEAK, {"if_match": WEAK}, 412),
+        ("", {"if_match": '"x"'}, 412),
+        (ETAG, {"if_match": '"other"', "if_none_match": ETAG}, 412),  # If-Match first
+        (ETAG, {"if_match": ETAG, "range_header": "bytes=0-9"}, 206),
+        # If-Unmodified-Since: only without If-Match; invalid dates ignored
+        (ETAG, {"if_unmodified_since": LM}, 200),
+        (ETAG, {"if_unmodified_since": LATER}, 200),
+        (ETAG, {"if_unmodified_since": EARLIER}, 412),
+        (ETAG, {"if_unmodified_since": "garbage"}, 200),
+        (ETAG, {"if_match": ETAG, "if_unmodified_since": EARLIER}, 200),  # ignored when If-Match is there
+        # If-None-Match: weak comparison
+        (WEAK, {"if_none_match": '"w1"'}, 304),
+        (WEAK, {"if_none_match": WEAK}, 304),
+        # If-Range with a date: exact match with Last-Modified, else the whole object
+        (ETAG, {"range_header": "bytes=0-9", "if_range": LM}, 206),
+        (ETAG, {"range_header": "bytes=0-9", "if_range": "Mon, 23 Nov 2026 08:00:00 +0000"}, 206),  # same date
+        (ETAG, {"range_header": "bytes=0-9", "if_range": LATER}, 200),
+        (ETAG, {"range_header": "bytes=0-9", "if_range": EARLIER}, 200),
+        (ETAG, {"range_header": "bytes=0-9", "if_range": "garbage"}, 200),
+        # If-Range with an entity-tag: strong comparison only
+        (ETAG, {"range_header": "bytes=0-9", "if_range": f"W/{ETAG}"}, 200),
+        (WEAK, {"range_header": "bytes=0-9", "if_range": WEAK}, 200),
+        ("", {"range_header": "bytes=0-9", "if_range": '""'}, 200),
+    ],
+)
+def test_preconditions_follow_rfc_9110(etag: str, kwargs: dict[str, str], status: int) -> None:
+    assert plan_hit(1000, etag, LM, "", **kwargs).status == status
+
+
+def test_if_range_date_without_last_modified_sends_the_whole_object() -> None:
+    assert plan_hit(1000, ETAG, "", "", range_header="bytes=0-9", if_range=LM).status == 200
+
+
 # -- the hit front's request recognizer: plain requests only, everything else to aiohttp
 
 

@@ -29,9 +29,9 @@ from heatcache.settings import Settings
 from tests.fetcher.origin import Route, TestOrigin
 
 
-def hot(url: str, host: str = "") -> bytes:
+def hot(url: str, host: str = "", admission: str = "") -> bytes:
     host = host or url.split("/")[2].split(":")[0]
-    return contract.encode(HotUrl(url, url, host, 2, 2, 86400, time.time()))
+    return contract.encode(HotUrl(url, url, host, 2, 2, 86400, time.time(), admission=admission))
 
 
 def publish(settings: Settings, *items: tuple[bytes, bytes]) -> None:
@@ -88,12 +88,20 @@ def test_concurrent_fetches_redirects_and_failures(kafka_settings: Settings, ari
         "upstream_dns": ("127.0.0.1:9",), "fetch_timeout_s": 30.0, "fetch_retries": 1, "fetch_retry_base_s": 0.2})
     urls = {p: origin.url(p) for p in [*blobs, "/moved", "/private", "/flaky"]}
     dead = f"http://127.0.0.2:{dead_port}/gone.bin"
-    publish(settings, (b"poison", b"{broken"), *[(u.encode(), hot(u)) for u in urls.values()],
+    private = urls["/private"]
+    publish(settings, (b"poison", b"{broken"), *[(u.encode(), hot(u)) for u in urls.values() if u != private],
+            (private.encode(), hot(private, admission=f"{private}@1.000000")),
             (urls["/v1.bin"].encode(), hot(urls["/v1.bin"])),  # the same object twice: one download
             (b"dead", hot(dead)))
     try:
         with running(settings) as fetcher:
             events = wait_events(settings, {*urls.values(), dead})
+            # the same admission re-sent after it was handled (it failed): dropped, not asked again
+            publish(settings, (private.encode(), hot(private, admission=f"{private}@1.000000")))
+            deadline = time.monotonic() + 30
+            while fetcher.counters["duplicate-admission"] < 1 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert fetcher.counters["duplicate-admission"] == 1
     finally:
         origin.stop()
     for path, body in blobs.items():
@@ -107,7 +115,7 @@ def test_concurrent_fetches_redirects_and_failures(kafka_settings: Settings, ari
     assert moved.state == "cached" and moved.sha256 == hashlib.sha256(blobs["/v0.bin"]).hexdigest()
     assert origin.gets["/moved"] == 0  # the redirect was walked by a HEAD; aria2c got the final URL
     assert events[urls["/private"]].state == "failed" and "private" in events[urls["/private"]].error
-    assert origin.gets["/private"] == 0
+    assert origin.gets["/private"] == 0 and origin.heads["/private"] == 1
     assert events[urls["/flaky"]].state == "cached" and origin.gets["/flaky"] == 2  # 500, then a retry
     assert events[dead].state == "failed" and "attempts" in events[dead].error
     assert not job_dirs(settings.cache_root)  # no half files left behind
