@@ -175,7 +175,7 @@ def run_workers(settings: Settings, n_workers: int, total_messages: int, tmp: Pa
 def _events_per_worker(settings: Settings, nodes: list[str]) -> dict[str, int]:
     out: dict[str, int] = {}
     for m in read_topic(settings.kafka_bootstrap, settings.topic(contract.METRICS), 20):
-        rec = orjson.loads(m.value())
+        rec = orjson.loads(m.value() or b"{}")
         if rec.get("stage") == "streams" and rec.get("node") in nodes:
             out[rec["node"]] = max(out.get(rec["node"], 0), int(rec.get("events_total") or 0))
     return out
@@ -221,8 +221,8 @@ def main() -> None:
 
             one = run_workers(variant("one"), 1, len(messages), tmp, "one")
             print(f"heatcache streams, 1 worker (memory store, flush every {flush_s:g} s): {one['rate']:,.0f} events/s "
-                  f"({one['elapsed']:.2f} s first to last commit), CPU {one['cpu_per_event'][0] * 1e6:.1f} us/event, "
-                  f"{len(one['hot'])} HotUrls", flush=True)  # type: ignore[index, arg-type]
+                  f"({one['elapsed']:.2f} s first to last commit), CPU {one['cpu_per_event'][0] * 1e6:.1f} us/event, "  # type: ignore[index]
+                  f"{len(one['hot'])} HotUrls", flush=True)  # type: ignore[arg-type]
             rocks_rate = 0.0
             if not args.quick:
                 rocks = run_workers(variant("rocks", heat_store="rocksdb"), 1, len(messages), tmp, "rocks")
