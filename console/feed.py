@@ -12,16 +12,16 @@ import logging
 import threading
 import time
 import urllib.request
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, Message, TopicPartition
 
 from console.model import CatalogRow, Model, sample_from, snapshot
 from heatcache import contract
 from heatcache.contract import CacheEvent, ControlEvent, DecodeError, FetchProgress, HotUrl
+from heatcache.kafkautil import Follower
 from heatcache.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class Feed:
         self.stopping = threading.Event()
         self.errors = 0
         self.changed = threading.Event()
-        self._threads = [threading.Thread(target=self._kafka_loop, name="console-kafka", daemon=True),
+        self._threads = [self._follower(),
                          threading.Thread(target=self._poll_loop, name="console-poll", daemon=True)]
         self.read_catalog = open_catalog_rows(settings)
 
@@ -109,61 +109,36 @@ class Feed:
                  (s.topic(HOST_HEAT) if hasattr(s, "topic_host_heat") else s.topic_prefix + HOST_HEAT): HOST_HEAT}
         return names
 
-    def _kafka_loop(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                self._follow()
-            except Exception as exc:  # lost broker or metadata: back off and start again
-                self.errors += 1
-                log.warning("console feed: %s; retrying", exc)
-                self.stopping.wait(2.0)
-
-    def _follow(self) -> None:
+    def _follower(self) -> Follower:
+        """The topics from the beginning (compacted ones) or from HISTORY_S ago, via the one
+        follower (start-up waits, broker loss, partition-EOF bookkeeping: heatcache.kafkautil)."""
         names = self._topics()
-        cons = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"heatcache-console-{uuid.uuid4()}",
-                         "enable.auto.commit": False, "enable.partition.eof": True})
-        try:
-            md = cons.list_topics(timeout=10)
-            since_ms = int((time.time() - HISTORY_S) * 1000)
-            parts: list[TopicPartition] = []
-            for full, logical in names.items():
-                if full not in md.topics:
-                    continue
-                for p in md.topics[full].partitions:
-                    if logical in (contract.CACHE_EVENTS, contract.CONTROL):
-                        parts.append(TopicPartition(full, p, OFFSET_BEGINNING))
-                    else:
-                        parts.append(TopicPartition(full, p, since_ms))
-            timed = [tp for tp in parts if tp.offset >= 0]
-            if timed:
-                found = {(tp.topic, tp.partition): tp.offset for tp in cons.offsets_for_times(timed, timeout=10)}
-                for tp in timed:
-                    off = found.get((tp.topic, tp.partition), OFFSET_END)
-                    tp.offset = off if off >= 0 else OFFSET_END
-            pending = set()
-            for tp in parts:
-                low, high = cons.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10)
-                if high > low and tp.offset != OFFSET_END:
-                    pending.add((tp.topic, tp.partition))
-            cons.assign(parts)
-            if not pending:
-                self.ready.set()
-            while not self.stopping.is_set():
-                msg = cons.poll(0.2)
-                if msg is None:
-                    continue
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard((msg.topic(), msg.partition()))
-                        if not pending:
-                            self.ready.set()
-                    elif err.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
-                        log.warning("console feed: %s", err)
-                    continue
-                self.apply(names.get(msg.topic() or "", ""), msg)
-        finally:
-            cons.close()
+        feed = self
+
+        class FeedFollower(Follower):
+            def starts(self, consumer: Consumer, parts: list[TopicPartition]) -> list[TopicPartition]:
+                since_ms = int((time.time() - HISTORY_S) * 1000)
+                for tp in parts:
+                    if names[tp.topic] not in (contract.CACHE_EVENTS, contract.CONTROL):
+                        tp.offset = since_ms
+                timed = [tp for tp in parts if tp.offset >= 0]
+                if timed:
+                    found = {(tp.topic, tp.partition): tp.offset
+                             for tp in consumer.offsets_for_times(timed, timeout=10)}
+                    for tp in timed:
+                        off = found.get((tp.topic, tp.partition), OFFSET_END)
+                        tp.offset = off if off >= 0 else OFFSET_END
+                return parts
+
+            def handle(self, msgs: list[Message], caught_up: bool) -> None:
+                for msg in msgs:
+                    feed.apply(names.get(msg.topic() or "", ""), msg)
+
+            def on_caught_up(self) -> None:
+                feed.ready.set()
+
+        return FeedFollower(self.bootstrap, list(names), name="console-kafka", group_prefix="heatcache-console",
+                            stopping=self.stopping, batch=200)
 
     def apply(self, logical: str, msg: Message) -> None:
         raw = msg.value()

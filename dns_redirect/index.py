@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Message
 
 from heatcache import contract
 from heatcache.cachekey import key_host
 from heatcache.contract import CacheEvent, DecodeError
-from heatcache.kafkautil import assign_from_beginning
+from heatcache.kafkautil import Follower, HealthLike
 
 log = logging.getLogger(__name__)
 
@@ -101,34 +99,28 @@ def decode_change(msg: Message) -> Change:
     return key, event
 
 
-class CacheEventsFollower(threading.Thread):
+class CacheEventsFollower(Follower):
     """Reads `cache-events` from the beginning, then follows it; ``ready`` once caught up.
 
     The thread only reads and decodes: every change is applied by ``loop`` (the server's), in
     order, so the index has a single writer and never changes under a query being answered.
     ``ready`` is set on the loop too, after the changes that preceded it. A record that does not
     decode goes to ``on_bad`` with the reason (the topic is compacted, so it would otherwise
-    be met again at every start) and the follower goes on."""
+    be met again at every start) and the follower goes on. Start-up waits, broker loss and the
+    ``health`` state are heatcache.kafkautil.Follower's."""
 
     BATCH = 500
 
     def __init__(self, bootstrap: str, topic: str, index: CacheIndex, loop: asyncio.AbstractEventLoop,
-                 on_bad: DeadLetter | None = None) -> None:
-        super().__init__(name="cache-events", daemon=True)
+                 on_bad: DeadLetter | None = None, health: HealthLike | None = None) -> None:
+        super().__init__(bootstrap, [topic], name="cache-events", batch=self.BATCH, health=health,
+                         require_topics=True)
         self.topic = topic
         self.index = index
         self.loop = loop
         self.on_bad = on_bad  # the error policy's dead-letter (heatcache dns/edge pass one)
-        self.ready = threading.Event()
-        self.stopping = threading.Event()
         self.errors = 0
         self.applied = 0  # changes applied on the loop (read there, or after a join)
-        self.consumer = Consumer({
-            "bootstrap.servers": bootstrap,
-            "group.id": f"heatcache-follower-{uuid.uuid4()}",  # never commits: always rebuilds
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        })
 
     def _apply(self, changes: list[Change], caught_up: bool) -> None:  # on the loop
         self.index.apply_all(changes)
@@ -136,77 +128,22 @@ class CacheEventsFollower(threading.Thread):
         if caught_up:
             self.ready.set()
 
-    def _deliver(self, changes: list[Change], caught_up: bool) -> None:
-        if not changes and not caught_up:
-            return
+    def on_caught_up(self) -> None:
+        pass  # ``ready`` is set on the loop, after the changes before it (see _apply)
+
+    def handle(self, msgs: list[Message], caught_up: bool) -> None:
+        changes: list[Change] = []
+        for msg in msgs:
+            try:
+                changes.append(decode_change(msg))
+            except Exception as exc:  # whatever a record holds, the follower goes on
+                self.errors += 1
+                reason = str(exc) if isinstance(exc, DecodeError) else f"{type(exc).__name__}: {exc}"
+                log.warning("bad cache event at %s[%s]@%s: %s", msg.topic(), msg.partition(),
+                            msg.offset(), reason)
+                if self.on_bad is not None:
+                    self.on_bad(msg, reason)
         try:
             self.loop.call_soon_threadsafe(self._apply, changes, caught_up)
         except RuntimeError:  # the loop is closed: we are stopping
             self.stopping.set()
-
-    def _start(self) -> set[int] | None:
-        """Assign every partition from the beginning; the partitions holding data, to read up
-        to their end before we are caught up. A broker not ready yet (a fresh topic has no
-        leader for a moment, a restarting broker none at all) is waited for, never fatal."""
-        delay = 0.2
-        while not self.stopping.is_set():
-            try:
-                parts = assign_from_beginning(self.consumer, self.topic)
-                return {p for p in parts if self._has_data(p)}
-            except KafkaException as exc:
-                log.warning("cache-events: not readable yet (%s), retrying in %.1fs", exc, delay)
-                self.stopping.wait(delay)
-                delay = min(5.0, delay * 2)
-        return None
-
-    def run(self) -> None:
-        try:
-            # Caught up once every partition reached the end it had when we started.
-            pending = self._start()
-            if pending is None:
-                return
-            announced = False
-            if not pending:
-                self._deliver([], True)
-                announced = True
-            while not self.stopping.is_set():
-                changes: list[Change] = []
-                first = self.consumer.poll(0.2)  # wait for one, then take what is already here
-                if first is None:
-                    continue
-                for msg in [first, *self.consumer.consume(self.BATCH, 0)]:
-                    err = msg.error()
-                    if err is not None:
-                        if err.code() == KafkaError._PARTITION_EOF:
-                            pending.discard(msg.partition())
-                        else:
-                            log.warning("cache-events: %s", err)
-                        continue
-                    try:
-                        changes.append(decode_change(msg))
-                    except Exception as exc:  # whatever a record holds, the follower goes on
-                        self.errors += 1
-                        reason = str(exc) if isinstance(exc, DecodeError) else f"{type(exc).__name__}: {exc}"
-                        log.warning("bad cache event at %s[%s]@%s: %s", msg.topic(), msg.partition(),
-                                    msg.offset(), reason)
-                        if self.on_bad is not None:
-                            self.on_bad(msg, reason)
-                caught_up = not pending and not announced
-                announced = announced or caught_up
-                self._deliver(changes, caught_up)
-        finally:
-            self.consumer.close()
-
-    def _has_data(self, partition: int) -> bool:
-        low, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=10)
-        return bool(high > low)
-
-    def wait_ready(self, timeout: float = 60.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.ready.wait(0.2):
-                return True
-        return False
-
-    def stop(self) -> None:
-        self.stopping.set()

@@ -47,6 +47,7 @@ from cachestore.catalog import Catalog, CatalogUnavailable, key_hash, open_catal
 from cachestore.coherence import fresh_until, http_time
 from cachestore.store import ObjectMeta, StoreRefused
 from fetcher.offsets import OffsetTracker
+from fetcher.policyproxy import PolicyProxy
 from fetcher.preflight import Preflight, judge, walk
 from heatcache import contract
 from heatcache.cachekey import BadUrl
@@ -55,7 +56,7 @@ from heatcache.control import ControlFollower
 from heatcache.kafkautil import consumer, producer
 from heatcache.lifecycle import StopFlag, announce_ready
 from heatcache.redirects import HopRefused
-from heatcache.resolve import ResolveError, make_async_resolver, resolve_origin
+from heatcache.resolve import ResolveError, make_async_resolver, resolve_origin, resolve_origin_async
 from heatcache.runner import Runner
 from heatcache.safety import ForbiddenAddress, check_origin_address
 from heatcache.settings import Settings
@@ -144,6 +145,9 @@ class Fetcher:
         self._told_paused: set[str] = set()
         self._listener: threading.Thread | None = None
         self.aria2_listener: aria2p.Client | None = None
+        # every request aria2c makes (each redirect hop, each retry) goes through this loopback
+        # proxy, which applies the address policy again (rel; fetcher/policyproxy.py)
+        self.proxy = PolicyProxy(self._proxy_check, source=settings.outbound_address)
 
     # -- clients --------------------------------------------------------------------------
     def _aria2_client(self) -> aria2p.Client:
@@ -161,6 +165,7 @@ class Fetcher:
     # -- the loop ---------------------------------------------------------------------------
     def run(self, stop: StopFlag) -> Counter[str]:
         s = self.settings
+        self.proxy.start()
         self.consumer.subscribe([s.topic(contract.HOT_URLS)], on_revoke=self._revoked)
         self._listener = threading.Thread(target=self._listen, name="aria2-notifications", daemon=True)
         self._listener.start()
@@ -209,6 +214,7 @@ class Fetcher:
             with contextlib.suppress(KafkaException):
                 self.consumer.close()  # commits the offsets stored so far
             self.catalog.close()
+            self.proxy.stop()
             log.info("fetcher stopped: %s (%d jobs left to the next start)", dict(self.counters), len(self.jobs))
         return self.counters
 
@@ -356,6 +362,12 @@ class Fetcher:
         return walk(url, resolve,
                     max_hops=s.fetch_max_redirects + 1, timeout=10.0, source=s.outbound_address)
 
+    async def _proxy_check(self, host: str) -> str:
+        """The policy proxy's check of each host aria2c asks for: the pre-flight's rule."""
+        s = self.settings
+        address = await resolve_origin_async(self.resolver, host, True)
+        return check_origin_address(address, s.allow_private_origins, s.origin_allow_networks)
+
     def _drain_workers(self) -> None:
         while True:
             try:
@@ -446,6 +458,8 @@ class Fetcher:
                 job.gid = str(known["gid"])  # ours from before a restart: adopt, never add twice
                 if known["status"] == "paused":
                     self.aria2.unpause(job.gid)
+                if known["status"] != "complete":  # this run's policy proxy (its port changed)
+                    self.aria2.change_option(job.gid, self.proxy.options(job.dir.name))
                 self.counters["adopted"] += 1
                 log.info("adopted aria2 download %s for %s (%s)", job.gid, job.key, known["status"])
             else:
@@ -457,6 +471,7 @@ class Fetcher:
                     "max-tries": "2", "retry-wait": "1", "connect-timeout": "10", "timeout": "30",
                     "continue": "true", "allow-overwrite": "false", "auto-file-renaming": "false",
                     "remote-time": "true", "user-agent": "heatcache-fetcher",
+                    **self.proxy.options(job.dir.name),  # rel: every request through the policy proxy
                 })
         except aria2p.ClientException as exc:
             self._retry(job.key, job, f"aria2 refused the download: {exc}")
@@ -536,6 +551,11 @@ class Fetcher:
             self._finish(job)
         elif state in ("error", "removed"):
             self._forget_gid(job)
+            refused = self.proxy.refused(job.dir.name)  # a hop the address policy refused
+            if refused:
+                self.proxy.forget(job.dir.name)
+                self._fail(job.key, job, PERMANENT + f"refused by the address policy: {refused}")
+                return
             self._retry(job.key, job, f"aria2: {d.get('errorMessage') or state} (code {d.get('errorCode', '?')})")
         elif total > cap or done > cap:
             self._cancel(job)

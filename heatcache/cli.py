@@ -92,11 +92,11 @@ async def _serve_main(run: Runner) -> None:
 
     # the follower reads in its thread; this loop applies every change (the index's one writer)
     follower = CacheEventsFollower(run.bootstrap, settings.topic(contract.CACHE_EVENTS), index,
-                                   asyncio.get_running_loop(), on_bad=bad_event)
+                                   asyncio.get_running_loop(), on_bad=bad_event, health=run.health)
     follower.start()
     try:
         while not follower.ready.is_set():
-            if not follower.is_alive():  # could not reach the broker: exit, the supervisor restarts us
+            if not follower.is_alive():  # not expected (it waits for the broker): the supervisor restarts us
                 raise RuntimeError("the cache-events follower stopped before catching up")
             if run.stop.is_set():
                 return
@@ -131,7 +131,8 @@ async def _serve_dns(run: Runner, index: CacheIndex) -> None:
     def on_change(state: ControlState) -> None:  # on the follower's thread
         loop.call_soon_threadsafe(switch, state)
 
-    control = ControlFollower(run.bootstrap, run.settings.topic(contract.CONTROL), on_change=on_change)
+    control = ControlFollower(run.bootstrap, run.settings.topic(contract.CONTROL), on_change=on_change,
+                              health=run.health)
     control.start()
     await loop.run_in_executor(None, control.wait_ready, 10.0)  # a stop switched earlier holds from the start
     await server.start()

@@ -18,19 +18,17 @@ Use in a stage::
 from __future__ import annotations
 
 import logging
-import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Message
 
 from heatcache import contract
 from heatcache.contract import ControlEvent, DecodeError
-from heatcache.kafkautil import assign_from_beginning
+from heatcache.kafkautil import Follower, HealthLike
 
 log = logging.getLogger(__name__)
 
@@ -141,56 +139,30 @@ def publish_control(producer: Any, topic: str, event: ControlEvent, timeout: flo
         raise RuntimeError(f"control event not acknowledged by Kafka within {timeout:.0f}s")
 
 
-class ControlFollower(threading.Thread):
+class ControlFollower(Follower):
     """Reads `control` from the beginning, then follows it; ``state`` is always the latest fold.
 
     ``ready`` is set once every partition reached the end it had at start (so a stage can wait
     for the switches before acting, e.g. the DNS before steering). ``on_change`` callbacks run on
     this thread with the new state. Undecodable records are counted and skipped (the topic is
-    compacted and re-read at every start; the writer validates with the same contract)."""
+    compacted and re-read at every start; the writer validates with the same contract). A broker
+    not ready yet (NOT_LEADER_FOR_PARTITION on a fresh topic) or lost is waited for: see
+    heatcache.kafkautil.Follower."""
 
-    def __init__(self, bootstrap: str, topic: str, on_change: Callable[[ControlState], None] | None = None) -> None:
-        super().__init__(name="control", daemon=True)
+    def __init__(self, bootstrap: str, topic: str, on_change: Callable[[ControlState], None] | None = None,
+                 health: HealthLike | None = None) -> None:
+        super().__init__(bootstrap, [topic], name="control", group_prefix="heatcache-control", health=health)
         self.topic = topic
         self.state = ControlState()
-        self.ready = threading.Event()
-        self.stopping = threading.Event()
         self.errors = 0
         self._callbacks = [on_change] if on_change is not None else []
-        self.consumer = Consumer({
-            "bootstrap.servers": bootstrap,
-            "group.id": f"heatcache-control-{uuid.uuid4()}",  # never commits: always rebuilds
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        })
 
     def on_change(self, callback: Callable[[ControlState], None]) -> None:
         self._callbacks.append(callback)
 
-    def run(self) -> None:
-        try:
-            parts = assign_from_beginning(self.consumer, self.topic)
-            pending = {p for p in parts if self._has_data(p)}
-            if not pending:
-                self.ready.set()
-            while not self.stopping.is_set():
-                msg = self.consumer.poll(0.2)
-                if msg is None:
-                    continue
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(msg.partition() or 0)
-                        if not pending:
-                            self.ready.set()
-                    else:
-                        log.warning("control: %s", err)
-                    continue
-                self.apply_raw(msg.key(), msg.value())
-        except Exception:  # a follower must never take its stage down; it stops following
-            log.exception("control follower failed")
-        finally:
-            self.consumer.close()
+    def handle(self, msgs: list[Message], caught_up: bool) -> None:
+        for msg in msgs:
+            self.apply_raw(msg.key(), msg.value())
 
     def apply_raw(self, key: bytes | None, value: bytes | None) -> None:
         """Fold one record (or tombstone) into ``state`` and tell the callbacks."""
@@ -209,13 +181,3 @@ class ControlFollower(threading.Thread):
                 cb(new)
             except Exception:
                 log.exception("control callback failed")
-
-    def _has_data(self, partition: int) -> bool:
-        low, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=10)
-        return bool(high > low)
-
-    def wait_ready(self, timeout: float = 30.0) -> bool:
-        return self.ready.wait(timeout)
-
-    def stop(self) -> None:
-        self.stopping.set()

@@ -79,7 +79,9 @@ def add_replay_args(p: argparse.ArgumentParser) -> None:
     grid.add_argument("--windows", default="3600,21600,86400", help="heat windows in seconds")
     grid.add_argument("--min-clients", default="2,3")
     grid.add_argument("--quotas", default="0", help="cache sizes (0 = no quota; 500G, 2T ...)")
-    grid.add_argument("--policies", default="heat", help="eviction: heat (the store's), lru (its baseline)")
+    grid.add_argument("--policies", default="store",
+                      help="eviction: store (what the cache store evicts), heat (cachestore.policy's "
+                           "decayed-frequency model), lru (baseline)")
     grid.add_argument("--fill", default="on", help="in-path fill: on,off")
     grid.add_argument("--prefetch", default="on", help="prefetch by heat: on,off")
     grid.add_argument("--first-access", action="store_true", help="add the fetch-on-first-access rule")

@@ -5,8 +5,11 @@ score. Each decision is one of the stages' own pure cores, behind a small adapte
 
 - admission: ``streams.heat.PartitionHeat`` (fold a batch, HotUrls out; cache events in), with
   the rules ``streams.rules.rules_from_settings`` builds from the setting;
-- eviction and quota: ``cachestore.policy.POLICIES`` (the store's policy, or its LRU baseline)
-  and ``cachestore.quota.plan_space``;
+- eviction and quota: ``store``, the cache store's own order (``cachestore.policy.choose_victims``
+  over the catalog's hit counts, heat and last activity: :class:`replay.storepolicy.StorePolicy`;
+  tests/replay/test_store_equal.py checks the contents against a real ObjectStore), or for
+  comparison ``cachestore.policy.POLICIES`` (``heat``: the decayed-frequency model the store's
+  simulator uses, ``lru``: its baseline); and ``cachestore.quota.plan_space``;
 - in-path fill: ``dns_redirect.hits.may_fill`` on the logged status and size;
 - steering: ``dns_redirect.index.CacheIndex.is_steered`` and ``dns_redirect.policy.never_steer``
   (a host is steered while it has a cached object and no override says otherwise).
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -39,6 +42,7 @@ from dns_redirect.policy import never_steer
 from heatcache.cachekey import key_host
 from heatcache.contract import CacheEvent, RequestBatch, RequestEvent
 from heatcache.settings import Settings
+from replay.storepolicy import StorePolicy
 from streams.heat import PartitionHeat
 from streams.rules import Rules, rules_from_settings
 
@@ -55,7 +59,7 @@ class Setting:
     min_requests: int = 1
     first_access: bool = False
     quota_bytes: int = 0  # HEATCACHE_CACHE_MAX_BYTES; 0 = no byte quota
-    policy: str = "heat"  # cachestore.policy.POLICIES: "heat" (the store's) or "lru" (its baseline)
+    policy: str = "store"  # "store" (what ObjectStore evicts), or cachestore.policy.POLICIES "heat" / "lru"
     half_life_s: float = 4 * 3600.0
     fill: bool = True
     prefetch: bool = True
@@ -94,7 +98,7 @@ class Setting:
     @property
     def applicable(self) -> bool:
         """Whether production can run it (the LRU baseline and the oracle are for comparison)."""
-        return self.policy == "heat" and self.admission == "streams"
+        return self.policy == "store" and self.admission == "streams"
 
 
 def _dur(s: float) -> str:
@@ -121,6 +125,9 @@ class Admission(Protocol):
     def cache_event(self, partition: int, cache_key: str, state: str) -> None: ...
 
 
+_NONE: list[tuple[str, float, int]] = []  # never appended to: the "nothing admitted" answer
+
+
 class StreamsAdmission:
     """streams' PartitionHeat, one per partition, fed offsets as the Faust shell does."""
 
@@ -133,22 +140,25 @@ class StreamsAdmission:
     def _part(self, partition: int) -> PartitionHeat:
         ph = self.parts.get(partition)
         if ph is None:
-            ph = self.parts[partition] = PartitionHeat(partition, self.rules)
+            # host heat is reported, never admitted on: replay leaves it out (same HotUrls)
+            ph = self.parts[partition] = PartitionHeat(partition, self.rules, host_heat=False)
         return ph
 
     def fold(self, partition: int, events: Sequence[RequestEvent]) -> list[tuple[str, float, int]]:
-        ph = self._part(partition)
+        ph = self.parts.get(partition) or self._part(partition)
         offset = self.offsets[partition]
         self.offsets[partition] = offset + 1
-        result = ph.fold(offset, events)
-        self.emitted.extend((h.cache_key, h.ts) for h in result.hot)
+        hot = ph.fold(offset, events).hot
         # the Faust shell writes ph.take_dirty() to its table here; replay keeps the state in memory
-        ph.dirty_keys.clear()
-        ph.dirty_hosts.clear()
-        return [(h.cache_key, h.ts, h.clients) for h in result.hot]
+        if len(ph.dirty_keys) > 4096:
+            ph.dirty_keys.clear()
+        if not hot:
+            return _NONE
+        self.emitted.extend((h.cache_key, h.ts) for h in hot)
+        return [(h.cache_key, h.ts, h.clients) for h in hot]
 
     def cache_event(self, partition: int, cache_key: str, state: str) -> None:
-        ph = self._part(partition)
+        ph = self.parts.get(partition) or self._part(partition)
         ph.on_cache_event(cache_key, state, ph.watermark)
 
 
@@ -180,6 +190,8 @@ class OracleAdmission:
 
 
 def make_policy(setting: Setting) -> Policy:
+    if setting.policy == "store":
+        return StorePolicy(PolicyParams(half_life_s=setting.half_life_s))  # as cachestore.open_store sets it
     if setting.policy == "heat":
         return HeatPolicy(PolicyParams(half_life_s=setting.half_life_s))
     if setting.policy == "lru":
@@ -240,13 +252,17 @@ class Result:
 
 @dataclass
 class Prepared:
-    """Batches in delivery order and each request's bytes, computed once per trace."""
+    """Batches in delivery order and what every setting needs of them, computed once per trace
+    (a grid's worker processes share it by fork: nothing per setting is recomputed)."""
 
     batches: list[RequestBatch]
     request_bytes: list[list[int]]  # per batch, per event
     object_size: dict[str, int]
     t0: float
     t1: float
+    host_of: dict[str, str] = field(default_factory=dict)  # cache key -> heatcache.cachekey.key_host(key)
+    first_seen: dict[str, float] = field(default_factory=dict)  # cache key -> ts of its first (non-TLS) request
+    batch_ts: list[float] = field(default_factory=list)  # per batch: its first event's ts (for the series)
 
 
 def prepare(batches: Sequence[RequestBatch], default_size: int = 1 << 20,
@@ -262,29 +278,47 @@ def prepare(batches: Sequence[RequestBatch], default_size: int = 1 << 20,
                     logged[ev.cache_key] = n
     size.update(logged)
     per: list[list[int]] = []
+    host_of: dict[str, str] = {}
+    first_seen: dict[str, float] = {}
+    batch_ts: list[float] = []
     t0, t1 = math.inf, -math.inf
     for b in batches:
         row = []
         sizes = b.sizes or (0,) * len(b.events)
         statuses = b.statuses or (0,) * len(b.events)
+        batch_ts.append(b.events[0].ts if b.events else (t1 if t1 > -math.inf else 0.0))
         for ev, n, st in zip(b.events, sizes, statuses, strict=True):
-            if ev.cache_key not in size:
-                size[ev.cache_key] = default_size
-            row.append(n if (n or st) else size[ev.cache_key])
+            key = ev.cache_key
+            if key not in size:
+                size[key] = default_size
+            row.append(n if (n or st) else size[key])
+            if key not in host_of:
+                host_of[key] = key_host(key)
+            if ev.method != TLS and key not in first_seen:
+                first_seen[key] = ev.ts
             t0 = min(t0, ev.ts)
             t1 = max(t1, ev.ts)
         per.append(row)
     if t0 > t1:
         t0 = t1 = 0.0
-    return Prepared(list(batches), per, size, t0, t1)
+    return Prepared(list(batches), per, size, t0, t1, host_of, first_seen, batch_ts)
 
 
 # -- the engine ---------------------------------------------------------------------------------
 
 
 def run(prep: Prepared, setting: Setting, base: Settings, bins: int = 48, keep_hot: bool = False,
-        admission: Admission | None = None, on_request: Callable[[int, bool], None] | None = None) -> Result:
-    """Replay ``prep`` under ``setting``; see the module doc for what happens to each request."""
+        admission: Admission | None = None, journal: list[tuple[Any, ...]] | None = None) -> Result:
+    """Replay ``prep`` under ``setting``; see the module doc for what happens to each request.
+
+    ``journal``, when given, receives what the cache store would have been asked, in order:
+    ``("fill"|"fetch", key, size, ts, heat)`` per object to store, then ``("refused", key)`` or
+    one ``("evicted", key)`` per victim; ``("hit", key, ts)`` per local hit (tests drive a real
+    ObjectStore with it).
+
+    The loop is the hot path of a grid (one pass per setting): per-request state lives in
+    locals, per-trace facts (hosts, first requests, sizes) come from ``prep``, and the cache
+    events handed to the index are made once per key and state."""
     import time
 
     started = time.process_time()  # CPU time: the per-setting rate holds on a busy machine too
@@ -299,113 +333,143 @@ def run(prep: Prepared, setting: Setting, base: Settings, bins: int = 48, keep_h
     quota = Quota(max_bytes=setting.quota_bytes, min_free_bytes=0,
                   max_object_fraction=live.cache_max_object_fraction, max_object_bytes=live.max_object_bytes)
     index = CacheIndex()
+    cached = index.objects  # what the edge serves hits from: exactly the keys the store holds
     overrides = live.never_steer_hosts
     max_fill = live.max_object_bytes
     sizes = prep.object_size
+    host_of = prep.host_of
+    first_seen = prep.first_seen
     span = max(prep.t1 - prep.t0, 1e-9)
+    t0, scale = prep.t0, bins / span
     series = [[0, 0, 0] for _ in range(bins)]
-    first_seen: dict[str, float] = {}
     first_hit: list[float] = []
     hit_once: set[str] = set()
     pending_prefetch: set[str] = set()  # prefetched, not hit yet
     steered_ever: set[str] = set()
-    override_memo: dict[str, bool] = {}
+    steer_memo: dict[str, bool] = {}  # host -> steered now; set again whenever one of its objects changes
+    override: dict[str, bool] = {}  # host -> never_steer (the operator's overrides do not change)
     fill_memo: dict[tuple[str, bool, int, int], bool] = {}
     partition_of: dict[str, int] = {}
     no_headers: dict[str, str] = {}
+    cached_events: dict[str, CacheEvent] = {}
+    evicted_events: dict[str, CacheEvent] = {}
+    counts = {"refused": 0, "evictions": 0, "never_hit": 0}
+    cache_event = admission.cache_event
 
     def steered(host: str) -> bool:
-        if not index.is_steered(host):
-            return False
-        o = override_memo.get(host)
-        if o is None:
-            o = override_memo[host] = never_steer(host, overrides)
-        return not o
+        # the DNS's rule: a host is steered while the index holds one of its objects and no
+        # never-steer override names it (the memo is exact: store() sets it on every change)
+        never = override.get(host)
+        if never is None:
+            never = override[host] = never_steer(host, overrides)
+        ok = steer_memo[host] = index.is_steered(host) and not never
+        return ok
 
     def store(key: str, size: int, ts: float, source: str, heat: int, partition: int) -> bool:
+        if journal is not None:
+            journal.append((source, key, size, ts, heat))
         plan = plan_space(quota, size, policy.used_bytes, _HUGE_DISK)
         if plan.refused:
-            res.refused += 1
+            counts["refused"] += 1
+            if journal is not None:
+                journal.append(("refused", key))
             return False
         if plan.free_bytes:
             for victim in policy.evict(plan.free_bytes, ts):
-                res.evictions += 1
-                index.apply(CacheEvent(cache_key=victim, state="evicted", ts=ts))
-                admission.cache_event(partition_of.get(victim, partition), victim, "evicted")
+                counts["evictions"] += 1
+                if journal is not None:
+                    journal.append(("evicted", victim))
+                ev = evicted_events.get(victim)
+                if ev is None:
+                    ev = evicted_events[victim] = CacheEvent(cache_key=victim, state="evicted")
+                index.apply(ev)
+                steered(host_of[victim])
+                cache_event(partition_of.get(victim, partition), victim, "evicted")
                 if victim in pending_prefetch:
                     pending_prefetch.discard(victim)
-                    res.prefetches_never_hit += 1
+                    counts["never_hit"] += 1
         policy.insert(key, size, ts, heat)
-        index.apply(CacheEvent(cache_key=key, state="cached", size=size, ts=ts, source=source))
-        steered_ever.add(key_host(key))
+        ev = cached_events.get(key)
+        if ev is None or ev.size != size or ev.source != source:
+            ev = cached_events[key] = CacheEvent(cache_key=key, state="cached", size=size, source=source)
+        index.apply(ev)
+        host = host_of[key]
+        steered(host)
+        steered_ever.add(host)
         partition_of[key] = partition
-        admission.cache_event(partition, key, "cached")
+        cache_event(partition, key, "cached")
         return True
 
+    requests = bytes_requested = hits = bytes_local = tls_events = 0
+    prefetches = bytes_prefetched = fills = bytes_filled = 0
     fill_on, prefetch_on = setting.fill, setting.prefetch
-    for batch, nbytes in zip(prep.batches, prep.request_bytes, strict=True):
+    fold = admission.fold
+    for batch, nbytes, bts in zip(prep.batches, prep.request_bytes, prep.batch_ts, strict=True):
         part = batch.bucket
         statuses = batch.statuses or (0,) * len(batch.events)
+        slot = series[min(bins - 1, int((bts - t0) * scale))]  # a batch spans at most the linger
         for ev, b, st in zip(batch.events, nbytes, statuses, strict=True):
-            if ev.method == TLS:
-                res.tls_events += 1
+            method = ev[2]
+            if method == TLS:
+                tls_events += 1
                 continue
-            key, ts = ev.cache_key, ev.ts
-            res.requests += 1
-            res.bytes_requested += b
-            slot = series[min(bins - 1, int((ts - prep.t0) / span * bins))]
+            key = ev[6]
+            requests += 1
+            bytes_requested += b
             slot[0] += b
-            if key not in first_seen:
-                first_seen[key] = ts
-            host = key_host(key)
-            is_steered = steered(host)
-            if is_steered and key in policy:
-                res.hits += 1
-                res.bytes_local += b
+            host = host_of[key]
+            is_steered = steer_memo.get(host)
+            if is_steered is None:
+                is_steered = steered(host)
+            if is_steered and key in cached:
+                hits += 1
+                bytes_local += b
                 slot[1] += b
-                policy.access(key, ts)
+                policy.access(key, ev[0])
+                if journal is not None:
+                    journal.append(("hit", key, ev[0]))
                 pending_prefetch.discard(key)
                 if key not in hit_once:
                     hit_once.add(key)
-                    first_hit.append(ts - first_seen[key])
-                if on_request is not None:
-                    on_request(res.requests, True)
+                    first_hit.append(ev[0] - first_seen[key])
                 continue
-            if on_request is not None:
-                on_request(res.requests, False)
             if is_steered and fill_on:
                 size = sizes[key]
-                status = st or 200
-                whole = b == size and not ev.range
-                mk = (ev.method, whole, status, size)
+                whole = b == size and not ev[7]
+                mk = (method, whole, st or 200, size)
                 ok = fill_memo.get(mk)
                 if ok is None:
-                    headers = {"Range": ev.range} if ev.range or not whole else no_headers
-                    ok = may_fill(ev.method, headers, status, {"Content-Length": str(size)}, max_fill) == ""
+                    headers = {"Range": ev[7]} if ev[7] or not whole else no_headers
+                    ok = may_fill(method, headers, st or 200, {"Content-Length": str(size)}, max_fill) == ""
                     if len(fill_memo) > 100_000:
                         fill_memo.clear()
                     fill_memo[mk] = ok
-                if ok and key not in policy and store(key, size, ts, "fill", 0, part):
-                    res.fills += 1
-                    res.bytes_filled += size
-        for key, ts, clients in admission.fold(part, batch.events):
-            if not prefetch_on or key in policy:
+                if ok and key not in cached and store(key, size, ev[0], "fill", 0, part):
+                    fills += 1
+                    bytes_filled += size
+        for key, ts, clients in fold(part, batch.events):
+            if not prefetch_on or key in cached:
                 continue
             size = sizes[key]
             if store(key, size, ts, "fetch", clients, part):
-                res.prefetches += 1
-                res.bytes_prefetched += size
+                prefetches += 1
+                bytes_prefetched += size
                 pending_prefetch.add(key)
-                series[min(bins - 1, int((ts - prep.t0) / span * bins))][2] += size
+                series[min(bins - 1, int((ts - t0) * scale))][2] += size
             else:
-                admission.cache_event(part, key, "failed")
-    res.prefetches_never_hit += len(pending_prefetch)
+                cache_event(part, key, "failed")
+    res.requests, res.bytes_requested, res.hits, res.bytes_local, res.tls_events = (
+        requests, bytes_requested, hits, bytes_local, tls_events)
+    res.prefetches, res.bytes_prefetched = prefetches, bytes_prefetched
+    res.fills, res.bytes_filled = fills, bytes_filled
+    res.refused, res.evictions = counts["refused"], counts["evictions"]
+    res.prefetches_never_hit = counts["never_hit"] + len(pending_prefetch)
     res.hosts_steered = len(steered_ever)
     res.hosts_steered_end = sum(1 for h in index.hosts if not never_steer(h, overrides))
     if first_hit:
         first_hit.sort()
         res.median_first_hit_s = first_hit[len(first_hit) // 2]
-    res.series = [(prep.t0 + i * span / bins, s[0], s[1], s[2]) for i, s in enumerate(series)]
+    res.series = [(t0 + i * span / bins, s[0], s[1], s[2]) for i, s in enumerate(series)]
     if keep_hot and isinstance(admission, StreamsAdmission):
         res.hot = list(admission.emitted)
     if keep_hot:

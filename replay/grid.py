@@ -21,7 +21,7 @@ _SHARED: dict[str, Any] = {}
 
 
 def grid(windows: Sequence[int] = (3600, 6 * 3600, 24 * 3600), min_clients: Sequence[int] = (2, 3),
-         quotas: Sequence[int] = (0,), policies: Sequence[str] = ("heat",), fills: Sequence[bool] = (True,),
+         quotas: Sequence[int] = (0,), policies: Sequence[str] = ("store",), fills: Sequence[bool] = (True,),
          prefetches: Sequence[bool] = (True,), first_access: bool = False, half_life_s: float = 4 * 3600.0
          ) -> list[Setting]:
     """Every combination of the knobs (``first_access`` adds the fetch-on-first-access rule)."""
@@ -97,5 +97,5 @@ def run_baselines(prep: Prepared, quotas: Sequence[int], base: Settings, with_li
                 out.append(replace(baselines.libcachesim_run(reqs, cap, policy), capacity=q))
         out.append(baselines.ceiling(reqs, q))
         if oracle:
-            oracles.append(run(prep, Setting(quota_bytes=q, admission="oracle", policy="heat"), base))
+            oracles.append(run(prep, Setting(quota_bytes=q, admission="oracle", policy="store"), base))
     return out, oracles

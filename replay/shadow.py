@@ -61,7 +61,7 @@ def republish(batches: list[RequestBatch], bootstrap: str, topic: str) -> None:
 
 def caught_up(bootstrap: str, topic: str, group: str) -> bool:
     """Whether ``group`` has committed the end of every partition of ``topic``."""
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
 
     cons = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
     try:
@@ -72,6 +72,8 @@ def caught_up(bootstrap: str, topic: str, group: str) -> bool:
             if high > 0 and committed.get(tp.partition, -1) < high:
                 return False
         return True
+    except KafkaException:  # a slow broker (or a group still rebalancing): not known yet, ask again
+        return False
     finally:
         cons.close()
 

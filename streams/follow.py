@@ -10,66 +10,34 @@ from __future__ import annotations
 
 import collections
 import logging
-import threading
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Message
 
 from heatcache import contract
 from heatcache.contract import CacheEvent, DecodeError
-from heatcache.kafkautil import assign_from_beginning
+from heatcache.kafkautil import Follower
 
 log = logging.getLogger(__name__)
 
 
-class CacheFollower(threading.Thread):
-    """Reads `cache-events` into ``queue`` as (cache_key, state, ts) tuples."""
+class CacheFollower(Follower):
+    """Reads `cache-events` into ``queue`` as (cache_key, state, ts) tuples (start-up waits and
+    broker loss: heatcache.kafkautil.Follower)."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
-        super().__init__(name="cache-events", daemon=True)
+        super().__init__(bootstrap, [topic], name="cache-events", group_prefix="heatcache-streams-cache", batch=500)
         self.topic = topic
         self.queue: collections.deque[tuple[str, str, float]] = collections.deque()
-        self.ready = threading.Event()
         self.bad = 0
-        self._stop = threading.Event()
-        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "heatcache-streams-cache",
-                                   "enable.auto.commit": False, "enable.partition.eof": True,
-                                   "auto.offset.reset": "earliest"})
 
-    def run(self) -> None:
-        cons = self._consumer
-        try:
-            parts = assign_from_beginning(cons, self.topic)
-            pending = set()
-            for p in parts:
-                low, high = cons.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)
-                if high > low:
-                    pending.add(p)
-            if not pending:
-                self.ready.set()
-            while not self._stop.is_set():
-                msg = cons.poll(0.2)
-                if msg is None:
-                    continue
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(msg.partition() or 0)
-                        if not pending:
-                            self.ready.set()
-                    continue
-                if msg.value() is None:  # a tombstone: the key's history is gone
-                    continue
-                try:
-                    ev = contract.decode(msg.value(), CacheEvent)
-                except DecodeError as exc:
-                    self.bad += 1  # not ours to dead-letter: the fetcher's consumers report it
-                    log.debug("undecodable cache event at %s: %s", msg.offset(), exc)
-                    continue
-                self.queue.append((ev.cache_key, ev.state, ev.ts))
-        except Exception:  # keep the worker alive; it reconnects on its next start
-            log.exception("cache-events follower stopped")
-        finally:
-            cons.close()
-
-    def stop(self) -> None:
-        self._stop.set()
+    def handle(self, msgs: list[Message], caught_up: bool) -> None:
+        for msg in msgs:
+            if msg.value() is None:  # a tombstone: the key's history is gone
+                continue
+            try:
+                ev = contract.decode(msg.value(), CacheEvent)
+            except DecodeError as exc:
+                self.bad += 1  # not ours to dead-letter: the fetcher's consumers report it
+                log.debug("undecodable cache event at %s: %s", msg.offset(), exc)
+                continue
+            self.queue.append((ev.cache_key, ev.state, ev.ts))

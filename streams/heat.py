@@ -83,8 +83,11 @@ class PartitionHeat:
     to write than its changed keys)."""
 
     def __init__(self, partition: int, rules: Rules, load: Loader | None = None,
-                 cache: dict[str, CacheView] | None = None, slots: int = 64) -> None:
+                 cache: dict[str, CacheView] | None = None, slots: int = 64, host_heat: bool = True) -> None:
         self.partition = partition
+        # host heat is reported (host-heat topic), never admitted on: replay, which only needs
+        # the admissions, turns it off (the HotUrls are the same either way)
+        self.host_heat = host_heat
         self.rules = rules
         self.spec: WindowSpec = rules.spec
         self.slots = slots
@@ -174,34 +177,43 @@ class PartitionHeat:
         spec = self.spec
         step = spec.step_s
         batch = events if isinstance(events, (tuple, list)) else tuple(events)
-        result.events = len(batch)
-        newest = max((ev.ts for ev in batch), default=self.watermark)
-        wm = max(self.watermark, newest)
+        result.events = n = len(batch)
+        wm = self.watermark
+        if n == 1:  # most messages of a quiet partition (and of replayed logs) hold one event
+            if batch[0][0] > wm:
+                wm = batch[0][0]
+        elif n:
+            newest = max([ev[0] for ev in batch])
+            if newest > wm:
+                wm = newest
         too_old = wm - spec.grace_s
         by_key: dict[str, list[RequestEvent]] = {}
         by_host: dict[str, list[RequestEvent]] = {}
         late = 0
         host_get, key_get = by_host.get, by_key.get
+        host_heat = self.host_heat
         for ev in batch:
             ts, _client, method, host, _path, _url, ck = ev[:7]
             if ts < too_old:
                 late += 1
                 continue
-            group = host_get(host)
-            if group is None:
-                by_host[host] = [ev]
-            else:
-                group.append(ev)
+            if host_heat:
+                group = host_get(host)
+                if group is None:
+                    by_host[host] = [ev]
+                else:
+                    group.append(ev)
             if method == "GET" or method == "HEAD":  # TLS and other methods: heat of the host only
                 group = key_get(ck)
                 if group is None:
                     by_key[ck] = [ev]
                 else:
                     group.append(ev)
-        for name, group in by_host.items():
-            (self.hosts.get(name) or self.host(name)).add_many(group, step, 0, spec)
-        self.dirty_hosts.update(by_host)
-        self.touched_hosts.update(by_host)
+        if by_host:
+            for name, group in by_host.items():
+                (self.hosts.get(name) or self.host(name)).add_many(group, step, 0, spec)
+            self.dirty_hosts.update(by_host)
+            self.touched_hosts.update(by_host)
         keys = self.keys
         touched: list[tuple[str, KeyHeat, float]] = []
         for ck, group in by_key.items():

@@ -111,6 +111,7 @@ class Rules:
     backoff: Backoff = Backoff()
     _memo: dict[tuple[str, str], Rule] = field(default_factory=dict, compare=False, repr=False)
     _key_memo: dict[str, Rule] = field(default_factory=dict, compare=False, repr=False)
+    _plain: bool = field(default=False, init=False, compare=False, repr=False)
 
     @classmethod
     def simple(cls, spec: WindowSpec, min_clients: int = 2, min_requests: int = 1, first_access: bool = False,
@@ -119,8 +120,14 @@ class Rules:
         return cls(spec, Rule(spec.window_s, min_clients, min_requests, first_access=first_access),
                    backoff=backoff or Backoff())
 
+    def __post_init__(self) -> None:
+        # no override, allow or deny list: every key gets the default (no need to split keys)
+        object.__setattr__(self, "_plain", not (self.hosts or self.paths or self.allow_hosts or self.deny_hosts))
+
     def rule_for_key(self, cache_key: str) -> Rule:
         """The rule of one cache key (memoized per key: the hot path asks once per message)."""
+        if self._plain:
+            return self.default
         rule = self._key_memo.get(cache_key)
         if rule is None:
             if len(self._key_memo) > 200_000:

@@ -8,7 +8,8 @@ tests/conftest.py); these add the hostile parts of the world:
   was redirected inward (the test asserts ``secret_service.hits == 0``).
 - ``hostile_origin``: an HTTP origin on the lab origin address (127.0.0.2) whose routes a test sets:
   ``hostile_origin.redirect("/a", secret_service.url("/secret"))``, ``.serve("/f", body, headers)``,
-  ``.route("/x", status, headers, body)``; ``hostile_origin.url("/a")``; ``.hits`` per path.
+  ``.route("/x", status, headers, body)``, ``.route_once(...)`` (the next request only);
+  ``hostile_origin.url("/a")``; ``.hits`` per path.
 - ``tmpfs(size_mb)``: a fresh tmpfs of that size (ENOSPC once full), unmounted afterwards.
 """
 
@@ -33,6 +34,7 @@ class ScriptedOrigin:
 
     def __init__(self, address: str, port: int = 0) -> None:
         self.routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
+        self.once: dict[str, tuple[int, dict[str, str], bytes]] = {}  # the next request only
         self.hits: Counter[str] = Counter()
         owner = self
 
@@ -45,7 +47,8 @@ class ScriptedOrigin:
             def _answer(self, body: bool) -> None:
                 path = self.path.split("?")[0]
                 owner.hits[path] += 1
-                status, headers, data = owner.routes.get(path, (404, {}, b""))
+                once = owner.once.pop(path, None)
+                status, headers, data = once or owner.routes.get(path, (404, {}, b""))
                 self.send_response(status)
                 for name, value in headers.items():
                     self.send_header(name, value)
@@ -71,6 +74,10 @@ class ScriptedOrigin:
 
     def route(self, path: str, status: int, headers: dict[str, str] | None = None, body: bytes = b"") -> None:
         self.routes[path] = (status, headers or {}, body)
+
+    def route_once(self, path: str, status: int, headers: dict[str, str] | None = None, body: bytes = b"") -> None:
+        """The answer to the next request of ``path`` only (a pre-flight), then the route's."""
+        self.once[path] = (status, headers or {}, body)
 
     def serve(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> None:
         self.route(path, 200, {"Content-Type": "application/octet-stream", **(headers or {})}, body)

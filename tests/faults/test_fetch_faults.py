@@ -23,7 +23,7 @@ from heatcache.services.aria2 import Aria2Daemon
 from heatcache.services.mariadb import MariaDB
 from heatcache.settings import Settings
 from heatcache.stack import settings_env
-from tests.faults.conftest import ScriptedOrigin
+from tests.faults.conftest import SECRET_BODY, ScriptedOrigin
 from tests.fetcher.origin import Route, TestOrigin
 from tests.fetcher.test_app import hot, publish, running, wait_events
 
@@ -70,8 +70,11 @@ def test_sigterm_during_a_long_download(kafka_settings: Settings, aria2: Aria2Da
         log.close()
         origin.stop()
     assert events[url].state == "cached" and events[url].sha256 == hashlib.sha256(body).hexdigest()
-    assert origin.gets["/long.bin"] == 1  # the restarted fetcher adopted aria2's download
-    assert "adopted aria2 download" in (tmp_path / "fetch.log").read_text()
+    # aria2c's requests go through the fetcher's policy proxy, so the stop cuts its connection:
+    # the restarted fetcher adopts (or re-adds) the download and aria2c resumes it from its file
+    starts = [int(r[6:].split("-")[0]) for r in origin.ranges["/long.bin"] if r.startswith("bytes=")]
+    assert starts and starts[-1] > 0, origin.ranges
+    assert origin.sent["/long.bin"] < 2 * len(body)  # the remaining bytes, not the whole object again
 
 
 def test_kill9_of_aria2c_resumes(kafka_settings: Settings, aria2: Aria2Daemon) -> None:
@@ -136,6 +139,31 @@ def test_inward_redirect_through_the_fetcher(kafka_settings: Settings, aria2: Ar
     with running(settings):
         events = wait_events(settings, {url})
     assert events[url].state == "failed" and "127.0.0.1 is not a public address" in events[url].error
+    assert secret_service.hits["/secret"] == 0  # type: ignore[attr-defined]
+    cached = [m for m in read_topic(settings.kafka_bootstrap, settings.topic(contract.CACHE_EVENTS))
+              if b'"cached"' in (m.value() or b"")]
+    assert not cached
+
+
+def test_redirect_only_to_arias_own_request(kafka_settings: Settings, aria2: Aria2Daemon,
+                                            hostile_origin: ScriptedOrigin, secret_service: object) -> None:
+    """The origin answers the pre-flight with 200 and aria2c's own request with a 302 inward:
+    the policy proxy refuses the hop, nothing is cached, the failure says why."""
+    secret_url = secret_service.url("/secret")  # type: ignore[attr-defined]
+    # the same length as the secret: the size check after the download cannot tell them apart
+    hostile_origin.route_once("/swap.bin", 200, {"Content-Type": "application/octet-stream"},
+                              b"x" * len(SECRET_BODY))
+    hostile_origin.redirect("/swap.bin", secret_url)
+    settings = fetch_settings(kafka_settings, aria2, allow_private_origins=False,
+                              origin_allow_networks=("127.0.0.2/32",))
+    url = hostile_origin.url("/swap.bin")
+    publish(settings, (url.encode(), hot(url)))
+    with running(settings):
+        events = wait_events(settings, {url})
+    assert hostile_origin.hits["/swap.bin"] >= 2  # the pre-flight and aria2c's request
+    assert events[url].state == "failed"
+    assert "refused by the address policy" in events[url].error
+    assert "127.0.0.1 is not a public address" in events[url].error
     assert secret_service.hits["/secret"] == 0  # type: ignore[attr-defined]
     cached = [m for m in read_topic(settings.kafka_bootstrap, settings.topic(contract.CACHE_EVENTS))
               if b'"cached"' in (m.value() or b"")]

@@ -1,12 +1,13 @@
 """Supervision under `heatcache up`, on real processes: kill -9 of a stage and of the embedded
 broker (restarted with back-off, the other stages keep serving), kill -9 of `up` itself (nothing
 left behind, the next `up` starts cleanly), a configuration error (reported, not restarted), a
-foreign process on the aria2 port, and the shipped default secrets (refused)."""
+foreign process on the aria2 or Kafka port, and the shipped default secrets (refused)."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -140,6 +141,20 @@ def test_foreign_process_on_the_aria2_port(base_settings: Settings, tmp_path: Pa
         assert f"port {port} for HEATCACHE_ARIA2_RPC_PORT (aria2c) is held by pid {foreign.proc.pid}" in up.output
     finally:
         foreign.stop()
+
+
+def test_foreign_process_on_the_kafka_port(tmp_path: Path) -> None:
+    """The embedded broker refuses a port another process listens on, naming it (it never
+    answers for a foreign broker or a stray listener)."""
+    from heatcache.services.kafka import EmbeddedKafka, KafkaSetupError
+
+    port = free_port()
+    holder = socket.create_server(("127.0.0.1", port))
+    try:
+        with pytest.raises(KafkaSetupError, match=rf"Kafka port {port} is held by pid {os.getpid()} "):
+            EmbeddedKafka(tmp_path / "kafka", port=port).start()
+    finally:
+        holder.close()
 
 
 @pytest.mark.parametrize("command", [["up"], ["sniff"], ["fetch"]])

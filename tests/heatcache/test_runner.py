@@ -79,12 +79,26 @@ STUCK = textwrap.dedent("""
 
     sys.exit(Runner(load_settings(), StageSpec("stuck", ())).run(main))
 """)
+STUCK_ASYNC = textwrap.dedent("""
+    import asyncio, sys
+    from heatcache.metrics import StageSpec
+    from heatcache.runner import Runner
+    from heatcache.settings import load_settings
+
+    async def main(run):
+        run.ready()
+        while True:          # ignores run.stopped(): the deadline must cancel the main task
+            await asyncio.sleep(3600)
+
+    sys.exit(Runner(load_settings(), StageSpec("stuck", ())).run_async(main))
+""")
 
 
-def test_sigterm_interrupts_long_work_at_the_deadline(tmp_path: Path) -> None:
+@pytest.mark.parametrize("script", [STUCK, STUCK_ASYNC], ids=["sync", "async"])
+def test_sigterm_interrupts_long_work_at_the_deadline(script: str, tmp_path: Path) -> None:
     env = {**os.environ, "HEATCACHE_STOP_DEADLINE_S": "0.5", "HEATCACHE_STATE_DIR": str(tmp_path),
            "HEATCACHE_KAFKA_BOOTSTRAP": ""}
-    proc = subprocess.Popen([sys.executable, "-c", STUCK], env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     for line in proc.stderr:
         if READY_MARK in line:

@@ -6,7 +6,7 @@ import orjson
 
 from heatcache.contract import RequestEvent
 from streams.heat import PartitionHeat, admission_id
-from streams.rules import Rules
+from streams.rules import Rules, split_key
 from streams.windows import WindowSpec
 
 SPEC = WindowSpec(window_s=100, step_s=10, grace_s=20)
@@ -105,3 +105,29 @@ def test_one_record_per_changed_slot_not_per_key() -> None:
     assert len(recs) == 5  # 4 slots + the meta record
     q = PartitionHeat(0, Rules.simple(SPEC), load=dict(recs).get, slots=4)
     assert all(q.key(f"http://example.com/k{i}").stats(0, 100).requests == 1 for i in range(100))
+
+
+def test_host_heat_off_admits_the_same_and_keeps_no_host_state() -> None:
+    # replay folds with host_heat=False (host heat is reported, never admitted on): same HotUrls,
+    # same watermark and late counts, one- and many-event messages alike
+    import random
+
+    rng = random.Random(3)
+    keys = [f"http://h{i % 3}.test/{i}" for i in range(12)]
+    msgs = [[ev(f"c{rng.randrange(6)}", 1000 + t * 7 + j * 3 - rng.randrange(30), rng.choice(keys),
+                rng.choice(("GET", "GET", "HEAD", "POST", "TLS"))) for j in range(rng.choice((1, 1, 3)))]
+            for t in range(300)]
+    on = PartitionHeat(0, Rules.simple(SPEC, min_clients=2))
+    off = PartitionHeat(0, Rules.simple(SPEC, min_clients=2), host_heat=False)
+    for offset, msg in enumerate(msgs):
+        a, b = on.fold(offset, msg), off.fold(offset, msg)
+        assert a.hot == b.hot and a.late == b.late
+        for h in a.hot:
+            on.on_cache_event(h.cache_key, "evicted", on.watermark)
+            off.on_cache_event(h.cache_key, "evicted", off.watermark)
+    assert on.watermark == off.watermark and on.hosts and not off.hosts and not off.dirty_hosts
+
+
+def test_plain_rules_skip_key_parsing_with_the_same_rule() -> None:
+    plain = Rules.simple(SPEC, min_clients=3)
+    assert plain.rule_for_key(K) == plain.rule_for(*split_key(K)) == plain.default

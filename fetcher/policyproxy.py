@@ -1,0 +1,290 @@
+"""A loopback HTTP forward proxy between aria2c and the network that applies the origin address
+policy (heatcache/safety.py, via the fetcher's resolver) to EVERY request aria2c makes.
+
+Why: the pre-flight (fetcher/preflight.py) walks the redirect chain and hands aria2c only the
+final pinned URL, but an origin may answer the pre-flight with 200 and aria2c's own request with
+a redirect, which aria2c follows (it has no switch to stop that) — e.g. to
+``http://127.0.0.1:PORT/secret``. Every download is therefore given ``all-proxy`` pointing here:
+each request (each redirect hop, each retry) reaches the proxy with its absolute URL (or as a
+CONNECT for https), the host is resolved and checked, and the request goes out to the CHECKED
+address only; a refused one gets ``403`` and its reason is kept per download (the proxy user
+name aria2c sends is the job's token), so the fetcher fails the fetch with that reason.
+
+Pure parts (request parsing and rewriting) are module functions; :class:`PolicyProxy` is the
+small I/O shell (asyncio, on its own loop in a thread). One request per client connection
+(``Connection: close`` both ways): aria2c reconnects for the next one, which keeps the proxy
+simple and every request checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import secrets
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+log = logging.getLogger(__name__)
+
+MAX_HEAD = 64 * 1024  # request/response header block limit
+HOP_BY_HOP = frozenset({"connection", "proxy-connection", "keep-alive", "proxy-authorization", "proxy-authenticate",
+                        "te", "trailer", "upgrade"})
+
+
+class ProxyRefused(ValueError):
+    """The request is not one the proxy forwards (reason in the message)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: str
+    host: str  # without brackets
+    port: int
+    target: str  # origin-form ("/path?q") for GET/HEAD, "" for CONNECT
+    headers: tuple[tuple[str, str], ...]
+    user: str  # the proxy user (the fetcher's job token), "" if none
+
+    @property
+    def url(self) -> str:
+        literal = f"[{self.host}]" if ":" in self.host else self.host
+        if self.method == "CONNECT":
+            return f"https://{literal}:{self.port}/"
+        return f"http://{literal}:{self.port}{self.target}"
+
+
+def _proxy_credentials(value: str) -> tuple[str, str]:
+    scheme, _, token = value.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return "", ""
+    try:
+        user, _, password = base64.b64decode(token.strip(), validate=True).decode("utf-8").partition(":")
+    except (ValueError, UnicodeDecodeError):
+        return "", ""
+    return user, password
+
+
+def parse_request(head: bytes) -> tuple[Request, str]:
+    """The request in a proxy request head (up to and including the blank line) and the proxy
+    password it carried (pure). ProxyRefused for what a forward proxy for aria2c does not take."""
+    try:
+        text = head.decode("latin-1")
+    except UnicodeDecodeError as exc:  # pragma: no cover - latin-1 decodes every byte
+        raise ProxyRefused("undecodable request") from exc
+    lines = text.split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise ProxyRefused("malformed request line")
+    method, target, _version = parts
+    headers: list[tuple[str, str]] = []
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip():
+            raise ProxyRefused("malformed header")
+        headers.append((name, value.strip()))
+    auth = next((v for n, v in headers if n.lower() == "proxy-authorization"), "")
+    user, password = _proxy_credentials(auth)
+    kept = tuple((n, v) for n, v in headers if n.lower() not in HOP_BY_HOP)
+    if method == "CONNECT":
+        host, sep, port = target.rpartition(":")
+        if not sep or not port.isdigit() or not host:
+            raise ProxyRefused("CONNECT needs host:port")
+        return Request(method, host.strip("[]"), int(port), "", kept, user), password
+    if method not in ("GET", "HEAD"):
+        raise ProxyRefused(f"method {method} not forwarded")
+    split = urlsplit(target)
+    if split.scheme != "http" or not split.hostname:
+        raise ProxyRefused("only absolute http:// URLs are forwarded")
+    if split.username is not None or split.password is not None:
+        raise ProxyRefused("credentials in the URL")
+    try:
+        number = split.port or 80
+    except ValueError as exc:
+        raise ProxyRefused("bad port") from exc
+    path = split.path or "/"
+    origin_form = f"{path}?{split.query}" if split.query else path
+    return Request(method, split.hostname, number, origin_form, kept, user), password
+
+
+def upstream_head(req: Request) -> bytes:
+    """The request as sent to the origin (pure): origin-form target, hop-by-hop headers dropped,
+    ``Connection: close``; a Host header added when the client sent none."""
+    lines = [f"{req.method} {req.target} HTTP/1.1"]
+    if not any(n.lower() == "host" for n, _ in req.headers):
+        literal = f"[{req.host}]" if ":" in req.host else req.host
+        lines.append(f"Host: {literal}" + ("" if req.port == 80 else f":{req.port}"))
+    lines += [f"{n}: {v}" for n, v in req.headers]
+    lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def response_head(head: bytes) -> bytes:
+    """The origin's response head with its connection headers replaced by ``Connection: close``
+    (pure): the proxy serves one request per connection."""
+    lines = head.decode("latin-1").split("\r\n")
+    kept = [lines[0]] + [ln for ln in lines[1:] if ln and ln.partition(":")[0].strip().lower()
+                         not in ("connection", "proxy-connection", "keep-alive")]
+    return ("\r\n".join([*kept, "Connection: close"]) + "\r\n\r\n").encode("latin-1")
+
+
+def refusal(status: int, reason: str) -> bytes:
+    body = f"heatcache policy proxy: {reason}\n".encode()
+    phrase = {400: "Bad Request", 403: "Forbidden", 407: "Proxy Authentication Required",
+              502: "Bad Gateway"}.get(status, "Error")
+    return (f"HTTP/1.1 {status} {phrase}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
+            f"X-Heatcache-Refused: {reason.encode('ascii', 'replace').decode()[:200]}\r\n"
+            "Connection: close\r\n\r\n").encode() + body
+
+
+Check = Callable[[str], Awaitable[str]]  # host -> checked address; raises with the reason
+
+
+class PolicyProxy:
+    """``start()`` -> port on 127.0.0.1; ``options(token)`` are the aria2 options of a download;
+    ``refused(token)`` the reason the proxy refused a request of that download ("" if none)."""
+
+    def __init__(self, check: Check, *, source: str = "", host: str = "127.0.0.1",
+                 connect_timeout: float = 10.0) -> None:
+        self.check = check  # the fetcher's resolver + address policy
+        self.source = source  # the outbound address to connect from ("" = any)
+        self.host = host
+        self.port = 0
+        self.connect_timeout = connect_timeout
+        self.password = secrets.token_hex(16)  # only aria2c (given it per download) may use the proxy
+        self.refusals: dict[str, str] = {}
+        self.forwarded = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- what the fetcher uses
+    def options(self, token: str) -> dict[str, str]:
+        return {"all-proxy": f"http://{self.host}:{self.port}", "all-proxy-user": token,
+                "all-proxy-passwd": self.password}
+
+    def refused(self, token: str) -> str:
+        return self.refusals.get(token, "")
+
+    def forget(self, token: str) -> None:
+        self.refusals.pop(token, None)
+
+    # -- lifecycle
+    def start(self) -> int:
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            try:
+                self._server = loop.run_until_complete(asyncio.start_server(self._client, self.host, 0))
+                self.port = self._server.sockets[0].getsockname()[1]
+            except BaseException as exc:  # pragma: no cover - binding 127.0.0.1:0 does not fail
+                failure.append(exc)
+                ready.set()
+                loop.close()
+                return
+            ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name="policy-proxy", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        if failure:
+            raise failure[0]
+        log.info("policy proxy for aria2c on %s:%d", self.host, self.port)
+        return self.port
+
+    def stop(self) -> None:
+        loop, server = self._loop, self._server
+        if loop is None or server is None:
+            return
+
+        async def close() -> None:
+            server.close()
+            for task in [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]:
+                task.cancel()
+
+        try:
+            asyncio.run_coroutine_threadsafe(close(), loop).result(5)
+            loop.call_soon_threadsafe(loop.stop)
+        except RuntimeError:
+            pass
+        if self._thread is not None:
+            self._thread.join(5)
+
+    # -- one client connection, one request
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await self._serve(reader, writer)
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        if len(head) > MAX_HEAD:
+            writer.write(refusal(400, "request head too large"))
+            return
+        try:
+            req, password = parse_request(head)
+        except ProxyRefused as exc:
+            writer.write(refusal(400, str(exc)))
+            return
+        if not secrets.compare_digest(password, self.password):
+            writer.write(refusal(407, "proxy credentials required"))
+            return
+        try:
+            address = await self.check(req.host)
+        except Exception as exc:  # ForbiddenAddress, ResolveError, ...: refused with the reason
+            reason = f"{req.url}: {exc}"
+            log.warning("policy proxy refused %s", reason)
+            if req.user:
+                self.refusals[req.user] = reason
+            writer.write(refusal(403, reason))
+            return
+        try:
+            up_reader, up_writer = await asyncio.wait_for(
+                asyncio.open_connection(address, req.port, local_addr=(self.source, 0) if self.source else None),
+                self.connect_timeout)
+        except (TimeoutError, OSError) as exc:
+            writer.write(refusal(502, f"{req.url}: {exc or 'connect timed out'}"))
+            return
+        self.forwarded += 1
+        try:
+            if req.method == "CONNECT":
+                writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                await writer.drain()
+                await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+                return
+            up_writer.write(upstream_head(req))
+            await up_writer.drain()
+            answer = await asyncio.wait_for(up_reader.readuntil(b"\r\n\r\n"), 60)
+            writer.write(response_head(answer))
+            await _pipe(up_reader, writer)
+        finally:
+            up_writer.close()
+
+
+async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    try:
+        while True:
+            chunk = await src.read(256 * 1024)
+            if not chunk:
+                break
+            dst.write(chunk)
+            await dst.drain()
+    finally:
+        if dst.can_write_eof():
+            try:
+                dst.write_eof()
+            except OSError:
+                pass
