@@ -69,7 +69,7 @@ def make_messages(events: int, keys: int, clients: int, partitions: int, seed: i
 
 
 def produce(bootstrap: str, topic: str, messages: list[tuple[int, bytes]]) -> None:
-    prod = producer(bootstrap, **{"linger.ms": 50})
+    prod = producer(bootstrap, None, **{"linger.ms": 50})
     for p, value in messages:
         while True:
             try:

@@ -2,9 +2,11 @@
 `heatcache purge ...`): purge an object, a URL prefix or a host; pin/unpin a URL or host;
 pause/resume prefetching; stop/start steering.
 
-Purges go through the edge's authenticated purge API (``POST /.heatcache/purge``), which deletes
-the file, marks the catalog row and announces CacheEvent(purged); a prefix or host purge is the
-catalog's matching cached keys purged one by one through that same API. Switches are
+An object purge goes through the edge's authenticated purge API (``POST /.heatcache/purge``),
+which deletes the file, marks the catalog row and announces CacheEvent(purged); a prefix or host
+purge is one call of the cache store's ``ObjectStore.purge(prefix=|host=)`` (what `heatcache purge
+--prefix|--host` does: files, catalog rows and the store's lock in one place), its
+CacheEvent(purged)s published on `cache-events` and acknowledged before the answer. Switches are
 ControlEvents on the compacted `control` topic (heatcache/control.py).
 """
 
@@ -99,6 +101,8 @@ class Actions:
         return {"ok": True, "action": action.kind, "control": {"key": event.key, "value": event.value}}
 
     def purge(self, action: Action) -> dict[str, Any]:
+        if action.kind in ("purge-prefix", "purge-host"):
+            return self.purge_in_store(action)
         urls = purge_targets(action, self.rows() if action.kind != "purge-url" else [])
         results = [self.purge_url(u) for u in urls]
         purged = [r["cache_key"] for r in results if r.get("purged")]
@@ -107,6 +111,44 @@ class Actions:
         return {"ok": bool(purged), "action": action.kind,
                 "purged": purged, "not_cached": [r.get("cache_key", r.get("url")) for r in results
                                                  if not r.get("purged")]}
+
+    def purge_in_store(self, action: Action) -> dict[str, Any]:
+        """A prefix or host purge through the cache store, announced on `cache-events`."""
+        from cachestore import open_store
+        from cachestore.catalog import CatalogUnavailable, open_catalog
+
+        if self.producer is None:
+            raise ActionError("purging needs the broker (HEATCACHE_KAFKA_BOOTSTRAP) to announce it")
+        try:
+            catalog = open_catalog(self.settings.catalog)
+        except CatalogUnavailable as exc:
+            raise ActionError(f"the catalog is unavailable: {exc}") from None
+        try:
+            store = open_store(self.settings, catalog)
+            if action.kind == "purge-prefix":
+                events = store.purge(prefix=action.subject)
+            else:  # the catalog's host, and the cache keys of that host[:port] (keys carry the port)
+                host = action.subject.lower().rstrip(".")
+                events = store.purge(host=host)
+                for scheme in ("http", "https"):
+                    events += store.purge(prefix=f"{scheme}://{host}/")
+        except CatalogUnavailable as exc:
+            raise ActionError(f"the catalog is unavailable: {exc}") from None
+        finally:
+            catalog.close()
+        if not events:
+            raise ActionError(f"nothing cached matches {action.subject!r}")
+        failed: list[str] = []
+        topic = self.settings.topic(contract.CACHE_EVENTS)
+        for event in events:
+            self.producer.produce(topic, key=event.cache_key.encode(), value=contract.encode(event),
+                                  on_delivery=lambda err, _m: failed.append(str(err)) if err is not None else None)
+        left = self.producer.flush(30)
+        purged = [e.cache_key for e in events]
+        if left or failed:  # deleted, but not every purge announced: say so (the edge still lists them)
+            return {"ok": False, "action": action.kind, "purged": purged, "not_cached": [],
+                    "error": f"{left + len(failed)} purge event(s) not acknowledged by the broker"}
+        return {"ok": True, "action": action.kind, "purged": purged, "not_cached": []}
 
     def purge_url(self, url: str) -> dict[str, Any]:
         """One purge through the edge's API (same as `curl -X POST .../.heatcache/purge`)."""

@@ -21,7 +21,7 @@ from confluent_kafka import OFFSET_END, Consumer, Message, TopicPartition
 from console.model import CatalogRow, Model, sample_from, snapshot
 from heatcache import contract
 from heatcache.contract import CacheEvent, ControlEvent, DecodeError, FetchProgress, HotUrl
-from heatcache.kafkautil import Follower
+from heatcache.kafkautil import Follower, client_config
 from heatcache.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ class Feed:
                 feed.ready.set()
 
         return FeedFollower(self.bootstrap, list(names), name="console-kafka", group_prefix="heatcache-console",
-                            stopping=self.stopping, batch=200)
+                            stopping=self.stopping, batch=200, config=client_config(self.settings))
 
     def apply(self, logical: str, msg: Message) -> None:
         raw = msg.value()

@@ -191,7 +191,7 @@ def run_console(settings: Settings, bootstrap: str) -> int:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         feed = Feed(settings, bootstrap, poll_s=settings.console_refresh_s).start()
-        prod = producer(bootstrap)
+        prod = producer(bootstrap, settings)
         server = ConsoleServer(settings, feed.snapshot, Actions(settings, prod, feed.read_catalog),
                                push_s=settings.console_refresh_s, counters=run.counters)
         try:

@@ -7,7 +7,8 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from confluent_kafka import Message
 
@@ -112,9 +113,11 @@ class CacheEventsFollower(Follower):
     BATCH = 500
 
     def __init__(self, bootstrap: str, topic: str, index: CacheIndex, loop: asyncio.AbstractEventLoop,
-                 on_bad: DeadLetter | None = None, health: HealthLike | None = None) -> None:
+                 on_bad: DeadLetter | None = None, health: HealthLike | None = None,
+                 config: Mapping[str, Any] | None = None) -> None:
+        # config: the client security settings (Kafka TLS), kafkautil.client_config(settings)
         super().__init__(bootstrap, [topic], name="cache-events", batch=self.BATCH, health=health,
-                         require_topics=True)
+                         require_topics=True, config=config)
         self.topic = topic
         self.index = index
         self.loop = loop

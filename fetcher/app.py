@@ -53,7 +53,7 @@ from heatcache import contract
 from heatcache.cachekey import BadUrl
 from heatcache.contract import CacheEvent, DecodeError, FetchProgress, HotUrl
 from heatcache.control import ControlFollower
-from heatcache.kafkautil import consumer, producer
+from heatcache.kafkautil import client_config, consumer, producer
 from heatcache.lifecycle import StopFlag, announce_ready
 from heatcache.redirects import HopRefused
 from heatcache.resolve import ResolveError, make_async_resolver, resolve_origin, resolve_origin_async
@@ -124,7 +124,7 @@ class Fetcher:
         self.resolver = make_async_resolver(settings.upstream_dns)
         self.aria2 = self._aria2_client()
         self.producer = self._producer()
-        self.consumer = consumer(bootstrap, settings.topic_prefix + "heatcache-fetcher")
+        self.consumer = consumer(bootstrap, settings.topic_prefix + "heatcache-fetcher", settings)
         self.counters: Counter[str] = runner.counters if runner is not None else Counter()
         self.jobs: dict[str, Job] = {}
         self.owed: dict[str, Owed] = {}  # dead letters waiting for their acknowledgement
@@ -159,7 +159,7 @@ class Fetcher:
         # Not idempotent: a CacheEvent sent twice is harmless (compacted, per key), and a message
         # that timed out during a broker outage is produced again by us rather than failing the
         # idempotence sequence.
-        return producer(self.bootstrap, **{"enable.idempotence": False, "acks": "all",
+        return producer(self.bootstrap, self.settings, **{"enable.idempotence": False, "acks": "all",
                                            "message.timeout.ms": self.settings.fetch_producer_timeout_ms})
 
     # -- the loop ---------------------------------------------------------------------------
@@ -169,7 +169,7 @@ class Fetcher:
         self.consumer.subscribe([s.topic(contract.HOT_URLS)], on_revoke=self._revoked)
         self._listener = threading.Thread(target=self._listen, name="aria2-notifications", daemon=True)
         self._listener.start()
-        self.control = ControlFollower(self.bootstrap, s.topic(contract.CONTROL))
+        self.control = ControlFollower(self.bootstrap, s.topic(contract.CONTROL), config=client_config(s))
         self.control.start()
         self.control.wait_ready(10)  # a pause switched before this start holds from the first message
         if self.runner is not None:

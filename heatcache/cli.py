@@ -80,11 +80,11 @@ def _serve(settings: Settings, stage: str) -> int:
 async def _serve_main(run: Runner) -> None:
     from dns_redirect.index import CacheEventsFollower, CacheIndex
     from heatcache import contract
-    from heatcache.kafkautil import dead_letter, producer
+    from heatcache.kafkautil import client_config, dead_letter, producer
 
     settings, stage = run.settings, run.stage
     index = CacheIndex()
-    prod = producer(run.bootstrap, error_cb=run.kafka_error_cb)
+    prod = producer(run.bootstrap, settings, error_cb=run.kafka_error_cb)
 
     def bad_event(msg: Message, reason: str) -> None:  # the error policy: dead-letter, keep following
         run.counters["index.bad-events"] += 1
@@ -92,7 +92,8 @@ async def _serve_main(run: Runner) -> None:
 
     # the follower reads in its thread; this loop applies every change (the index's one writer)
     follower = CacheEventsFollower(run.bootstrap, settings.topic(contract.CACHE_EVENTS), index,
-                                   asyncio.get_running_loop(), on_bad=bad_event, health=run.health)
+                                   asyncio.get_running_loop(), on_bad=bad_event, health=run.health,
+                                   config=client_config(settings))
     follower.start()
     try:
         while not follower.ready.is_set():
@@ -132,7 +133,7 @@ async def _serve_dns(run: Runner, index: CacheIndex) -> None:
         loop.call_soon_threadsafe(switch, state)
 
     control = ControlFollower(run.bootstrap, run.settings.topic(contract.CONTROL), on_change=on_change,
-                              health=run.health)
+                              health=run.health, config=run.settings.kafka_client_config())
     control.start()
     await loop.run_in_executor(None, control.wait_ready, 10.0)  # a stop switched earlier holds from the start
     await server.start()
@@ -284,7 +285,7 @@ def cmd_control(settings: Settings, args: argparse.Namespace) -> int:
     rows = open_catalog_rows(settings)
     try:
         action = parse_action(body, by=f"cli@{settings.node_name}")
-        prod = producer(_bootstrap(settings)) if not action.kind.startswith("purge") else None
+        prod = producer(_bootstrap(settings), settings) if action.kind != "purge-url" else None
         result = Actions(settings, prod, rows).run(action)
     except ActionError as exc:
         raise UsageError(str(exc)) from None
@@ -350,7 +351,7 @@ def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
             events = store.purge(key=key)
     finally:
         catalog.close()
-    prod = producer(_bootstrap(settings))
+    prod = producer(_bootstrap(settings), settings)
     failed: list[str] = []
     for event in events:
         prod.produce(settings.topic(contract.CACHE_EVENTS), key=event.cache_key.encode(),

@@ -8,7 +8,8 @@ Stages only *read* the state (``follower.state``); the console and the CLI write
 
 Use in a stage::
 
-    follower = ControlFollower(bootstrap, settings.topic(contract.CONTROL)); follower.start()
+    follower = ControlFollower(bootstrap, settings.topic(contract.CONTROL),
+                               config=kafkautil.client_config(settings)); follower.start()
     ...
     if follower.state.prefetch_paused: ...          # fetcher
     if follower.state.steering_stopped: ...         # DNS (the kill switch)
@@ -150,8 +151,10 @@ class ControlFollower(Follower):
     heatcache.kafkautil.Follower."""
 
     def __init__(self, bootstrap: str, topic: str, on_change: Callable[[ControlState], None] | None = None,
-                 health: HealthLike | None = None) -> None:
-        super().__init__(bootstrap, [topic], name="control", group_prefix="heatcache-control", health=health)
+                 health: HealthLike | None = None, config: Mapping[str, Any] | None = None) -> None:
+        # config: the client security settings (Kafka TLS), kafkautil.client_config(settings)
+        super().__init__(bootstrap, [topic], name="control", group_prefix="heatcache-control", health=health,
+                         config=config)
         self.topic = topic
         self.state = ControlState()
         self.errors = 0

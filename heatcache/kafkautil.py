@@ -5,6 +5,7 @@ keep following, survive a broker that is not there yet or goes away (see :class:
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 import uuid
@@ -22,6 +23,7 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
+from confluent_kafka.admin import AdminClient
 
 from heatcache import contract
 from heatcache.settings import Settings
@@ -29,7 +31,35 @@ from heatcache.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def producer(bootstrap: str, **extra: Any) -> Producer:
+# -- client security (Kafka TLS): every client of every stage is built with this ---------------
+
+def client_config(settings: Settings | None) -> dict[str, Any]:
+    """The security part of a librdkafka client's config: ``security.protocol`` and the ``ssl.*``
+    files for a TLS listener (k8s: Strimzi's TLS listener with per-stage client certs), ``{}`` for
+    PLAINTEXT or when no settings are given (tools and tests on the local broker)."""
+    return settings.kafka_client_config() if settings is not None else {}
+
+
+def admin(bootstrap: str, settings: Settings | None = None) -> AdminClient:
+    """An AdminClient (metadata, topic creation) with the client security settings."""
+    return AdminClient({"bootstrap.servers": bootstrap, **client_config(settings)})
+
+
+def ssl_context(settings: Settings | None) -> ssl.SSLContext | None:
+    """The TLS context for Python Kafka clients (Faust/aiokafka ``broker_credentials``) from the
+    same settings as :func:`client_config`; None for PLAINTEXT. Verifies the broker against
+    ``kafka_ssl_ca`` (hostname included) and presents the client certificate when one is set."""
+    if settings is None or settings.kafka_security_protocol != "SSL":
+        return None
+    ca = settings.kafka_ssl_ca
+    ctx = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
+    if settings.kafka_ssl_cert is not None:
+        key = settings.kafka_ssl_key
+        ctx.load_cert_chain(str(settings.kafka_ssl_cert), str(key) if key is not None else None)
+    return ctx
+
+
+def producer(bootstrap: str, settings: Settings | None = None, **extra: Any) -> Producer:
     config: dict[str, Any] = {
         "bootstrap.servers": bootstrap,
         "linger.ms": 20,
@@ -37,12 +67,13 @@ def producer(bootstrap: str, **extra: Any) -> Producer:
         "enable.idempotence": True,
         "queue.buffering.max.messages": 200_000,
         "message.timeout.ms": 120_000,
+        **client_config(settings),
     }
     config.update(extra)
     return Producer(config)
 
 
-def consumer(bootstrap: str, group: str, **extra: Any) -> Consumer:
+def consumer(bootstrap: str, group: str, settings: Settings | None = None, **extra: Any) -> Consumer:
     config: dict[str, Any] = {
         "bootstrap.servers": bootstrap,
         "group.id": group,
@@ -53,6 +84,7 @@ def consumer(bootstrap: str, group: str, **extra: Any) -> Consumer:
         "enable.auto.offset.store": False,
         "session.timeout.ms": 10_000,
         "heartbeat.interval.ms": 1_000,
+        **client_config(settings),
     }
     config.update(extra)
     return Consumer(config)
@@ -84,10 +116,10 @@ def assign_from_beginning(cons: Consumer, topic: str, timeout: float = 30.0) -> 
     return parts
 
 
-def read_topic(bootstrap: str, topic: str, timeout: float = 20.0) -> list[Message]:
+def read_topic(bootstrap: str, topic: str, timeout: float = 20.0, settings: Settings | None = None) -> list[Message]:
     """Every message now in ``topic`` (all partitions, from the beginning): for tools and tests."""
     cons = Consumer({"bootstrap.servers": bootstrap, "group.id": "heatcache-reader", "enable.auto.commit": False,
-                     "enable.partition.eof": True})
+                     "enable.partition.eof": True, **client_config(settings)})
     try:
         pending = set(assign_from_beginning(cons, topic, timeout))
         out: list[Message] = []

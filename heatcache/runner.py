@@ -44,7 +44,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from prometheus_client import make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
-from heatcache import contract
+from heatcache import contract, kafkautil
 from heatcache.lifecycle import StopFlag, announce_ready
 from heatcache.metrics import StageMetrics, StageSpec, registry_for
 from heatcache.settings import Settings, default_secrets
@@ -256,7 +256,8 @@ class Runner:
         if self.bootstrap and s.metrics_interval_s > 0:
             self._producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 100,
                                        "message.timeout.ms": max(1000, int(s.metrics_interval_s * 3000)),
-                                       "error_cb": lambda _e: None})  # the stage's own clients report health
+                                       "error_cb": lambda _e: None,  # the stage's own clients report health
+                                       **kafkautil.client_config(s)})
             self._snapshots = threading.Thread(target=self._snapshot_loop, name="metrics-snapshots", daemon=True)
             self._snapshots.start()
 

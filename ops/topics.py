@@ -16,7 +16,9 @@ def faust_topics(settings: Settings) -> list[TopicPlan]:
     """The internal topics the streams app declares: table changelogs and the leader topic."""
     from streams.app import make_app
 
-    app, _counters = make_app(settings, "127.0.0.1:9")  # the address is never dialled here
+    # the address is never dialled here, so no TLS either (the k8s settings name files in the pods)
+    offline = settings.model_copy(update={"kafka_security_protocol": "PLAINTEXT"})
+    app, _counters = make_app(offline, "127.0.0.1:9")
     out = []
     for table in app.tables.values():
         topic = table.changelog_topic

@@ -28,7 +28,8 @@ def cmd_trace(settings: Settings, args: argparse.Namespace, bootstrap: str) -> i
 
     trace, fmt = read_file(args.file, settings, args.format, args.host)
     report = publish_trace(trace, bootstrap, settings.topic(contract.REQUESTS),
-                           args.max_events or settings.batch_max_events, settings.batch_linger_ms / 1000)
+                           args.max_events or settings.batch_max_events, settings.batch_linger_ms / 1000,
+                           settings=settings)
     bad = ", ".join(f"{k}={v}" for k, v in sorted(report.bad.items())) or "none"
     span = f"{trace.events[0].ts:.3f}..{trace.events[-1].ts:.3f}" if trace.events else "-"
     print(f"trace import: {args.file} as {fmt}: {trace.lines} lines, {report.events} requests in "
@@ -110,6 +111,7 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     from replay.trace import batches, read_file
 
     known: dict[str, int] = {}
+    failed: set[str] = set()  # production's fetch outcomes: downloads that failed
     bad: Counter[str] = Counter()
     if args.file:
         trace, fmt = read_file(args.file, settings, args.format, args.host)
@@ -124,18 +126,23 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
         from replay.kafkaio import read_range
 
         start, end = _time(args.start), (_time(args.end) if args.end else None)
-        batch_list = read_range(settings.kafka_bootstrap, settings.topic(contract.REQUESTS), start, end, bad=bad)
-        for msg in read_topic(settings.kafka_bootstrap, settings.topic(contract.CACHE_EVENTS)):
+        batch_list = read_range(settings.kafka_bootstrap, settings.topic(contract.REQUESTS), start, end, bad=bad,
+                                settings=settings)
+        for msg in read_topic(settings.kafka_bootstrap, settings.topic(contract.CACHE_EVENTS), settings=settings):
             try:
                 ev = contract.decode(msg.value(), contract.CacheEvent)
             except contract.DecodeError:
                 continue
             if ev.size:
                 known[ev.cache_key] = ev.size
+            if ev.state == "failed":
+                failed.add(ev.cache_key)
+            else:
+                failed.discard(ev.cache_key)
         source = f"{settings.topic(contract.REQUESTS)} from {args.start} to {args.end or 'the end'}"
     else:
         return main_error("heatcache replay: give --file PATH or --from TIME [--to TIME]")
-    prep = prepare(batch_list, args.default_size, known)
+    prep = prepare(batch_list, args.default_size, known, failed)
     quotas = _list(int, args.quotas) or [0]
     settings_grid = grid(_list(int, args.windows), _list(int, args.min_clients), quotas,
                          _list(str, args.policies), _list(bool, args.fill), _list(bool, args.prefetch),

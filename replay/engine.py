@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -220,6 +220,7 @@ class Result:
     hosts_steered_end: int = 0
     evictions: int = 0
     refused: int = 0
+    fetch_failures: int = 0  # prefetches of keys whose download failed in production
     tls_events: int = 0
     median_first_hit_s: float = math.nan  # per object: from its first request to its first local hit
     series: list[tuple[float, int, int, int]] = field(default_factory=list)  # (bin start, requested, local, prefetched)
@@ -263,12 +264,16 @@ class Prepared:
     host_of: dict[str, str] = field(default_factory=dict)  # cache key -> heatcache.cachekey.key_host(key)
     first_seen: dict[str, float] = field(default_factory=dict)  # cache key -> ts of its first (non-TLS) request
     batch_ts: list[float] = field(default_factory=list)  # per batch: its first event's ts (for the series)
+    failed_fetches: frozenset[str] = frozenset()  # keys whose download failed in production (cache-events)
 
 
 def prepare(batches: Sequence[RequestBatch], default_size: int = 1 << 20,
-            known_sizes: dict[str, int] | None = None) -> Prepared:
+            known_sizes: dict[str, int] | None = None, failed_fetches: Iterable[str] = ()) -> Prepared:
     """Object sizes (largest logged 200, else ``known_sizes`` from cache-events, else the
-    default) and each request's bytes (as logged; a request with nothing logged: the object)."""
+    default) and each request's bytes (as logged; a request with nothing logged: the object).
+
+    ``failed_fetches``: the fetch outcomes production had, from `cache-events` (keys whose last
+    event is ``failed``): replay's prefetch of such a key fails too, and streams is told so."""
     size: dict[str, int] = dict(known_sizes or {})
     logged: dict[str, int] = {}
     for b in batches:
@@ -301,7 +306,7 @@ def prepare(batches: Sequence[RequestBatch], default_size: int = 1 << 20,
         per.append(row)
     if t0 > t1:
         t0 = t1 = 0.0
-    return Prepared(list(batches), per, size, t0, t1, host_of, first_seen, batch_ts)
+    return Prepared(list(batches), per, size, t0, t1, host_of, first_seen, batch_ts, frozenset(failed_fetches))
 
 
 # -- the engine ---------------------------------------------------------------------------------
@@ -313,8 +318,8 @@ def run(prep: Prepared, setting: Setting, base: Settings, bins: int = 48, keep_h
 
     ``journal``, when given, receives what the cache store would have been asked, in order:
     ``("fill"|"fetch", key, size, ts, heat)`` per object to store, then ``("refused", key)`` or
-    one ``("evicted", key)`` per victim; ``("hit", key, ts)`` per local hit (tests drive a real
-    ObjectStore with it).
+    one ``("evicted", key)`` per victim; ``("fetch-failed", key)`` per download that failed in
+    production; ``("hit", key, ts)`` per local hit (tests drive a real ObjectStore with it).
 
     The loop is the hot path of a grid (one pass per setting): per-request state lives in
     locals, per-trace facts (hosts, first requests, sizes) come from ``prep``, and the cache
@@ -401,7 +406,8 @@ def run(prep: Prepared, setting: Setting, base: Settings, bins: int = 48, keep_h
         return True
 
     requests = bytes_requested = hits = bytes_local = tls_events = 0
-    prefetches = bytes_prefetched = fills = bytes_filled = 0
+    prefetches = bytes_prefetched = fills = bytes_filled = fetch_failures = 0
+    failed_fetches = prep.failed_fetches
     fill_on, prefetch_on = setting.fill, setting.prefetch
     fold = admission.fold
     for batch, nbytes, bts in zip(prep.batches, prep.request_bytes, prep.batch_ts, strict=True):
@@ -450,6 +456,12 @@ def run(prep: Prepared, setting: Setting, base: Settings, bins: int = 48, keep_h
         for key, ts, clients in fold(part, batch.events):
             if not prefetch_on or key in cached:
                 continue
+            if key in failed_fetches:  # production's download of it failed: so does this one
+                fetch_failures += 1
+                if journal is not None:
+                    journal.append(("fetch-failed", key))
+                cache_event(part, key, "failed")
+                continue
             size = sizes[key]
             if store(key, size, ts, "fetch", clients, part):
                 prefetches += 1
@@ -461,7 +473,7 @@ def run(prep: Prepared, setting: Setting, base: Settings, bins: int = 48, keep_h
     res.requests, res.bytes_requested, res.hits, res.bytes_local, res.tls_events = (
         requests, bytes_requested, hits, bytes_local, tls_events)
     res.prefetches, res.bytes_prefetched = prefetches, bytes_prefetched
-    res.fills, res.bytes_filled = fills, bytes_filled
+    res.fills, res.bytes_filled, res.fetch_failures = fills, bytes_filled, fetch_failures
     res.refused, res.evictions = counts["refused"], counts["evictions"]
     res.prefetches_never_hit = counts["never_hit"] + len(pending_prefetch)
     res.hosts_steered = len(steered_ever)

@@ -12,16 +12,17 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from heatcache import contract
 from heatcache.contract import DecodeError, RequestBatch
-from heatcache.kafkautil import producer
+from heatcache.kafkautil import client_config, producer
+from heatcache.settings import Settings
 from replay.trace import Trace, batches
 
 log = logging.getLogger(__name__)
 
 
-def topic_partitions(bootstrap: str, topic: str, timeout: float = 30.0) -> int:
+def topic_partitions(bootstrap: str, topic: str, timeout: float = 30.0, settings: Settings | None = None) -> int:
     from sniffer.app import topic_partitions as parts
 
-    return parts(bootstrap, topic)
+    return parts(bootstrap, topic, settings)
 
 
 @dataclass
@@ -33,12 +34,12 @@ class ImportReport:
 
 
 def publish_trace(trace: Trace, bootstrap: str, topic: str, max_events: int = 500, linger_s: float = 0.2,
-                  prod: Producer | None = None) -> ImportReport:
+                  prod: Producer | None = None, settings: Settings | None = None) -> ImportReport:
     """Every event of ``trace`` into ``topic``, batched per partition bucket as the sniffer does,
     each message stamped with the capture time of its first event (so time ranges find it)."""
-    partitions = topic_partitions(bootstrap, topic)
+    partitions = topic_partitions(bootstrap, topic, settings=settings)
     own = prod is None
-    prod = prod or producer(bootstrap, **{"linger.ms": 50})
+    prod = prod or producer(bootstrap, settings, **{"linger.ms": 50})
     report = ImportReport(bad=Counter(trace.bad))
 
     def delivered(err: KafkaError | None, _msg: object) -> None:
@@ -67,14 +68,14 @@ def publish_trace(trace: Trace, bootstrap: str, topic: str, max_events: int = 50
 
 
 def read_range(bootstrap: str, topic: str, start: float, end: float | None, timeout: float = 60.0,
-               bad: Counter[str] | None = None) -> list[RequestBatch]:
+               bad: Counter[str] | None = None, settings: Settings | None = None) -> list[RequestBatch]:
     """The batches of ``topic`` whose messages are stamped in [start, end) (end None: up to now's
     end of the log), all partitions, ordered by time; events outside the range are dropped.
 
     Undecodable messages are counted in ``bad`` (replay reads, it does not dead-letter)."""
     bad = bad if bad is not None else Counter()
     cons = Consumer({"bootstrap.servers": bootstrap, "group.id": "heatcache-replay", "enable.auto.commit": False,
-                     "enable.partition.eof": False})
+                     "enable.partition.eof": False, **client_config(settings)})
     try:
         md = cons.list_topics(topic, timeout=timeout)
         if topic not in md.topics or md.topics[topic].error is not None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from heatcache import contract
 from heatcache.contract import HotUrl, RequestBatch
-from heatcache.kafkautil import producer, read_topic
+from heatcache.kafkautil import client_config, producer, read_topic
 from heatcache.settings import Settings
 from replay.engine import Setting, StreamsAdmission, prepare, run
 from streams.rules import rules_from_settings
@@ -49,8 +49,8 @@ class ShadowReport:
                 f"{len(self.simulated)}: {verdict}")
 
 
-def republish(batches: list[RequestBatch], bootstrap: str, topic: str) -> None:
-    prod = producer(bootstrap)
+def republish(batches: list[RequestBatch], bootstrap: str, topic: str, settings: Settings | None = None) -> None:
+    prod = producer(bootstrap, settings)
     for b in batches:
         prod.produce(topic, key=str(b.bucket).encode(), partition=b.bucket, value=contract.encode(b),
                      timestamp=int(b.events[0].ts * 1000))
@@ -59,11 +59,12 @@ def republish(batches: list[RequestBatch], bootstrap: str, topic: str) -> None:
         raise RuntimeError("shadow: re-publishing the range did not complete")
 
 
-def caught_up(bootstrap: str, topic: str, group: str) -> bool:
+def caught_up(bootstrap: str, topic: str, group: str, settings: Settings | None = None) -> bool:
     """Whether ``group`` has committed the end of every partition of ``topic``."""
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-    cons = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    cons = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
+                     **client_config(settings)})
     try:
         parts = [TopicPartition(topic, p) for p in cons.list_topics(topic, timeout=10).topics[topic].partitions]
         committed = {tp.partition: tp.offset for tp in cons.committed(parts, timeout=10)}
@@ -88,7 +89,7 @@ def shadow(batches: list[RequestBatch], setting: Setting, base: Settings, timeou
     settings = live.settings(base).model_copy(update={"topic_prefix": prefix, "heat_flush_interval_s": 0.2})
     bootstrap = settings.kafka_bootstrap
     ensure_topics(bootstrap, settings)
-    republish(batches, bootstrap, settings.topic(contract.REQUESTS))
+    republish(batches, bootstrap, settings.topic(contract.REQUESTS), settings)
     admission = StreamsAdmission(rules_from_settings(settings))
     run(prepare(batches), live, settings, admission=admission)
     report = ShadowReport(prefix, simulated=list(admission.emitted))
@@ -102,11 +103,11 @@ def shadow(batches: list[RequestBatch], setting: Setting, base: Settings, timeou
                     raise RuntimeError("shadow: the streams worker exited:\n" + proc.log_path.read_text()[-2000:])
                 # done when the worker has committed every message of the copy (it commits only
                 # after what a message produced was sent), then read what it emitted
-                if proc.ready.is_set() and caught_up(bootstrap, settings.topic(contract.REQUESTS), group):
+                if proc.ready.is_set() and caught_up(bootstrap, settings.topic(contract.REQUESTS), group, settings):
                     break
                 time.sleep(0.5)
             emitted = [contract.decode(m.value(), HotUrl)
-                       for m in read_topic(bootstrap, settings.topic(contract.HOT_URLS), timeout=10)]
+                       for m in read_topic(bootstrap, settings.topic(contract.HOT_URLS), timeout=10, settings=settings)]
             report.emitted = [(h.cache_key, h.ts) for h in emitted]
         finally:
             proc.stop(20)

@@ -8,12 +8,11 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 
 from confluent_kafka import KafkaError
-from confluent_kafka.admin import AdminClient
 
 from heatcache import contract
 from heatcache.cachekey import KeyRules
 from heatcache.contract import RequestEvent
-from heatcache.kafkautil import producer
+from heatcache.kafkautil import admin, producer
 from heatcache.lifecycle import StopFlag, announce_ready
 from heatcache.runner import Runner
 from heatcache.settings import Settings
@@ -24,8 +23,8 @@ from sniffer.publish import BatchPublisher
 log = logging.getLogger(__name__)
 
 
-def topic_partitions(bootstrap: str, topic: str) -> int:
-    md = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=30)
+def topic_partitions(bootstrap: str, topic: str, settings: Settings | None = None) -> int:
+    md = admin(bootstrap, settings).list_topics(topic, timeout=30)
     meta = md.topics.get(topic)
     if meta is None or meta.error is not None or not meta.partitions:
         raise RuntimeError(f"topic {topic} is missing: create it first (heatcache up does)")
@@ -63,8 +62,8 @@ class Sniffer:
         extra: dict[str, object] = {"linger.ms": settings.batch_linger_ms}
         if error_cb is not None:  # the runner's: a lost broker shows as degraded health
             extra["error_cb"] = error_cb
-        self.producer = producer(bootstrap, **extra)
-        self.publisher = BatchPublisher(self.producer, topic, topic_partitions(bootstrap, topic),
+        self.producer = producer(bootstrap, settings, **extra)
+        self.publisher = BatchPublisher(self.producer, topic, topic_partitions(bootstrap, topic, settings),
                                         settings.batch_max_events, settings.batch_linger_ms / 1000, self.counters)
 
     def run(self, stop: StopFlag, ready: Callable[[], None] | None = None) -> Counter[str]:

@@ -28,13 +28,12 @@ from typing import Any
 
 import faust
 import orjson
-from confluent_kafka.admin import AdminClient
 from faust.streams import _current_event
 from faust.types import TP
 
 from heatcache import contract
 from heatcache.contract import DecodeError, HostHeat, HotUrl, RequestBatch
-from heatcache.kafkautil import producer
+from heatcache.kafkautil import admin, producer, ssl_context
 from heatcache.metrics import STREAMS
 from heatcache.runner import ConfigError, Runner
 from heatcache.settings import Settings
@@ -51,7 +50,7 @@ EXPIRE_EVERY_S = 60.0
 def check_topics(settings: Settings, bootstrap: str, timeout: float = 20.0) -> None:
     """Fail at once, with the topic's name, when a topic streams needs is missing or `requests`
     has another partition count than the tables (Faust would otherwise loop on "not found")."""
-    md = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=timeout)
+    md = admin(bootstrap, settings).list_topics(timeout=timeout)
     names = [contract.REQUESTS, contract.HOT_URLS, contract.CACHE_EVENTS, contract.DEAD_LETTER, contract.METRICS]
     if settings.heat_host_topic:
         names.append(contract.HOST_HEAT)
@@ -115,8 +114,7 @@ class Stage:
 
     def out(self) -> Outputs:
         if self.outputs is None:
-            prod = producer(self.bootstrap, **{
-                **self.settings.kafka_client_config(),
+            prod = producer(self.bootstrap, self.settings, **{  # TLS settings (k8s) from the settings
                 "message.timeout.ms": 0,  # retry for ever: a broker outage delays acks, it never loses state
                 "queue.buffering.max.messages": 1_000_000,
             })
@@ -378,6 +376,7 @@ def make_app(settings: Settings, bootstrap: str, counters: Counter[str] | None =
         stream_buffer_maxsize=16384,
         producer_compression_type="lz4",
         producer_linger_ms=20,
+        broker_credentials=ssl_context(settings),  # Kafka TLS (k8s); None = PLAINTEXT
     )
     requests = app.topic(settings.topic(contract.REQUESTS), key_serializer="raw", value_serializer="raw",
                          partitions=parts)
@@ -441,7 +440,7 @@ def main(run: Runner, settings: Settings, bootstrap: str, loglevel: str = "info"
         app, stage = make_app(settings, bootstrap, run.counters, on_ready=run.ready)
     except RulesError as exc:
         raise ConfigError(str(exc)) from None
-    follower = CacheFollower(bootstrap, settings.topic(contract.CACHE_EVENTS))
+    follower = CacheFollower(bootstrap, settings.topic(contract.CACHE_EVENTS), config=settings.kafka_client_config())
     follower.start()
     stage.follower = follower
     control = _control_follower(settings, bootstrap)
@@ -465,10 +464,10 @@ def main(run: Runner, settings: Settings, bootstrap: str, loglevel: str = "info"
 def _control_follower(settings: Settings, bootstrap: str) -> Any:
     """Operator pins from the `control` topic (console), when the topic exists."""
     topic = settings.topic(contract.CONTROL)
-    if topic not in AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).topics:
+    if topic not in admin(bootstrap, settings).list_topics(timeout=10).topics:
         return None
     from heatcache.control import ControlFollower
 
-    follower = ControlFollower(bootstrap, topic)
+    follower = ControlFollower(bootstrap, topic, config=settings.kafka_client_config())
     follower.start()
     return follower

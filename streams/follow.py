@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import collections
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from confluent_kafka import Message
 
@@ -24,8 +26,10 @@ class CacheFollower(Follower):
     """Reads `cache-events` into ``queue`` as (cache_key, state, ts) tuples (start-up waits and
     broker loss: heatcache.kafkautil.Follower)."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        super().__init__(bootstrap, [topic], name="cache-events", group_prefix="heatcache-streams-cache", batch=500)
+    def __init__(self, bootstrap: str, topic: str, config: Mapping[str, Any] | None = None) -> None:
+        # config: the client security settings (Kafka TLS), kafkautil.client_config(settings)
+        super().__init__(bootstrap, [topic], name="cache-events", group_prefix="heatcache-streams-cache", batch=500,
+                         config=config)
         self.topic = topic
         self.queue: collections.deque[tuple[str, str, float]] = collections.deque()
         self.bad = 0

@@ -16,14 +16,14 @@ import pytest
 
 from heatcache.services.aria2 import Aria2Daemon
 from heatcache.services.dnsmasq import Dnsmasq
-from heatcache.services.kafka import EmbeddedKafka, ensure_topics
+from heatcache.services.kafka import EmbeddedKafka, ensure_topics, make_pki
 from heatcache.services.mariadb import MariaDB
 from heatcache.settings import Settings, load_settings
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Integration tests are the ones under tests/integration or using a service fixture.
-    services = {"kafka", "kafka_settings", "mariadb", "aria2", "dnsmasq", "lab"}
+    services = {"kafka", "kafka_broker", "kafka_settings", "kafka_tls_settings", "mariadb", "aria2", "dnsmasq", "lab"}
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
         if "integration" in item.nodeid.split("/") or fixtures & services:
@@ -31,12 +31,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Bootstrap address of a real Apache Kafka (KRaft) broker for the whole session."""
-    broker = EmbeddedKafka(tmp_path_factory.mktemp("kafka"), heap_mb=384)
-    bootstrap = broker.start()
-    yield bootstrap
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedKafka]:
+    """A real Apache Kafka (KRaft) broker for the whole session: a PLAINTEXT listener and a TLS
+    one requiring client certificates (as k8s's Strimzi listener), certificates from a test CA."""
+    root = tmp_path_factory.mktemp("kafka")
+    broker = EmbeddedKafka(root / "broker", heap_mb=384, pki=make_pki(root / "pki"))
+    broker.start()
+    yield broker
     broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka(kafka_broker: EmbeddedKafka) -> str:
+    """Bootstrap address (PLAINTEXT) of the session's broker."""
+    return kafka_broker.bootstrap
 
 
 @pytest.fixture
@@ -50,6 +58,18 @@ def base_settings(tmp_path: Path) -> Settings:
 def kafka_settings(kafka: str, base_settings: Settings) -> Settings:
     settings = base_settings.model_copy(update={"kafka_bootstrap": kafka})
     ensure_topics(kafka, settings)
+    return settings
+
+
+@pytest.fixture
+def kafka_tls_settings(kafka_broker: EmbeddedKafka, base_settings: Settings) -> Settings:
+    """Settings reaching the session broker ONLY through its TLS listener, with a client cert."""
+    pki = kafka_broker.pki
+    assert pki is not None
+    settings = base_settings.model_copy(update={
+        "kafka_bootstrap": kafka_broker.tls_bootstrap, "kafka_security_protocol": "SSL",
+        "kafka_ssl_ca": pki.ca, "kafka_ssl_cert": pki.client_cert, "kafka_ssl_key": pki.client_key})
+    ensure_topics(settings.kafka_bootstrap, settings)
     return settings
 
 

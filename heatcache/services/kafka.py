@@ -104,19 +104,72 @@ def new_cluster_id() -> str:
             return cid
 
 
-class EmbeddedKafka:
-    """One KRaft broker+controller process with its data under ``data_dir``."""
+class KafkaPki(NamedTuple):
+    """A throw-away CA with a broker certificate (127.0.0.1/localhost) and one client certificate,
+    as PEM files: the TLS listener of the embedded broker and its clients (tests, lab)."""
 
-    def __init__(self, data_dir: Path, port: int = 0, heap_mb: int = 384) -> None:
+    ca: Path
+    broker: Path  # the broker's private key followed by its certificate (Kafka's PEM keystore)
+    client_cert: Path
+    client_key: Path
+
+
+def make_pki(folder: Path, client: str = "heatcache-client") -> KafkaPki:
+    """Create a CA, the broker's and a client's certificate in ``folder`` with the openssl CLI."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def run(*args: str) -> None:
+        proc = subprocess.run(["openssl", *args], capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise KafkaSetupError(f"openssl {args[0]} failed: {proc.stderr[-1000:]}")
+
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    ca, ca_key = folder / "ca.pem", folder / "ca-key.pem"
+    run("req", "-x509", *ec, "-keyout", str(ca_key), "-out", str(ca), "-days", "2", "-subj", "/CN=heatcache test CA")
+    for name, san in (("broker", "IP:127.0.0.1,DNS:localhost"), (client, "")):
+        key, csr, cert = folder / f"{name}-key.pem", folder / f"{name}.csr", folder / f"{name}.pem"
+        run("req", *ec, "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={name}")
+        ext = folder / f"{name}.ext"
+        ext.write_text(f"subjectAltName={san}\n" if san else "basicConstraints=CA:FALSE\n")
+        run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+            "-days", "2", "-out", str(cert), "-extfile", str(ext))
+    bundle = folder / "broker-keystore.pem"
+    bundle.write_text((folder / "broker-key.pem").read_text() + (folder / "broker.pem").read_text())
+    return KafkaPki(ca, bundle, folder / f"{client}.pem", folder / f"{client}-key.pem")
+
+
+class EmbeddedKafka:
+    """One KRaft broker+controller process with its data under ``data_dir``; with ``pki`` also a
+    TLS listener (client certificates required, as Strimzi's TLS listener with tls users) on
+    ``tls_bootstrap``."""
+
+    def __init__(self, data_dir: Path, port: int = 0, heap_mb: int = 384, pki: KafkaPki | None = None) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.requested_port = port
         self.heap_mb = heap_mb
         self.port = 0
+        self.tls_port = 0
+        self.pki = pki
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def tls_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.tls_port}" if self.tls_port else ""
+
+    def _tls_lines(self) -> list[str]:
+        if self.pki is None:
+            return []
+        return [
+            "ssl.keystore.type=PEM",
+            f"ssl.keystore.location={self.pki.broker}",
+            "ssl.truststore.type=PEM",
+            f"ssl.truststore.location={self.pki.ca}",
+            "ssl.client.auth=required",
+        ]
 
     def _ports(self) -> tuple[int, int]:
         # Reuse the previous ports when free, so a restarted stack keeps its address.
@@ -143,6 +196,8 @@ class EmbeddedKafka:
             raise KafkaSetupError("a Java 17 runtime is needed for Kafka: apt-get install openjdk-17-jre-headless")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port, ctrl = self._ports()
+        self.tls_port = free_port() if self.pki is not None else 0
+        tls = f",SSL://127.0.0.1:{self.tls_port}" if self.pki is not None else ""
         logs = self.data_dir / "logs"
         config = self.data_dir / "server.properties"
         (self.data_dir / "log4j2.properties").write_text(LOG4J2)
@@ -152,10 +207,10 @@ class EmbeddedKafka:
                     "process.roles=broker,controller",
                     "node.id=1",
                     f"controller.quorum.voters=1@127.0.0.1:{ctrl}",
-                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{ctrl}",
-                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                    f"listeners=PLAINTEXT://127.0.0.1:{self.port}{tls},CONTROLLER://127.0.0.1:{ctrl}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}{tls}",
                     "controller.listener.names=CONTROLLER",
-                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SSL:SSL,CONTROLLER:PLAINTEXT",
                     "inter.broker.listener.name=PLAINTEXT",
                     f"log.dirs={logs}",
                     "num.partitions=1",
@@ -170,6 +225,7 @@ class EmbeddedKafka:
                     "auto.create.topics.enable=false",
                     "log.segment.bytes=67108864",
                     "log.cleaner.backoff.ms=5000",
+                    *self._tls_lines(),
                     "",
                 ]
             )
@@ -236,7 +292,7 @@ def topic_plan(settings: Settings, names: Iterable[str] = contract.ALL_TOPICS) -
 def ensure_topics(bootstrap: str, settings: Settings, names: Iterable[str] = contract.ALL_TOPICS,
                   timeout: float = 30.0) -> None:
     """Create the stage topics when missing (requests co-partitioned with the streams tables)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({"bootstrap.servers": bootstrap, **settings.kafka_client_config()})
     existing = set(admin.list_topics(timeout=timeout).topics)
     new = [NewTopic(t.name, num_partitions=t.partitions, replication_factor=1, config=t.config)
            for t in topic_plan(settings, names) if t.name not in existing]

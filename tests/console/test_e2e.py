@@ -14,13 +14,14 @@ import os
 import pty
 import re
 import select
+import signal
 import struct
 import subprocess
 import sys
 import termios
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -221,7 +222,7 @@ def test_page_pauses_prefetch_and_stops_steering(running: Running, tmp_path: Pat
             page.screenshot(path=str(ARTIFACTS / "5-paused.png"), full_page=True)
             page.click("#prefetch-resume")
             page.wait_for_selector(f'#downloads tr[data-key="{extra}"][data-state="done"]', timeout=60_000)
-            # a host purge from the form: every cached object of that host, through the edge's API
+            # a host purge from the form: every cached object of that host, in one ObjectStore.purge
             page.wait_for_selector(f'#objects tr[data-key="{extra}"]', timeout=30_000)
             page.select_option("#action-kind", "purge-host")
             page.fill("#action-subject", f"{OTHER}:{running.port}")
@@ -235,6 +236,11 @@ def test_page_pauses_prefetch_and_stops_steering(running: Running, tmp_path: Pat
                 assert not (s.cache_root / entry.path).exists()
             finally:
                 cat.close()
+            # announced (acknowledged before the page's answer): the edge's index drops it too
+            assert "purged" in [contract.decode(m.value(), CacheEvent).state
+                                for m in read_topic(s.kafka_bootstrap, s.topic(contract.CACHE_EVENTS), timeout=10)
+                                if m.key() == extra.encode()]
+            page.wait_for_selector(f'#cache-recent tr[data-key="{extra}"][data-event="purged"]', timeout=30_000)
 
             # the kill switch: the DNS answers every name normally, then steers again
             _wait("steering", lambda: resolve_via(dns_addr, HOST) == [NODE_IP], stack=running.stack)
@@ -307,3 +313,57 @@ def test_status_renders_in_80_columns(running: Running) -> None:
     assert max(len(line) for line in lines) <= 80, max(lines, key=len)
     for title in ("stages", "savings", "downloads", "heat: top URLs", "cache:", "steering"):
         assert title in text
+
+
+def test_status_watch_refreshes_until_ctrl_c(running: Running) -> None:
+    """`heatcache status --watch` in a real 80-column terminal: it redraws the picture
+    frame after frame (a fresh snapshot every interval) within 80 columns; Ctrl-C ends it with 0."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execvpe(sys.executable, [sys.executable, "-m", "heatcache.cli", "status", "--watch", "--interval", "0.5"],
+                   _env(running.settings, TERM="xterm-256color", COLUMNS="80", LINES="60"))
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 60, 80, 0, 0))
+    chunks: list[bytes] = []
+
+    def text() -> str:  # cursor moves/erases (Live's redraw) end a line; colours go
+        raw = b"".join(chunks).decode("utf-8", "replace")
+        return re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", re.sub(r"\x1b\[[0-9;?]*[ABCDEFGHJK]", "\n", raw))
+
+    def frames() -> set[str]:  # each frame is a fresh snapshot stamped with its time
+        return set(re.findall(r"heatcache status (\d\d:\d\d:\d\d)", text()))
+
+    def read_until(cond: Callable[[], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not cond():
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if ready:
+                try:
+                    data = os.read(fd, 65536)
+                except OSError:
+                    return cond()
+                if not data:
+                    return cond()
+                chunks.append(data)
+        return cond()
+
+    try:
+        assert read_until(lambda: "stages" in text(), 60), text()[-2000:]
+        assert read_until(lambda: len(frames()) >= 3, 60), text()[-2000:]
+        shown = text()  # before the terminal echoes ^C into it
+        os.write(fd, b"\x03")  # Ctrl-C in the terminal: SIGINT to the foreground process
+        read_until(lambda: False, 5)
+    finally:
+        for _ in range(100):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0
+    lines = shown.replace("\r", "").split("\n")
+    assert max(len(line) for line in lines) <= 80, max(lines, key=len)
+    for title in ("stages", "savings", "downloads", "steering"):
+        assert title in shown

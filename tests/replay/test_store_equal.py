@@ -23,7 +23,7 @@ T0 = 1_790_000_000.0
 QUOTA = 60_000
 
 
-def mixed_trace(n: int = 500, seed: int = 5) -> Prepared:
+def mixed_trace(n: int = 500, seed: int = 5, failed: frozenset[str] = frozenset()) -> Prepared:
     """Three hosts, 60 objects of 500 B .. 14 KB (one of 20 KB: over the per-object cap of a
     quarter of the quota), 12 clients, skewed popularity, one request every 20 s."""
     rng = random.Random(seed)
@@ -36,16 +36,22 @@ def mixed_trace(n: int = 500, seed: int = 5) -> Prepared:
         host = f"h{paths.index(path) % 3}.test"
         url = f"http://{host}{path}"
         trace.add(RequestEvent(T0 + 20.0 * i, f"c{rng.randrange(12)}", "GET", host, path, url, url), sizes[path], 200)
-    return prepare(list(batches(trace, partitions=3)))
+    return prepare(list(batches(trace, partitions=3)), failed_fetches=failed)
 
 
 def test_replay_cache_contents_equal_the_cache_store(base_settings: Settings, tmp_path: Path) -> None:
-    prep = mixed_trace()
     setting = Setting(window_s=3600, min_clients=2, quota_bytes=QUOTA, policy="store", half_life_s=1800.0)
+    # production's fetch outcomes (cache-events): the downloads of two admitted keys failed
+    first: list[tuple[Any, ...]] = []
+    run(mixed_trace(), setting, base_settings, journal=first)
+    failed = frozenset([op[1] for op in first if op[0] == "fetch"][:2])
+    prep = mixed_trace(failed=failed)
     journal: list[tuple[Any, ...]] = []
     res = run(prep, setting, base_settings, keep_hot=True, journal=journal)
-    # the trace exercises every path: prefetches, in-path fills, hits, evictions and a refusal
+    # the trace exercises every path: prefetches, failed downloads, in-path fills, hits,
+    # evictions and a refusal
     assert res.prefetches > 0 and res.fills > 0 and res.hits > 0 and res.evictions > 5 and res.refused > 0
+    assert res.fetch_failures >= 2 and len(failed) == 2
 
     settings = base_settings.model_copy(update={
         "state_dir": tmp_path / "state", "cache_max_bytes": QUOTA, "cache_min_free_bytes": 0,
