@@ -88,7 +88,7 @@ class Settings(BaseSettings):
     heat_rules: Path | None = None  # JSON rules file: overrides per host / path pattern, allow / deny
     heat_retry_base_s: float = Field(default=60.0, gt=0)  # failed fetch: re-emit after base * 2^(n-1)
     heat_retry_max_s: float = Field(default=6 * 3600.0, gt=0)
-    heat_flush_interval_s: float = Field(default=1.0, gt=0)  # durable state written (and offsets committed) this often
+    heat_flush_interval_s: float = Field(default=5.0, gt=0)  # state made durable (and offsets committed) this often
     heat_store: str = Field(default="memory", pattern="^(memory|rocksdb)$")  # Faust table store
     heat_top_n: int = Field(default=10, ge=0)  # hot keys / hosts in each metrics snapshot
     heat_metrics_interval_s: float = Field(default=10.0, gt=0)

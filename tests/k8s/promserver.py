@@ -28,6 +28,7 @@ class Prometheus:
         self.rule_files = rule_files
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
+        self.stack_settings: Any = None  # the scraped stack's settings (tests read its `metrics` topic)
 
     def start(self, timeout: float = 60.0) -> Prometheus:
         binary = shutil.which("prometheus")

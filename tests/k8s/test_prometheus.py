@@ -44,6 +44,7 @@ def prom(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prome
     with Stack(settings, console=None):
         targets = {stage: f"127.0.0.1:{base + STAGES.index(stage)}" for stage in scraped_stages()}
         server = Prometheus(work / "prometheus", targets, rule_files=(RULES,)).start()
+        server.stack_settings = settings
         try:
             server.wait_scraped()
             yield server
@@ -83,3 +84,34 @@ def test_every_alert_selector_returns_data(prom: Prometheus) -> None:
     # the real server loaded the rules (not only promtool)
     groups = prom.api("rules")["groups"]
     assert {r["name"] for g in groups for r in g["rules"]} == {r["alert"] for r in rules}
+
+
+def test_kafka_panels_read_fields_the_stages_publish(prom: Prometheus) -> None:
+    """The Kafka data-source dashboard's panels filter `metrics` records by stage and show named
+    fields: every such field must be in the records the running stages really publish."""
+    import time
+
+    import orjson
+
+    from heatcache import contract
+    from heatcache.kafkautil import read_topic
+
+    s = prom.stack_settings
+    want = grafana.kafka_fields(grafana.dashboards()["heatcache-metrics-topic.json"])
+    assert want
+
+    def published() -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for m in read_topic(s.kafka_bootstrap, s.topic(contract.METRICS), timeout=10):
+            rec = orjson.loads(m.value())
+            out.setdefault(rec["stage"], set()).update(rec)
+        return out
+
+    deadline = time.monotonic() + 60
+    got = published()
+    while set(want) - set(got) and time.monotonic() < deadline:
+        time.sleep(1)
+        got = published()
+    missing = {stage: sorted(fields - got.get(stage, set())) for stage, fields in want.items()
+               if fields - got.get(stage, set())}
+    assert not missing, f"Kafka panel fields no stage record carries: {missing}"
