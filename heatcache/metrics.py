@@ -277,6 +277,9 @@ _SNIFF_DROPS = (
     "bad-content-length", "bad-header", "bad-ip-header", "bad-ip-length", "bad-ip-version", "bad-target",
     "bad-tcp-header", "bad-version", "ip-fragment", "no-host", "non-ascii", "not-http", "not-ip", "not-tcp",
     "short-ethernet", "short-ip", "short-null", "short-sll", "short-tcp", "short-vlan", "unknown-linktype",
+    # sniff (issue 18): TCP order and IP fragments
+    "retransmission", "tcp-gap", "out-of-order", "out-of-order-full", "bad-fragment", "fragment-overlap",
+    "fragment-timeout", "fragments-full",
 )
 
 SNIFFER = StageSpec("sniffer", (

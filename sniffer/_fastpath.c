@@ -6,10 +6,10 @@
  * checks that differentially. Whatever C cannot decide goes back to the Python path, per frame,
  * before anything is counted.
  *
- *   parse_frame(frame, linktype)      -> (src, dst, sport, dport, payload, seq) | reason
+ *   parse_frame(frame, linktype)      -> (src, dst, sport, dport, payload, seq, flags) | reason
  *   parse_requests(payload)           -> ([(method, target, host, range, ua)], [reason], rest)
  *   scan(frame, linktype, portmap, strict) -> "drop.<reason>" | (src, dst, sport, dport, seq,
- *                                         payload, kind, parsed-or-None)
+ *                                         payload, kind, parsed-or-None, tcp flags)
  *   pcap_records(buf, offset, big_endian, linktype, limit) -> ([(frame, ts, linktype)], offset)
  *   FastPath(...): FrameParser's state seen from C
  *     .events(frame, ts, linktype)            -> [RequestEvent] | None (None: run the Python path)
@@ -61,7 +61,7 @@ static PyObject *empty_str;
 typedef struct {
     int family;
     const uint8_t *src, *dst;
-    unsigned sport, dport;
+    unsigned sport, dport, flags;
     uint32_t seq;
     Py_ssize_t pay_off, pay_end;
 } segment;
@@ -73,6 +73,7 @@ static int tcp_hdr(const uint8_t *f, Py_ssize_t off, Py_ssize_t end, segment *s)
     s->sport = ((unsigned)f[off] << 8) | f[off + 1];
     s->dport = ((unsigned)f[off + 2] << 8) | f[off + 3];
     s->seq = ((uint32_t)f[off + 4] << 24) | ((uint32_t)f[off + 5] << 16) | ((uint32_t)f[off + 6] << 8) | f[off + 7];
+    s->flags = f[off + 13];
     s->pay_off = off + doff;
     s->pay_end = end;
     return R_NONE;
@@ -318,7 +319,9 @@ static int parse_head(const uint8_t *h, Py_ssize_t n, head *out, Py_ssize_t *bod
         }
     }
     if (bad_length) return R_BAD_CONTENT_LENGTH;
-    if (host.len == 0 && !(target.len >= 7 && memcmp(target.p, "http://", 7) == 0)
+    /* HTTP/1.0 may omit Host: the caller keys it on the destination address */
+    int http10 = llen - sp2 - 1 == 8 && h[sp2 + 8] == '0';
+    if (host.len == 0 && !http10 && !(target.len >= 7 && memcmp(target.p, "http://", 7) == 0)
         && !(target.len >= 8 && memcmp(target.p, "https://", 8) == 0))
         return R_NO_HOST;
     if (!is_ascii(target.p, target.len) || !is_ascii(host.p, host.len) || !is_ascii(rng.p, rng.len))
@@ -487,9 +490,10 @@ static PyObject *segment_tuple(const segment *s, PyObject *payload, PyObject *ki
     if (src == NULL) return NULL;
     PyObject *dst = address(s, s->dst);
     if (dst == NULL) { Py_DECREF(src); return NULL; }
-    if (kind == NULL) /* parse_frame's shape: Segment(src, dst, sport, dport, payload, seq) */
-        return Py_BuildValue("(NNIIOk)", src, dst, s->sport, s->dport, payload, (unsigned long)s->seq);
-    return Py_BuildValue("(NNIIkOOO)", src, dst, s->sport, s->dport, (unsigned long)s->seq, payload, kind, parsed);
+    if (kind == NULL) /* parse_frame's shape: Segment(src, dst, sport, dport, payload, seq, flags) */
+        return Py_BuildValue("(NNIIOkI)", src, dst, s->sport, s->dport, payload, (unsigned long)s->seq, s->flags);
+    return Py_BuildValue("(NNIIkOOOI)", src, dst, s->sport, s->dport, (unsigned long)s->seq, payload, kind, parsed,
+                         s->flags);
 }
 
 static PyObject *py_parse_frame(PyObject *self, PyObject *args) {
@@ -548,7 +552,8 @@ static PyObject *py_scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     }
     int kind = portmap[s.dport];
     Py_ssize_t plen = s.pay_end - s.pay_off;
-    if (!strict && (kind == 0 || (kind == 1 && plen == 0))) {
+    /* a SYN to an HTTP port starts the flow's sequence numbers: Python records it */
+    if (!strict && (kind == 0 || (kind == 1 && plen == 0 && !(s.flags & 0x02)))) {
         why = kind == 0 ? R_OTHER_PORT : R_NO_PAYLOAD;
         Py_INCREF(reason_drop[why]);
         return reason_drop[why];
@@ -626,6 +631,9 @@ typedef struct {
     PyObject *portmap, *counters, *entries, *uas, *partials, *hasher, *ignored, *event_type, *params, *ua_class;
     PyObject *fentries, *fuas, *fclients, *fhosts, *fparams; /* the byte-keyed memos */
     PyObject *hold;                       /* FrameParser._hold */
+    PyObject *flows, *ooo;                /* FrameParser._next (flow -> (next seq, ts)) and ._ooo */
+    Py_ssize_t max_flows;
+    double flow_ttl;
     PyObject *pend_key[64];               /* counter updates of this call, applied when it returns */
     Py_ssize_t pend_n[64];
     int npend;
@@ -640,7 +648,7 @@ static int memo_put(PyObject *memo, PyObject *key, PyObject *value) {
     return PyDict_SetItem(memo, key, value);
 }
 
-static PyObject *s_next_seq, *s_ts, *s_data, *s_reassembled, *s_gap;
+static PyObject *s_next_seq, *s_ts, *s_data, *s_reassembled, *s_gap, *s_retrans;
 static PyObject *s_packets, *s_requests, *s_method, *s_ignored_address, *s_epoch, *s_memo, *s_bad_url, *s_client_id,
     *s_tls, *s_tls_hosts, *s_not_hello, *s_bad_sni;
 
@@ -1025,15 +1033,65 @@ static PyObject *fast_client(FastPath *self, const segment *s, PyObject **src, P
     return cid;
 }
 
+/* The frame's flow in FrameParser._next: *fk gets its key (events.flow_key: both addresses
+ * packed, then both ports). 0: a new flow (or one idle past the TTL), 1: known, *next its next
+ * sequence number, 2: only Python can tell (a new flow with the table full, a value or a time
+ * it did not store), -1: an error. */
+static int flow_state(FastPath *self, const segment *s, PyObject *ts, PyObject **fk, uint32_t *next) {
+    int alen = s->family == AF_INET ? 4 : 16;
+    if (*fk == NULL) {
+        *fk = PyBytes_FromStringAndSize(NULL, 2 * alen + 4);
+        if (*fk == NULL) return -1;
+        uint8_t *k = (uint8_t *)PyBytes_AS_STRING(*fk);
+        memcpy(k, s->src, (size_t)alen);
+        memcpy(k + alen, s->dst, (size_t)alen);
+        k += 2 * alen;
+        k[0] = (uint8_t)(s->sport >> 8); k[1] = (uint8_t)s->sport;
+        k[2] = (uint8_t)(s->dport >> 8); k[3] = (uint8_t)s->dport;
+    }
+    if (!PyFloat_CheckExact(ts)) return 2;
+    PyObject *st = PyDict_GetItemWithError(self->flows, *fk); /* borrowed */
+    if (st == NULL) {
+        if (PyErr_Occurred()) return -1;
+        return PyDict_GET_SIZE(self->flows) >= self->max_flows ? 2 : 0;
+    }
+    if (!PyTuple_CheckExact(st) || PyTuple_GET_SIZE(st) != 2 || !PyLong_CheckExact(PyTuple_GET_ITEM(st, 0))
+        || !PyFloat_CheckExact(PyTuple_GET_ITEM(st, 1)))
+        return 2;
+    if (PyFloat_AS_DOUBLE(ts) - PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(st, 1)) > self->flow_ttl)
+        return PyDict_GET_SIZE(self->ooo) ? 2 : 0; /* idle too long: starts over (Python drops what waited) */
+    unsigned long v = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(st, 0));
+    if (v == (unsigned long)-1 && PyErr_Occurred()) { PyErr_Clear(); return 2; }
+    *next = (uint32_t)v;
+    return 1;
+}
+
+/* FrameParser._set_next for a flow flow_state said is known or fits: flows[fk] = (next, ts). */
+static int set_flow(FastPath *self, PyObject *fk, uint32_t next, PyObject *ts) {
+    PyObject *n = PyLong_FromUnsignedLong((unsigned long)next);
+    if (n == NULL) return -1;
+    PyObject *v = PyTuple_New(2);
+    if (v == NULL) { Py_DECREF(n); return -1; }
+    PyTuple_SET_ITEM(v, 0, n);
+    Py_INCREF(ts);
+    PyTuple_SET_ITEM(v, 1, ts);
+    PyObject_GC_UnTrack(v);
+    int rc = PyDict_SetItem(self->flows, fk, v);
+    Py_DECREF(v);
+    return rc;
+}
+
 /* One frame: its events (a new list), None (Python decides it), or NULL on an error. */
 static PyObject *frame_events(FastPath *self, const uint8_t *f, Py_ssize_t flen, PyObject *ts, long long linktype) {
     segment s;
     int why = frame_segment(f, flen, linktype, &s);
+    if (why == R_IP_FRAGMENT) Py_RETURN_NONE; /* reassembled in Python (sniffer.reassembly) */
     if (why != R_NONE) return drop1(self, reason_drop[why]);
     int kind = ((const uint8_t *)PyBytes_AS_STRING(self->portmap))[s.dport];
     Py_ssize_t plen = s.pay_end - s.pay_off;
     PyObject *src = NULL, *dst = NULL, *out = NULL, *res = NULL, *cid_owned = NULL;
-    PyObject *flow = NULL, *part = NULL, *glued = NULL;
+    PyObject *flow = NULL, *part = NULL, *glued = NULL, *fk = NULL;
+    uint32_t next_seq = 0;
     heads_t heads;
     int heads_used = 0, n_entry_drops = 0;
     PyObject *entry_drops[8];
@@ -1045,6 +1103,19 @@ static PyObject *frame_events(FastPath *self, const uint8_t *f, Py_ssize_t flen,
         if (hit) { res = drop1(self, s_ignored_address); goto done; }
     }
     if (kind == 0) { res = drop1(self, reason_drop[R_OTHER_PORT]); goto done; }
+    if (kind == 1 && (s.flags & 0x02)) { /* a SYN (re)starts the flow: FrameParser._syn */
+        if (plen || !PyFloat_CheckExact(ts)) { res = Py_None; Py_INCREF(res); goto done; } /* data on a SYN: Python */
+        int st = flow_state(self, &s, ts, &fk, &next_seq);
+        if (st < 0) goto done;
+        int waiting = PyDict_GET_SIZE(self->ooo) ? PyDict_Contains(self->ooo, fk) : 0;
+        if (waiting < 0) goto done;
+        if (st == 2 || waiting) {
+            res = Py_None; /* table full, or out-of-order segments to drop: Python */
+            Py_INCREF(res);
+            goto done;
+        }
+        if (set_flow(self, fk, s.seq + 1u, ts) < 0) goto done;
+    }
     if (plen == 0) { res = drop1(self, reason_drop[R_NO_PAYLOAD]); goto done; }
     if (kind == 2) { /* TLS: FrameParser._tls */
         const uint8_t *sni;
@@ -1080,6 +1151,21 @@ static PyObject *frame_events(FastPath *self, const uint8_t *f, Py_ssize_t flen,
         }
         PyList_SET_ITEM(res, 0, ev);
         goto done;
+    }
+    /* FrameParser._order: next in order (or a new flow) goes on, a whole retransmission is
+     * dropped here; anything else (out of order, partly resent, far off) is Python's */
+    {
+        int st = flow_state(self, &s, ts, &fk, &next_seq);
+        if (st < 0) goto done;
+        int waiting = PyDict_GET_SIZE(self->ooo) ? PyDict_Contains(self->ooo, fk) : 0;
+        if (waiting < 0) goto done;
+        if (waiting) st = 2;
+        if (st == 1) {
+            int32_t d = (int32_t)(s.seq - next_seq);
+            if (d < 0 && d > -(1 << 24) && (int64_t)d + plen <= 0) { res = drop1(self, s_retrans); goto done; }
+            if (d != 0) st = 2;
+        }
+        if (st == 2) { res = Py_None; Py_INCREF(res); goto done; }
     }
     /* FrameParser._events_compiled's reassembly, decided here and applied at the end: a cut head
      * waiting for this flow is glued in front of the payload (or dropped as a gap) */
@@ -1129,6 +1215,7 @@ static PyObject *frame_events(FastPath *self, const uint8_t *f, Py_ssize_t flen,
     for (Py_ssize_t i = 0; i < heads.nh; i++) {
         const head *h = &heads.h[i];
         if (h->method > 1) { methods_dropped++; continue; } /* not GET (0) or HEAD (1) */
+        if (h->host.len == 0) { res = Py_None; Py_INCREF(res); goto done; } /* HTTP/1.0, no Host: Python */
         PyObject *entry = fast_entry(self, h);
         if (entry == NULL) {
             if (!PyErr_Occurred()) { res = Py_None; Py_INCREF(res); } /* Python computes the key */
@@ -1168,7 +1255,8 @@ static PyObject *frame_events(FastPath *self, const uint8_t *f, Py_ssize_t flen,
         Py_DECREF(ev);
         if (rc < 0) goto done;
     }
-    /* decided: apply the reassembly, hold a cut head, count what the Python path counts */
+    /* decided: the flow's next sequence number, the reassembly, a cut head held, the counters */
+    if (set_flow(self, fk, s.seq + (uint32_t)plen, ts) < 0) goto done;
     if (part != NULL) {
         if (PyDict_DelItem(self->partials, flow) < 0) goto done;
         if (count(self, glue == 1 ? s_reassembled : s_gap, 1) < 0) goto done;
@@ -1195,6 +1283,7 @@ static PyObject *frame_events(FastPath *self, const uint8_t *f, Py_ssize_t flen,
     res = out;
     out = NULL;
 done:
+    Py_XDECREF(fk);
     Py_XDECREF(flow);
     Py_XDECREF(part);
     Py_XDECREF(glued);
@@ -1325,14 +1414,18 @@ static PyObject *fp_events_many(FastPath *self, PyObject *const *args, Py_ssize_
 
 static int fp_init(FastPath *self, PyObject *args, PyObject *kwds) {
     static char *kw[] = {"portmap", "counters", "entries", "uas", "partials", "hasher", "rotation_s", "raw",
-                         "ignored", "event_type", "params", "rules_on", "ua_class", "hold", "partial_ttl_s", NULL};
+                         "ignored", "event_type", "params", "rules_on", "ua_class", "hold", "partial_ttl_s", "flows",
+                         "ooo", "max_flows", "flow_ttl_s", NULL};
     PyObject *portmap, *counters, *entries, *uas, *partials, *hasher, *ignored, *event_type, *params, *ua_class, *hold;
-    double rotation, ttl;
+    PyObject *flows, *ooo;
+    Py_ssize_t max_flows;
+    double rotation, ttl, flow_ttl;
     int raw, rules_on;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "SO!O!O!O!OdpOOO!pOOd:FastPath", kw, &portmap, &PyDict_Type,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "SO!O!O!O!OdpOOO!pOOdO!O!nd:FastPath", kw, &portmap, &PyDict_Type,
                                      &counters, &PyDict_Type, &entries, &PyDict_Type, &uas, &PyDict_Type, &partials,
                                      &hasher, &rotation, &raw, &ignored, &event_type, &PyDict_Type, &params,
-                                     &rules_on, &ua_class, &hold, &ttl))
+                                     &rules_on, &ua_class, &hold, &ttl, &PyDict_Type, &flows, &PyDict_Type, &ooo,
+                                     &max_flows, &flow_ttl))
         return -1;
     if (PyBytes_GET_SIZE(portmap) != 65536) {
         PyErr_SetString(PyExc_ValueError, "portmap must be 65536 bytes");
@@ -1352,9 +1445,10 @@ static int fp_init(FastPath *self, PyObject *args, PyObject *kwds) {
     }
     PyObject **slots[] = {&self->portmap, &self->counters, &self->entries, &self->uas, &self->partials,
                           &self->hasher, &self->ignored, &self->event_type, &self->params, &self->ua_class,
-                          &self->hold};
-    PyObject *vals[] = {portmap, counters, entries, uas, partials, hasher, ignored, event_type, params, ua_class, hold};
-    for (int i = 0; i < 11; i++) {
+                          &self->hold, &self->flows, &self->ooo};
+    PyObject *vals[] = {portmap, counters, entries, uas, partials, hasher, ignored, event_type, params, ua_class, hold,
+                        flows, ooo};
+    for (int i = 0; i < 13; i++) {
         Py_INCREF(vals[i]);
         Py_XSETREF(*slots[i], vals[i]);
     }
@@ -1366,6 +1460,8 @@ static int fp_init(FastPath *self, PyObject *args, PyObject *kwds) {
     }
     self->fc_valid = 0;
     self->ttl = ttl;
+    self->max_flows = max_flows;
+    self->flow_ttl = flow_ttl;
     self->rotation = rotation;
     self->raw = raw;
     self->rules_on = rules_on;
@@ -1377,6 +1473,7 @@ static int fp_traverse(FastPath *self, visitproc visit, void *arg) {
     Py_VISIT(self->partials); Py_VISIT(self->hasher); Py_VISIT(self->ignored); Py_VISIT(self->event_type);
     Py_VISIT(self->params); Py_VISIT(self->ua_class); Py_VISIT(self->fentries); Py_VISIT(self->fuas);
     Py_VISIT(self->fclients); Py_VISIT(self->hold); Py_VISIT(self->fhosts); Py_VISIT(self->fparams);
+    Py_VISIT(self->flows); Py_VISIT(self->ooo);
     for (int i = 0; i < self->npend; i++) Py_VISIT(self->pend_key[i]);
     return 0;
 }
@@ -1386,6 +1483,7 @@ static int fp_clear(FastPath *self) {
     Py_CLEAR(self->partials); Py_CLEAR(self->hasher); Py_CLEAR(self->ignored); Py_CLEAR(self->event_type);
     Py_CLEAR(self->params); Py_CLEAR(self->ua_class); Py_CLEAR(self->fentries); Py_CLEAR(self->fuas);
     Py_CLEAR(self->fclients); Py_CLEAR(self->hold); Py_CLEAR(self->fhosts); Py_CLEAR(self->fparams);
+    Py_CLEAR(self->flows); Py_CLEAR(self->ooo);
     for (int i = 0; i < self->npend; i++) Py_CLEAR(self->pend_key[i]);
     self->npend = 0;
     return 0;
@@ -1454,9 +1552,9 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
                          &s_client_id, &s_tls, &s_tls_hosts, &s_not_hello, &s_bad_sni};
     for (int i = 0; i < 12; i++)
         if ((*objs[i] = PyUnicode_InternFromString(names[i])) == NULL) return NULL;
-    const char *more[] = {"next_seq", "ts", "data", "reassembled", "drop.reassembly-gap"};
-    PyObject **more_objs[] = {&s_next_seq, &s_ts, &s_data, &s_reassembled, &s_gap};
-    for (int i = 0; i < 5; i++)
+    const char *more[] = {"next_seq", "ts", "data", "reassembled", "drop.reassembly-gap", "drop.retransmission"};
+    PyObject **more_objs[] = {&s_next_seq, &s_ts, &s_data, &s_reassembled, &s_gap, &s_retrans};
+    for (int i = 0; i < 6; i++)
         if ((*more_objs[i] = PyUnicode_InternFromString(more[i])) == NULL) return NULL;
     if (PyType_Ready(&FastPathType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);

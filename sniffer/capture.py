@@ -23,13 +23,19 @@ Frame = tuple[bytes, float, int]  # (frame bytes, capture time, linktype)
 
 def bpf_filter(ports: tuple[int, ...], tls_ports: tuple[int, ...] = ()) -> str:
     """Only what can hold a request reaches user space: TCP segments with payload to the HTTP
-    ports, and TLS handshake records whose first message is a ClientHello to the TLS ports."""
+    ports, clients' SYNs to them (each flow's first sequence number, so a retransmission or an
+    out-of-order segment is told from new data), fragments of TCP datagrams (any port: only the
+    first fragment names it), and TLS handshake records whose first message is a ClientHello to
+    the TLS ports."""
     http_ports = " or ".join(f"dst port {p}" for p in ports)
     # IPv4: total length - IP header - TCP header > 0. IPv6 (no extension headers): payload
     # length - TCP header > 0. VLAN-tagged frames are matched by the same test after "vlan".
     v4 = "(ip and (((ip[2:2] - ((ip[0]&0xf)<<2)) - ((tcp[12]&0xf0)>>2)) > 0))"
     v6 = "(ip6 and ((ip6[4:2] - ((ip6[40+12]&0xf0)>>2)) > 0))"
-    base = f"(tcp and ({http_ports}) and ({v4} or {v6}))"
+    syn = "((ip and (tcp[13] & 0x12) = 0x02) or (ip6 and (ip6[40+13] & 0x12) = 0x02))"
+    base = f"(tcp and ({http_ports}) and ({v4} or {v6} or {syn}))"
+    frag = "(ip and ip[9] = 6 and (ip[6:2] & 0x3fff) != 0) or (ip6 and ip6[6] = 44 and ip6[40] = 6)"
+    base = f"({base} or {frag})"
     if tls_ports:
         tls = " or ".join(f"dst port {p}" for p in tls_ports)
         hello4 = "(ip and tcp[((tcp[12]&0xf0)>>2)] = 0x16 and tcp[((tcp[12]&0xf0)>>2)+5] = 1)"

@@ -7,8 +7,10 @@ the default when the extension imports. They give the same events and the same c
 tests/sniffer/test_fastpath.py holds them to that.
 
 Everything here is deterministic given its inputs (frames and capture times); the only state is
-bounded: memo tables (cache keys, client ids) and the partial heads of at most ``max_partial``
-flows, expired on capture time.
+bounded: memo tables (cache keys, client ids), the next expected sequence number of at most
+``max_flows`` client->server flows (a retransmitted request is counted once), out-of-order
+segments and partial heads of at most ``max_partial`` flows, and IP fragments waiting for the
+rest of their datagram (sniffer.reassembly); all expired on capture time.
 """
 
 from __future__ import annotations
@@ -18,11 +20,21 @@ import hmac
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from socket import AF_INET, AF_INET6, inet_pton
 
 from heatcache.cachekey import BadUrl, KeyRules, _filter_query, cache_key, split_host
 from heatcache.contract import RequestEvent
 from heatcache.tls import parse_sni
-from sniffer.parse import LINKTYPE_ETHERNET, MAX_HEAD, parse_frame, parse_requests, ua_class
+from sniffer.parse import (
+    LINKTYPE_ETHERNET,
+    LINKTYPE_RAW,
+    MAX_HEAD,
+    parse_fragment,
+    parse_frame,
+    parse_requests,
+    ua_class,
+)
+from sniffer.reassembly import Fragments
 
 try:
     from sniffer import _fastpath
@@ -34,6 +46,28 @@ Frame = tuple[bytes, float, int]  # (frame bytes, capture time, linktype), as sn
 TLS_METHOD = "TLS"  # host-level events from a ClientHello: no path, never fetched
 _MEMO_MAX = 65_536
 _new_tuple = tuple.__new__  # RequestEvent without its Python-level __new__: same tuple, fewer calls
+SYN = 0x02
+SEQ_WINDOW = 1 << 24  # further from the expected sequence number: a new stream on the same ports
+_M32 = 0xFFFFFFFF
+
+
+def flow_key(src: str, sport: int, dst: str, dport: int) -> bytes:
+    """The key of a client->server flow in the sequence table: both addresses as packed bytes,
+    then both ports (what the C path builds straight from the frame)."""
+    fam = AF_INET6 if ":" in src else AF_INET
+    return inet_pton(fam, src) + inet_pton(fam, dst) + ((sport << 16) | dport).to_bytes(4, "big")
+
+
+def _signed(d: int) -> int:
+    """A 32-bit sequence-number difference as a signed distance."""
+    return ((d + 0x80000000) & _M32) - 0x80000000
+
+
+def dest_host(dst: str, dport: int) -> str:
+    """The Host of an HTTP/1.0 request that sent none: its destination address, as tshark and
+    proxies take it (IPv6 in brackets, the port unless 80)."""
+    host = f"[{dst}]" if ":" in dst else dst
+    return host if dport == 80 else f"{host}:{dport}"
 
 
 def compiled_available() -> bool:
@@ -106,8 +140,14 @@ class FrameParser:
     counters: Counter[str] = field(default_factory=Counter)
     tls_ports: frozenset[int] = frozenset()
     filters: Filters | None = None
-    max_partial: int = 1024  # flows with a head cut across segments, waiting for the rest
-    partial_ttl_s: float = 5.0
+    max_partial: int = 1024  # flows with a head cut across segments (or out-of-order segments), waiting
+    partial_ttl_s: float = 5.0  # also how long an out-of-order segment waits for the gap before it
+    max_flows: int = 65_536  # client->server flows whose next sequence number is remembered
+    flow_ttl_s: float = 120.0  # an idle flow is forgotten after this (its next segment starts it over)
+    max_out_of_order: int = 64 * 1024  # bytes of out-of-order segments held per flow
+    fragments: Fragments | None = None  # IP fragments of TCP datagrams (built in __post_init__)
+    _next: dict[bytes, tuple[int, float]] = field(default_factory=dict)  # flow -> (next seq, last seen)
+    _ooo: dict[bytes, list[tuple[int, bytes, float]]] = field(default_factory=dict)  # flow -> (seq, data, ts)
     _keys: dict[tuple[str, str], str | None] = field(default_factory=dict)
     _uas: dict[str, str] = field(default_factory=dict)
     _partials: dict[tuple[str, int, str, int], _Partial] = field(default_factory=dict)
@@ -125,6 +165,8 @@ class FrameParser:
         if self.filters is None:
             self.filters = Filters(ignore_addresses=self.ignore)
         self._rules_on = bool(self.filters.ignore_hosts or self.filters.ignore_paths)
+        if self.fragments is None:
+            self.fragments = Fragments(self.counters)
         if self.compiled is None:
             self.compiled = _fastpath is not None
         if self.compiled:
@@ -143,7 +185,8 @@ class FrameParser:
                 partials=self._partials, hasher=self.hasher, rotation_s=float(self.hasher.rotation_s),
                 raw=self.hasher.raw, ignored=self.filters.ignore_addresses, event_type=RequestEvent,
                 params=self._params, rules_on=self._rules_on, ua_class=ua_class, hold=self._hold,
-                partial_ttl_s=float(self.partial_ttl_s),
+                partial_ttl_s=float(self.partial_ttl_s), flows=self._next, ooo=self._ooo,
+                max_flows=self.max_flows, flow_ttl_s=float(self.flow_ttl_s),
             )
             self._fast_events, self._fast_many, self._fast_pcap = fast.events, fast.events_many, fast.pcap_events
 
@@ -152,10 +195,15 @@ class FrameParser:
         if self.compiled:
             out = self._fast_events(frame, ts, linktype)  # type: ignore[misc]
             return out if out is not None else self._events_compiled(frame, ts, linktype)
+        self.counters["packets"] += 1
+        return self._frame(frame, ts, linktype)
+
+    def _frame(self, frame: bytes, ts: float, linktype: int) -> list[RequestEvent]:
         counters = self.counters
-        counters["packets"] += 1
         seg = parse_frame(frame, linktype)
         if isinstance(seg, str):
+            if seg == "ip-fragment":
+                return self._fragment(frame, ts, linktype, self._frame)
             counters["drop." + seg] += 1
             return []
         ignored = self.filters.ignore_addresses  # type: ignore[union-attr]
@@ -165,9 +213,17 @@ class FrameParser:
         if seg.dport in self.ports:
             payload = seg.payload
             if not payload:
+                if seg.flags & SYN:
+                    self._syn(flow_key(seg.src, seg.sport, seg.dst, seg.dport), seg.seq, ts)
                 counters["drop.no-payload"] += 1
                 return []
-            return self._http(seg.src, seg.sport, seg.dst, seg.dport, seg.seq, payload, ts)
+            segs = self._order(flow_key(seg.src, seg.sport, seg.dst, seg.dport), seg.seq, payload, ts, seg.flags)
+            if segs is None:
+                return self._http(seg.src, seg.sport, seg.dst, seg.dport, seg.seq, payload, ts)
+            out = []
+            for seq, data in segs:
+                out += self._http(seg.src, seg.sport, seg.dst, seg.dport, seq, data, ts)
+            return out
         if seg.dport in self.tls_ports:
             return self._tls(seg.src, seg.payload, ts)
         counters["drop.other-port"] += 1
@@ -195,14 +251,19 @@ class FrameParser:
     def _events_compiled(self, frame: bytes, ts: float, linktype: int = LINKTYPE_ETHERNET) -> list[RequestEvent]:
         """events() with the per-frame work in C; what C leaves open (a held partial head for
         this flow, TLS, an ignored address) is decided here exactly as in the reference."""
+        self.counters["packets"] += 1
+        return self._compiled_frame(frame, ts, linktype)
+
+    def _compiled_frame(self, frame: bytes, ts: float, linktype: int) -> list[RequestEvent]:
         counters = self.counters
-        counters["packets"] += 1
         ignored = self.filters.ignore_addresses  # type: ignore[union-attr]
         res = _fastpath.scan(frame, linktype, self._portmap, bool(ignored))
         if isinstance(res, str):  # a final drop reason, already "drop.<reason>"
+            if res == "drop.ip-fragment":
+                return self._fragment(frame, ts, linktype, self._compiled_frame)
             counters[res] += 1
             return []
-        src, dst, sport, dport, seq, payload, kind, parsed = res
+        src, dst, sport, dport, seq, payload, kind, parsed, flags = res
         if ignored:
             if src in ignored or dst in ignored:
                 counters["drop.ignored-address"] += 1
@@ -210,11 +271,25 @@ class FrameParser:
             if kind == 0:
                 counters["drop.other-port"] += 1
                 return []
-            if kind == 1 and not payload:
-                counters["drop.no-payload"] += 1
-                return []
         if kind == 2:
             return self._tls(src, payload, ts)
+        if not payload:  # an HTTP port: scan() only returns these for a SYN or with ignored addresses
+            if flags & SYN:
+                self._syn(flow_key(src, sport, dst, dport), seq, ts)
+            counters["drop.no-payload"] += 1
+            return []
+        segs = self._order(flow_key(src, sport, dst, dport), seq, payload, ts, flags)
+        if segs is None:  # next in order, as it came: scan() already parsed it
+            return self._compiled_segment(src, sport, dst, dport, seq, payload, ts, parsed)
+        out: list[RequestEvent] = []
+        for s, data in segs:
+            out += self._compiled_segment(src, sport, dst, dport, s, data, ts, None)
+        return out
+
+    def _compiled_segment(self, src: str, sport: int, dst: str, dport: int, seq: int, payload: bytes, ts: float,
+                          parsed: tuple[list[tuple[str, str, str, str, str]], list[str], bytes] | None,
+                          ) -> list[RequestEvent]:
+        counters = self.counters
         if self._partials:
             part = self._partials.pop((src, sport, dst, dport), None)
             if part is not None:
@@ -225,16 +300,21 @@ class FrameParser:
                         counters["drop." + reason] += 1
                     if rest:
                         self._hold((src, sport, dst, dport), (seq + len(payload)) & 0xFFFFFFFF, rest, ts)
-                    return self._emit(requests, src, ts)
+                    return self._emit(requests, src, ts, dst, dport)
                 counters["drop.reassembly-gap"] += 1
-        requests, rejects, rest = parsed
+        if parsed is None:
+            requests, rejects, rest = _fastpath.parse_requests(payload)
+            rejects = ["drop." + r for r in rejects]
+        else:
+            requests, rejects, rest = parsed
         for reason in rejects:  # already "drop.<reason>"
             counters[reason] += 1
         if rest:
             self._hold((src, sport, dst, dport), (seq + len(payload)) & 0xFFFFFFFF, rest, ts)
-        return self._emit(requests, src, ts)
+        return self._emit(requests, src, ts, dst, dport)
 
-    def _emit(self, requests: list[tuple[str, str, str, str, str]], src: str, ts: float) -> list[RequestEvent]:
+    def _emit(self, requests: list[tuple[str, str, str, str, str]], src: str, ts: float, dst: str = "",
+              dport: int = 80) -> list[RequestEvent]:
         """Requests -> events for the compiled path: one memo entry per (host, target) holds the
         key, authority, path and URL (or the drop reason), so a repeated URL costs two lookups."""
         counters = self.counters
@@ -245,6 +325,8 @@ class FrameParser:
             if method not in KEEP_METHODS:
                 counters["drop.method"] += 1
                 continue
+            if not host:  # HTTP/1.0 without Host
+                host = dest_host(dst, dport)
             entry = entries.get((host, target))
             if entry is None:
                 entry = self._entry(host, target)
@@ -352,11 +434,12 @@ class FrameParser:
             if req.method not in KEEP_METHODS:
                 counters["drop.method"] += 1
                 continue
-            memo_key = (req.host, req.target)
+            host = req.host or dest_host(dst, dport)  # HTTP/1.0 without Host: the destination
+            memo_key = (host, req.target)
             key = keys.get(memo_key, "")
             if key == "":
                 try:
-                    key = cache_key(req.host, req.target, self.rules)
+                    key = cache_key(host, req.target, self.rules)
                 except BadUrl:
                     key = None
                 if len(keys) >= _MEMO_MAX:
@@ -395,17 +478,131 @@ class FrameParser:
         self._partials[flow] = _Partial(next_seq, rest, ts)
         self.counters["held"] += 1
 
+    # -- TCP order: each byte of a client->server flow is parsed once, in sequence order.
+    # The C path decides the common cases itself (next in order, a new flow, a whole
+    # retransmission) with the same rules; everything else comes here.
+
+    def _syn(self, fk: bytes, seq: int, ts: float) -> None:
+        """A SYN: the flow (re)starts; its first data byte is seq + 1."""
+        stale = self._ooo.pop(fk, None) if self._ooo else None
+        if stale:
+            self.counters["drop.out-of-order"] += len(stale)
+        self._set_next(fk, (seq + 1) & _M32, ts)
+
+    def _order(self, fk: bytes, seq: int, payload: bytes, ts: float, flags: int) -> list[tuple[int, bytes]] | None:
+        """The segments to parse now, in sequence order: None for "this one, as it is" (the
+        common case), [] when it is a retransmission or waits for a gap before it."""
+        counters = self.counters
+        if flags & SYN:  # data on a SYN (TCP Fast Open) starts after the SYN's own number
+            self._syn(fk, seq, ts)
+            seq = (seq + 1) & _M32
+        st = self._next.get(fk)
+        trimmed = False
+        if st is not None and ts - st[1] <= self.flow_ttl_s:
+            d = _signed(seq - st[0])
+            if -SEQ_WINDOW < d < 0:
+                if d + len(payload) <= 0:  # all of it seen already
+                    counters["drop.retransmission"] += 1
+                    return []
+                payload, seq, trimmed = payload[-d:], st[0], True  # new data behind a resent part
+                counters["retransmission-trimmed"] += 1
+            elif 0 < d < SEQ_WINDOW:
+                return self._buffer(fk, st[0], seq, payload, ts)
+            elif d:  # far off: the ports were reused by a new connection we saw no SYN of
+                counters["flow-restarts"] += 1
+                self._drop_ooo(fk)
+        elif self._ooo:
+            self._drop_ooo(fk)  # the flow was forgotten: what waited in it is lost
+        end = (seq + len(payload)) & _M32
+        self._set_next(fk, end, ts)
+        if not (self._ooo and fk in self._ooo):
+            return [(seq, payload)] if trimmed else None
+        return [(seq, payload), *self._drain(fk, end, ts)]
+
+    def _buffer(self, fk: bytes, expected: int, seq: int, payload: bytes, ts: float) -> list[tuple[int, bytes]]:
+        """Hold a segment that came before the bytes in front of it. A gap still open after the
+        TTL, or more than max_out_of_order bytes behind it, was lost before the capture: it is
+        skipped (counted) and what waited is parsed."""
+        counters = self.counters
+        waiting = self._ooo.get(fk)
+        if waiting is None:
+            if len(self._ooo) >= self.max_partial:
+                self.expire(ts)
+                if len(self._ooo) >= self.max_partial:
+                    counters["drop.out-of-order-full"] += 1
+                    return []
+            waiting = self._ooo[fk] = []
+        waiting.append((seq, payload, ts))
+        counters["out-of-order"] += 1
+        if ts - waiting[0][2] <= self.partial_ttl_s and sum(len(w[1]) for w in waiting) <= self.max_out_of_order:
+            return []
+        counters["drop.tcp-gap"] += 1
+        first = min(waiting, key=lambda w: _signed(w[0] - expected))[0]
+        return self._drain(fk, first, ts)
+
+    def _drain(self, fk: bytes, end: int, ts: float) -> list[tuple[int, bytes]]:
+        """Waiting segments that now follow on from ``end``, in order; the rest keep waiting."""
+        waiting = sorted(self._ooo.pop(fk), key=lambda w: _signed(w[0] - end))
+        out = []
+        for i, (seq, data, _ts) in enumerate(waiting):
+            d = _signed(seq - end)
+            if d > 0:
+                self._ooo[fk] = waiting[i:]
+                break
+            if d + len(data) <= 0:
+                self.counters["drop.retransmission"] += 1
+                continue
+            out.append((end, data[-d:] if d else data))
+            end = (seq + len(data)) & _M32
+        self._set_next(fk, end, ts)
+        return out
+
+    def _drop_ooo(self, fk: bytes) -> None:
+        lost = self._ooo.pop(fk, None)
+        if lost:
+            self.counters["drop.out-of-order"] += len(lost)
+
+    def _set_next(self, fk: bytes, end: int, ts: float) -> None:
+        flows = self._next
+        if len(flows) >= self.max_flows and fk not in flows:
+            stale = [f for f, (_n, seen) in flows.items() if ts - seen > self.flow_ttl_s]
+            for f in stale:
+                del flows[f]
+            if len(flows) > self.max_flows * 3 // 4:  # all busy: start over rather than sweep per packet
+                flows.clear()
+                self.counters["flows-reset"] += 1
+        flows[fk] = (end, ts)
+
+    def _fragment(self, frame: bytes, ts: float, linktype: int,
+                  then: Callable[[bytes, float, int], list[RequestEvent]]) -> list[RequestEvent]:
+        """An IP fragment: held until its datagram is whole, which then goes through ``then``."""
+        frag = parse_fragment(frame, linktype)
+        if isinstance(frag, str):
+            self.counters["drop." + frag] += 1
+            return []
+        datagram = self.fragments.add(frag, ts)  # type: ignore[union-attr]
+        return [] if datagram is None else then(datagram, ts, LINKTYPE_RAW)
+
     def expire(self, now: float) -> None:
-        """Forget cut heads older than the TTL (capture time); they count as dropped."""
+        """Forget cut heads, out-of-order segments and fragments older than their TTL (capture
+        time); they count as dropped."""
         stale = [f for f, p in self._partials.items() if now - p.ts > self.partial_ttl_s]
         for f in stale:
             del self._partials[f]
         self.counters["drop.incomplete-head"] += len(stale)
+        for fk in [fk for fk, w in self._ooo.items() if now - w[0][2] > self.partial_ttl_s]:
+            self._drop_ooo(fk)
+        self.fragments.expire(now)  # type: ignore[union-attr]
 
     def flush(self) -> None:
-        """Heads still waiting at the end of a capture are dropped (and counted)."""
+        """Heads, segments and fragments still waiting at the end of a capture are dropped (and
+        counted)."""
         self.counters["drop.incomplete-head"] += len(self._partials)
         self._partials.clear()
+        for fk in list(self._ooo):
+            self._drop_ooo(fk)
+        self._next.clear()
+        self.fragments.flush()  # type: ignore[union-attr]
 
     def _tls(self, src: str, payload: bytes, ts: float) -> list[RequestEvent]:
         if not payload:

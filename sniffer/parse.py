@@ -22,7 +22,7 @@ LINKTYPE_LINUX_SLL = 113
 METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"TRACE", b"CONNECT"})
 MAX_HEAD = 16 * 1024  # larger request heads are counted as dropped, never half-parsed
 _VLAN_TYPES = (0x8100, 0x88A8, 0x9100)
-_IPV6_EXT = frozenset({0, 43, 60})  # hop-by-hop, routing, destination options (fragments are not followed)
+_IPV6_EXT = frozenset({0, 43, 60})  # hop-by-hop, routing, destination options (fragments: parse_fragment)
 # Header lines we need, found in one pass; a line without a colon makes the head malformed.
 _FIELDS = re.compile(rb"\r\n(host|range|user-agent|content-length)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
 _BAD_LINE = re.compile(rb"\r\n[^:\r\n]*(?:\r\n|$)")
@@ -38,6 +38,7 @@ class Segment(NamedTuple):
     dport: int
     payload: bytes
     seq: int = 0
+    flags: int = 0  # TCP flags byte (SYN 0x02: the flow's initial sequence number)
 
 
 class HttpRequest(NamedTuple):
@@ -53,41 +54,104 @@ class HttpRequest(NamedTuple):
 def parse_frame(frame: bytes, linktype: int = LINKTYPE_ETHERNET) -> Segment | str:
     """Slice a captured frame down to its TCP segment; a string is the reason it was rejected."""
     try:
-        if linktype == LINKTYPE_ETHERNET:
-            if len(frame) < 14:
-                return "short-ethernet"
-            ethertype = (frame[12] << 8) | frame[13]
-            offset = 14
-            while ethertype in _VLAN_TYPES:  # 802.1Q / 802.1ad tags, possibly stacked (QinQ)
-                if len(frame) < offset + 4:
-                    return "short-vlan"
-                ethertype = (frame[offset + 2] << 8) | frame[offset + 3]
-                offset += 4
-        elif linktype == LINKTYPE_LINUX_SLL:
-            if len(frame) < 16:
-                return "short-sll"
-            ethertype = (frame[14] << 8) | frame[15]
-            offset = 16
-        elif linktype == LINKTYPE_RAW:
-            if not frame:
-                return "short-ip"
-            ethertype = 0x0800 if frame[0] >> 4 == 4 else 0x86DD
-            offset = 0
-        elif linktype == LINKTYPE_NULL:
-            if len(frame) < 4:
-                return "short-null"
-            family = int.from_bytes(frame[:4], "little")
-            if family > 0xFFFF:  # written by a big-endian host
-                family = int.from_bytes(frame[:4], "big")
-            ethertype = 0x0800 if family == 2 else 0x86DD
-            offset = 4
-        else:
-            return "unknown-linktype"
+        link = _link(frame, linktype)
+        if isinstance(link, str):
+            return link
+        ethertype, offset = link
         if ethertype == 0x0800:
             return _ipv4(frame, offset)
         if ethertype == 0x86DD:
             return _ipv6(frame, offset)
         return "not-ip"
+    except (IndexError, ValueError):
+        return "malformed"
+
+
+def _link(frame: bytes, linktype: int) -> tuple[int, int] | str:
+    """(ethertype, offset of the IP header) under the link-layer header, or a reason."""
+    if linktype == LINKTYPE_ETHERNET:
+        if len(frame) < 14:
+            return "short-ethernet"
+        ethertype = (frame[12] << 8) | frame[13]
+        offset = 14
+        while ethertype in _VLAN_TYPES:  # 802.1Q / 802.1ad tags, possibly stacked (QinQ)
+            if len(frame) < offset + 4:
+                return "short-vlan"
+            ethertype = (frame[offset + 2] << 8) | frame[offset + 3]
+            offset += 4
+    elif linktype == LINKTYPE_LINUX_SLL:
+        if len(frame) < 16:
+            return "short-sll"
+        ethertype = (frame[14] << 8) | frame[15]
+        offset = 16
+    elif linktype == LINKTYPE_RAW:
+        if not frame:
+            return "short-ip"
+        ethertype = 0x0800 if frame[0] >> 4 == 4 else 0x86DD
+        offset = 0
+    elif linktype == LINKTYPE_NULL:
+        if len(frame) < 4:
+            return "short-null"
+        family = int.from_bytes(frame[:4], "little")
+        if family > 0xFFFF:  # written by a big-endian host
+            family = int.from_bytes(frame[:4], "big")
+        ethertype = 0x0800 if family == 2 else 0x86DD
+        offset = 4
+    else:
+        return "unknown-linktype"
+    return ethertype, offset
+
+
+class Fragment(NamedTuple):
+    """One IP fragment of a TCP datagram: enough to reassemble it (sniffer.reassembly)."""
+
+    key: tuple[int, bytes, bytes, int]  # (IP version, source, destination, identification)
+    offset: int  # of its data in the datagram, in bytes
+    more: bool  # more fragments follow
+    header: bytes  # the header a reassembled datagram gets (IPv4: this one's; IPv6: the fixed 40 bytes)
+    data: bytes
+
+
+def parse_fragment(frame: bytes, linktype: int = LINKTYPE_ETHERNET) -> Fragment | str:
+    """The fragment in a frame parse_frame rejected as "ip-fragment"; a reason if it is not one
+    of a TCP datagram (only those are reassembled: UDP fragments are never requests)."""
+    try:
+        link = _link(frame, linktype)
+        if isinstance(link, str):
+            return link
+        ethertype, off = link
+        if ethertype == 0x0800:
+            ihl = (frame[off] & 0x0F) * 4
+            total = (frame[off + 2] << 8) | frame[off + 3]
+            end = off + total
+            if frame[off + 9] != 6:
+                return "ip-fragment"
+            if ihl < 20 or total < ihl or end > len(frame):
+                return "bad-ip-length"
+            fo = (frame[off + 6] << 8) | frame[off + 7]
+            key = (4, frame[off + 12 : off + 16], frame[off + 16 : off + 20], frame[off + 4] << 8 | frame[off + 5])
+            return Fragment(key, (fo & 0x1FFF) * 8, bool(fo & 0x2000), frame[off : off + ihl], frame[off + ihl : end])
+        if ethertype != 0x86DD:
+            return "not-ip"
+        end = off + 40 + ((frame[off + 4] << 8) | frame[off + 5])
+        if end > len(frame):
+            return "bad-ip-length"
+        nxt, pos, hops = frame[off + 6], off + 40, 0
+        while nxt in _IPV6_EXT:
+            if pos + 8 > end or hops > 8:
+                return "bad-ipv6-ext"
+            nxt, pos = frame[pos], pos + (frame[pos + 1] + 1) * 8
+            hops += 1
+        if nxt != 44 or pos + 8 > end:
+            return "bad-ipv6-ext"
+        if frame[pos] != 6:
+            return "ip-fragment"
+        fo = (frame[pos + 2] << 8) | frame[pos + 3]
+        # the reassembled datagram: the fixed header, next header TCP, no extension headers
+        header = frame[off : off + 6] + b"\x06" + frame[off + 7 : off + 40]
+        ident = int.from_bytes(frame[pos + 4 : pos + 8], "big")
+        key = (6, frame[off + 8 : off + 24], frame[off + 24 : off + 40], ident)
+        return Fragment(key, fo & 0xFFF8, bool(fo & 1), header, frame[pos + 8 : end])
     except (IndexError, ValueError):
         return "malformed"
 
@@ -144,7 +208,7 @@ def _tcp(frame: bytes, off: int, end: int, src: str, dst: str) -> Segment | str:
     if doff < 20 or off + doff > end:
         return "bad-tcp-header"
     return Segment(src, dst, (frame[off] << 8) | frame[off + 1], (frame[off + 2] << 8) | frame[off + 3],
-                   frame[off + doff : end], int.from_bytes(frame[off + 4 : off + 8], "big"))
+                   frame[off + doff : end], int.from_bytes(frame[off + 4 : off + 8], "big"), frame[off + 13])
 
 
 def parse_requests(payload: bytes) -> tuple[list[HttpRequest], list[str], bytes]:
@@ -223,7 +287,9 @@ def _parse_head(head: bytes) -> tuple[HttpRequest, int] | str:
                 if not v.isdigit():
                     return "bad-content-length"
                 body = int(v)
-    if not host and not target.startswith((b"http://", b"https://")):
+    # HTTP/1.0 may omit Host: the host is then the destination address (the caller fills it in,
+    # as tshark and proxies do); HTTP/1.1 requires it (RFC 9112 3.2)
+    if not host and version != b"HTTP/1.0" and not target.startswith((b"http://", b"https://")):
         return "no-host"
     try:
         return HttpRequest(method.decode("ascii"), target.decode("ascii"), host.decode("ascii"),

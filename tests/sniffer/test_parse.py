@@ -23,7 +23,7 @@ def frame(pkt: object) -> bytes:
 
 def test_ipv4_tcp_payload() -> None:
     seg = parse_frame(frame(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=4000, dport=80) / Raw(GET)))
-    assert seg == Segment("10.0.0.1", "10.0.0.2", 4000, 80, GET, 0)
+    assert seg == Segment("10.0.0.1", "10.0.0.2", 4000, 80, GET, 0, 0x02)  # scapy: SYN
 
 
 def test_ipv6_with_extension_header_and_vlan() -> None:
