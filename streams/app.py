@@ -23,7 +23,6 @@ import logging
 import time
 import weakref
 from collections import Counter
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,12 +33,13 @@ from faust.types import TP
 
 from heatcache import contract
 from heatcache.contract import DecodeError, HostHeat, HotUrl, RequestBatch
-from heatcache.kafkautil import admin, ssl_context
+from heatcache.kafkautil import admin, producer, ssl_context
 from heatcache.metrics import STREAMS
 from heatcache.runner import ConfigError, Runner
 from heatcache.settings import Settings
 from streams.follow import CacheFollower
 from streams.heat import PartitionHeat, meta_key
+from streams.outputs import DeliveryFailed, Outputs
 from streams.rules import CacheView, Rules, RulesError, rules_from_settings
 
 log = logging.getLogger(__name__)
@@ -66,29 +66,34 @@ def check_topics(settings: Settings, bootstrap: str, timeout: float = 20.0) -> N
 
 @dataclass
 class _Pending:
-    """What a partition produced since its last flush: acked once the flush is durable."""
+    """The messages of a partition folded since its last flush: acked once the flush is durable."""
 
     events: list[Any] = field(default_factory=list)
-    futures: list[Awaitable[Any]] = field(default_factory=list)
     last: Any = None  # the newest event (the store of a RocksDB table writes under it)
+
+
+MAX_FLUSHES_IN_FLIGHT = 2  # flushes whose writes are not all acknowledged yet; then the agent waits
 
 
 class Stage:
     """The shell around the pure heat: partitions, flushing, cache events, metrics."""
 
-    def __init__(self, settings: Settings, rules: Rules, app: faust.App, table: Any, topics: dict[str, Any],
-                 counters: Counter[str] | None = None) -> None:
+    def __init__(self, settings: Settings, rules: Rules, app: faust.App, table: Any, topics: dict[str, str],
+                 counters: Counter[str] | None = None, bootstrap: str = "") -> None:
         self.settings = settings
+        self.bootstrap = bootstrap or settings.kafka_bootstrap or ""
         self.rules = rules
         self.app = app
         self.table = table
-        self.topics = topics
+        self.topics = topics  # role -> topic name
+        self.outputs: Outputs | None = None  # the producer; made on the worker's loop (start)
         self.parts: dict[int, PartitionHeat] = {}
         self.pending: dict[int, _Pending] = {}
         self.cache: dict[str, CacheView] = {}
         self.retry: set[str] = set()  # failed keys waiting for their back-off
         self.counters: Counter[str] = counters if counters is not None else Counter()
         self.lock = asyncio.Lock()
+        self.inflight: list[asyncio.Task[None]] = []
         self.interval = settings.heat_flush_interval_s
         self.last_flush = time.monotonic()
         self.last_expire = time.monotonic()
@@ -103,8 +108,18 @@ class Stage:
         that is already cached), then go."""
         while self.follower is not None and not self.follower.ready.is_set():
             await asyncio.sleep(0.05)
+        self.out()
         self.drain_cache_events()
         self.started = True
+
+    def out(self) -> Outputs:
+        if self.outputs is None:
+            prod = producer(self.bootstrap, self.settings, **{  # TLS settings (k8s) from the settings
+                "message.timeout.ms": 0,  # retry for ever: a broker outage delays acks, it never loses state
+                "queue.buffering.max.messages": 1_000_000,
+            })
+            self.outputs = Outputs(prod, asyncio.get_running_loop(), self.table.changelog_topic.get_topic_name())
+        return self.outputs
 
     # -- the hot path: one message
     def handle(self, event: Any) -> None:
@@ -120,8 +135,8 @@ class Stage:
         except DecodeError as exc:
             self.counters["dead_letter"] += 1
             log.warning("dead-letter %s[%s]@%s: %s", msg.topic, p, msg.offset, exc)
-            pend.futures.append(self.topics["dead"].send_soon(key=event.key, value=contract.dead_letter_value(
-                msg.topic, p, msg.offset, str(exc), event.value)))
+            self.out().send(self.topics["dead"], event.key, contract.dead_letter_value(
+                msg.topic, p, msg.offset, str(exc), event.value))
             return
         ph = self.partition(p)
         result = ph.fold(msg.offset, batch.events)
@@ -131,14 +146,18 @@ class Stage:
             c["skipped_batches"] += 1
             return
         c["events"] += result.events
-        c["late"] += result.late
+        if result.late:
+            c["late"] += result.late
         for hot in result.hot:
-            self.send_hot(hot, pend)
+            self.send_hot(hot)
 
-    def send_hot(self, hot: HotUrl, pend: _Pending) -> None:
+    def send_hot(self, hot: HotUrl) -> None:
         self.counters["hot." + hot.reason] += 1
-        log.info("hot: %s (%d clients, %d requests, %s)", hot.cache_key, hot.clients, hot.heat, hot.reason)
-        pend.futures.append(self.topics["hot"].send_soon(key=hot.cache_key.encode(), value=contract.encode(hot)))
+        # per HotUrl at debug only: a busy campus admits thousands a second (the counters and the
+        # streams-top record say what is hot)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("hot: %s (%d clients, %d requests, %s)", hot.cache_key, hot.clients, hot.heat, hot.reason)
+        self.out().send(self.topics["hot"], hot.cache_key.encode(), contract.encode(hot))
 
     def partition(self, p: int) -> PartitionHeat:
         ph = self.parts.get(p)
@@ -160,7 +179,16 @@ class Stage:
 
     # -- durability: once per interval
     async def flush(self) -> None:
+        """Write what changed (table + changelog), then ack its messages once every write of
+        this flush, and every HotUrl/dead-letter before it, is acknowledged by the broker.
+
+        The agent does not wait for the acknowledgements (folding goes on meanwhile); it only
+        waits when MAX_FLUSHES_IN_FLIGHT flushes are still unacknowledged."""
         async with self.lock:
+            self.inflight = [t for t in self.inflight if not t.done()]
+            while len(self.inflight) >= MAX_FLUSHES_IN_FLIGHT:
+                await asyncio.wait(self.inflight, return_when=asyncio.FIRST_COMPLETED)
+                self.inflight = [t for t in self.inflight if not t.done()]
             self.last_flush = now = time.monotonic()
             self.drain_cache_events()
             expire = now - self.last_expire >= EXPIRE_EVERY_S
@@ -170,13 +198,14 @@ class Stage:
             if hosts_due:
                 self.last_host_flush = now
             work: list[tuple[int, PartitionHeat, _Pending]] = []
-            futures: list[Awaitable[Any]] = []
             for p, ph in list(self.parts.items()):
                 pend = self.pending.pop(p, None)
                 if expire:
                     ph.expire()
-                if pend is None or (not pend.events and not pend.futures):
+                if pend is None or not pend.events:
                     if not (ph.dirty_keys or ph.expired_keys):
+                        if pend is not None:
+                            self.pending[p] = pend
                         continue
                     pend = pend or _Pending()
                 if pend.last is None:
@@ -184,21 +213,37 @@ class Stage:
                     # is written with the next message of that partition
                     self.pending[p] = pend
                     continue
-                futures.extend(pend.futures)
                 if self.settings.heat_host_topic:
-                    futures.extend(self.send_host_heat(ph))
-                futures.extend(self.write_state(p, ph, pend.last, hosts_due))
+                    self.send_host_heat(ph)
+                self.write_state(p, ph, pend.last, hosts_due)
                 work.append((p, ph, pend))
             if not work:
                 return
-            await asyncio.gather(*futures)  # every write acknowledged by the broker
-            for p, ph, pend in work:
-                if self.parts.get(p) is not ph:
-                    continue  # revoked meanwhile: its new owner re-reads these messages
-                for ev in pend.events:
-                    ev.ack()
-            self.counters["flushes"] += 1
-            self.set_gauges()
+            done = self.out().seal()  # every write since the last seal, HotUrls included
+            self.inflight.append(asyncio.ensure_future(self._acked(done, work)))
+
+    async def _acked(self, done: asyncio.Future[dict[int, int]], work: list[tuple[int, PartitionHeat, _Pending]]
+                     ) -> None:
+        try:
+            changelog = await done
+        except DeliveryFailed as exc:
+            # refused for good (not an outage: those are retried for ever): nothing after it may
+            # be acked; stop, the supervisor restarts the worker from the durable state
+            log.error("a write was refused by the broker, stopping: %s", exc)
+            await self.app.crash(exc)
+            return
+        persisted = getattr(self.table.data, "set_persisted_offset", None)
+        if persisted is not None:  # what Faust's changelog callback does: RocksDB knows its offsets
+            for cp, off in changelog.items():
+                with contextlib.suppress(Exception):
+                    persisted(TP(self.out().changelog_topic, cp), off)
+        for p, ph, pend in work:
+            if self.parts.get(p) is not ph:
+                continue  # revoked meanwhile: its new owner re-reads these messages
+            for ev in pend.events:
+                ev.ack()
+        self.counters["flushes"] += 1
+        self.set_gauges()
 
     def set_gauges(self) -> None:
         c = self.counters
@@ -215,8 +260,9 @@ class Stage:
                 out[p] = max(0, (hw or 0) - ph.applied - 1)
         return out
 
-    def write_state(self, p: int, ph: PartitionHeat, last: Any, hosts: bool) -> list[Awaitable[Any]]:
-        futures = []
+    def write_state(self, p: int, ph: PartitionHeat, last: Any, hosts: bool) -> None:
+        out = self.out()
+        changelog = out.changelog_topic
         data = self.table.data
         token = _current_event.set(weakref.ref(last))  # RocksDB's store picks its partition by it
         try:
@@ -227,22 +273,20 @@ class Stage:
                         del data[kb]
                 else:
                     data[kb] = value
-                futures.append(self.table.send_changelog(p, kb, value))
+                out.send(changelog, kb, value, partition=p)  # the table's changelog, as Faust writes it
                 self.counters["state_records"] += 1
         finally:
             _current_event.reset(token)
-        return futures
 
-    def send_host_heat(self, ph: PartitionHeat) -> list[Awaitable[Any]]:
-        out = []
+    def send_host_heat(self, ph: PartitionHeat) -> None:
+        out = self.out()
         topic = self.topics["host_heat"]
         touched, ph.touched_hosts = ph.touched_hosts, set()
         for host in touched:
             st = ph.host_stats(host)
             ev = HostHeat(host=host, partition=ph.partition, requests=st.requests, tls=st.tls, clients=st.clients,
                           window_s=st.window_s, ts=ph.watermark, http_share=round(st.http_share, 4))
-            out.append(topic.send_soon(key=host.encode(), value=contract.encode(ev)))
-        return out
+            out.send(topic, host.encode(), contract.encode(ev))
 
     # -- what the cache says
     def drain_cache_events(self) -> None:
@@ -275,18 +319,17 @@ class Stage:
         hot = ph.recheck(key)
         if hot is None:
             return False
-        pend = self.pending.get(ph.partition)
-        if pend is None:
-            pend = self.pending[ph.partition] = _Pending()
-        self.send_hot(hot, pend)
+        self.send_hot(hot)  # its state is written with the partition's next flush
         return True
 
     # -- rebalance
-    def on_revoked(self, revoked: set[TP]) -> None:
+    async def on_revoked(self, revoked: set[TP]) -> None:
         for tp in revoked:
             if tp.topic == self.requests_topic:
                 self.parts.pop(tp.partition, None)
                 self.pending.pop(tp.partition, None)  # unacked: the new owner reads them again
+        if self.outputs is not None:  # what this worker wrote lands before a new owner restores it
+            await asyncio.get_running_loop().run_in_executor(None, self.outputs.flush, 30.0)
 
     # -- observing
     def top(self) -> dict[str, Any]:
@@ -335,18 +378,15 @@ def make_app(settings: Settings, bootstrap: str, counters: Counter[str] | None =
         producer_linger_ms=20,
         broker_credentials=ssl_context(settings),  # Kafka TLS (k8s); None = PLAINTEXT
     )
-    topics = {
-        "requests": app.topic(settings.topic(contract.REQUESTS), key_serializer="raw", value_serializer="raw",
-                              partitions=parts),
-        "hot": app.topic(settings.topic(contract.HOT_URLS), key_serializer="raw", value_serializer="raw"),
-        "dead": app.topic(settings.topic(contract.DEAD_LETTER), key_serializer="raw", value_serializer="raw"),
-        "metrics": app.topic(settings.topic(contract.METRICS), key_serializer="raw", value_serializer="raw"),
-        "host_heat": app.topic(settings.topic(contract.HOST_HEAT), key_serializer="raw", value_serializer="raw"),
-    }
+    requests = app.topic(settings.topic(contract.REQUESTS), key_serializer="raw", value_serializer="raw",
+                         partitions=parts)
+    # written through streams.outputs (confluent-kafka), not Faust's producer: see there why
+    topics = {"hot": settings.topic(contract.HOT_URLS), "dead": settings.topic(contract.DEAD_LETTER),
+              "metrics": settings.topic(contract.METRICS), "host_heat": settings.topic(contract.HOST_HEAT)}
     table = app.Table("heat", default=None, partitions=parts, key_type=bytes, value_type=bytes)
-    stage = Stage(settings, rules, app, table, topics, counters)
+    stage = Stage(settings, rules, app, table, topics, counters, bootstrap)
 
-    @app.agent(topics["requests"], name="heat")
+    @app.agent(requests, name="heat")
     async def heat(stream: Any) -> None:  # a faust Stream (StreamT's stub lacks noack)
         async for event in stream.noack().events():
             if not stage.started:
@@ -361,13 +401,14 @@ def make_app(settings: Settings, bootstrap: str, counters: Counter[str] | None =
             await stage.flush()
 
     async def on_revoked(_sender: Any, revoked: set[TP], **_kw: Any) -> None:
-        stage.on_revoked(revoked)
+        await stage.on_revoked(revoked)
 
     app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
 
     @app.timer(settings.heat_metrics_interval_s)
     async def top() -> None:  # the counters' snapshots are the runner's; this adds what is not a number
-        await topics["metrics"].send(key=b"streams-top", value=orjson.dumps(stage.top()))
+        if stage.started:
+            stage.out().send(topics["metrics"], b"streams-top", orjson.dumps(stage.top()))
 
     announced = False
 
@@ -413,6 +454,8 @@ def main(run: Runner, settings: Settings, bootstrap: str, loglevel: str = "info"
             raise RuntimeError(f"faust worker exited with {exc.code}") from None
     finally:
         run.stop.set()
+        if stage.outputs is not None:
+            stage.outputs.close()
         follower.stop()
         if control is not None:
             control.stop()

@@ -312,15 +312,20 @@ class PartitionHeat:
         for ck in self.dirty_keys:
             js.pop(ck, None)
         slots = {self.slot_of(k) for k in self.dirty_keys} | {self.slot_of(k) for k in self.expired_keys}
+        dumps, keys = orjson.dumps, self.keys
         for slot in slots:
-            members = self._slot_keys.get(slot) or set()
-            body = {}
+            members = self._slot_keys.get(slot)
+            if not members:
+                out.append((self.key_record(slot), None))
+                continue
+            parts = []
             for ck in members:
                 raw = js.get(ck)
                 if raw is None:
-                    raw = js[ck] = orjson.dumps(self.keys[ck].to_json())
-                body[ck] = orjson.Fragment(raw)
-            out.append((self.key_record(slot), orjson.dumps(body) if body else None))
+                    raw = js[ck] = dumps(keys[ck].to_json())
+                parts.append(dumps(ck) + b":" + raw)
+            # the slot's JSON object put together from the keys' cached JSON (no re-encoding)
+            out.append((self.key_record(slot), b"{" + b",".join(parts) + b"}"))
         self.dirty_keys, self.expired_keys = set(), set()
         if hosts:
             slots = {self.slot_of(h) for h in self.dirty_hosts} | {self.slot_of(h) for h in self.expired_hosts}

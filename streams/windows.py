@@ -82,12 +82,15 @@ class WindowStats:
 class Heat:
     """The windowed heat of one cache key or host (mutable; owned by one partition's state)."""
 
-    __slots__ = ("clients", "panes", "sketches")
+    __slots__ = ("_rows", "clients", "panes", "sketches")
 
     def __init__(self) -> None:
         self.panes: dict[int, list[int]] = {}  # pane -> [requests, tls requests, bytes]
         self.clients: dict[str, int] | None = {}  # client -> newest pane (exact mode)
         self.sketches: dict[int, HyperLogLog] | None = None  # pane -> sketch (past the cap)
+        # pane -> (the sketch's registers, its durable row) when last written: a sketch whose
+        # registers did not change is not serialized again (only the newest pane usually does)
+        self._rows: dict[int, tuple[bytes, list[Any]]] | None = None
 
     def add(self, pane: int, client: str, tls: bool, nbytes: int, spec: WindowSpec) -> None:
         """Count one request in ``pane`` (the caller has checked it is not too late)."""
@@ -209,7 +212,21 @@ class Heat:
             out["c"] = self.clients
         else:
             assert self.sketches is not None
-            out["s"] = [[p, sk.__reduce__()[1], sk.__reduce__()[2]] for p, sk in self.sketches.items()]
+            rows = self._rows
+            if rows is None:
+                rows = self._rows = {}
+            out_rows = []
+            for p, sk in self.sketches.items():
+                regs = sk.registers()
+                cached = rows.get(p)
+                if cached is None or cached[0] != regs:
+                    _cls, args, state = sk.__reduce__()
+                    cached = rows[p] = (regs, [p, args, state])
+                out_rows.append(cached[1])
+            if len(rows) > len(self.sketches):
+                for p in [p for p in rows if p not in self.sketches]:
+                    del rows[p]
+            out["s"] = out_rows
         return out
 
     @classmethod
