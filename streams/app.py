@@ -148,6 +148,10 @@ class Stage:
         c["events"] += result.events
         if result.late:
             c["late"] += result.late
+        if result.future:
+            c["future"] += result.future
+            log.warning("%s[%s]@%s: %d event(s) refused: %s", msg.topic, p, msg.offset, result.future,
+                        result.future_reason)
         for hot in result.hot:
             self.send_hot(hot)
 
