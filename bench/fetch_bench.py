@@ -5,7 +5,8 @@ heatcache's time runs from the first hot-url message produced to the last CacheE
 read back from `cache-events` (pre-flight, aria2c, hashing, the catalog and the broker's
 acknowledgements included); aria2c's from its start to its exit, with the same concurrency.
 Hot-url -> download-start latency per object: the origin's access-log time of the download GET
-minus the produce time of its hot-url message. Last line:
+(nginx logs ``$msec`` when the answer ends, so ``$request_time`` is taken off) minus the produce
+time of its hot-url message. Last line:
 ``fetch: heatcache=<s> aria2c=<s> start_p50=<ms> start_p95=<ms> ratio=<aria2c/heatcache> (reference aria2c -i list)``.
 """
 
@@ -38,7 +39,7 @@ from heatcache.services.kafka import EmbeddedKafka, ensure_topics  # noqa: E402
 from heatcache.settings import load_settings  # noqa: E402
 
 NGINX_HTTP = """    sendfile off;
-    log_format t '$msec $request_method $uri';
+    log_format t '$msec $request_time $request_method $uri';
     server {{
         listen 127.0.0.2:{port};
         root {www};
@@ -126,9 +127,9 @@ def main() -> int:
         cons.close()
         starts = []
         for line in log.read_text().splitlines():
-            ts, method, uri = line.split()
-            if method == "GET" and uri in produced:
-                starts.append((float(ts) - produced.pop(uri)) * 1000)
+            ts, took, method, uri = line.split()
+            if method == "GET" and uri in produced:  # $msec is when the answer ended: minus its duration
+                starts.append((float(ts) - float(took) - produced.pop(uri)) * 1000)
         starts.sort()
         p50 = statistics.median(starts) if starts else float("nan")
         p95 = starts[min(len(starts) - 1, int(0.95 * len(starts)))] if starts else float("nan")

@@ -91,6 +91,9 @@ class Catalog(Protocol):
     def all(self) -> list[Entry]: ...
     def cached(self) -> list[Entry]: ...
     def by_host(self, host: str) -> list[Entry]: ...
+    def due(self, now: float, min_interval_s: float, limit: int) -> list[Entry]: ...
+    def refresh(self, cache_key: str, fresh_until: float, checked_at: float, etag: str, last_modified: str,
+                cache_control: str) -> None: ...
     def schema_version(self) -> int: ...
     def close(self) -> None: ...
 
@@ -229,6 +232,25 @@ class _SqlCatalog:
         with self._guard():
             rows = self.db.execute(f"SELECT {','.join(COLUMNS)} FROM cache_objects WHERE host = {m}", (host,))
         return [_entry(r) for r in rows]
+
+    def due(self, now: float, min_interval_s: float, limit: int) -> list[Entry]:
+        """Cached objects past their freshness and not asked about for ``min_interval_s``, the
+        longest stale first (what the revalidation loop asks the origin about)."""
+        m = self.db.mark
+        with self._guard():
+            rows = self.db.execute(f"SELECT {','.join(COLUMNS)} FROM cache_objects WHERE state = {m} AND"
+                                   f" fresh_until <= {m} AND checked_at <= {m} ORDER BY fresh_until LIMIT {int(limit)}",
+                                   ("cached", now, now - min_interval_s))
+        return [_entry(r) for r in rows]
+
+    def refresh(self, cache_key: str, fresh_until: float, checked_at: float, etag: str, last_modified: str,
+                cache_control: str) -> None:
+        """The origin confirmed the stored copy (304): new freshness and validators."""
+        m = self.db.mark
+        with self._guard():
+            self.db.execute(f"UPDATE cache_objects SET fresh_until = {m}, checked_at = {m}, etag = {m},"
+                            f" last_modified = {m}, cache_control = {m} WHERE key_hash = {m}",
+                            (fresh_until, checked_at, etag, last_modified, cache_control, key_hash(cache_key)))
 
     def schema_version(self) -> int:
         with self._guard():

@@ -117,3 +117,29 @@ def revalidation_outcome(status: int) -> str:
     if status in (404, 410):
         return "gone"
     return "error"
+
+
+def due_for_revalidation(fresh_until_ts: float, checked_at: float, now: float, min_interval_s: float) -> bool:
+    """A stored copy is asked about again once its freshness ended (0 = unknown: at once), and
+    at most once per ``min_interval_s`` (an origin that keeps answering ``max-age=0`` is not
+    asked in a loop)."""
+    return is_stale(fresh_until_ts, now) and now - checked_at >= min_interval_s
+
+
+def after_not_modified(stored: Mapping[str, str], answer: Mapping[str, str], now: float) -> dict[str, str]:
+    """The stored validators and Cache-Control updated with those a 304 carries (RFC 9111
+    4.3.4), plus ``fresh-until`` (the new freshness, as a string) for the catalog."""
+    merged = {k: v for k, v in _lower(stored).items() if v}
+    for name in ("etag", "last-modified", "cache-control", "expires", "date"):
+        if name in (got := _lower(answer)) and got[name]:
+            merged[name] = got[name]
+    if "expires" in merged and "date" not in _lower(answer):
+        merged.pop("expires")  # an Expires of the first answer means nothing against the 304's time
+    merged["fresh-until"] = repr(fresh_until(merged, now))
+    return merged
+
+
+def after_error(fresh_until_ts: float, now: float, stale_grace_s: float) -> str:
+    """An origin that cannot answer the revalidation (5xx, a redirect, unreachable): "keep"
+    serving the stale copy within ``stale_grace_s`` past its freshness, then "evict"."""
+    return "evict" if now - fresh_until_ts > stale_grace_s else "keep"

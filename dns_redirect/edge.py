@@ -26,6 +26,7 @@ from urllib.parse import quote
 import aiohttp
 from aiohttp import web
 from confluent_kafka import Producer
+from multidict import CIMultiDict
 
 from cachestore import open_store
 from cachestore.catalog import Catalog, open_catalog
@@ -51,6 +52,14 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy
 HEALTH_PATH = "/.heatcache/health"
 PURGE_PATH = "/.heatcache/purge"
 HIT_FLUSH_S = 5.0
+# a background whole-object fill asks without the client's conditions (it wants the current object)
+_CONDITIONAL = frozenset({"range", "if-range", "if-match", "if-none-match", "if-modified-since",
+                          "if-unmodified-since"})
+
+
+def from_start(range_header: str) -> bool:
+    """``bytes=0-``: the whole object, as a range (what video players ask first)."""
+    return range_header.replace(" ", "").lower() == "bytes=0-"
 
 
 class Edge:
@@ -80,6 +89,8 @@ class Edge:
         self._listener: asyncio.Server | None = None
         self._fronts: set[HitFront] = set()
         self._room_tasks: set[asyncio.Task[None]] = set()
+        self._bg_tasks: set[asyncio.Task[None]] = set()  # whole-object fills after range misses
+        self._filling: set[str] = set()  # cache keys being stored right now (one store per key at a time)
         self.tls_hosts: Callable[[], dict[str, dict[str, int]]] | None = None  # the TLS passthrough's per-host figures
         self.networks = NetworkNamer(settings.console_networks)  # named client networks, for savings
 
@@ -169,6 +180,10 @@ class Edge:
                                              timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60))
 
     async def _cleanup(self, _app: web.Application) -> None:
+        for task in list(self._bg_tasks):
+            task.cancel()
+        if self._bg_tasks:
+            await asyncio.gather(*self._bg_tasks, return_exceptions=True)
         if self._flusher is not None:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -307,6 +322,17 @@ class Edge:
         literal = f"[{address}]" if ":" in address else address
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         headers["Via"] = VIA
+        range_header = request.headers.get("Range", "")
+        # A player's first `Range: bytes=0-` of a storable object: ask the origin for the whole
+        # object (the same bytes), store it as it passes and answer the client's range from it
+        whole = bool(key and store and self.store is not None and request.method == "GET"
+                     and from_start(range_header) and "If-Range" not in request.headers
+                     and key not in self._filling)
+        if whole:
+            headers = {k: v for k, v in headers.items() if k.lower() != "range"}
+        fill_view = CIMultiDict(request.headers)  # the request as the origin gets it, for may_fill
+        if whole:
+            fill_view.popall("Range", None)
         assert self.session is not None
         self.counters["misses"] += 1
         resp: web.StreamResponse | None = None
@@ -316,22 +342,40 @@ class Edge:
                                             headers=headers, data=body, allow_redirects=False) as upstream:
                 out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
                 out_headers["X-Cache"] = "MISS"
-                resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=out_headers)
+                status, status_reason = upstream.status, upstream.reason
+                length_header = upstream.headers.get("Content-Length", "")
+                if whole and status == 200 and length_header.isdigit() and int(length_header) > 0:
+                    status, status_reason = 206, "Partial Content"  # bytes=0- of the whole object
+                    out_headers["Content-Range"] = f"bytes 0-{int(length_header) - 1}/{length_header}"
+                    self.counters["fill.range-whole"] += 1
+                resp = web.StreamResponse(status=status, reason=status_reason, headers=out_headers)
                 await resp.prepare(request)
                 fill: PendingObject | None = None
+                fill_started = False
                 if key and store and self.store is not None:
-                    reason = may_fill(request.method, request.headers, upstream.status, upstream.headers,
+                    reason = may_fill(request.method, fill_view, upstream.status, upstream.headers,
                                       self.store.quota.object_cap())
-                    shared = refuse_to_store(request.headers, upstream.status, upstream.headers)
+                    shared = refuse_to_store(fill_view, upstream.status, upstream.headers)
                     if not reason and shared:  # e.g. a Cookie on the request and no public/s-maxage
                         reason = "cookie" if "Cookie" in request.headers else "request"
+                    if not reason and key in self._filling:  # another miss of the key is storing it
+                        reason = "concurrent"
                     if reason:
                         self.counters["fill.skipped." + reason] += 1
                     else:
                         try:
                             fill = self.store.begin(key)
+                            self._filling.add(key)
+                            fill_started = True
                         except OSError as exc:  # a full or failing disk: the client still gets its bytes
                             self._fill_failed(key, exc)
+                    if (not whole and request.method == "GET" and upstream.status == 206 and range_header
+                            and "Authorization" not in request.headers and "Cookie" not in request.headers
+                            and key not in self._filling):
+                        # a seek into a never-seen object: its range goes to the client as it
+                        # came, the whole object is fetched once in the background
+                        self._spawn_background_fill(key, host, f"http://{literal}:{port}{request.raw_path}",
+                                                    headers, self._url_of(request, host))
                 try:
                     # One chunk is held back: a stored copy is in place (and the index knows it)
                     # before the client has the last byte, so its next request is a hit.
@@ -357,7 +401,8 @@ class Edge:
                         length = upstream.headers.get("Content-Length")
                         if length is None or int(length) == fill.size:
                             try:
-                                await self._finish_fill(fill, key, host, request, upstream.headers)
+                                await self._finish_fill(fill, key, host, self._url_of(request, host),
+                                                        upstream.headers)
                             except StoreRefused as exc:  # over the quota with nothing to evict, ...
                                 log.info("in-path store of %s refused: %s", key, exc.reason)
                                 self.counters["fill.skipped.quota"] += 1
@@ -376,6 +421,8 @@ class Edge:
                 finally:
                     if fill is not None:
                         fill.abort()
+                    if fill_started:
+                        self._filling.discard(key)
                 return resp
         except (aiohttp.ClientError, TimeoutError) as exc:
             self.counters["miss.origin-failed"] += 1
@@ -405,12 +452,61 @@ class Edge:
             self.index.apply(event)
             self._announce(event)
 
-    async def _finish_fill(self, fill: PendingObject, key: str, host: str, request: web.Request,
+    @staticmethod
+    def _url_of(request: web.Request, host: str) -> str:
+        return f"http://{request.headers.get('Host', host)}{request.raw_path}"
+
+    def _spawn_background_fill(self, key: str, host: str, upstream_url: str, headers: Mapping[str, str],
+                               url: str) -> None:
+        """One whole-object fetch per key at a time, after a range miss (the issue's 'fetch the
+        whole object once in the background')."""
+        plain = {k: v for k, v in headers.items() if k.lower() not in _CONDITIONAL}
+        self._filling.add(key)  # a second seek meanwhile does not start a second fetch
+        task = asyncio.get_running_loop().create_task(self._background_fill(key, host, upstream_url, plain, url))
+        self._bg_tasks.add(task)
+        task.add_done_callback(self._bg_tasks.discard)
+
+    async def _background_fill(self, key: str, host: str, upstream_url: str, headers: dict[str, str],
+                               url: str) -> None:
+        assert self.store is not None and self.session is not None
+        self.counters["fill.background"] += 1
+        fill: PendingObject | None = None
+        try:
+            async with self.session.get(upstream_url, headers=headers, allow_redirects=False) as upstream:
+                view = CIMultiDict(headers)
+                reason = may_fill("GET", view, upstream.status, upstream.headers, self.store.quota.object_cap())
+                if not reason and refuse_to_store(view, upstream.status, upstream.headers):
+                    reason = "request"
+                if reason:
+                    self.counters["fill.skipped." + reason] += 1
+                    return
+                fill = self.store.begin(key)
+                async for chunk in upstream.content.iter_chunked(64 * 1024):
+                    if not fill.add(chunk):
+                        self.counters["fill.skipped.size"] += 1
+                        return
+                length = upstream.headers.get("Content-Length")
+                if length is not None and int(length) != fill.size:
+                    self.counters["fill.skipped.short"] += 1
+                    return
+                await self._finish_fill(fill, key, host, url, upstream.headers)
+                fill = None
+        except StoreRefused as exc:
+            log.info("background store of %s refused: %s", key, exc.reason)
+            self.counters["fill.skipped.quota"] += 1
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:  # storing is a bonus
+            log.warning("background store of %s failed: %s", key, exc)
+            self.counters["fill.failed"] += 1
+        finally:
+            if fill is not None:
+                fill.abort()
+            self._filling.discard(key)
+
+    async def _finish_fill(self, fill: PendingObject, key: str, host: str, url: str,
                            headers: Mapping[str, str]) -> None:
         """Store the copy through the cache store (quota, eviction, atomic rename, catalog row) and
         announce it like a fetched object, with whatever it evicted."""
         assert self.store is not None
-        url = f"http://{request.headers.get('Host', host)}{request.raw_path}"
         now = time.time()
         meta = ObjectMeta(url, host, headers.get("ETag", ""), headers.get("Last-Modified", ""),
                           headers.get("Content-Type", ""), headers.get("Cache-Control", ""),

@@ -25,6 +25,7 @@ within a second or two: running downloads stay in aria2c and are adopted after t
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import queue
@@ -49,6 +50,7 @@ from cachestore.store import ObjectMeta, StoreRefused
 from fetcher.offsets import OffsetTracker
 from fetcher.policyproxy import PolicyProxy
 from fetcher.preflight import Preflight, judge, walk
+from fetcher.revalidate import Revalidated, revalidate
 from heatcache import contract
 from heatcache.cachekey import BadUrl
 from heatcache.contract import CacheEvent, DecodeError, FetchProgress, HotUrl
@@ -129,6 +131,7 @@ class Fetcher:
         self.jobs: dict[str, Job] = {}
         self.owed: dict[str, Owed] = {}  # dead letters waiting for their acknowledgement
         self.by_gid: dict[str, str] = {}
+        self.revalidating: set[str] = set()  # cache keys with a conditional request running
         # admission ids (HotUrl.admission) taken on, oldest first: a re-sent one is dropped
         self.admissions: OrderedDict[str, None] = OrderedDict()
         self.offsets = OffsetTracker()
@@ -177,6 +180,7 @@ class Fetcher:
         else:
             announce_ready("fetch")
         last_metrics = last_sweep = time.monotonic()
+        last_revalidate = 0.0
         try:
             while not stop.is_set():
                 now = time.monotonic()
@@ -199,6 +203,9 @@ class Fetcher:
                 if now - last_sweep >= s.fetch_progress_interval_s:
                     last_sweep = now
                     self._sweep()
+                if s.revalidate_concurrent and now - last_revalidate >= s.revalidate_interval_s:
+                    last_revalidate = now
+                    self._revalidate_due()
                 if now - last_metrics > 5:
                     last_metrics = now
                     self._gauges()
@@ -353,14 +360,56 @@ class Fetcher:
 
         threading.Thread(target=work, name=f"fetch-{kind}", daemon=True).start()
 
+    def _resolve(self, host: str) -> str:
+        """Upstream resolver, then the address policy (for every hop and every revalidation)."""
+        s = self.settings
+        address = resolve_origin(self.resolver, host, True)
+        return check_origin_address(address, s.allow_private_origins, s.origin_allow_networks)
+
     def _preflight_work(self, url: str) -> Preflight:
         s = self.settings
-        def resolve(host: str) -> str:  # upstream resolver, then the address policy, for every hop
-            address = resolve_origin(self.resolver, host, True)
-            return check_origin_address(address, s.allow_private_origins, s.origin_allow_networks)
+        return walk(url, self._resolve, max_hops=s.fetch_max_redirects + 1, timeout=10.0, source=s.outbound_address)
 
-        return walk(url, resolve,
-                    max_hops=s.fetch_max_redirects + 1, timeout=10.0, source=s.outbound_address)
+    # -- revalidation (coherence with the origin) -------------------------------------------
+    def _revalidate_due(self) -> None:
+        """Start conditional requests for stale objects, up to ``revalidate_concurrent`` at once
+        (objects being fetched right now are left alone)."""
+        s = self.settings
+        room = s.revalidate_concurrent - len(self.revalidating)
+        if room <= 0:
+            return
+        try:
+            due = self.catalog.due(time.time(), s.revalidate_min_s, room + len(self.revalidating) + len(self.jobs))
+        except CatalogUnavailable as exc:
+            self._degraded("catalog", str(exc))
+            return
+        for entry in due:
+            if room <= 0:
+                break
+            if entry.cache_key in self.revalidating or entry.cache_key in self.jobs:
+                continue
+            room -= 1
+            self.revalidating.add(entry.cache_key)
+            self._spawn(entry.cache_key, "revalidate", functools.partial(
+                revalidate, stale_grace_s=s.revalidate_stale_grace_s, source=s.outbound_address),
+                entry, self.store, self._resolve)
+
+    def _revalidated(self, key: str, result: Revalidated | Exception) -> None:
+        self.revalidating.discard(key)
+        if isinstance(result, Exception):  # the catalog went away mid-check, ...: asked again later
+            self.counters["revalidate.failed"] += 1
+            log.warning("revalidation of %s failed: %s", key, result)
+            return
+        self.counters["revalidate." + result.outcome] += 1
+        if result.outcome != "fresh":
+            log.info("revalidated %s: %s%s", key, result.outcome, f" ({result.detail})" if result.detail else "")
+        if not result.events:
+            return
+        owed_key = f"\0revalidate\0{key}"
+        owed = self.owed.setdefault(owed_key, Owed())
+        topic = self.settings.topic(contract.CACHE_EVENTS)
+        owed.outbox += [(topic, e.cache_key.encode(), contract.encode(e)) for e in result.events]
+        self._flush_outbox(owed_key, owed)
 
     async def _proxy_check(self, host: str) -> str:
         """The policy proxy's check of each host aria2c asks for: the pre-flight's rule."""
@@ -374,6 +423,9 @@ class Fetcher:
                 key, kind, result = self.results.get_nowait()
             except queue.Empty:
                 return
+            if kind == "revalidate":
+                self._revalidated(key, result)
+                continue
             job = self.jobs.get(key)
             if job is None:
                 continue

@@ -128,6 +128,11 @@ class Settings(BaseSettings):
     cache_min_free_bytes: int = Field(default=256 * 1024**2, ge=0)  # free-disk floor on the cache's filesystem
     cache_max_object_fraction: float = Field(default=0.25, gt=0, le=1)  # one object's share of the quota at most
     cache_half_life_s: float = Field(default=4 * 3600.0, gt=0)  # eviction: how fast old requests stop counting
+    # revalidation of stale objects by the fetcher (fetcher/revalidate.py); 0 concurrent = off
+    revalidate_interval_s: float = Field(default=10.0, gt=0)  # how often the catalog is scanned for stale objects
+    revalidate_min_s: float = Field(default=60.0, ge=0)  # one object is asked at most once per this
+    revalidate_concurrent: int = Field(default=2, ge=0, le=64)  # conditional requests at once
+    revalidate_stale_grace_s: float = Field(default=86400.0, ge=0)  # served stale while the origin fails, then evicted
 
     # -- DNS and edge
     node_address: str = "127.0.0.1"  # what steered names resolve to (the edge's address)

@@ -41,6 +41,18 @@ def exercise(cat: Catalog) -> None:
     assert got is not None and got.state == "purged"
     assert [x.cache_key for x in cat.cached()] == [long_key]
     assert {x.cache_key for x in cat.by_host("a")} == {long_key, "http://a/x"}
+    # revalidation: stale (fresh_until <= now, 0 = unknown) and not asked within the interval, most stale first
+    for key, until in (("http://b/1", 50.0), ("http://b/2", 500.0)):
+        cat.upsert(Entry(key, key, "b", "objects/b", 1, "0" * 64, '"o"', "", "", "cached", 1.0, fresh_until=until,
+                         checked_at=1.0))
+    assert [x.cache_key for x in cat.due(100.0, 10.0, 10)] == [long_key, "http://b/1"]
+    assert [x.cache_key for x in cat.due(100.0, 10.0, 1)] == [long_key]
+    assert [x.cache_key for x in cat.due(5.0, 10.0, 10)] == []  # asked too recently
+    cat.refresh("http://b/1", 900.0, 95.0, '"n"', "Tue", "max-age=800")
+    got = cat.get("http://b/1")
+    assert got is not None and (got.fresh_until, got.checked_at, got.etag, got.last_modified, got.cache_control,
+                                got.size) == (900.0, 95.0, '"n"', "Tue", "max-age=800", 1)
+    assert [x.cache_key for x in cat.due(100.0, 10.0, 10)] == [long_key]
 
 
 def hostile_values(cat: Catalog) -> None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from cachestore.coherence import (
     DEFAULT_HEURISTIC_S,
+    after_error,
+    after_not_modified,
     conditional_headers,
+    due_for_revalidation,
     fresh_until,
     refuse_to_store,
     revalidation_outcome,
@@ -44,3 +47,22 @@ def test_revalidation() -> None:
     assert conditional_headers("", "") == {}
     assert [revalidation_outcome(s) for s in (304, 200, 404, 410, 500)] == ["fresh", "changed", "gone", "gone",
                                                                             "error"]
+
+
+def test_revalidation_schedule() -> None:
+    assert due_for_revalidation(NOW, 0.0, NOW, 60)  # freshness ended now
+    assert not due_for_revalidation(NOW + 1, 0.0, NOW, 60)  # still fresh
+    assert due_for_revalidation(0.0, 0.0, NOW, 60)  # unknown freshness (a migrated row): at once
+    assert not due_for_revalidation(NOW - 100, NOW - 30, NOW, 60)  # asked 30 s ago: not yet again
+    assert after_error(NOW - 10, NOW, 60) == "keep" and after_error(NOW - 61, NOW, 60) == "evict"
+
+
+def test_a_304_updates_validators_and_freshness() -> None:
+    stored = {"etag": '"v1"', "last-modified": "Mon, 23 Nov 2026 08:00:00 GMT", "cache-control": "max-age=60"}
+    same = after_not_modified(stored, {"ETag": '"v1"'}, NOW)
+    assert same["etag"] == '"v1"' and float(same["fresh-until"]) == NOW + 60  # the stored max-age again
+    moved = after_not_modified(stored, {"ETag": '"v2"', "Cache-Control": "max-age=5"}, NOW)
+    assert moved["etag"] == '"v2"' and moved["cache-control"] == "max-age=5" and float(moved["fresh-until"]) == NOW + 5
+    assert moved["last-modified"] == stored["last-modified"]
+    bare = after_not_modified({"etag": '"v1"', "cache-control": ""}, {}, NOW)  # no lifetime anywhere: heuristic
+    assert float(bare["fresh-until"]) == NOW + DEFAULT_HEURISTIC_S and "cache-control" not in bare

@@ -5,6 +5,7 @@ is not stored unless the origin says it is shared."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from cachestore.catalog import Entry, open_catalog
@@ -59,6 +60,56 @@ def test_fill_respects_the_quota(tmp_path: Path, dnsmasq: Dnsmasq) -> None:
                 status, _, body = lab.get("/f0.bin", headers={"Cookie": "session=1"})
                 assert status == 200 and body == files["f0.bin"]
                 assert index.get(cookie_key) is None and edge.counters["fill.skipped.cookie"] == 1
+    finally:
+        catalog.close()
+        origin.stop()
+
+
+def test_range_misses_fill_the_whole_object(tmp_path: Path, dnsmasq: Dnsmasq) -> None:
+    """A player's sequence on never-seen objects of a steered host: `bytes=0-` is fetched whole
+    once and stored as it passes (the client gets its 206), a seek is then a hit; a seek first
+    passes through and the whole object is fetched once in the background."""
+    port = shared_port()
+    files = make_sample_files(tmp_path / "www", {"seed.bin": 1000, "video.bin": 400_000, "seek.bin": 300_000})
+    origin = Origin(tmp_path / "www", ORIGIN_IP, port).start()
+    settings = load_settings(state_dir=tmp_path / "state", upstream_dns=(dnsmasq.upstream,), node_address=NODE_IP,
+                             allow_private_origins=True, outbound_address=NODE_IP, edge_host=NODE_IP, edge_port=port,
+                             cache_min_free_bytes=0)
+    seed_key = f"http://origin.lab.test:{port}/seed.bin"  # one cached object: the host is steered
+    rel = object_relpath(seed_key)
+    (settings.cache_root / rel).parent.mkdir(parents=True)
+    (settings.cache_root / rel).write_bytes(files["seed.bin"])
+    catalog = open_catalog(settings.catalog)
+    index = CacheIndex()
+    index.apply(CacheEvent(seed_key, "cached", path=rel, size=1000))
+    edge = Edge(settings, index, KeyRules.load(), catalog, hit_flush_s=3600)
+    lab = EdgeLab(port, edge, origin, files)
+    video, seek = files["video.bin"], files["seek.bin"]
+    try:
+        with serving_edge(edge, NODE_IP, port):
+            status, headers, body = lab.get("/video.bin", headers={"Range": "bytes=0-"})
+            assert status == 206 and body == video and headers["x-cache"] == "MISS"
+            assert headers["content-range"] == f"bytes 0-{len(video) - 1}/{len(video)}"
+            assert index.get(f"http://origin.lab.test:{port}/video.bin") is not None  # stored before the last byte
+            for _ in range(2):  # the player's sequence again, and a seek: hits
+                status, headers, body = lab.get("/video.bin", headers={"Range": "bytes=0-"})
+                assert status == 206 and body == video and headers["x-cache"] == "HIT"
+                status, headers, body = lab.get("/video.bin", headers={"Range": "bytes=200000-299999"})
+                assert status == 206 and body == video[200_000:300_000] and headers["x-cache"] == "HIT"
+            assert origin.hits["/video.bin"] == 1  # asked once, for the whole object
+
+            status, headers, body = lab.get("/seek.bin", headers={"Range": "bytes=100000-100999"})
+            assert status == 206 and body == seek[100_000:101_000] and headers["x-cache"] == "MISS"
+            seek_key = f"http://origin.lab.test:{port}/seek.bin"
+            deadline = time.monotonic() + 30
+            while index.get(seek_key) is None:
+                assert time.monotonic() < deadline, dict(edge.counters)
+                time.sleep(0.05)
+            status, headers, body = lab.get("/seek.bin", headers={"Range": "bytes=100000-100999"})
+            assert status == 206 and body == seek[100_000:101_000] and headers["x-cache"] == "HIT"
+            assert origin.hits["/seek.bin"] == 2  # the client's range, then the whole object once
+            stored = catalog.get(seek_key)
+            assert stored is not None and (settings.cache_root / stored.path).read_bytes() == seek
     finally:
         catalog.close()
         origin.stop()

@@ -25,6 +25,7 @@ class Route:
 
 class TestOrigin:
     """``routes[path] = Route(...)``; ``gets``/``heads`` count requests, ``sent`` body bytes,
+    ``conditional`` GETs with If-None-Match (a matching one is answered 304),
     ``ranges`` the Range headers of GETs; ``active``/``peak`` concurrent GETs."""
 
     __test__ = False
@@ -34,6 +35,7 @@ class TestOrigin:
         self.gets: Counter[str] = Counter()
         self.heads: Counter[str] = Counter()
         self.sent: Counter[str] = Counter()
+        self.conditional: Counter[str] = Counter()  # GETs with If-None-Match (revalidations)
         self.ranges: dict[str, list[str]] = {}
         self.lock = threading.Lock()
         self.active = 0
@@ -79,6 +81,19 @@ class TestOrigin:
                     return
                 body, start = route.body, 0
                 status = route.status
+                etag = route.headers.get("ETag", '"' + hashlib.sha256(body).hexdigest()[:16] + '"')
+                asked = self.headers.get("If-None-Match", "")
+                if not head and asked:
+                    origin.conditional[self.path] += 1
+                if status == 200 and asked and asked == etag:  # unchanged: 304, no body
+                    self.send_response(304)
+                    for name, value in route.headers.items():
+                        if name.lower() in ("etag", "cache-control", "last-modified", "expires"):
+                            self.send_header(name, value)
+                    if "ETag" not in route.headers:
+                        self.send_header("ETag", etag)
+                    self.end_headers()
+                    return
                 rng = self.headers.get("Range", "")
                 if status == 200 and rng.startswith("bytes=") and "-" in rng and not route.chunked:
                     first, _, last = rng[6:].partition("-")  # bytes=N- or bytes=N-M (to the end here)
@@ -89,7 +104,7 @@ class TestOrigin:
                 for name, value in route.headers.items():
                     self.send_header(name, value)
                 if "ETag" not in route.headers:
-                    self.send_header("ETag", '"' + hashlib.sha256(body).hexdigest()[:16] + '"')
+                    self.send_header("ETag", etag)
                 if status == 206:
                     self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
                 if route.chunked:
