@@ -139,7 +139,7 @@ class Stage:
                 msg.topic, p, msg.offset, str(exc), event.value))
             return
         ph = self.partition(p)
-        result = ph.fold(msg.offset, batch.events)
+        result = ph.fold(msg.offset, batch.events, now=time.time())
         c = self.counters
         c["batches"] += 1
         if result.skipped:

@@ -167,9 +167,12 @@ class PartitionHeat:
         return heat
 
     # -- folding
-    def fold(self, offset: int, events: Iterable[RequestEvent], sizes: Callable[[str], int] | None = None
-             ) -> FoldResult:
+    def fold(self, offset: int, events: Iterable[RequestEvent], sizes: Callable[[str], int] | None = None,
+             now: float | None = None) -> FoldResult:
         """Fold one message (its offset and events); return the HotUrls it admits.
+
+        ``now`` (the live worker passes its clock; replay does not): events further than
+        ``spec.max_ahead_s`` ahead of max(watermark, now) are refused (counted in ``future``).
 
         Admission is decided once per key per message, after all its events are counted, at the
         partition's watermark; the HotUrl's ts is the newest event of that key in the message."""
@@ -184,11 +187,11 @@ class PartitionHeat:
         wm = self.watermark
         newest = batch[0][0] if n == 1 else max([ev[0] for ev in batch]) if n else wm
         ahead = spec.max_ahead_s
-        if ahead and n:
+        if ahead and n and now is not None:
             # one event far in the future (a wrong clock, a forged event) must not move the window
-            # for good: it would make every later event late. Refused against the watermark (the
-            # oldest event of the message when the partition has none yet).
-            ref = wm or min([ev[0] for ev in batch])
+            # for good: it would make every later event late. Judged against the watermark and the
+            # caller's clock (the watermark alone would refuse everything after a quiet hour).
+            ref = max(wm, now)
             if newest > ref + ahead:
                 kept = [ev for ev in batch if ev[0] <= ref + ahead]
                 result.future = n - len(kept)

@@ -136,19 +136,18 @@ def test_plain_rules_skip_key_parsing_with_the_same_rule() -> None:
 def test_far_future_events_are_refused_and_do_not_move_the_watermark() -> None:
     spec = WindowSpec(window_s=100, step_s=10, grace_s=20, max_ahead_s=60)
     p = PartitionHeat(0, Rules.simple(spec, min_clients=2))
-    p.fold(0, [ev("a", 1000)])
-    r = p.fold(1, [ev("b", 1010), ev("x", 99_999)])  # one event from a wrong clock
+    p.fold(0, [ev("a", 1000)], now=1000.5)
+    r = p.fold(1, [ev("b", 1010), ev("x", 99_999)], now=1011)  # one event from a wrong clock
     assert (r.future, r.events, p.future) == (1, 1, 1)
     assert "ahead of the stream's watermark" in r.future_reason
     assert p.watermark == 1010 and len(r.hot) == 1  # a and b count; the window did not jump
-    r = p.fold(2, [ev("c", 1020)])
+    r = p.fold(2, [ev("c", 1020)], now=1021)
     assert (r.future, r.late) == (0, 0)  # later events are not late
-    # a first message with no watermark yet: judged against its own oldest event
-    q = PartitionHeat(1, Rules.simple(spec, min_clients=2))
-    r = q.fold(0, [ev("a", 500), ev("b", 9_000)])
-    assert (r.future, q.watermark) == (1, 500)
-    # off (the default): anything goes
-    assert part().fold(0, [ev("a", 5), ev("b", 99_999)]).future == 0
+    # a quiet partition: the clock moved on, so an event 2 h after the last one is fine
+    assert p.fold(3, [ev("d", 8220)], now=8221).future == 0
+    # no clock (replay of a log) or off: anything goes
+    assert p.fold(4, [ev("e", 99_999)]).future == 0
+    assert part().fold(0, [ev("a", 5), ev("b", 99_999)], now=5).future == 0
 
 
 def test_an_unanswered_admission_is_admitted_again_after_the_timeout() -> None:
