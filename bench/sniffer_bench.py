@@ -84,13 +84,18 @@ def live(rate: int, seconds: float, bootstrap: str) -> dict[str, object]:
     them on the peer in another. Publishing is left out: this measures the capture side."""
     lab = GatewayLab().start()
     try:
-        frame = tcp_frame(lab.client_ip, lab.origin_ip, 40000, 80,
-                          b"GET /live/object.bin HTTP/1.1\r\nHost: live.example\r\nUser-Agent: bench\r\n\r\n")
+        request = b"GET /live/object.bin HTTP/1.1\r\nHost: live.example\r\nUser-Agent: bench\r\n\r\n"
+        frame = tcp_frame(lab.client_ip, lab.origin_ip, 40000, 80, request)
         # the gateway's MAC as destination, so the peer takes the frames as PACKET_HOST
         link = subprocess.run(["ip", "-n", lab.gateway, "-o", "link", "show", "dev", lab.gw_client_if],
                               capture_output=True, text=True, check=True).stdout
         gw_mac = bytes.fromhex(link.split("link/ether ")[1].split()[0].replace(":", ""))
         frame = gw_mac + frame[6:]
+        # one keep-alive flow, each request next in sequence (the same frame twice would be a
+        # retransmission, counted once): the TCP sequence number is at bytes 38-42
+        need = int(rate * (seconds + 1)) + 1
+        frames = [frame[:38] + ((1 + i * len(request)) & 0xFFFFFFFF).to_bytes(4, "big") + frame[42:]
+                  for i in range(need)]
         capture = LiveCapture(lab.gw_client_if, (80,), netns=lab.gateway)
         got = Counter[str]()
         parser = build_parser(load_settings(client_id_secret="bench"), got)
@@ -117,7 +122,7 @@ def live(rate: int, seconds: float, bootstrap: str) -> dict[str, object]:
             pcap = Path(tempfile.mkdtemp(prefix="bench-live-")) / "live.pcap"
             from sniffer.synth import Traffic
 
-            Traffic(frames=[frame] * int(rate * seconds)).write_pcap(pcap)
+            Traffic(frames=frames[: int(rate * seconds)]).write_pcap(pcap)
             start = time.perf_counter()
             subprocess.run(lab.exec_args(lab.client, "tcpreplay", "-q", f"--pps={rate}", "-i", f"cg{lab.tag}",
                                          str(pcap)), capture_output=True, check=True)
@@ -134,8 +139,8 @@ def live(rate: int, seconds: float, bootstrap: str) -> dict[str, object]:
             interval = 1.0 / rate
             while (now := time.perf_counter()) - start < seconds:
                 due = int((now - start) / interval) + 1
-                while sent < due:
-                    sender.send(frame)
+                while sent < due and sent < need:
+                    sender.send(frames[sent])
                     sent += 1
             send_time = time.perf_counter() - start
             sender.close()

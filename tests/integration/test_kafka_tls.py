@@ -4,10 +4,15 @@ with nothing but ``HEATCACHE_KAFKA_SECURITY_PROTOCOL=SSL`` + ``HEATCACHE_KAFKA_S
 
 One path through the real stage code: the sniffer's producer publishes a capture into `requests`,
 a real `heatcache streams` worker (Faust with the TLS context, its confluent-kafka followers and
-the runner's `metrics` producer) admits hot URLs, and they are read back over TLS."""
+the runner's `metrics` producer) admits hot URLs, they are read back over TLS, and the console's
+feed (`heatcache status --json`) shows them."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +25,7 @@ from heatcache.contract import HotUrl, RequestBatch
 from heatcache.kafkautil import admin, read_topic
 from heatcache.lifecycle import StopFlag
 from heatcache.settings import Settings
+from heatcache.stack import settings_env
 from sniffer.app import Sniffer
 from sniffer.synth import generate
 from streams.heat import PartitionHeat
@@ -76,3 +82,13 @@ def test_sniffer_to_streams_over_tls(kafka_tls_settings: Settings, tmp_path: Pat
                    for m in read_topic(s.kafka_bootstrap, s.topic(contract.METRICS), timeout=10, settings=s))
 
     wait_for(streams_snapshot, timeout=60, what="a streams metrics snapshot")
+
+    # the console's feed (here `heatcache status --json` without a console: it reads the topics
+    # itself) over TLS as well: the top of the same hot URLs
+    env = {**os.environ, **settings_env(s), "HEATCACHE_CONSOLE_PORT": "1"}
+    out = subprocess.run([sys.executable, "-m", "heatcache.cli", "status", "--json"], env=env,
+                         capture_output=True, timeout=90, check=True)
+    snap = json.loads(out.stdout)
+    assert snap["source"] == "direct"
+    shown = {h["cache_key"] for h in snap["heat"]["urls"]}  # its top-N of the hot URLs
+    assert shown and shown <= want, (shown, want)
