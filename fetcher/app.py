@@ -132,6 +132,7 @@ class Fetcher:
         self.owed: dict[str, Owed] = {}  # dead letters waiting for their acknowledgement
         self.by_gid: dict[str, str] = {}
         self.revalidating: set[str] = set()  # cache keys with a conditional request running
+        self._workers = 0  # worker threads whose result the loop has not taken yet
         # admission ids (HotUrl.admission) taken on, oldest first: a re-sent one is dropped
         self.admissions: OrderedDict[str, None] = OrderedDict()
         self.offsets = OffsetTracker()
@@ -188,7 +189,10 @@ class Fetcher:
                     self._connect_aria2()
                 busy = len(self.jobs) >= 4 * s.fetch_max_concurrent + 64
                 # every message waiting, at once: a burst of hot URLs starts its downloads together
-                msgs = [] if busy else self.consumer.consume(256, 0.05)
+                # while a worker (pre-flight, store) is out, wait briefly: its result starts or
+                # settles a download as soon as it comes back, not after a whole poll
+                wait = 0.005 if self._workers else 0.05
+                msgs = [] if busy else self.consumer.consume(256, wait)
                 if busy:
                     time.sleep(0.05)  # a full queue: let downloads finish before reading more
                 self.producer.poll(0)
@@ -358,6 +362,7 @@ class Fetcher:
                 result = exc
             self.results.put((key, kind, result))
 
+        self._workers += 1
         threading.Thread(target=work, name=f"fetch-{kind}", daemon=True).start()
 
     def _resolve(self, host: str) -> str:
@@ -423,6 +428,7 @@ class Fetcher:
                 key, kind, result = self.results.get_nowait()
             except queue.Empty:
                 return
+            self._workers -= 1
             if kind == "revalidate":
                 self._revalidated(key, result)
                 continue
