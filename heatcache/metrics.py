@@ -368,6 +368,8 @@ STREAMS = StageSpec("streams", (
             "skipped_batches"),
     counter("heatcache_streams_late_events_total", "Events older than the watermark minus the grace (dropped)",
             "late"),
+    counter("heatcache_streams_future_events_total",
+            "Events further ahead of the watermark than HEATCACHE_HEAT_MAX_AHEAD_S (refused)", "future"),
     counter("heatcache_streams_hot_urls_total", "HotUrls emitted, by reason", label="reason", prefix="hot.",
             values=_HOT_REASONS),
     counter("heatcache_streams_dead_letter_total", "Undecodable requests messages sent to dead-letter",

@@ -139,7 +139,7 @@ class Stage:
                 msg.topic, p, msg.offset, str(exc), event.value))
             return
         ph = self.partition(p)
-        result = ph.fold(msg.offset, batch.events)
+        result = ph.fold(msg.offset, batch.events, now=time.time())
         c = self.counters
         c["batches"] += 1
         if result.skipped:
@@ -148,6 +148,10 @@ class Stage:
         c["events"] += result.events
         if result.late:
             c["late"] += result.late
+        if result.future:
+            c["future"] += result.future
+            log.warning("%s[%s]@%s: %d event(s) refused: %s", msg.topic, p, msg.offset, result.future,
+                        result.future_reason)
         for hot in result.hot:
             self.send_hot(hot)
 

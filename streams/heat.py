@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from heatcache.contract import HotUrl, RequestEvent
+from heatcache.contract import HotUrl, RequestEvent, event_time_error
 from streams.rules import CacheView, Decision, Rules, decide
 from streams.windows import Heat, WindowSpec
 
@@ -68,6 +68,8 @@ class FoldResult:
     skipped: bool = False  # already in the durable state (offset <= applied)
     late: int = 0
     events: int = 0
+    future: int = 0  # events refused: too far ahead of the watermark (WindowSpec.max_ahead_s)
+    future_reason: str = ""  # contract.event_time_error's reason for the first of them
 
 
 Loader = Callable[[str], bytes | None]
@@ -96,6 +98,7 @@ class PartitionHeat:
         self.watermark = 0.0
         self.applied = -1
         self.late = 0
+        self.future = 0  # events refused as too far ahead (not durable: a counter)
         self.dirty_keys: set[str] = set()
         self.dirty_hosts: set[str] = set()
         self.touched_hosts: set[str] = set()  # since the shell last published host heat
@@ -164,9 +167,12 @@ class PartitionHeat:
         return heat
 
     # -- folding
-    def fold(self, offset: int, events: Iterable[RequestEvent], sizes: Callable[[str], int] | None = None
-             ) -> FoldResult:
+    def fold(self, offset: int, events: Iterable[RequestEvent], sizes: Callable[[str], int] | None = None,
+             now: float | None = None) -> FoldResult:
         """Fold one message (its offset and events); return the HotUrls it admits.
+
+        ``now`` (the live worker passes its clock; replay does not): events further than
+        ``spec.max_ahead_s`` ahead of max(watermark, now) are refused (counted in ``future``).
 
         Admission is decided once per key per message, after all its events are counted, at the
         partition's watermark; the HotUrl's ts is the newest event of that key in the message."""
@@ -179,13 +185,23 @@ class PartitionHeat:
         batch = events if isinstance(events, (tuple, list)) else tuple(events)
         result.events = n = len(batch)
         wm = self.watermark
-        if n == 1:  # most messages of a quiet partition (and of replayed logs) hold one event
-            if batch[0][0] > wm:
-                wm = batch[0][0]
-        elif n:
-            newest = max([ev[0] for ev in batch])
-            if newest > wm:
-                wm = newest
+        newest = batch[0][0] if n == 1 else max([ev[0] for ev in batch]) if n else wm
+        ahead = spec.max_ahead_s
+        if ahead and n and now is not None:
+            # one event far in the future (a wrong clock, a forged event) must not move the window
+            # for good: it would make every later event late. Judged against the watermark and the
+            # caller's clock (the watermark alone would refuse everything after a quiet hour).
+            ref = max(wm, now)
+            if newest > ref + ahead:
+                kept = [ev for ev in batch if ev[0] <= ref + ahead]
+                result.future = n - len(kept)
+                result.future_reason = event_time_error(newest, ref, ahead) or ""
+                self.future += result.future
+                result.events = n = len(kept)
+                batch = kept
+                newest = max([ev[0] for ev in batch]) if n else wm
+        if newest > wm:
+            wm = newest
         too_old = wm - spec.grace_s
         by_key: dict[str, list[RequestEvent]] = {}
         by_host: dict[str, list[RequestEvent]] = {}
@@ -228,11 +244,12 @@ class PartitionHeat:
         self.dirty_keys.update(by_key)
         rule_for_key = self.rules.rule_for_key
         cache = self.cache
+        unanswered = self.rules.backoff.unanswered_s
         for ck, kh, ts in touched:
             # cheap necessary conditions first: most keys of a message are far from any rule
             if kh.admitted:
                 view = cache.get(ck)
-                if view is None or view.fetching:
+                if (view is None or view.fetching) and not (unanswered and wm >= kh.admitted + unanswered):
                     continue  # admitted, no cache event since: being fetched
             if kh.clients is not None and self.pins is None:
                 rule = rule_for_key(ck)
@@ -247,6 +264,9 @@ class PartitionHeat:
         view = self.cache.get(cache_key)
         if view is None:
             view = CacheView(fetching=kh.admitted > 0)
+        unanswered = self.rules.backoff.unanswered_s
+        if view.fetching and unanswered and self.watermark >= kh.admitted + unanswered:
+            view = replace(view, fetching=False)  # no answer to the admission: admit it again
         pin = self.pins(cache_key, _host_of(cache_key)) if self.pins else ""
         return decide(self.rules, cache_key, kh, view, self.watermark, pin)
 

@@ -86,6 +86,9 @@ class Backoff:
 
     base_s: float = 60.0
     max_s: float = 6 * 3600.0
+    # an admitted key with no cache event this long after its admission (event time) may be
+    # admitted again: the HotUrl or the fetcher's answer was lost (0 = wait for ever)
+    unanswered_s: float = 0.0
 
     def delay(self, failures: int) -> float:
         return min(self.max_s, self.base_s * 2 ** max(0, failures - 1))
@@ -295,10 +298,11 @@ def rules_from_settings(settings: Any) -> Rules:
     try:
         spec = WindowSpec(window_s=settings.heat_window_s, step_s=step, grace_s=settings.heat_grace_s,
                           expiry_s=settings.heat_expiry_s, client_cap=settings.heat_max_tracked_clients,
-                          sketch_p=settings.heat_sketch_p)
+                          sketch_p=settings.heat_sketch_p, max_ahead_s=settings.heat_max_ahead_s)
     except ValueError as exc:
         raise RulesError(f"HEATCACHE_HEAT_WINDOW_S / _STEP_S / _GRACE_S / _EXPIRY_S: {exc}") from None
     if settings.heat_retry_max_s < settings.heat_retry_base_s:
         raise RulesError("HEATCACHE_HEAT_RETRY_MAX_S must be at least HEATCACHE_HEAT_RETRY_BASE_S")
     return load_rules(settings.heat_rules, spec, settings.heat_min_clients, settings.heat_min_requests,
-                      settings.heat_first_access, Backoff(settings.heat_retry_base_s, settings.heat_retry_max_s))
+                      settings.heat_first_access, Backoff(settings.heat_retry_base_s, settings.heat_retry_max_s,
+                                                          settings.heat_fetch_timeout_s))

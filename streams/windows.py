@@ -39,6 +39,7 @@ class WindowSpec:
     expiry_s: int = 0  # 0 = window_s + grace_s: keep exactly what a window can still need
     client_cap: int = 64  # exact distinct clients up to this many, then a sketch
     sketch_p: int = 10  # 2^p registers: standard error 1.04 / sqrt(2^p) (3.3% at 10)
+    max_ahead_s: int = 0  # events further ahead of the watermark are refused (0 = any); see PartitionHeat.fold
 
     def __post_init__(self) -> None:
         if self.step_s <= 0 or self.window_s <= 0 or self.window_s % self.step_s:
@@ -51,6 +52,8 @@ class WindowSpec:
             raise ValueError("client_cap must be >= 1")
         if not 4 <= self.sketch_p <= 18:
             raise ValueError("sketch_p must be in 4..18")
+        if self.max_ahead_s < 0:
+            raise ValueError("max_ahead_s must be >= 0")
 
     @property
     def retention_s(self) -> int:

@@ -131,3 +131,35 @@ def test_host_heat_off_admits_the_same_and_keeps_no_host_state() -> None:
 def test_plain_rules_skip_key_parsing_with_the_same_rule() -> None:
     plain = Rules.simple(SPEC, min_clients=3)
     assert plain.rule_for_key(K) == plain.rule_for(*split_key(K)) == plain.default
+
+
+def test_far_future_events_are_refused_and_do_not_move_the_watermark() -> None:
+    spec = WindowSpec(window_s=100, step_s=10, grace_s=20, max_ahead_s=60)
+    p = PartitionHeat(0, Rules.simple(spec, min_clients=2))
+    p.fold(0, [ev("a", 1000)], now=1000.5)
+    r = p.fold(1, [ev("b", 1010), ev("x", 99_999)], now=1011)  # one event from a wrong clock
+    assert (r.future, r.events, p.future) == (1, 1, 1)
+    assert "ahead of the stream's watermark" in r.future_reason
+    assert p.watermark == 1010 and len(r.hot) == 1  # a and b count; the window did not jump
+    r = p.fold(2, [ev("c", 1020)], now=1021)
+    assert (r.future, r.late) == (0, 0)  # later events are not late
+    # a quiet partition: the clock moved on, so an event 2 h after the last one is fine
+    assert p.fold(3, [ev("d", 8220)], now=8221).future == 0
+    # no clock (replay of a log) or off: anything goes
+    assert p.fold(4, [ev("e", 99_999)]).future == 0
+    assert part().fold(0, [ev("a", 5), ev("b", 99_999)], now=5).future == 0
+
+
+def test_an_unanswered_admission_is_admitted_again_after_the_timeout() -> None:
+    from streams.rules import Backoff
+
+    rules = Rules.simple(WindowSpec(window_s=1000, step_s=100, grace_s=20), min_clients=2,
+                         backoff=Backoff(unanswered_s=300))
+    p = PartitionHeat(0, rules)
+    first = p.fold(0, [ev("a", 10), ev("b", 20)]).hot
+    assert len(first) == 1
+    assert p.fold(1, [ev("c", 200)]).hot == []  # no cache event yet, within the timeout: being fetched
+    again = p.fold(2, [ev("d", 330)]).hot  # 310 s after the admission, still no answer: admitted again
+    assert len(again) == 1 and again[0].admission != first[0].admission and again[0].ts == 330
+    p.on_cache_event(K, "cached", p.watermark)
+    assert p.fold(3, [ev("e", 900)]).hot == []  # answered (cached): never again
