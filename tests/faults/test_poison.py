@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import urllib.request
@@ -57,7 +58,11 @@ def test_dns_and_edge_dead_letter_poison_and_go_on(kafka_settings: Settings, dns
         edge.wait_line("heatcache-ready edge")
         for raw in POISON[3:]:  # ... and some while following
             prod.produce(topic, key=b"http://steered.lab.test/a.bin", value=raw, partition=0)
-        prod.produce(topic, key=GOOD.cache_key.encode(), value=contract.encode(GOOD), partition=0)
+        # the key on the port the lab edge serves: the DNS steers a host only while the edge
+        # answers every port its keys use (issue 18), and the lab edge does not listen on 80
+        key = f"http://steered.lab.test:{settings.edge_port}/a.bin"
+        good = dataclasses.replace(GOOD, cache_key=key, url=key)
+        prod.produce(topic, key=key.encode(), value=contract.encode(good), partition=0)
         assert prod.flush(10) == 0
         wait_for(lambda: resolve_via((settings.dns_host, settings.dns_port), "steered.lab.test") == [NODE_IP], 30,
                  "the DNS to steer the host of the good event")
