@@ -4,9 +4,11 @@ ranges and conditional requests), decided from the request headers and the objec
 from __future__ import annotations
 
 from collections.abc import Mapping
-from email.utils import formatdate, parsedate_to_datetime
+from email.utils import formatdate
 from typing import NamedTuple
 from urllib.parse import quote
+
+from cachestore.coherence import http_time
 
 
 class HitPlan(NamedTuple):
@@ -45,22 +47,13 @@ def _strong_match(header: str, etag: str) -> bool:
     return any(t == etag for t in _tags(header))
 
 
-def _date(value: str) -> float | None:
-    if not value:
-        return None
-    try:
-        return parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-
-
 def if_range_holds(if_range: str, etag: str, last_modified: str) -> bool:
     """RFC 9110 13.1.5: an entity-tag must match strongly; an HTTP-date must equal Last-Modified
     exactly (as a date); a weak or malformed validator never holds (the whole object is sent)."""
     value = if_range.strip()
     if value.startswith(('"', "W/")):
         return bool(etag) and not value.startswith("W/") and not etag.startswith("W/") and value == etag
-    given, modified = _date(value), _date(last_modified)
+    given, modified = http_time(value), http_time(last_modified)
     return given is not None and modified is not None and given == modified
 
 
@@ -107,14 +100,14 @@ def plan_hit(size: int, etag: str, last_modified: str, content_type: str, if_non
         if not _strong_match(if_match, etag):
             return HitPlan(412, 0, 0, headers)
     elif if_unmodified_since:
-        given, modified = _date(if_unmodified_since), _date(last_modified)
+        given, modified = http_time(if_unmodified_since), http_time(last_modified)
         if given is not None and modified is not None and modified > given:  # invalid dates: ignored
             return HitPlan(412, 0, 0, headers)
     if if_none_match:
         if _weak_match(if_none_match, etag):
             return HitPlan(304, 0, 0, headers)
     elif if_modified_since:
-        given, modified = _date(if_modified_since), _date(last_modified)
+        given, modified = http_time(if_modified_since), http_time(last_modified)
         if given is not None and modified is not None and modified <= given:
             return HitPlan(304, 0, 0, headers)
     if range_header and (not if_range or if_range_holds(if_range, etag, last_modified)):
