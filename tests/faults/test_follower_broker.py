@@ -6,9 +6,6 @@ heatcache.kafkautil.Follower)."""
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from confluent_kafka import Producer
@@ -19,25 +16,7 @@ from heatcache.lab import NODE_IP, lab_settings
 from heatcache.netutil import free_port
 from heatcache.services.kafka import EmbeddedKafka, ensure_topics
 from heatcache.settings import Settings
-from tests.faults.stackproc import Proc, wait_for
-
-
-def _health(port: int) -> dict[str, object]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
-            return dict(json.loads(resp.read()))
-    except urllib.error.HTTPError as exc:  # 503 while degraded, with the same JSON body
-        return dict(json.loads(exc.read()))
-    except OSError:
-        return {}
-
-
-def _objects(settings: Settings) -> int:
-    try:
-        with urllib.request.urlopen(settings.health_url, timeout=2) as resp:
-            return int(json.loads(resp.read())["objects"])
-    except OSError:
-        return -1
+from tests.faults.stackproc import Proc, edge_objects, runner_health, wait_for
 
 
 def _cached(settings: Settings, name: str) -> None:
@@ -55,23 +34,23 @@ def test_edge_health_follows_the_broker(base_settings: Settings, tmp_path: Path)
     broker = EmbeddedKafka(tmp_path / "kafka", port=port, heap_mb=256)
     edge = Proc(settings, "edge")  # before the broker exists: it must wait, not exit
     try:
-        wait_for(lambda: _health(metrics).get("health") == "degraded", 60, "the edge to report the broker lost")
-        assert "broker" in str(_health(metrics)["reason"]) and edge.proc.poll() is None
+        wait_for(lambda: runner_health(metrics).get("health") == "degraded", 60, "the edge to report the broker lost")
+        assert "broker" in str(runner_health(metrics)["reason"]) and edge.proc.poll() is None
         broker.start()
         ensure_topics(broker.bootstrap, settings)
         _cached(settings, "a.bin")
         edge.wait_line("heatcache-ready edge")
-        wait_for(lambda: _objects(settings) == 1, 30, "the edge to index the first event")
-        wait_for(lambda: _health(metrics).get("health") == "ok", 30, "health ok with the broker up")
+        wait_for(lambda: edge_objects(settings) == 1, 30, "the edge to index the first event")
+        wait_for(lambda: runner_health(metrics).get("health") == "ok", 30, "health ok with the broker up")
 
         broker.stop()
-        wait_for(lambda: _health(metrics).get("health") == "degraded", 60, "degraded once the broker is gone")
-        assert _objects(settings) == 1  # still serving what it knows
+        wait_for(lambda: runner_health(metrics).get("health") == "degraded", 60, "degraded once the broker is gone")
+        assert edge_objects(settings) == 1  # still serving what it knows
 
         broker.start()
-        wait_for(lambda: _health(metrics).get("health") == "ok", 60, "ok again once the broker is back")
+        wait_for(lambda: runner_health(metrics).get("health") == "ok", 60, "ok again once the broker is back")
         _cached(settings, "b.bin")
-        wait_for(lambda: _objects(settings) == 2, 30, "the edge to follow new events after the outage")
+        wait_for(lambda: edge_objects(settings) == 2, 30, "the edge to follow new events after the outage")
     finally:
         assert edge.finish() == 0
         broker.stop()
