@@ -47,9 +47,8 @@ def admin(bootstrap: str, settings: Settings | None = None) -> AdminClient:
 
 def admin_quiet(bootstrap: str, settings: Settings | None = None) -> AdminClient:
     """An AdminClient that does not log connection errors (a probe asking a lost broker)."""
-    config: dict[str, Any] = {"bootstrap.servers": bootstrap, "error_cb": lambda _e: None, "log_level": 0,
-                              **client_config(settings)}
-    return AdminClient(config)
+    quiet: dict[str, Any] = {"error_cb": lambda _e: None, "log_level": 0}
+    return AdminClient({"bootstrap.servers": bootstrap, **quiet, **client_config(settings)})
 
 
 def ssl_context(settings: Settings | None) -> ssl.SSLContext | None:
