@@ -448,7 +448,8 @@ def main(run: Runner, settings: Settings, bootstrap: str, loglevel: str = "info"
         app, stage = make_app(settings, bootstrap, run.counters, on_ready=run.ready)
     except RulesError as exc:
         raise ConfigError(str(exc)) from None
-    follower = CacheFollower(bootstrap, settings.topic(contract.CACHE_EVENTS), config=settings.kafka_client_config())
+    follower = CacheFollower(bootstrap, settings.topic(contract.CACHE_EVENTS), config=settings.kafka_client_config(),
+                             health=run.health)  # rel: the stage's /health follows the broker
     follower.start()
     stage.follower = follower
     control = _control_follower(settings, bootstrap)
