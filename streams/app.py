@@ -214,6 +214,8 @@ class Stage:
                 pend = self.pending.pop(p, None)
                 if expire:
                     ph.expire()
+                if publish_hosts and self.settings.heat_host_topic and ph.touched_hosts:
+                    self.send_host_heat(ph)  # reported, not acked on: also without new messages
                 if pend is None or not pend.events:
                     if not (ph.dirty_keys or ph.expired_keys):
                         if pend is not None:
@@ -225,8 +227,6 @@ class Stage:
                     # is written with the next message of that partition
                     self.pending[p] = pend
                     continue
-                if self.settings.heat_host_topic and publish_hosts:
-                    self.send_host_heat(ph)
                 self.write_state(p, ph, pend.last, hosts_due)
                 work.append((p, ph, pend))
             if not work:
