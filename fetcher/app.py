@@ -48,7 +48,7 @@ from cachestore.catalog import Catalog, CatalogUnavailable, key_hash, open_catal
 from cachestore.coherence import fresh_until, http_time
 from cachestore.store import ObjectMeta, StoreRefused
 from fetcher.offsets import OffsetTracker
-from fetcher.policyproxy import PolicyProxy
+from fetcher.policyproxy import options_differ, proxy_for
 from fetcher.preflight import Preflight, judge, walk
 from fetcher.revalidate import Revalidated, revalidate
 from heatcache import contract
@@ -153,8 +153,9 @@ class Fetcher:
         self._listener: threading.Thread | None = None
         self.aria2_listener: aria2p.Client | None = None
         # every request aria2c makes (each redirect hop, each retry) goes through this loopback
-        # proxy, which applies the address policy again (rel; fetcher/policyproxy.py)
-        self.proxy = PolicyProxy(self._proxy_check, source=settings.outbound_address)
+        # proxy, which applies the address policy again (rel; fetcher/policyproxy.py): its own
+        # process when HEATCACHE_POLICY_PROXY_PORT is set (a fetcher restart cuts no download)
+        self.proxy = proxy_for(settings, self._proxy_check)
 
     # -- clients --------------------------------------------------------------------------
     def _aria2_client(self) -> aria2p.Client:
@@ -525,8 +526,10 @@ class Fetcher:
                 job.gid = str(known["gid"])  # ours from before a restart: adopt, never add twice
                 if known["status"] == "paused":
                     self.aria2.unpause(job.gid)
-                if known["status"] != "complete":  # this run's policy proxy (its port changed)
-                    self.aria2.change_option(job.gid, self.proxy.options(job.dir.name))
+                wanted = self.proxy.options(job.dir.name)
+                # this run's policy proxy if it moved (changing an active download restarts it)
+                if known["status"] != "complete" and options_differ(self.aria2.get_option(job.gid), wanted):
+                    self.aria2.change_option(job.gid, wanted)
                 self.counters["adopted"] += 1
                 log.info("adopted aria2 download %s for %s (%s)", job.gid, job.key, known["status"])
             else:

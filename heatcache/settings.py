@@ -112,6 +112,10 @@ class Settings(BaseSettings):
     catalog_url: str = ""  # sqlite:///path or mysql://user:pass@host:port/db; default sqlite in state
     node_name: str = "cache-0"
     outbound_address: str = ""  # source address for the node's own origin traffic (fetcher, edge)
+    # the address-policy proxy in front of aria2c (fetcher/policyproxy.py, rel): 0 = inside the
+    # fetcher process; a port = its own process on 127.0.0.1 (`heatcache policy-proxy`, started by
+    # `heatcache up` and in the k8s cache pod), so a fetcher restart does not cut aria2c's downloads
+    policy_proxy_port: int = Field(default=0, ge=0, le=65535)
 
     # -- fetcher concurrency, retries, budget (fetcher/app.py)
     fetch_max_concurrent: int = Field(default=8, ge=1, le=256)  # downloads at once, overall
