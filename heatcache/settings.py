@@ -98,6 +98,7 @@ class Settings(BaseSettings):
     heat_commit_interval_s: float = Field(default=0.0, ge=0)  # offset commits; 0 = the flush interval
     heat_max_ahead_s: int = Field(default=3600, ge=0)  # events this far ahead of the watermark are refused; 0 = off
     heat_fetch_timeout_s: float = Field(default=6 * 3600.0, ge=0)  # admitted, no cache event: admit again; 0 = never
+    heat_compiled: bool = True  # the compiled fold (streams/_fold.c); false: the Python reference
     streams_instance_id: str = ""  # Kafka static membership (group.instance.id): a restart rejoins at once
     streams_session_timeout_s: float = Field(default=10.0, ge=6, le=300)  # a dead worker's partitions move on
 
@@ -176,6 +177,9 @@ class Settings(BaseSettings):
     bypass_window_s: float = Field(default=300.0, gt=0)  # the bypass ratio's sliding window
     bypass_alert_ratio: float = Field(default=0.2, ge=0, le=1)  # a host above this is "high" (logged, counted)
     bypass_min_requests: int = Field(default=20, ge=1)  # fewer requests in the window say nothing
+    # pseudonymous client ids carry the name of their HEATCACHE_CONSOLE_NETWORKS network ("dorms/3f2a..."):
+    # per-network bypass and savings without raw addresses (networks smaller than 256 addresses get no label)
+    client_id_network: bool = True
 
     # -- console (the operator's web page and `heatcache status`)
     console_host: str = "127.0.0.1"  # off loopback, every endpoint needs console_token
@@ -309,6 +313,18 @@ class Settings(BaseSettings):
     @property
     def health_interval(self) -> float:
         return self.dns_health_interval_s or max(0.5, self.dns_ttl / 3)
+
+    @property
+    def node_addresses(self) -> frozenset[str]:
+        """The cache node's own addresses (steered answers, its origin traffic), normalized as the
+        sniffer prints addresses: what the sniffer never counts, configured or not."""
+        out: set[str] = set()
+        for address in (self.node_address, self.node_address6, self.outbound_address):
+            try:
+                out.add(str(ipaddress.ip_address(address)))
+            except ValueError:  # unset ("") or not an address: nothing to ignore
+                pass
+        return frozenset(out)
 
     def kafka_client_config(self) -> dict[str, str]:
         """librdkafka settings for the configured security protocol (merged into every client)."""
