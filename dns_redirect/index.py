@@ -43,7 +43,10 @@ class CacheIndex:
             self.objects[event.cache_key] = event
             host = key_host(event.cache_key)
             self.hosts[host] += 1
-            self.host_ports.setdefault(host, Counter())[key_port(event.cache_key)] += 1
+            ports = self.host_ports.get(host)
+            if ports is None:  # (not setdefault: that would build a Counter on every change)
+                ports = self.host_ports[host] = Counter()
+            ports[key_port(event.cache_key)] += 1
             self.unsteered_at.pop(host, None)
         self.version += 1
 
@@ -66,9 +69,10 @@ class CacheIndex:
         host = key_host(cache_key)
         ports = self.host_ports.get(host)
         if ports is not None:
-            ports[key_port(cache_key)] -= 1
-            if ports[key_port(cache_key)] <= 0:
-                del ports[key_port(cache_key)]
+            port = key_port(cache_key)
+            ports[port] -= 1
+            if ports[port] <= 0:
+                del ports[port]
         self.hosts[host] -= 1
         if self.hosts[host] <= 0:
             del self.hosts[host]

@@ -146,7 +146,7 @@ class Fetcher:
         # fetch.wait.max.ms 50 (librdkafka's default 500): measured in bench/fetch, a hot URL reached
         # the loop ~100 ms after it was produced with the default, ~50 ms less with this
         self.consumer = consumer(bootstrap, settings.topic_prefix + "heatcache-fetcher", settings,
-                                 **{"fetch.wait.max.ms": 50})
+                                 **{"fetch.wait.max.ms": 50, **self._error_cb()})
         self.counters: Counter[str] = runner.counters if runner is not None else Counter()
         self.jobs: dict[str, Job] = {}
         self.owed: dict[str, Owed] = {}  # dead letters waiting for their acknowledgement
@@ -187,7 +187,12 @@ class Fetcher:
         # linger 5 ms (kafkautil's 20 ms batches for throughput): a CacheEvent is the end of a fetch,
         # and the DNS steers on it; the fetcher produces few of them
         return producer(self.bootstrap, self.settings, **{"enable.idempotence": False, "acks": "all", "linger.ms": 5,
-                                           "message.timeout.ms": self.settings.fetch_producer_timeout_ms})
+                                           "message.timeout.ms": self.settings.fetch_producer_timeout_ms,
+                                           **self._error_cb()})
+
+    def _error_cb(self) -> dict[str, Any]:
+        """The runner's error_cb: a lost broker shows as degraded("broker") in /health (rel)."""
+        return {"error_cb": self.runner.kafka_error_cb} if self.runner is not None else {}
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self, stop: StopFlag) -> Counter[str]:
@@ -196,7 +201,8 @@ class Fetcher:
         self.consumer.subscribe([s.topic(contract.HOT_URLS)], on_revoke=self._revoked)
         self._listener = threading.Thread(target=self._listen, name="aria2-notifications", daemon=True)
         self._listener.start()
-        self.control = ControlFollower(self.bootstrap, s.topic(contract.CONTROL), config=client_config(s))
+        self.control = ControlFollower(self.bootstrap, s.topic(contract.CONTROL), config=client_config(s),
+                                       health=self.runner.health if self.runner is not None else None)
         self.control.start()
         self.control.wait_ready(10)  # a pause switched before this start holds from the first message
         if self.runner is not None:

@@ -45,6 +45,12 @@ def admin(bootstrap: str, settings: Settings | None = None) -> AdminClient:
     return AdminClient({"bootstrap.servers": bootstrap, **client_config(settings)})
 
 
+def admin_quiet(bootstrap: str, settings: Settings | None = None) -> AdminClient:
+    """An AdminClient that does not log connection errors (a probe asking a lost broker)."""
+    quiet: dict[str, Any] = {"error_cb": lambda _e: None, "log_level": 0}
+    return AdminClient({"bootstrap.servers": bootstrap, **quiet, **client_config(settings)})
+
+
 def ssl_context(settings: Settings | None) -> ssl.SSLContext | None:
     """The TLS context for Python Kafka clients (Faust/aiokafka ``broker_credentials``) from the
     same settings as :func:`client_config`; None for PLAINTEXT. Verifies the broker against

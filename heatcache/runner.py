@@ -22,6 +22,9 @@ What the runner does around it:
   (see heatcache/metrics.py for the scheme).
 - ``run.health``: ``degraded(dependency, reason)`` / ``ok(dependency)`` for lost dependencies;
   a stage never exits because the broker, the database or aria2c went away.
+- ``run.kafka_error_cb``: the ``error_cb`` for a stage's confluent-kafka clients. A lost broker
+  makes the stage degraded("broker"); librdkafka says nothing when the broker is back, so while
+  it is lost the runner asks it for metadata about once a second and marks it ok when it answers.
 """
 
 from __future__ import annotations
@@ -88,6 +91,10 @@ class Health:
             log.warning("recovered: %s", dependency)
         self._set_gauge()
 
+    def lost(self, dependency: str) -> bool:
+        with self._lock:
+            return dependency in self._lost
+
     def state(self) -> tuple[str, str]:
         """("ok", "") or ("degraded", "broker: ...; catalog: ...")."""
         with self._lock:
@@ -131,6 +138,8 @@ class Runner:
         self._main_thread = threading.main_thread()
         self._interrupt: Callable[[], None] | None = None
         self._finished = threading.Event()  # set once the stage has returned
+        self._probe: threading.Thread | None = None  # asks a lost broker whether it is back
+        self._probe_lock = threading.Lock()
 
     # -- what stages call
     def ready(self) -> None:
@@ -159,10 +168,31 @@ class Runner:
     def kafka_error_cb(self, err: KafkaError) -> None:
         """confluent-kafka ``error_cb``: a lost broker is a degraded state, not a crash."""
         self.counters["broker.errors"] += 1
-        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE):
+        if err.code() in kafkautil.BROKER_LOST:
             self.health.degraded("broker", err.str())
+            self._probe_broker()
         else:
             log.warning("kafka: %s", err.str())
+
+    def _probe_broker(self, every_s: float = 1.0) -> None:
+        """Start (once) the thread that marks the broker ok again when it answers a metadata
+        request: no client callback says so, and a stage with nothing to send would stay degraded."""
+        with self._probe_lock:
+            if not self.bootstrap or (self._probe is not None and self._probe.is_alive()):
+                return
+
+            def probe() -> None:
+                client = kafkautil.admin_quiet(self.bootstrap, self.settings)
+                while self.health.lost("broker") and not self._finished.is_set():
+                    try:
+                        client.list_topics(timeout=2 * every_s)
+                    except KafkaException:
+                        self._finished.wait(every_s)
+                        continue
+                    self.health.ok("broker")
+
+            self._probe = threading.Thread(target=probe, name="broker-probe", daemon=True)
+            self._probe.start()
 
     # -- running
     def run(self, main: Callable[[Runner], None], *, install_signals: bool = True) -> int:

@@ -98,6 +98,7 @@ class Settings(BaseSettings):
     heat_commit_interval_s: float = Field(default=0.0, ge=0)  # offset commits; 0 = the flush interval
     heat_max_ahead_s: int = Field(default=3600, ge=0)  # events this far ahead of the watermark are refused; 0 = off
     heat_fetch_timeout_s: float = Field(default=6 * 3600.0, ge=0)  # admitted, no cache event: admit again; 0 = never
+    heat_compiled: bool = True  # the compiled fold (streams/_fold.c); false: the Python reference
     streams_instance_id: str = ""  # Kafka static membership (group.instance.id): a restart rejoins at once
     streams_session_timeout_s: float = Field(default=10.0, ge=6, le=300)  # a dead worker's partitions move on
 

@@ -265,6 +265,16 @@ class Prepared:
     first_seen: dict[str, float] = field(default_factory=dict)  # cache key -> ts of its first (non-TLS) request
     batch_ts: list[float] = field(default_factory=list)  # per batch: its first event's ts (for the series)
     failed_fetches: frozenset[str] = frozenset()  # keys whose download failed in production (cache-events)
+    # per batch, its requests (TLS events left out) as the engine's loop reads them:
+    # (cache key, host, bytes, ts, fill class); made once per trace, not per setting or request
+    rows: list[tuple[tuple[str, str, int, float, int], ...]] = field(default_factory=list)
+    batch_bytes: list[int] = field(default_factory=list)  # per batch: bytes requested (non-TLS)
+    # the distinct inputs of dns_redirect.hits.may_fill in the trace: (method, Range header or
+    # None, status, object size); a request's fill class indexes this list
+    fill_classes: list[tuple[str, str | None, int, int]] = field(default_factory=list)
+    requests: int = 0  # non-TLS events
+    bytes_requested: int = 0
+    tls_events: int = 0
 
 
 def prepare(batches: Sequence[RequestBatch], default_size: int = 1 << 20,
@@ -286,27 +296,54 @@ def prepare(batches: Sequence[RequestBatch], default_size: int = 1 << 20,
     host_of: dict[str, str] = {}
     first_seen: dict[str, float] = {}
     batch_ts: list[float] = []
+    all_rows: list[tuple[tuple[str, str, int, float, int], ...]] = []
+    batch_bytes: list[int] = []
+    classes: dict[tuple[str, str | None, int, int], int] = {}
+    requests = total = tls = 0
     t0, t1 = math.inf, -math.inf
     for b in batches:
         row = []
+        rows = []
+        nbytes = 0
         sizes = b.sizes or (0,) * len(b.events)
         statuses = b.statuses or (0,) * len(b.events)
         batch_ts.append(b.events[0].ts if b.events else (t1 if t1 > -math.inf else 0.0))
         for ev, n, st in zip(b.events, sizes, statuses, strict=True):
             key = ev.cache_key
-            if key not in size:
-                size[key] = default_size
-            row.append(n if (n or st) else size[key])
-            if key not in host_of:
-                host_of[key] = key_host(key)
-            if ev.method != TLS and key not in first_seen:
+            osize = size.get(key)
+            if osize is None:
+                osize = size[key] = default_size
+            got = n if (n or st) else osize
+            row.append(got)
+            host = host_of.get(key)
+            if host is None:
+                host = host_of[key] = key_host(key)
+            if ev.ts < t0:
+                t0 = ev.ts
+            if ev.ts > t1:
+                t1 = ev.ts
+            if ev.method == TLS:
+                tls += 1
+                continue
+            if key not in first_seen:
                 first_seen[key] = ev.ts
-            t0 = min(t0, ev.ts)
-            t1 = max(t1, ev.ts)
+            # what the edge's fill rule is asked for this miss (the logged answer; 200 if unknown)
+            whole = got == osize and not ev.range
+            fc = (ev.method, ev.range if ev.range or not whole else None, st or 200, osize)
+            ci = classes.get(fc)
+            if ci is None:
+                ci = classes[fc] = len(classes)
+            rows.append((key, host, got, ev.ts, ci))
+            nbytes += got
+        requests += len(rows)
+        total += nbytes
         per.append(row)
+        all_rows.append(tuple(rows))
+        batch_bytes.append(nbytes)
     if t0 > t1:
         t0 = t1 = 0.0
-    return Prepared(list(batches), per, size, t0, t1, host_of, first_seen, batch_ts, frozenset(failed_fetches))
+    return Prepared(list(batches), per, size, t0, t1, host_of, first_seen, batch_ts, frozenset(failed_fetches),
+                    all_rows, batch_bytes, list(classes), requests, total, tls)
 
 
 # -- the engine ---------------------------------------------------------------------------------
@@ -321,9 +358,12 @@ def run(prep: Prepared, setting: Setting, base: Settings, bins: int = 48, keep_h
     one ``("evicted", key)`` per victim; ``("fetch-failed", key)`` per download that failed in
     production; ``("hit", key, ts)`` per local hit (tests drive a real ObjectStore with it).
 
-    The loop is the hot path of a grid (one pass per setting): per-request state lives in
-    locals, per-trace facts (hosts, first requests, sizes) come from ``prep``, and the cache
-    events handed to the index are made once per key and state."""
+    The loop is the hot path of a grid (one pass per setting). What does not depend on the
+    setting is in ``prep`` (each request's key, host, bytes and fill class; the totals). The
+    steering rule is asked per change, not per request: a host's answer can only change when
+    one of its objects is stored or evicted, so ``steer[host]`` is set again right then, and a
+    request reads it. The fill rule is asked once per distinct input (``prep.fill_classes``),
+    and the cache events handed to the index are made once per key and state."""
     import time
 
     started = time.process_time()  # CPU time: the per-setting rate holds on a busy machine too
@@ -339,6 +379,7 @@ def run(prep: Prepared, setting: Setting, base: Settings, bins: int = 48, keep_h
                   max_object_fraction=live.cache_max_object_fraction, max_object_bytes=live.max_object_bytes)
     index = CacheIndex()
     cached = index.objects  # what the edge serves hits from: exactly the keys the store holds
+    is_steered = index.is_steered
     overrides = live.never_steer_hosts
     max_fill = live.max_object_bytes
     sizes = prep.object_size
@@ -351,24 +392,24 @@ def run(prep: Prepared, setting: Setting, base: Settings, bins: int = 48, keep_h
     hit_once: set[str] = set()
     pending_prefetch: set[str] = set()  # prefetched, not hit yet
     steered_ever: set[str] = set()
-    steer_memo: dict[str, bool] = {}  # host -> steered now; set again whenever one of its objects changes
-    override: dict[str, bool] = {}  # host -> never_steer (the operator's overrides do not change)
-    fill_memo: dict[tuple[str, bool, int, int], bool] = {}
+    # host -> the DNS answers it with the node now (nothing is cached at the start: none is)
+    steer: dict[str, bool] = dict.fromkeys(host_of.values(), False)
+    never: dict[str, bool] = {}  # host -> never_steer (the operator's overrides do not change)
+    fill_ok: list[bool | None] = [None] * len(prep.fill_classes)
     partition_of: dict[str, int] = {}
-    no_headers: dict[str, str] = {}
     cached_events: dict[str, CacheEvent] = {}
     evicted_events: dict[str, CacheEvent] = {}
     counts = {"refused": 0, "evictions": 0, "never_hit": 0}
     cache_event = admission.cache_event
+    insert, evict, access = policy.insert, policy.evict, policy.access
 
-    def steered(host: str) -> bool:
-        # the DNS's rule: a host is steered while the index holds one of its objects and no
-        # never-steer override names it (the memo is exact: store() sets it on every change)
-        never = override.get(host)
-        if never is None:
-            never = override[host] = never_steer(host, overrides)
-        ok = steer_memo[host] = index.is_steered(host) and not never
-        return ok
+    def steered(host: str) -> None:
+        # the DNS's rule, asked whenever one of the host's objects comes or goes: steered while
+        # the index holds one of its objects and no never-steer override names it
+        nv = never.get(host)
+        if nv is None:
+            nv = never[host] = never_steer(host, overrides)
+        steer[host] = is_steered(host) and not nv
 
     def store(key: str, size: int, ts: float, source: str, heat: int, partition: int) -> bool:
         if journal is not None:
@@ -380,7 +421,7 @@ def run(prep: Prepared, setting: Setting, base: Settings, bins: int = 48, keep_h
                 journal.append(("refused", key))
             return False
         if plan.free_bytes:
-            for victim in policy.evict(plan.free_bytes, ts):
+            for victim in evict(plan.free_bytes, ts):
                 counts["evictions"] += 1
                 if journal is not None:
                     journal.append(("evicted", victim))
@@ -388,71 +429,66 @@ def run(prep: Prepared, setting: Setting, base: Settings, bins: int = 48, keep_h
                 if ev is None:
                     ev = evicted_events[victim] = CacheEvent(cache_key=victim, state="evicted")
                 index.apply(ev)
-                steered(host_of[victim])
+                vhost = host_of[victim]
+                if steer[vhost]:  # one object fewer can only end a host's steering
+                    steered(vhost)
                 cache_event(partition_of.get(victim, partition), victim, "evicted")
                 if victim in pending_prefetch:
                     pending_prefetch.discard(victim)
                     counts["never_hit"] += 1
-        policy.insert(key, size, ts, heat)
+        insert(key, size, ts, heat)
         ev = cached_events.get(key)
         if ev is None or ev.size != size or ev.source != source:
             ev = cached_events[key] = CacheEvent(cache_key=key, state="cached", size=size, source=source)
         index.apply(ev)
         host = host_of[key]
-        steered(host)
-        steered_ever.add(host)
+        if not steer[host]:  # one object more can only start a host's steering
+            steered(host)
+            if steer[host]:
+                steered_ever.add(host)
         partition_of[key] = partition
         cache_event(partition, key, "cached")
         return True
 
-    requests = bytes_requested = hits = bytes_local = tls_events = 0
-    prefetches = bytes_prefetched = fills = bytes_filled = fetch_failures = 0
+    hits = bytes_local = prefetches = bytes_prefetched = fills = bytes_filled = fetch_failures = 0
     failed_fetches = prep.failed_fetches
     fill_on, prefetch_on = setting.fill, setting.prefetch
+    fill_classes = prep.fill_classes
     fold = admission.fold
-    for batch, nbytes, bts in zip(prep.batches, prep.request_bytes, prep.batch_ts, strict=True):
+    for batch, rows, bts, nbytes in zip(prep.batches, prep.rows, prep.batch_ts, prep.batch_bytes, strict=True):
         part = batch.bucket
-        statuses = batch.statuses or (0,) * len(batch.events)
         slot = series[min(bins - 1, int((bts - t0) * scale))]  # a batch spans at most the linger
-        for ev, b, st in zip(batch.events, nbytes, statuses, strict=True):
-            method = ev[2]
-            if method == TLS:
-                tls_events += 1
-                continue
-            key = ev[6]
-            requests += 1
-            bytes_requested += b
-            slot[0] += b
-            host = host_of[key]
-            is_steered = steer_memo.get(host)
-            if is_steered is None:
-                is_steered = steered(host)
-            if is_steered and key in cached:
+        slot[0] += nbytes
+        local = 0
+        for key, host, b, ts, fc in rows:
+            if not steer[host]:
+                continue  # the client goes to the origin; the edge never sees it
+            if key in cached:
                 hits += 1
-                bytes_local += b
-                slot[1] += b
-                policy.access(key, ev[0])
+                local += b
+                access(key, ts)
                 if journal is not None:
-                    journal.append(("hit", key, ev[0]))
-                pending_prefetch.discard(key)
+                    journal.append(("hit", key, ts))
+                if key in pending_prefetch:
+                    pending_prefetch.discard(key)
                 if key not in hit_once:
                     hit_once.add(key)
-                    first_hit.append(ev[0] - first_seen[key])
-                continue
-            if is_steered and fill_on:
-                size = sizes[key]
-                whole = b == size and not ev[7]
-                mk = (method, whole, st or 200, size)
-                ok = fill_memo.get(mk)
-                if ok is None:
-                    headers = {"Range": ev[7]} if ev[7] or not whole else no_headers
-                    ok = may_fill(method, headers, st or 200, {"Content-Length": str(size)}, max_fill) == ""
-                    if len(fill_memo) > 100_000:
-                        fill_memo.clear()
-                    fill_memo[mk] = ok
-                if ok and key not in cached and store(key, size, ev[0], "fill", 0, part):
-                    fills += 1
-                    bytes_filled += size
+                    first_hit.append(ts - first_seen[key])
+            elif fill_on:
+                ok = fill_ok[fc]
+                if ok is None:  # the edge's fill rule on the answer as logged
+                    method, rng, status, size = fill_classes[fc]
+                    headers = {"Range": rng} if rng is not None else {}
+                    ok = fill_ok[fc] = may_fill(method, headers, status, {"Content-Length": str(size)},
+                                                max_fill) == ""
+                if ok:
+                    size = sizes[key]
+                    if store(key, size, ts, "fill", 0, part):
+                        fills += 1
+                        bytes_filled += size
+        if local:
+            bytes_local += local
+            slot[1] += local
         for key, ts, clients in fold(part, batch.events):
             if not prefetch_on or key in cached:
                 continue
@@ -471,7 +507,7 @@ def run(prep: Prepared, setting: Setting, base: Settings, bins: int = 48, keep_h
             else:
                 cache_event(part, key, "failed")
     res.requests, res.bytes_requested, res.hits, res.bytes_local, res.tls_events = (
-        requests, bytes_requested, hits, bytes_local, tls_events)
+        prep.requests, prep.bytes_requested, hits, bytes_local, prep.tls_events)
     res.prefetches, res.bytes_prefetched = prefetches, bytes_prefetched
     res.fills, res.bytes_filled, res.fetch_failures = fills, bytes_filled, fetch_failures
     res.refused, res.evictions = counts["refused"], counts["evictions"]

@@ -10,10 +10,16 @@ outlive an eviction, and a refetch keeps the hits and last hit the edge counted
 :class:`StorePolicy` keeps exactly those columns per key and gives the same victims in the same
 order. It does not sort the whole cache on every eviction as ``choose_victims`` does (that is
 O(n log n) per stored object, too slow for a grid over a million requests): a row's rank depends
-only on its own columns, never on the time of the eviction, so a heap of ``(rank, key)`` with
-stale entries skipped pops the same sequence. ``check=True`` also runs ``choose_victims`` on the
-same candidates and asserts the two agree (the tests do); tests/replay/test_store_equal.py drives
-a real ObjectStore with a real catalog through the same operations and compares the contents.
+only on its own columns, never on the time of the eviction, so a heap of ``(rank, key)`` pops
+the same sequence. The heap is lazy: a hit only raises a row's rank (one more hit, a later last
+hit), so a hit changes the row and pushes nothing; an entry popped with a rank below its row's
+current one is pushed again with the current rank. Every cached row has one live entry whose
+rank is at most its current rank, so the first popped entry that is current is the lowest
+``(rank, key)`` of all rows: the same victim ``choose_victims`` picks. A commit (new size, time
+and heat: the rank may go down) pushes a new entry and makes the older ones stale.
+``check=True`` also runs ``choose_victims`` on the same candidates and asserts the two agree
+(the tests do); tests/replay/test_store_equal.py drives a real ObjectStore with a real catalog
+through the same operations and compares the contents.
 """
 
 from __future__ import annotations
@@ -90,10 +96,14 @@ class StorePolicy:
     def access(self, key: str, now: float) -> None:
         """A hit the edge recorded (``Catalog.record_hits``: hits + 1, last hit = the later)."""
         r = self.rows[key]
+        p = self.params
+        before = r.hits + p.heat_weight * r.heat
         r.hits += 1
         if now > r.last_hit:
             r.last_hit = now
-        self._push(key, r)
+        if before <= 0 < p.new_weight and before + 1 < p.new_weight:
+            self._push(key, r)  # a first hit counted below new_weight: the rank went down
+        # otherwise the rank only went up: its heap entry is re-ranked when popped (module doc)
 
     def remove(self, key: str) -> None:
         r = self.rows.get(key)
@@ -111,10 +121,14 @@ class StorePolicy:
         freed = 0
         heap, rows = self.heap, self.rows
         while freed < need_bytes and heap:
-            _rank, key, version = heapq.heappop(heap)
+            entry_rank, key, version = heapq.heappop(heap)
             r = rows[key]
             if not r.cached or r.version != version:
-                continue  # stale: the row changed (or left) since this entry was pushed
+                continue  # stale: the row was stored again (or left) since this entry was pushed
+            current = self._rank(key, r)
+            if current > entry_rank:  # hit since it was pushed: back in at its current rank
+                heapq.heappush(heap, (current, key, version))
+                continue
             r.cached = False
             self.used_bytes -= r.size
             self.cached -= 1

@@ -38,7 +38,7 @@ from heatcache.metrics import STREAMS
 from heatcache.runner import ConfigError, Runner
 from heatcache.settings import Settings
 from streams.follow import CacheFollower
-from streams.heat import PartitionHeat, meta_key
+from streams.heat import PartitionHeat, compiled_available, meta_key
 from streams.outputs import DeliveryFailed, Outputs
 from streams.rules import CacheView, Rules, RulesError, rules_from_settings
 
@@ -167,7 +167,8 @@ class Stage:
         ph = self.parts.get(p)
         if ph is None:
             ph = self.parts[p] = PartitionHeat(p, self.rules, load=self.load, cache=self.cache,
-                                               slots=self.settings.heat_state_slots)
+                                               slots=self.settings.heat_state_slots,
+                                               compiled=self.settings.heat_compiled)
             ph.restore_meta(self.load(meta_key(p)))
             if self.pins is not None:
                 ph.pins = self.pins
@@ -439,12 +440,16 @@ def run(settings: Settings, bootstrap: str, loglevel: str = "info") -> int:
 
 
 def main(run: Runner, settings: Settings, bootstrap: str, loglevel: str = "info") -> None:
+    if settings.heat_compiled and not compiled_available():
+        raise ConfigError("streams._fold is not built (./dev builds it: gcc and the Python headers); "
+                          "set HEATCACHE_HEAT_COMPILED=false to run the Python reference")
     try:
         check_topics(settings, bootstrap)
         app, stage = make_app(settings, bootstrap, run.counters, on_ready=run.ready)
     except RulesError as exc:
         raise ConfigError(str(exc)) from None
-    follower = CacheFollower(bootstrap, settings.topic(contract.CACHE_EVENTS), config=settings.kafka_client_config())
+    follower = CacheFollower(bootstrap, settings.topic(contract.CACHE_EVENTS), config=settings.kafka_client_config(),
+                             health=run.health)  # rel: the stage's /health follows the broker
     follower.start()
     stage.follower = follower
     control = _control_follower(settings, bootstrap)

@@ -17,7 +17,7 @@ from confluent_kafka import Message
 
 from heatcache import contract
 from heatcache.contract import CacheEvent, DecodeError
-from heatcache.kafkautil import Follower
+from heatcache.kafkautil import Follower, HealthLike
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +26,12 @@ class CacheFollower(Follower):
     """Reads `cache-events` into ``queue`` as (cache_key, state, ts) tuples (start-up waits and
     broker loss: heatcache.kafkautil.Follower)."""
 
-    def __init__(self, bootstrap: str, topic: str, config: Mapping[str, Any] | None = None) -> None:
-        # config: the client security settings (Kafka TLS), kafkautil.client_config(settings)
+    def __init__(self, bootstrap: str, topic: str, config: Mapping[str, Any] | None = None,
+                 health: HealthLike | None = None) -> None:
+        # config: the client security settings (Kafka TLS), kafkautil.client_config(settings);
+        # health: the runner's (degraded("broker") while no broker answers)
         super().__init__(bootstrap, [topic], name="cache-events", group_prefix="heatcache-streams-cache", batch=500,
-                         config=config)
+                         config=config, health=health)
         self.topic = topic
         self.queue: collections.deque[tuple[str, str, float]] = collections.deque()
         self.bad = 0

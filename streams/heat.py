@@ -9,6 +9,11 @@ event time of its last admission), the heat of each host seen in the partition (
 events), the watermark and the offset of the last message folded (``applied``). A message
 whose offset is at or below ``applied`` was already folded into the durable state and is
 skipped: re-reading after a crash counts nothing twice.
+
+The counting part of :meth:`PartitionHeat.fold` and the state encoding of
+:meth:`PartitionHeat.take_dirty` have a compiled twin (streams/_fold.c) working on the same
+objects; this Python code is their reference (tests/streams/test_fold_compiled.py holds the
+two to identical results). ``PartitionHeat(compiled=False)`` runs the reference.
 """
 
 from __future__ import annotations
@@ -24,7 +29,17 @@ from heatcache.contract import HotUrl, RequestEvent, event_time_error
 from streams.rules import CacheView, Decision, Rules, decide
 from streams.windows import Heat, WindowSpec
 
+try:
+    from streams import _fold
+except ImportError:  # not built (no compiler): the Python reference does the same, slower
+    _fold = None  # type: ignore[assignment]
+
 ADMISSIBLE = frozenset({"GET", "HEAD"})
+
+
+def compiled_available() -> bool:
+    """Whether the compiled fold (streams._fold) was built and imports."""
+    return _fold is not None
 TLS = "TLS"
 
 
@@ -85,8 +100,13 @@ class PartitionHeat:
     to write than its changed keys)."""
 
     def __init__(self, partition: int, rules: Rules, load: Loader | None = None,
-                 cache: dict[str, CacheView] | None = None, slots: int = 64, host_heat: bool = True) -> None:
+                 cache: dict[str, CacheView] | None = None, slots: int = 64, host_heat: bool = True,
+                 compiled: bool | None = None) -> None:
         self.partition = partition
+        # the compiled fold and encoder (streams/_fold.c): None = when built; True = required
+        if compiled and _fold is None:
+            raise ImportError("streams._fold is not built (./dev builds it; needs gcc and Python headers)")
+        self.compiled = _fold is not None if compiled is None else compiled
         # host heat is reported (host-heat topic), never admitted on: replay, which only needs
         # the admissions, turns it off (the HotUrls are the same either way)
         self.host_heat = host_heat
@@ -181,7 +201,6 @@ class PartitionHeat:
             result.skipped = True
             return result
         spec = self.spec
-        step = spec.step_s
         batch = events if isinstance(events, (tuple, list)) else tuple(events)
         result.events = n = len(batch)
         wm = self.watermark
@@ -203,6 +222,38 @@ class PartitionHeat:
         if newest > wm:
             wm = newest
         too_old = wm - spec.grace_s
+        if self.compiled:
+            late, touched = self._fold_compiled(batch, too_old, wm, sizes)
+        else:
+            late, touched = self._fold_reference(batch, too_old, sizes)
+        self.watermark = wm
+        self.applied = offset
+        result.late = late
+        self.late += late
+        rule_for_key = self.rules.rule_for_key
+        cache = self.cache
+        unanswered = self.rules.backoff.unanswered_s
+        for ck, kh, ts in touched:
+            # cheap necessary conditions first: most keys of a message are far from any rule
+            if kh.admitted:
+                view = cache.get(ck)
+                if (view is None or view.fetching) and not (unanswered and wm >= kh.admitted + unanswered):
+                    continue  # admitted, no cache event since: being fetched
+            if kh.clients is not None and self.pins is None:
+                rule = rule_for_key(ck)
+                if not rule.first_access and len(kh.clients) < rule.min_clients:
+                    continue  # fewer clients ever seen than the rule needs in its window
+            decision = self.decide(ck, kh)
+            if decision.admit:
+                result.hot.append(self._admit(ck, kh, ts, decision))
+        return result
+
+    def _fold_reference(self, batch: Any, too_old: float, sizes: Callable[[str], int] | None
+                        ) -> tuple[int, list[tuple[str, KeyHeat, float]]]:
+        """Count the events (the reference of streams._fold.fold): late ones, then each event in
+        its host's heat and GET/HEAD events in their key's; the touched keys."""
+        spec = self.spec
+        step = spec.step_s
         by_key: dict[str, list[RequestEvent]] = {}
         by_host: dict[str, list[RequestEvent]] = {}
         late = 0
@@ -235,30 +286,24 @@ class PartitionHeat:
         for ck, group in by_key.items():
             kh = keys.get(ck) or self.key(ck)
             ts = kh.add_many(group, step, sizes(ck) if sizes else 0, spec)
-            kh.url = group[-1].url
+            kh.url = group[-1][5]  # the url of the key's newest request in the message
             touched.append((ck, kh, ts))
-        self.watermark = wm
-        self.applied = offset
-        result.late = late
-        self.late += late
         self.dirty_keys.update(by_key)
-        rule_for_key = self.rules.rule_for_key
-        cache = self.cache
-        unanswered = self.rules.backoff.unanswered_s
-        for ck, kh, ts in touched:
-            # cheap necessary conditions first: most keys of a message are far from any rule
-            if kh.admitted:
-                view = cache.get(ck)
-                if (view is None or view.fetching) and not (unanswered and wm >= kh.admitted + unanswered):
-                    continue  # admitted, no cache event since: being fetched
-            if kh.clients is not None and self.pins is None:
-                rule = rule_for_key(ck)
-                if not rule.first_access and len(kh.clients) < rule.min_clients:
-                    continue  # fewer clients ever seen than the rule needs in its window
-            decision = self.decide(ck, kh)
-            if decision.admit:
-                result.hot.append(self._admit(ck, kh, ts, decision))
-        return result
+        return late, touched
+
+    def _fold_compiled(self, batch: Any, too_old: float, wm: float, sizes: Callable[[str], int] | None
+                       ) -> tuple[int, list[tuple[str, KeyHeat, float]]]:
+        """The same counting in C; it also leaves out the keys fold's cheap checks would skip."""
+        spec = self.spec
+        default = self.rules.default
+        # the "fewer exact clients than the rule needs" shortcut is only safe for one plain rule
+        min_clients = (default.min_clients if self.rules.plain and self.pins is None and not default.first_access
+                       else -1)
+        late, touched = _fold.fold(batch, too_old, spec.step_s, spec, spec.client_cap, self.keys, self.key,
+                                   self.hosts if self.host_heat else None, self.host, sizes, self.dirty_keys,
+                                   self.dirty_hosts, self.touched_hosts, self.cache, wm,
+                                   self.rules.backoff.unanswered_s, min_clients)
+        return late, touched
 
     def decide(self, cache_key: str, kh: KeyHeat) -> Decision:
         view = self.cache.get(cache_key)
@@ -338,6 +383,9 @@ class PartitionHeat:
             if not members:
                 out.append((self.key_record(slot), None))
                 continue
+            if self.compiled:
+                out.append((self.key_record(slot), _fold.encode_slot(members, keys, js, _heat_json, True)))
+                continue
             parts = []
             for ck in members:
                 raw = js.get(ck)
@@ -351,8 +399,14 @@ class PartitionHeat:
             slots = {self.slot_of(h) for h in self.dirty_hosts} | {self.slot_of(h) for h in self.expired_hosts}
             for slot in slots:
                 members = self._slot_hosts.get(slot) or set()
-                hbody = {h: self.hosts[h].to_json() for h in members}
-                out.append((self.host_record(slot), orjson.dumps(hbody) if hbody else None))
+                if not members:
+                    out.append((self.host_record(slot), None))
+                elif self.compiled:
+                    out.append((self.host_record(slot), _fold.encode_slot(members, self.hosts, None, _heat_json,
+                                                                          False)))
+                else:
+                    hbody = {h: self.hosts[h].to_json() for h in members}
+                    out.append((self.host_record(slot), orjson.dumps(hbody)))
             self.dirty_hosts, self.expired_hosts = set(), set()
         out.append((meta_key(self.partition), self.meta_json()))
         return out
@@ -365,6 +419,11 @@ class PartitionHeat:
         first = self.spec.first_pane(self.watermark, self.spec.window_s)
         sums = ((ck, sum(c[0] for p, c in h.panes.items() if p >= first)) for ck, h in self.keys.items())
         return sorted(sums, key=lambda kv: -kv[1])[:n]
+
+
+def _heat_json(heat: Heat) -> bytes:
+    """A heat's durable JSON (what the compiled encoder falls back to for sketches)."""
+    return orjson.dumps(heat.to_json())
 
 
 def _host_of(cache_key: str) -> str:

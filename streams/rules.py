@@ -127,6 +127,11 @@ class Rules:
         # no override, allow or deny list: every key gets the default (no need to split keys)
         object.__setattr__(self, "_plain", not (self.hosts or self.paths or self.allow_hosts or self.deny_hosts))
 
+    @property
+    def plain(self) -> bool:
+        """One rule for every key: no override, allow or deny list."""
+        return self._plain
+
     def rule_for_key(self, cache_key: str) -> Rule:
         """The rule of one cache key (memoized per key: the hot path asks once per message)."""
         if self._plain:

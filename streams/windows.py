@@ -23,6 +23,7 @@ left is expired.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,7 +107,8 @@ class Heat:
         counts[2] += nbytes
         clients = self.clients
         if clients is not None:
-            if clients.get(client, -1) < pane:
+            seen = clients.get(client)
+            if seen is None or seen < pane:  # not a -1 default: panes before 0 exist (ts < 0)
                 clients[client] = pane
                 if len(clients) > spec.client_cap:
                     self._to_sketches(spec)
@@ -118,11 +120,11 @@ class Heat:
         :meth:`add` per event, with one pane lookup per run of events in the same pane."""
         panes = self.panes
         clients = self.clients
-        last_pane = -1
+        last_pane: int | None = None  # not -1: that is the pane of ts in [-step, 0)
         counts: list[int] = []
-        newest = 0.0
+        newest = -math.inf
         cap = spec.client_cap
-        sketch_pane = -1
+        sketch_pane: int | None = None
         sketch: Any = None
         for ev in events:
             ts, client, method = ev[0], ev[1], ev[2]
@@ -140,7 +142,8 @@ class Heat:
             if nbytes:
                 counts[2] += nbytes
             if clients is not None:
-                if clients.get(client, -1) < pane:
+                seen = clients.get(client)
+                if seen is None or seen < pane:
                     clients[client] = pane
                     if len(clients) > cap:
                         self._to_sketches(spec)

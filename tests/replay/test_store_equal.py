@@ -8,6 +8,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from cachestore import open_store
 from cachestore.catalog import open_catalog
 from cachestore.policy import PolicyParams, choose_victims
@@ -85,11 +87,13 @@ def test_replay_cache_contents_equal_the_cache_store(base_settings: Settings, tm
     assert sum(on_disk.values()) <= QUOTA
 
 
-def test_store_policy_evicts_what_choose_victims_chooses() -> None:
-    # random inserts, hits, heats and evictions: the incremental heap agrees with the store's
-    # sort over every candidate at each eviction (check=True asserts it inside evict)
+@pytest.mark.parametrize("new_weight", [0.5, 2.0])
+def test_store_policy_evicts_what_choose_victims_chooses(new_weight: float) -> None:
+    # random inserts, hits, heats and evictions: the incremental (lazy) heap agrees with the
+    # store's sort over every candidate at each eviction (check=True asserts it inside evict);
+    # new_weight 2.0: a first hit lowers the rank (count 1 < 2), the case the lazy heap re-pushes
     rng = random.Random(11)
-    policy = StorePolicy(PolicyParams(half_life_s=600.0), check=True)
+    policy = StorePolicy(PolicyParams(half_life_s=600.0, new_weight=new_weight), check=True)
     keys = [f"http://h.test/{i}" for i in range(40)]
     now = 0.0
     for _ in range(3000):

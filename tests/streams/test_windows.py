@@ -92,3 +92,15 @@ def test_spec_validation() -> None:
     with pytest.raises(ValueError):
         WindowSpec(window_s=100, step_s=10, grace_s=5, expiry_s=50)
     assert WindowSpec(window_s=100, step_s=10, grace_s=5).retention_s == 105
+
+
+def test_add_many_counts_times_just_before_zero() -> None:
+    """ts in [-step, 0) is pane -1: it used to raise IndexError (a -1 sentinel) and drop the client."""
+    spec = WindowSpec(window_s=20, step_s=10, client_cap=4)
+    for heat in (Heat(), Heat()):
+        newest = heat.add_many([(-5.0, "a", "GET"), (-4.0, "b", "TLS"), (3.0, "a", "GET")], 10, 0, spec)
+        assert newest == 3.0
+        assert heat.panes == {-1: [2, 1, 0], 0: [1, 0, 0]} and heat.clients == {"a": 0, "b": -1}
+    single = Heat()
+    assert single.add_many([(-5.0, "a", "GET")], 10, 0, spec) == -5.0
+    assert single.distinct(-1) == 1

@@ -1,0 +1,687 @@
+/* streams._fold: the compiled hot path of streams/heat.py and streams/windows.py.
+ *
+ * The Python code is the reference and the specification: these functions do exactly what
+ * PartitionHeat.fold's counting part, Heat.add_many and the state encoding of take_dirty do,
+ * on the same Python objects (the Heat/KeyHeat instances, their `panes` and `clients` dicts,
+ * their HyperLogLog sketches), so everything else (rules.decide, stats, expiry, recovery,
+ * replay) is unchanged. tests/streams/test_fold_compiled.py folds randomized inputs (late
+ * events, grace, the cap -> sketch transition, expiry) through both and compares every result
+ * and every state record.
+ *
+ *   fold(batch, too_old, step, spec, cap, keys, key_new, hosts, host_new, sizes,
+ *        dirty_keys, dirty_hosts, touched_hosts, cache, watermark, unanswered, min_clients)
+ *       -> (late, [(cache_key, KeyHeat, newest ts)])
+ *     Counts one message's events (RequestEvent tuples or plain lists of >= 7 fields): events
+ *     older than too_old are late (counted, dropped); every event counts in its host's heat
+ *     (when hosts is not None), GET/HEAD events in their key's heat; a missing heat is made by
+ *     key_new(name) / host_new(name) (PartitionHeat.key / .host: they load the slot). Returns
+ *     the touched keys, in first-appearance order, that pass the cheap necessary conditions of
+ *     PartitionHeat.fold (admitted and still fetching -> out; with min_clients >= 0, fewer
+ *     exact clients than that -> out); the caller decides on them with rules.decide.
+ *   encode_slot(names, heats, cache, fallback, key_fields) -> bytes
+ *     The JSON object {name: heat JSON, ...} of a state slot, names in iteration order. A heat's
+ *     JSON is taken from cache (dict name -> bytes, may be None) or encoded here (exact mode) or
+ *     by fallback(heat) (sketch mode: orjson.dumps(heat.to_json())), and stored in cache.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+static PyObject *s_panes, *s_clients, *s_admitted, *s_url, *s_fetching, *s_to_sketches, *s_sketch, *s_add, *s_get;
+
+/* Python's float floor division (Objects/floatobject.c _float_div_mod), so panes are the same */
+static double py_floordiv(double vx, double wx) {
+    double mod = fmod(vx, wx);
+    double div = (vx - mod) / wx;
+    if (mod) {
+        if ((wx < 0) != (mod < 0)) {
+            div -= 1.0;
+        }
+    }
+    double floordiv;
+    if (div) {
+        floordiv = floor(div);
+        if (div - floordiv > 0.5) floordiv += 1.0;
+    } else {
+        floordiv = copysign(0.0, vx / wx);
+    }
+    return floordiv;
+}
+
+static int is_ascii_str(PyObject *o, const char *lit, Py_ssize_t n) {
+    if (!PyUnicode_Check(o) || PyUnicode_GET_LENGTH(o) != n || PyUnicode_KIND(o) != PyUnicode_1BYTE_KIND) return 0;
+    return memcmp(PyUnicode_DATA(o), lit, (size_t)n) == 0;
+}
+
+/* the fields of one event: a tuple (RequestEvent) or a list, at least 7 long */
+static PyObject **event_fields(PyObject *ev) {
+    if (PyTuple_Check(ev)) {
+        if (PyTuple_GET_SIZE(ev) >= 7) return &PyTuple_GET_ITEM(ev, 0);
+    } else if (PyList_Check(ev)) {
+        if (PyList_GET_SIZE(ev) >= 7) return &PyList_GET_ITEM(ev, 0);
+    }
+    PyErr_SetString(PyExc_TypeError, "a request event must be a tuple or list of at least 7 fields");
+    return NULL;
+}
+
+static int event_ts(PyObject *o, double *out) {
+    double v = PyFloat_Check(o) ? PyFloat_AS_DOUBLE(o) : PyFloat_AsDouble(o);
+    if (v == -1.0 && PyErr_Occurred()) return -1;
+    *out = v;
+    return 0;
+}
+
+static int add_to_long(PyObject *list, Py_ssize_t i, long long n) {
+    PyObject *old = PyList_GET_ITEM(list, i);
+    PyObject *nv;
+    if (PyLong_CheckExact(old)) {
+        int overflow = 0;
+        long long v = PyLong_AsLongLongAndOverflow(old, &overflow);
+        if (v == -1 && PyErr_Occurred()) return -1;
+        if (!overflow && !((n > 0 && v > LLONG_MAX - n) || (n < 0 && v < LLONG_MIN - n))) {
+            nv = PyLong_FromLongLong(v + n);
+        } else {
+            PyObject *add = PyLong_FromLongLong(n);
+            if (!add) return -1;
+            nv = PyNumber_Add(old, add);
+            Py_DECREF(add);
+        }
+    } else {
+        PyObject *add = PyLong_FromLongLong(n);
+        if (!add) return -1;
+        nv = PyNumber_Add(old, add);
+        Py_DECREF(add);
+    }
+    if (!nv) return -1;
+    PyList_SET_ITEM(list, i, nv);
+    Py_DECREF(old);
+    return 0;
+}
+
+static int flush_counts(PyObject *counts, long long req, long long tls, long long nbytes, int with_bytes) {
+    if (!counts) return 0;
+    if (!PyList_Check(counts) || PyList_GET_SIZE(counts) < 3) {
+        PyErr_SetString(PyExc_TypeError, "pane counts must be a list of 3 ints");
+        return -1;
+    }
+    if (req && add_to_long(counts, 0, req) < 0) return -1;
+    if (tls && add_to_long(counts, 1, tls) < 0) return -1;
+    if (with_bytes && add_to_long(counts, 2, nbytes) < 0) return -1;
+    return 0;
+}
+
+/* Heat.add_many over the events at idx[0..n) of items: the newest ts */
+static int add_many(PyObject *heat, PyObject **items, const Py_ssize_t *idx, Py_ssize_t n, double step,
+                    long long nbytes, PyObject *spec, Py_ssize_t cap, double *newest_out) {
+    int rc = -1;
+    PyObject *panes = PyObject_GetAttr(heat, s_panes);
+    PyObject *clients = NULL, *pane_obj = NULL, *counts = NULL, *sketch = NULL;
+    if (!panes) return -1;
+    if (!PyDict_Check(panes)) {
+        PyErr_SetString(PyExc_TypeError, "heat.panes must be a dict");
+        goto done;
+    }
+    clients = PyObject_GetAttr(heat, s_clients);
+    if (!clients) goto done;
+    if (clients == Py_None) {
+        Py_CLEAR(clients);
+    } else if (!PyDict_Check(clients)) {
+        PyErr_SetString(PyExc_TypeError, "heat.clients must be a dict or None");
+        goto done;
+    }
+    double newest = -INFINITY;
+    int have_pane = 0, have_sketch = 0;
+    long long cur = 0, sketch_pane = 0, acc_req = 0, acc_tls = 0, acc_bytes = 0;
+    for (Py_ssize_t j = 0; j < n; j++) {
+        PyObject **f = event_fields(items[idx[j]]);
+        if (!f) goto done;
+        double ts;
+        if (event_ts(f[0], &ts) < 0) goto done;
+        if (ts > newest) newest = ts;
+        double pd = py_floordiv(ts, step);
+        if (!isfinite(pd) || pd > 9e18 || pd < -9e18) {
+            PyErr_SetString(PyExc_ValueError, "request ts out of range");
+            goto done;
+        }
+        long long pane = (long long)pd;
+        if (!have_pane || pane != cur) {
+            if (flush_counts(counts, acc_req, acc_tls, acc_bytes, nbytes != 0) < 0) goto done;
+            acc_req = acc_tls = acc_bytes = 0;
+            Py_CLEAR(counts);
+            Py_CLEAR(pane_obj);
+            pane_obj = PyLong_FromLongLong(pane);
+            if (!pane_obj) goto done;
+            counts = PyDict_GetItemWithError(panes, pane_obj);
+            if (counts) {
+                Py_INCREF(counts);
+            } else {
+                if (PyErr_Occurred()) goto done;
+                counts = Py_BuildValue("[iii]", 0, 0, 0);
+                if (!counts || PyDict_SetItem(panes, pane_obj, counts) < 0) goto done;
+            }
+            cur = pane;
+            have_pane = 1;
+        }
+        acc_req += 1;
+        if (is_ascii_str(f[2], "TLS", 3)) acc_tls += 1;
+        acc_bytes += nbytes;
+        PyObject *client = f[1];
+        if (clients) {
+            PyObject *seen = PyDict_GetItemWithError(clients, client);
+            int newer;
+            if (seen) {
+                long long sp = PyLong_AsLongLong(seen);
+                if (sp == -1 && PyErr_Occurred()) goto done;
+                newer = sp < pane;
+            } else {
+                if (PyErr_Occurred()) goto done;
+                newer = 1;
+            }
+            if (newer) {
+                if (PyDict_SetItem(clients, client, pane_obj) < 0) goto done;
+                if (PyDict_GET_SIZE(clients) > cap) {
+                    PyObject *r = PyObject_CallMethodOneArg(heat, s_to_sketches, spec);
+                    if (!r) goto done;
+                    Py_DECREF(r);
+                    Py_CLEAR(clients);
+                }
+            }
+        } else {
+            if (!have_sketch || pane != sketch_pane) {
+                Py_CLEAR(sketch);
+                PyObject *args[3] = {heat, pane_obj, spec};
+                sketch = PyObject_VectorcallMethod(s_sketch, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+                if (!sketch) goto done;
+                sketch_pane = pane;
+                have_sketch = 1;
+            }
+            PyObject *r = PyObject_CallMethodOneArg(sketch, s_add, client);
+            if (!r) goto done;
+            Py_DECREF(r);
+        }
+    }
+    if (flush_counts(counts, acc_req, acc_tls, acc_bytes, nbytes != 0) < 0) goto done;
+    *newest_out = newest;
+    rc = 0;
+done:
+    Py_XDECREF(panes);
+    Py_XDECREF(clients);
+    Py_XDECREF(pane_obj);
+    Py_XDECREF(counts);
+    Py_XDECREF(sketch);
+    return rc;
+}
+
+/* groups of event indexes by name, in first-appearance order */
+typedef struct {
+    PyObject *index;  /* name -> group number */
+    PyObject **names; /* borrowed from the events */
+    Py_ssize_t *head, *tail, *count;
+    Py_ssize_t n;
+} Groups;
+
+static int groups_init(Groups *g, Py_ssize_t cap) {
+    memset(g, 0, sizeof(*g));
+    g->index = PyDict_New();
+    if (cap < 1) cap = 1;
+    g->names = PyMem_Malloc(sizeof(PyObject *) * (size_t)cap);
+    g->head = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)cap);
+    g->tail = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)cap);
+    g->count = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)cap);
+    if (!g->index || !g->names || !g->head || !g->tail || !g->count) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+static void groups_free(Groups *g) {
+    Py_XDECREF(g->index);
+    PyMem_Free(g->names);
+    PyMem_Free(g->head);
+    PyMem_Free(g->tail);
+    PyMem_Free(g->count);
+}
+
+static int groups_add(Groups *g, PyObject *name, Py_ssize_t ev, Py_ssize_t *next) {
+    PyObject *got = PyDict_GetItemWithError(g->index, name);
+    next[ev] = -1;
+    if (got) {
+        Py_ssize_t k = PyLong_AsSsize_t(got);
+        next[g->tail[k]] = ev;
+        g->tail[k] = ev;
+        g->count[k]++;
+        return 0;
+    }
+    if (PyErr_Occurred()) return -1;
+    PyObject *num = PyLong_FromSsize_t(g->n);
+    if (!num) return -1;
+    int r = PyDict_SetItem(g->index, name, num);
+    Py_DECREF(num);
+    if (r < 0) return -1;
+    g->names[g->n] = name;
+    g->head[g->n] = g->tail[g->n] = ev;
+    g->count[g->n] = 1;
+    g->n++;
+    return 0;
+}
+
+/* the event indexes of group k, in order, into buf */
+static void group_events(const Groups *g, Py_ssize_t k, const Py_ssize_t *next, Py_ssize_t *buf) {
+    Py_ssize_t m = 0;
+    for (Py_ssize_t e = g->head[k]; e >= 0; e = next[e]) buf[m++] = e;
+}
+
+static PyObject *get_or_new(PyObject *table, PyObject *name, PyObject *make) {
+    PyObject *heat = PyDict_GetItemWithError(table, name);
+    if (heat && PyObject_IsTrue(heat) == 1) {
+        Py_INCREF(heat);
+        return heat;
+    }
+    if (PyErr_Occurred()) return NULL;
+    return PyObject_CallOneArg(make, name);
+}
+
+static PyObject *fold(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 17) {
+        PyErr_SetString(PyExc_TypeError, "fold() takes 17 arguments");
+        return NULL;
+    }
+    PyObject *batch = args[0];
+    double too_old = PyFloat_AsDouble(args[1]);
+    double step = PyFloat_AsDouble(args[2]);
+    PyObject *spec = args[3];
+    Py_ssize_t cap = PyLong_AsSsize_t(args[4]);
+    PyObject *keys = args[5], *key_new = args[6], *hosts = args[7], *host_new = args[8], *sizes = args[9];
+    PyObject *dirty_keys = args[10], *dirty_hosts = args[11], *touched_hosts = args[12], *cache = args[13];
+    double wm = PyFloat_AsDouble(args[14]);
+    double unanswered = PyFloat_AsDouble(args[15]);
+    Py_ssize_t min_clients = PyLong_AsSsize_t(args[16]);
+    if (PyErr_Occurred()) return NULL;
+    if (!PyDict_Check(keys) || (hosts != Py_None && !PyDict_Check(hosts)) || !PyDict_Check(cache) ||
+        !PySet_Check(dirty_keys) || !PySet_Check(dirty_hosts) || !PySet_Check(touched_hosts)) {
+        PyErr_SetString(PyExc_TypeError, "fold(): keys/hosts/cache must be dicts and the dirty sets sets");
+        return NULL;
+    }
+    if (step <= 0) {
+        PyErr_SetString(PyExc_ValueError, "step must be > 0");
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(batch, "batch must be a sequence");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    PyObject *out = NULL, *cands = NULL;
+    Groups gh, gk;
+    int gh_ok = 0, gk_ok = 0;
+    Py_ssize_t *next_h = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(n + 1));
+    Py_ssize_t *next_k = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(n + 1));
+    Py_ssize_t *buf = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(n + 1));
+    if (!next_h || !next_k || !buf) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (groups_init(&gh, n) < 0) goto done;
+    gh_ok = 1;
+    if (groups_init(&gk, n) < 0) goto done;
+    gk_ok = 1;
+    long long late = 0;
+    int do_hosts = hosts != Py_None;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject **f = event_fields(items[i]);
+        if (!f) goto done;
+        double ts;
+        if (event_ts(f[0], &ts) < 0) goto done;
+        if (ts < too_old) {
+            late++;
+            continue;
+        }
+        if (do_hosts && groups_add(&gh, f[3], i, next_h) < 0) goto done;
+        if (is_ascii_str(f[2], "GET", 3) || is_ascii_str(f[2], "HEAD", 4)) {
+            if (groups_add(&gk, f[6], i, next_k) < 0) goto done;
+        }
+    }
+    for (Py_ssize_t k = 0; k < gh.n; k++) {
+        PyObject *name = gh.names[k];
+        PyObject *heat = get_or_new(hosts, name, host_new);
+        if (!heat) goto done;
+        group_events(&gh, k, next_h, buf);
+        double newest;
+        int r = add_many(heat, items, buf, gh.count[k], step, 0, spec, cap, &newest);
+        Py_DECREF(heat);
+        if (r < 0 || PySet_Add(dirty_hosts, name) < 0 || PySet_Add(touched_hosts, name) < 0) goto done;
+    }
+    cands = PyList_New(0);
+    if (!cands) goto done;
+    for (Py_ssize_t k = 0; k < gk.n; k++) {
+        PyObject *ck = gk.names[k];
+        PyObject *kh = get_or_new(keys, ck, key_new);
+        if (!kh) goto done;
+        long long nbytes = 0;
+        if (sizes != Py_None) {
+            PyObject *sz = PyObject_CallOneArg(sizes, ck);
+            if (!sz) {
+                Py_DECREF(kh);
+                goto done;
+            }
+            nbytes = PyLong_AsLongLong(sz);
+            Py_DECREF(sz);
+            if (nbytes == -1 && PyErr_Occurred()) {
+                Py_DECREF(kh);
+                goto done;
+            }
+        }
+        group_events(&gk, k, next_k, buf);
+        double newest;
+        if (add_many(kh, items, buf, gk.count[k], step, nbytes, spec, cap, &newest) < 0) {
+            Py_DECREF(kh);
+            goto done;
+        }
+        PyObject **last = event_fields(items[gk.tail[k]]);
+        if (PyObject_SetAttr(kh, s_url, last[5]) < 0 || PySet_Add(dirty_keys, ck) < 0) {
+            Py_DECREF(kh);
+            goto done;
+        }
+        /* PartitionHeat.fold's cheap necessary conditions (it checks them again) */
+        int keep = 1;
+        PyObject *adm = PyObject_GetAttr(kh, s_admitted);
+        if (!adm) {
+            Py_DECREF(kh);
+            goto done;
+        }
+        double admitted = PyFloat_AsDouble(adm);
+        Py_DECREF(adm);
+        if (admitted == -1.0 && PyErr_Occurred()) {
+            Py_DECREF(kh);
+            goto done;
+        }
+        if (admitted != 0.0) {
+            PyObject *view = PyDict_GetItemWithError(cache, ck);
+            int fetching = 1;
+            if (view) {
+                PyObject *fv = PyObject_GetAttr(view, s_fetching);
+                if (!fv) {
+                    Py_DECREF(kh);
+                    goto done;
+                }
+                fetching = PyObject_IsTrue(fv);
+                Py_DECREF(fv);
+                if (fetching < 0) {
+                    Py_DECREF(kh);
+                    goto done;
+                }
+            } else if (PyErr_Occurred()) {
+                Py_DECREF(kh);
+                goto done;
+            }
+            if (fetching && !(unanswered != 0.0 && wm >= admitted + unanswered)) keep = 0;
+        }
+        if (keep && min_clients >= 0) {
+            PyObject *cl = PyObject_GetAttr(kh, s_clients);
+            if (!cl) {
+                Py_DECREF(kh);
+                goto done;
+            }
+            if (PyDict_Check(cl) && PyDict_GET_SIZE(cl) < min_clients) keep = 0;
+            Py_DECREF(cl);
+        }
+        if (keep) {
+            PyObject *t = Py_BuildValue("(OOd)", ck, kh, newest);
+            if (!t || PyList_Append(cands, t) < 0) {
+                Py_XDECREF(t);
+                Py_DECREF(kh);
+                goto done;
+            }
+            Py_DECREF(t);
+        }
+        Py_DECREF(kh);
+    }
+    out = Py_BuildValue("(LO)", late, cands);
+done:
+    Py_XDECREF(cands);
+    if (gh_ok) groups_free(&gh);
+    if (gk_ok) groups_free(&gk);
+    PyMem_Free(next_h);
+    PyMem_Free(next_k);
+    PyMem_Free(buf);
+    Py_DECREF(seq);
+    return out;
+}
+
+/* ---- JSON encoding (what orjson.dumps(heat.to_json()) gives, for heats in exact mode) */
+typedef struct {
+    char *buf;
+    size_t len, cap;
+} Buf;
+
+static int buf_grow(Buf *b, size_t need) {
+    if (b->len + need <= b->cap) return 0;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->len + need) cap *= 2;
+    char *nb = PyMem_Realloc(b->buf, cap);
+    if (!nb) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->buf = nb;
+    b->cap = cap;
+    return 0;
+}
+
+static int buf_put(Buf *b, const char *s, size_t n) {
+    if (buf_grow(b, n) < 0) return -1;
+    memcpy(b->buf + b->len, s, n);
+    b->len += n;
+    return 0;
+}
+
+static int buf_ll(Buf *b, PyObject *o) {
+    long long v = PyLong_AsLongLong(o);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    char tmp[32];
+    int n = snprintf(tmp, sizeof tmp, "%lld", v);
+    return buf_put(b, tmp, (size_t)n);
+}
+
+static int buf_str(Buf *b, PyObject *o) {
+    if (!PyUnicode_Check(o)) {
+        PyErr_SetString(PyExc_TypeError, "expected a str");
+        return -1;
+    }
+    Py_ssize_t n;
+    const char *s = PyUnicode_AsUTF8AndSize(o, &n);
+    if (!s) return -1;
+    if (buf_grow(b, (size_t)n * 6 + 2) < 0) return -1;
+    char *w = b->buf + b->len;
+    *w++ = '"';
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') {
+            *w++ = '\\';
+            *w++ = (char)c;
+        } else if (c < 0x20) {
+            *w++ = '\\';
+            switch (c) {
+                case '\b': *w++ = 'b'; break;
+                case '\f': *w++ = 'f'; break;
+                case '\n': *w++ = 'n'; break;
+                case '\r': *w++ = 'r'; break;
+                case '\t': *w++ = 't'; break;
+                default: {
+                    static const char hex[] = "0123456789abcdef";
+                    *w++ = 'u';
+                    *w++ = '0';
+                    *w++ = '0';
+                    *w++ = hex[c >> 4];
+                    *w++ = hex[c & 15];
+                }
+            }
+        } else {
+            *w++ = (char)c;
+        }
+    }
+    *w++ = '"';
+    b->len = (size_t)(w - b->buf);
+    return 0;
+}
+
+static int buf_float(Buf *b, PyObject *o) {
+    double v = PyFloat_AsDouble(o);
+    if (v == -1.0 && PyErr_Occurred()) return -1;
+    if (!isfinite(v)) {
+        PyErr_SetString(PyExc_ValueError, "cannot encode a non-finite float");
+        return -1;
+    }
+    char *s = PyOS_double_to_string(v, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+    if (!s) return -1;
+    int r = buf_put(b, s, strlen(s));
+    PyMem_Free(s);
+    return r;
+}
+
+/* {"p":[[pane,req,tls,bytes],...],"c":{client:pane,...}[,"u":url,"a":admitted]} */
+static int encode_exact(Buf *b, PyObject *heat, PyObject *panes, PyObject *clients, int key_fields) {
+    if (buf_put(b, "{\"p\":[", 6) < 0) return -1;
+    Py_ssize_t pos = 0;
+    PyObject *pk, *pv;
+    int first = 1;
+    while (PyDict_Next(panes, &pos, &pk, &pv)) {
+        if (!PyList_Check(pv) || PyList_GET_SIZE(pv) != 3) {
+            PyErr_SetString(PyExc_TypeError, "pane counts must be a list of 3 ints");
+            return -1;
+        }
+        if ((!first && buf_put(b, ",", 1) < 0) || buf_put(b, "[", 1) < 0 || buf_ll(b, pk) < 0) return -1;
+        for (Py_ssize_t i = 0; i < 3; i++) {
+            if (buf_put(b, ",", 1) < 0 || buf_ll(b, PyList_GET_ITEM(pv, i)) < 0) return -1;
+        }
+        if (buf_put(b, "]", 1) < 0) return -1;
+        first = 0;
+    }
+    if (buf_put(b, "],\"c\":{", 7) < 0) return -1;
+    pos = 0;
+    first = 1;
+    while (PyDict_Next(clients, &pos, &pk, &pv)) {
+        if ((!first && buf_put(b, ",", 1) < 0) || buf_str(b, pk) < 0 || buf_put(b, ":", 1) < 0 || buf_ll(b, pv) < 0)
+            return -1;
+        first = 0;
+    }
+    if (buf_put(b, "}", 1) < 0) return -1;
+    if (key_fields) {
+        PyObject *url = PyObject_GetAttr(heat, s_url);
+        if (!url) return -1;
+        int r = buf_put(b, ",\"u\":", 5) < 0 || buf_str(b, url) < 0;
+        Py_DECREF(url);
+        if (r) return -1;
+        PyObject *adm = PyObject_GetAttr(heat, s_admitted);
+        if (!adm) return -1;
+        r = buf_put(b, ",\"a\":", 5) < 0 || buf_float(b, adm) < 0;
+        Py_DECREF(adm);
+        if (r) return -1;
+    }
+    return buf_put(b, "}", 1);
+}
+
+static PyObject *heat_json(PyObject *heat, PyObject *fallback, int key_fields) {
+    PyObject *panes = PyObject_GetAttr(heat, s_panes);
+    if (!panes) return NULL;
+    PyObject *clients = PyObject_GetAttr(heat, s_clients);
+    if (!clients) {
+        Py_DECREF(panes);
+        return NULL;
+    }
+    PyObject *out = NULL;
+    if (clients == Py_None || !PyDict_Check(clients) || !PyDict_Check(panes)) {
+        out = PyObject_CallOneArg(fallback, heat);  /* sketch mode: the Python encoder */
+    } else {
+        Buf b = {0};
+        if (encode_exact(&b, heat, panes, clients, key_fields) == 0)
+            out = PyBytes_FromStringAndSize(b.buf, (Py_ssize_t)b.len);
+        PyMem_Free(b.buf);
+    }
+    Py_DECREF(panes);
+    Py_DECREF(clients);
+    if (out && !PyBytes_Check(out)) {
+        Py_DECREF(out);
+        PyErr_SetString(PyExc_TypeError, "fallback must return bytes");
+        return NULL;
+    }
+    return out;
+}
+
+static PyObject *encode_slot(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "encode_slot() takes 5 arguments");
+        return NULL;
+    }
+    PyObject *names = args[0], *heats = args[1], *cache = args[2], *fallback = args[3];
+    int key_fields = PyObject_IsTrue(args[4]);
+    if (key_fields < 0) return NULL;
+    if (!PyDict_Check(heats) || (cache != Py_None && !PyDict_Check(cache))) {
+        PyErr_SetString(PyExc_TypeError, "encode_slot(): heats and cache must be dicts");
+        return NULL;
+    }
+    PyObject *it = PyObject_GetIter(names);
+    if (!it) return NULL;
+    Buf b = {0};
+    PyObject *name, *result = NULL;
+    int first = 1, failed = 0;
+    if (buf_put(&b, "{", 1) < 0) failed = 1;
+    while (!failed && (name = PyIter_Next(it))) {
+        PyObject *raw = cache != Py_None ? PyDict_GetItemWithError(cache, name) : NULL;
+        if (raw) {
+            Py_INCREF(raw);
+        } else if (!PyErr_Occurred()) {
+            PyObject *heat = PyDict_GetItemWithError(heats, name);
+            if (!heat) {
+                if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, name);
+            } else {
+                raw = heat_json(heat, fallback, key_fields);
+                if (raw && cache != Py_None && PyDict_SetItem(cache, name, raw) < 0) Py_CLEAR(raw);
+            }
+        }
+        if (!raw || !PyBytes_Check(raw) || (!first && buf_put(&b, ",", 1) < 0) || buf_str(&b, name) < 0 ||
+            buf_put(&b, ":", 1) < 0 || buf_put(&b, PyBytes_AS_STRING(raw), (size_t)PyBytes_GET_SIZE(raw)) < 0) {
+            if (raw && !PyBytes_Check(raw)) PyErr_SetString(PyExc_TypeError, "cached heat JSON must be bytes");
+            failed = 1;
+        }
+        first = 0;
+        Py_XDECREF(raw);
+        Py_DECREF(name);
+    }
+    Py_DECREF(it);
+    if (!failed && !PyErr_Occurred() && buf_put(&b, "}", 1) == 0)
+        result = PyBytes_FromStringAndSize(b.buf, (Py_ssize_t)b.len);
+    PyMem_Free(b.buf);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"fold", (PyCFunction)(void (*)(void))fold, METH_FASTCALL,
+     "Count one message's events into the heats; (late, [(key, heat, newest ts)] candidates)."},
+    {"encode_slot", (PyCFunction)(void (*)(void))encode_slot, METH_FASTCALL,
+     "The JSON object of one state slot (bytes)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "streams._fold", "Compiled fold of streams/heat.py.", -1,
+                                    methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__fold(void) {
+#define INTERN(var, s) if (!(var = PyUnicode_InternFromString(s))) return NULL
+    INTERN(s_panes, "panes");
+    INTERN(s_clients, "clients");
+    INTERN(s_admitted, "admitted");
+    INTERN(s_url, "url");
+    INTERN(s_fetching, "fetching");
+    INTERN(s_to_sketches, "_to_sketches");
+    INTERN(s_sketch, "_sketch");
+    INTERN(s_add, "add");
+    INTERN(s_get, "get");
+#undef INTERN
+    return PyModule_Create(&module);
+}
