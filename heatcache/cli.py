@@ -187,13 +187,25 @@ async def _serve_edge(run: Runner, index: CacheIndex, prod: Producer) -> None:
 def _start_bypass(run: Runner, index: CacheIndex, edge: Any, tls: Any, prod: Producer) -> Callable[[], Any]:
     """Follow `requests` for the bypass ratio of every steered host; publish the per-host figures
     as the ``edge-top`` metrics record every metrics interval. Returns the async stopper."""
-    from dns_redirect.bypass import RECORD, BypassWatch, RequestsFollower
+    from dns_redirect.bypass import RECORD, BypassWatch, RequestsFollower, edge_steers
     from heatcache import contract
+    from heatcache.control import ControlFollower, ControlState
     from heatcache.kafkautil import publish_metrics
 
     settings = run.settings
     loop = asyncio.get_running_loop()
-    watch = BypassWatch(settings, index.is_steered, run.counters)
+    steers = edge_steers(index, settings.never_steer_hosts, lambda: (edge.ports, edge.tls_ports))
+    watch = BypassWatch(settings, steers, run.counters)
+
+    def on_control(state: ControlState) -> None:  # on the follower's thread: the kill switch, as the DNS sees it
+        ev = state.steering
+        if ev is not None or watch.switch.changes:
+            stopped = state.steering_stopped
+            loop.call_soon_threadsafe(watch.on_control, stopped, ev.ts if ev is not None else time.time())
+
+    control = ControlFollower(run.bootstrap, settings.topic(contract.CONTROL), on_change=on_control,
+                              config=settings.kafka_client_config())
+    control.start()
     follower = RequestsFollower(run.bootstrap, settings.topic(contract.REQUESTS), loop, watch.on_events,
                                 run.counters, settings.kafka_client_config())
     follower.start()
@@ -218,7 +230,9 @@ def _start_bypass(run: Runner, index: CacheIndex, edge: Any, tls: Any, prod: Pro
         with contextlib.suppress(asyncio.CancelledError):
             await task
         follower.stop()
+        control.stop()
         await loop.run_in_executor(None, follower.join, 5)
+        await loop.run_in_executor(None, control.join, 5)
 
     return stop
 

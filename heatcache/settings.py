@@ -177,6 +177,9 @@ class Settings(BaseSettings):
     bypass_window_s: float = Field(default=300.0, gt=0)  # the bypass ratio's sliding window
     bypass_alert_ratio: float = Field(default=0.2, ge=0, le=1)  # a host above this is "high" (logged, counted)
     bypass_min_requests: int = Field(default=20, ge=1)  # fewer requests in the window say nothing
+    # pseudonymous client ids carry the name of their HEATCACHE_CONSOLE_NETWORKS network ("dorms/3f2a..."):
+    # per-network bypass and savings without raw addresses (networks smaller than 256 addresses get no label)
+    client_id_network: bool = True
 
     # -- console (the operator's web page and `heatcache status`)
     console_host: str = "127.0.0.1"  # off loopback, every endpoint needs console_token
@@ -310,6 +313,18 @@ class Settings(BaseSettings):
     @property
     def health_interval(self) -> float:
         return self.dns_health_interval_s or max(0.5, self.dns_ttl / 3)
+
+    @property
+    def node_addresses(self) -> frozenset[str]:
+        """The cache node's own addresses (steered answers, its origin traffic), normalized as the
+        sniffer prints addresses: what the sniffer never counts, configured or not."""
+        out: set[str] = set()
+        for address in (self.node_address, self.node_address6, self.outbound_address):
+            try:
+                out.add(str(ipaddress.ip_address(address)))
+            except ValueError:  # unset ("") or not an address: nothing to ignore
+                pass
+        return frozenset(out)
 
     def kafka_client_config(self) -> dict[str, str]:
         """librdkafka settings for the configured security protocol (merged into every client)."""
