@@ -385,6 +385,7 @@ class Fetcher:
             return
         if why and record is not None:  # failed-backoff: answered as failed, streams backs off too
             self.counters[why] += 1
+            self.counters["failed"] += 1  # an admission answered as failed, like any other failure
             event = CacheEvent(cache_key=key, state="failed", url=job.hot.url, host=job.hot.host,
                                node=self.settings.node_name, ts=now,
                                error=(f"not fetched again for {record.retry_after - now:.0f} s after {record.failures}"
