@@ -240,8 +240,13 @@ class PolicyProxy:
 
         async def close() -> None:
             server.close()
-            for task in [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
                 task.cancel()
+            # let each cancelled client run its finally (writer.close()): a task destroyed while
+            # pending leaves an unclosed socket behind (ResourceWarning, seen in the kill -9 test)
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.sleep(0)  # the transports' connection_lost callbacks
 
         try:
             asyncio.run_coroutine_threadsafe(close(), loop).result(5)
