@@ -55,5 +55,5 @@ def test_a_port_the_edge_cannot_bind_is_reported_with_the_fix(tmp_path: Path,
     assert "CAP_NET_BIND_SERVICE" in edge.unserved[80] and "not steered" in caplog.text
     assert "HEATCACHE_EDGE_PORT_MAP=80:8080" in caplog.text
     own = load_settings(state_dir=tmp_path, edge_port=80, sniff_ports=(80,))
-    with pytest.raises(PermissionError, match="HEATCACHE_EDGE_PORT.*CAP_NET_BIND_SERVICE"):
+    with pytest.raises(PermissionError, match=r"HEATCACHE_EDGE_PORT.*CAP_NET_BIND_SERVICE"):
         asyncio.run(start_listeners(Unprivileged(), own))  # type: ignore[arg-type]
