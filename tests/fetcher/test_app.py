@@ -96,12 +96,22 @@ def test_concurrent_fetches_redirects_and_failures(kafka_settings: Settings, ari
     try:
         with running(settings) as fetcher:
             events = wait_events(settings, {*urls.values(), dead})
-            # the same admission re-sent after it was handled (it failed): dropped, not asked again
-            publish(settings, (private.encode(), hot(private, admission=f"{private}@1.000000")))
+        # a restarted fetcher remembers (the catalog's fetch_admissions): the same admission re-sent
+        # after it was answered (it failed) is dropped, and a new admission of a failed key waits
+        # for its back-off, answered as failed without asking the origin
+        with running(settings) as again:
+            publish(settings, (private.encode(), hot(private, admission=f"{private}@1.000000")),
+                    (b"dead", hot(dead, admission=f"{dead}@2.000000")))
             deadline = time.monotonic() + 30
-            while fetcher.counters["duplicate-admission"] < 1 and time.monotonic() < deadline:
+            while again.counters["duplicate-admission"] + again.counters["failed-backoff"] < 2:
+                assert time.monotonic() < deadline, again.counters
                 time.sleep(0.1)
-            assert fetcher.counters["duplicate-admission"] == 1
+            assert again.counters["duplicate-admission"] == 1 and again.counters["failed-backoff"] == 1
+            deadline = time.monotonic() + 30
+            while "not fetched again" not in cache_events(settings)[dead].error:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            assert not again.counters["retries"] and not again.jobs
     finally:
         origin.stop()
     for path, body in blobs.items():
