@@ -271,7 +271,8 @@ def cmd_broker(settings: Settings, _args: argparse.Namespace) -> int:
     """Run only the embedded Kafka broker (for other tools), with the topics created."""
     from heatcache.services.kafka import EmbeddedKafka, ensure_topics
 
-    broker = EmbeddedKafka(settings.state_dir / "kafka", settings.kafka_port, settings.kafka_heap_mb)
+    broker = EmbeddedKafka(settings.state_dir / "kafka", settings.kafka_port, settings.kafka_heap_mb,
+                           fast_start=settings.kafka_fast_start)
     bootstrap = broker.start()
     ensure_topics(bootstrap, settings)
     print(f"Kafka at {bootstrap} (Ctrl-C stops it)", flush=True)

@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = ""
     kafka_port: int = Field(default=9092, ge=0, le=65535)  # embedded broker's port (0 = free port)
     kafka_heap_mb: int = Field(default=384, ge=128)
+    # embedded broker's JVM tuned for start-up (C1 JIT only + a class-data archive of Kafka's
+    # classes beside its jars): about a third of the start-up CPU, lower peak throughput. The
+    # test fixtures and `heatcache up` in tests set it; benchmarks and the default do not
+    kafka_fast_start: bool = False
     kafka_partitions: int = Field(default=3, ge=1, le=256)
     topic_prefix: str = ""  # prepended to every topic name (tests use one per test)
     topic_requests: str = "requests"

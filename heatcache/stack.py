@@ -199,7 +199,8 @@ class Stack:
         try:
             self.preflight()
             if not self.bootstrap:
-                self.broker = EmbeddedKafka(self.state_dir / "kafka", s.kafka_port, s.kafka_heap_mb)
+                self.broker = EmbeddedKafka(self.state_dir / "kafka", s.kafka_port, s.kafka_heap_mb,
+                                            fast_start=s.kafka_fast_start)
                 self.bootstrap = self.broker.start()
                 self._recorded("kafka", self.broker.proc)
                 log.info("Kafka broker up at %s", self.bootstrap)

@@ -35,7 +35,7 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedK
     """A real Apache Kafka (KRaft) broker for the whole session: a PLAINTEXT listener and a TLS
     one requiring client certificates (as k8s's Strimzi listener), certificates from a test CA."""
     root = tmp_path_factory.mktemp("kafka")
-    broker = EmbeddedKafka(root / "broker", heap_mb=384, pki=make_pki(root / "pki"))
+    broker = EmbeddedKafka(root / "broker", heap_mb=384, pki=make_pki(root / "pki"), fast_start=True)
     broker.start()
     yield broker
     broker.stop()
@@ -49,9 +49,10 @@ def kafka(kafka_broker: EmbeddedKafka) -> str:
 
 @pytest.fixture
 def base_settings(tmp_path: Path) -> Settings:
-    """Settings isolated in tmp_path with a unique topic prefix (environment ignored)."""
+    """Settings isolated in tmp_path with a unique topic prefix (environment ignored); an
+    embedded broker they start (`heatcache up` in a test) has its JVM tuned for start-up."""
     return load_settings(state_dir=tmp_path / "state", topic_prefix=f"t{uuid.uuid4().hex[:10]}-",
-                         client_id_secret="test-secret", lab_mode=True)
+                         client_id_secret="test-secret", lab_mode=True, kafka_fast_start=True)
 
 
 @pytest.fixture

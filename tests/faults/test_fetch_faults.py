@@ -164,7 +164,7 @@ def test_broker_down_past_the_delivery_timeout(base_settings: Settings, aria2: A
     message.timeout.ms: the CacheEvent is produced again when it is back, none is lost."""
     from heatcache.services.kafka import EmbeddedKafka, ensure_topics
 
-    broker = EmbeddedKafka(tmp_path / "kafka", heap_mb=256)
+    broker = EmbeddedKafka(tmp_path / "kafka", heap_mb=256, fast_start=True)
     bootstrap = broker.start()
     origin = TestOrigin().start()
     body = os.urandom(900_000)

@@ -43,7 +43,7 @@ def test_every_stage_health_follows_the_broker(base_settings: Settings, tmp_path
     settings = lab_settings(base_settings, tmp_path / "state", free_port(NODE_IP), "127.0.0.1:53",
                             kafka_bootstrap=f"127.0.0.1:{port}", metrics_port=metrics, metrics_interval_s=0,
                             aria2_rpc_port=aria2.port, aria2_secret=aria2.secret)
-    broker = EmbeddedKafka(tmp_path / "kafka", port=port, heap_mb=256)
+    broker = EmbeddedKafka(tmp_path / "kafka", port=port, heap_mb=256, fast_start=True)
     edge = Proc(settings, "edge")  # before the broker exists: it must wait, not exit
     others: dict[str, Proc] = {}
     ports = {"edge": metrics}

@@ -30,7 +30,7 @@ def test_stage_without_bootstrap_says_what_to_do() -> None:
 
 @pytest.mark.integration
 def test_demo_shows_local_hits(tmp_path: Path) -> None:
-    proc = run(["demo"], {"HEATCACHE_STATE_DIR": str(tmp_path)}, timeout=240)
+    proc = run(["demo"], {"HEATCACHE_STATE_DIR": str(tmp_path), "HEATCACHE_KAFKA_FAST_START": "true"}, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "local hits: 20" in proc.stdout
     assert "responses with wrong bytes" in proc.stdout

@@ -19,7 +19,7 @@ from heatcache import contract
 from heatcache.kafkautil import read_topic
 from heatcache.services.aria2 import Aria2Daemon
 from heatcache.services.dnsmasq import Dnsmasq
-from heatcache.services.kafka import EmbeddedKafka, ensure_topics, kafka_version
+from heatcache.services.kafka import EmbeddedKafka, ensure_topics, fast_start_archive, kafka_version
 from heatcache.services.mariadb import MariaDB
 from heatcache.settings import Settings
 
@@ -47,7 +47,7 @@ def test_cache_events_topic_is_compacted(kafka: str, kafka_settings: Settings) -
 
 
 def test_broker_restart_keeps_topics_and_data(tmp_path: Path, base_settings: Settings) -> None:
-    broker = EmbeddedKafka(tmp_path / "k")
+    broker = EmbeddedKafka(tmp_path / "k", fast_start=True)
     bootstrap = broker.start()
     try:
         ensure_topics(bootstrap, base_settings)
@@ -57,12 +57,21 @@ def test_broker_restart_keeps_topics_and_data(tmp_path: Path, base_settings: Set
     finally:
         broker.stop()
     assert (tmp_path / "k" / "logs" / "meta.properties").exists()
+    # fast start: a clean stop left the class-data archive (when there was none), the next start uses it
+    assert fast_start_archive().exists()
+    logged = (tmp_path / "k" / "broker.log").stat().st_size
     bootstrap = broker.start()
     try:
+        assert broker.proc is not None
+        cmdline = Path(f"/proc/{broker.proc.pid}/cmdline").read_bytes().split(b"\0")
+        assert f"-XX:SharedArchiveFile={fast_start_archive()}".encode() in cmdline
+        assert b"-XX:TieredStopAtLevel=1" in cmdline
         msgs = read_topic(bootstrap, base_settings.topic(contract.CACHE_EVENTS))
         assert [m.value() for m in msgs] == [b"kept"]
     finally:
         broker.stop()
+    log = (tmp_path / "k" / "broker.log").read_bytes()[logged:].decode(errors="replace")
+    assert "[cds]" not in log, log[-2000:]  # the archive was taken, not refused with a warning
     assert kafka_version().startswith("4.")
 
 
