@@ -1,19 +1,22 @@
 """Fixtures that start real services on free ports and wait until they answer.
 
-One Kafka broker per test session (unique topic names per test), a private MariaDB per test
-that needs one, aria2c and a dnsmasq upstream. Nothing is mocked: a fixture that cannot start
-its service fails the test with the reason.
+One Kafka broker per test session (per xdist worker; unique topic names per test), a private
+MariaDB per test that needs one (on a copy of one initialised data directory), aria2c and a
+dnsmasq upstream. Nothing is mocked: a fixture that cannot start its service fails the test
+with the reason.
 """
 
 from __future__ import annotations
 
 import gc
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from heatcache.netutil import terminate
 from heatcache.services.aria2 import Aria2Daemon
 from heatcache.services.dnsmasq import Dnsmasq
 from heatcache.services.kafka import EmbeddedKafka, ensure_topics, make_pki
@@ -74,9 +77,22 @@ def kafka_tls_settings(kafka_broker: EmbeddedKafka, base_settings: Settings) -> 
     return settings
 
 
+@pytest.fixture(scope="session")
+def mariadb_datadir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data directory initialised once per session (mariadb-install-db takes seconds), with
+    the `heatcache` database, shut down cleanly: each test's server starts on a copy of it."""
+    template = MariaDB(tmp_path_factory.mktemp("mariadb-template"))
+    template.start()
+    terminate(template.proc, 30)  # a clean shutdown; the data directory stays
+    return template.datadir
+
+
 @pytest.fixture
-def mariadb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDB]:
+def mariadb(tmp_path_factory: pytest.TempPathFactory, mariadb_datadir: Path) -> Iterator[MariaDB]:
+    """A private mariadbd of this test's own (it may be killed), on a copy of the session's
+    initialised data directory (mariadb-install-db finds it set up and does nothing)."""
     server = MariaDB(tmp_path_factory.mktemp("mariadb"))
+    shutil.copytree(mariadb_datadir, server.datadir)
     server.start()
     yield server
     server.stop()
