@@ -72,6 +72,8 @@ def running(settings: Settings) -> Iterator[Fetcher]:
         stop.set()
         worker.join(30)
         assert not worker.is_alive()
+        # run() flushed it; closed now, so it does not reconnect to a broker a test stops next
+        fetcher.producer.close()
 
 
 def test_concurrent_fetches_redirects_and_failures(kafka_settings: Settings, aria2: Aria2Daemon) -> None:
