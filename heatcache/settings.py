@@ -7,6 +7,7 @@ configuration of its own. Invalid values fail at start-up with a message naming 
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
@@ -98,6 +99,7 @@ class Settings(BaseSettings):
     heat_commit_interval_s: float = Field(default=0.0, ge=0)  # offset commits; 0 = the flush interval
     heat_max_ahead_s: int = Field(default=3600, ge=0)  # events this far ahead of the watermark are refused; 0 = off
     heat_fetch_timeout_s: float = Field(default=6 * 3600.0, ge=0)  # admitted, no cache event: admit again; 0 = never
+    heat_host_publish_s: float = Field(default=5.0, ge=0)  # HostHeat records at most this often; 0 = each flush
     heat_compiled: bool = True  # the compiled fold (streams/_fold.c); false: the Python reference
     streams_instance_id: str = ""  # Kafka static membership (group.instance.id): a restart rejoins at once
     streams_session_timeout_s: float = Field(default=10.0, ge=6, le=300)  # a dead worker's partitions move on
@@ -329,9 +331,11 @@ class Settings(BaseSettings):
         out: set[str] = set()
         for address in (self.node_address, self.node_address6, self.outbound_address):
             try:
-                out.add(str(ipaddress.ip_address(address)))
+                ip = ipaddress.ip_address(address)
             except ValueError:  # unset ("") or not an address: nothing to ignore
-                pass
+                continue
+            family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+            out.add(socket.inet_ntop(family, ip.packed))  # exactly as the sniffer prints a frame's address
         return frozenset(out)
 
     def kafka_client_config(self) -> dict[str, str]:
