@@ -50,7 +50,7 @@ from cachestore.coherence import fresh_until, http_time
 from cachestore.store import ObjectMeta, StoreRefused
 from fetcher import admission
 from fetcher.offsets import OffsetTracker
-from fetcher.policyproxy import PolicyProxy
+from fetcher.policyproxy import options_differ, proxy_for
 from fetcher.preflight import Preflight, judge, walk
 from fetcher.revalidate import Revalidated, revalidate
 from heatcache import contract
@@ -172,7 +172,7 @@ class Fetcher:
         self.aria2_listener: aria2p.Client | None = None
         # every request aria2c makes (each redirect hop, each retry) goes through this loopback
         # proxy, which applies the address policy again (rel; fetcher/policyproxy.py)
-        self.proxy = PolicyProxy(self._proxy_check, source=settings.outbound_address)
+        self.proxy = proxy_for(settings, self._proxy_check)
 
     # -- clients --------------------------------------------------------------------------
     def _aria2_client(self) -> aria2p.Client:
@@ -635,8 +635,10 @@ class Fetcher:
         gid = str(known["gid"])
         if known["status"] == "paused":
             self.aria2.unpause(gid)
-        if known["status"] != "complete":  # this run's policy proxy (its port changed)
-            self.aria2.change_option(gid, self.proxy.options(job.dir.name))
+        wanted = self.proxy.options(job.dir.name)
+        # this run's policy proxy if it moved (changing an active download restarts it: rel)
+        if known["status"] != "complete" and options_differ(self.aria2.get_option(gid), wanted):
+            self.aria2.change_option(gid, wanted)
         self.counters["adopted"] += 1
         log.info("adopted aria2 download %s for %s (%s)", gid, job.key, known["status"])
         self._running(job, gid)

@@ -70,6 +70,22 @@ def cmd_fetch(settings: Settings, _args: argparse.Namespace) -> int:
     return run.run(main)
 
 
+def cmd_policy_proxy(settings: Settings, _args: argparse.Namespace) -> int:
+    """The fetcher's address-policy proxy for aria2c as its own process (rel; `heatcache up`
+    starts and supervises it like aria2c)."""
+    from fetcher.policyproxy import serve
+    from heatcache.runner import EX_CONFIG
+    from heatcache.settings import default_secrets
+
+    if not settings.policy_proxy_port:
+        log.error("HEATCACHE_POLICY_PROXY_PORT is not set: the proxy needs the port the fetcher uses")
+        return EX_CONFIG
+    if default_secrets(settings, ("aria2_secret",)):  # its password is derived from this secret
+        log.error("aria2_secret still holds the shipped default secret: set your own (or HEATCACHE_LAB_MODE=true)")
+        return EX_CONFIG
+    return serve(settings)
+
+
 def _serve(settings: Settings, stage: str) -> int:
     """dns and edge on the stage runner: follow cache-events, serve until SIGTERM, close listeners."""
     from heatcache.metrics import DNS, EDGE
@@ -430,6 +446,7 @@ COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], int], str]] =
     "sniff": (cmd_sniff, "capture HTTP requests and publish them to Kafka"),
     "streams": (cmd_streams, "the Faust app: windowed heat, hot-url emission"),
     "fetch": (cmd_fetch, "fetch hot URLs through aria2c into the cache"),
+    "policy-proxy": (cmd_policy_proxy, "the address-policy proxy in front of aria2c, as its own process"),
     "dns": (cmd_dns, "DNS server steering cached hosts to the cache node"),
     "edge": (cmd_edge, "edge HTTP server: hits from disk, misses passed through"),
     "nginx-conf": (cmd_nginx_conf, "print the nginx server block to put nginx in front of the edge"),

@@ -98,6 +98,7 @@ class Settings(BaseSettings):
     heat_commit_interval_s: float = Field(default=0.0, ge=0)  # offset commits; 0 = the flush interval
     heat_max_ahead_s: int = Field(default=3600, ge=0)  # events this far ahead of the watermark are refused; 0 = off
     heat_fetch_timeout_s: float = Field(default=6 * 3600.0, ge=0)  # admitted, no cache event: admit again; 0 = never
+    heat_host_publish_s: float = Field(default=5.0, ge=0)  # HostHeat records at most this often; 0 = each flush
     heat_compiled: bool = True  # the compiled fold (streams/_fold.c); false: the Python reference
     streams_instance_id: str = ""  # Kafka static membership (group.instance.id): a restart rejoins at once
     streams_session_timeout_s: float = Field(default=10.0, ge=6, le=300)  # a dead worker's partitions move on
@@ -113,6 +114,10 @@ class Settings(BaseSettings):
     catalog_url: str = ""  # sqlite:///path or mysql://user:pass@host:port/db; default sqlite in state
     node_name: str = "cache-0"
     outbound_address: str = ""  # source address for the node's own origin traffic (fetcher, edge)
+    # the address-policy proxy in front of aria2c (fetcher/policyproxy.py, rel): 0 = inside the
+    # fetcher process; a port = its own process on 127.0.0.1 (`heatcache policy-proxy`, started by
+    # `heatcache up` and in the k8s cache pod), so a fetcher restart does not cut aria2c's downloads
+    policy_proxy_port: int = Field(default=0, ge=0, le=65535)
 
     # -- fetcher concurrency, retries, budget (fetcher/app.py)
     fetch_max_concurrent: int = Field(default=8, ge=1, le=256)  # downloads at once, overall
