@@ -36,7 +36,7 @@ from cachestore.store import ObjectMeta, PendingObject, StoreRefused
 from dns_redirect.front import FrontWiring, HitFront, OpenObjects
 from dns_redirect.hits import SimpleHead, may_fill, plan_hit
 from dns_redirect.index import CacheIndex
-from dns_redirect.ports import edge_listeners, parse_port_map, tls_client_ports
+from dns_redirect.ports import bind_advice, edge_listeners, parse_port_map, tls_client_ports, unprivileged_port_start
 from dns_redirect.route import FORWARDED, VIA, Hit, KeyMemo, Passthrough, Refuse, Route, route
 from heatcache import contract
 from heatcache.cachekey import BadUrl, cache_key
@@ -136,6 +136,7 @@ class Edge:
         # where the DNS checks that every port a host's keys use is answered (steer)
         self.ports: list[int] = []
         self.tls_ports: list[int] = []
+        self.unserved: dict[int, str] = {}  # client port -> why the edge does not listen for it
         self._fronts: set[HitFront] = set()
         self._room_tasks: set[asyncio.Task[None]] = set()
         self._bg_tasks: set[asyncio.Task[None]] = set()  # whole-object fills after range misses
@@ -300,6 +301,8 @@ class Edge:
             body["tls_hosts"] = self.tls_hosts()
         if self.ports:
             body["ports"], body["tls_ports"] = self.ports, self.tls_ports
+        if self.unserved:  # client ports the edge could not listen on, and why (with the fix)
+            body["unserved_ports"] = {str(p): why for p, why in self.unserved.items()}
         return web.json_response(body)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -695,15 +698,24 @@ async def start_listeners(edge: Edge, settings: Settings) -> list[int]:
     port_map = parse_port_map(settings.edge_port_map)
     plan = edge_listeners(settings.edge_port, settings.sniff_ports, port_map, settings.edge_tls_ports)
     own = next(iter(plan))
-    await edge.start(settings.edge_host, own)
+    try:
+        await edge.start(settings.edge_host, own)
+    except OSError as exc:  # the edge's own port: nothing to serve without it
+        advice = bind_advice(own, exc.errno or 0, unprivileged_port_start())
+        raise OSError(exc.errno, f"edge cannot listen on {settings.edge_host}:{own} (HEATCACHE_EDGE_PORT): "
+                                 f"{exc.strerror or exc}" + (f". {advice}" if advice else "")) from exc
     served = list(plan[own])
     for listen, clients in list(plan.items())[1:]:
         try:
             await edge.listen(settings.edge_host, listen)
             served.extend(clients)
         except OSError as exc:
-            log.error("edge cannot listen on %s:%d (%s): hosts with keys on port(s) %s are not steered",
-                      settings.edge_host, listen, exc, ",".join(map(str, clients)))
+            # safe (those hosts resolve to their origins as before), but said at start with the fix
+            advice = bind_advice(listen, exc.errno or 0, unprivileged_port_start())
+            log.error("edge cannot listen on %s:%d (%s): hosts with keys on port(s) %s are not steered%s",
+                      settings.edge_host, listen, exc.strerror or exc, ",".join(map(str, clients)),
+                      f". {advice}" if advice else "")
+            edge.unserved.update({c: advice or str(exc.strerror or exc) for c in clients})
     if settings.edge_port:  # port 0 (any free one, tests): nothing to report, the DNS checks no ports
         edge.ports, edge.tls_ports = served, tls_client_ports(settings.edge_tls_ports, port_map)
     return served

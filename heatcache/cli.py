@@ -178,16 +178,22 @@ async def _serve_edge(run: Runner, index: CacheIndex, prod: Producer) -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     from dns_redirect.edge import start_listeners
+    from heatcache.runner import ConfigError
 
-    served = await start_listeners(edge, settings)  # its port, every sniffed port, the mapped ones
+    try:
+        served = await start_listeners(edge, settings)  # its port, every sniffed port, the mapped ones
+    except PermissionError as exc:  # a privileged port without the right: the message names the fix
+        raise ConfigError(str(exc)) from exc
     log.info("edge on %s:%d (client ports %s)", settings.edge_host, settings.edge_port, ",".join(map(str, served)))
     from dns_redirect.passthrough import TlsPassthrough
 
     tls = TlsPassthrough(settings, index, run.counters)  # HTTPS of steered hosts, spliced by SNI
     try:
         await tls.start(settings.edge_host, settings.edge_tls_ports)
-    except OSError:
+    except OSError as exc:
         await edge.stop()
+        if isinstance(exc, PermissionError):  # 443 without the right: exit 78 naming the fix, no restart loop
+            raise ConfigError(str(exc)) from exc
         raise
     edge.tls_hosts = tls.figures.as_dict
     bypass = _start_bypass(run, index, edge, tls, prod)  # leak detection (steer, issue 18)

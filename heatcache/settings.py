@@ -7,6 +7,7 @@ configuration of its own. Invalid values fail at start-up with a message naming 
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
@@ -326,9 +327,11 @@ class Settings(BaseSettings):
         out: set[str] = set()
         for address in (self.node_address, self.node_address6, self.outbound_address):
             try:
-                out.add(str(ipaddress.ip_address(address)))
+                ip = ipaddress.ip_address(address)
             except ValueError:  # unset ("") or not an address: nothing to ignore
-                pass
+                continue
+            family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+            out.add(socket.inet_ntop(family, ip.packed))  # exactly as the sniffer prints a frame's address
         return frozenset(out)
 
     def kafka_client_config(self) -> dict[str, str]:

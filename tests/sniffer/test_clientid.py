@@ -44,3 +44,25 @@ def test_the_nodes_own_traffic_is_never_published(tmp_path: Path, compiled: bool
     events = [e for i, f in enumerate(frames) for e in p.events(f, 1000.0 + i)]
     assert [(e.host, client_network(e.client)) for e in events] == [("video.example", "dorms")]
     assert p.counters["drop.ignored-address"] == 3
+
+
+@pytest.mark.skipif(not compiled_available(), reason="needs the compiled fast path (./dev builds it)")
+@pytest.mark.parametrize("ignored", [
+    {"10.1.0.6", "2001:db8::7", "2001:DB8::8", "010.1.0.9", "not an address"},  # packed; odd texts never match
+    {f"10.2.0.{i}" for i in range(40)} | {"10.1.0.6"},  # more than the packed table holds: the set is asked
+])
+def test_ignored_addresses_match_alike_on_both_paths(ignored: set[str]) -> None:
+    from heatcache.cachekey import KeyRules
+    from sniffer.events import Filters, FrameParser
+
+    frames = [tcp_frame(src, dst, 40000 + i, 80, GET, seq=1) for i, (src, dst) in enumerate([
+        ("10.1.0.5", "198.51.100.7"), ("10.1.0.6", "198.51.100.7"), ("10.1.0.5", "10.1.0.6"),
+        ("10.1.0.9", "198.51.100.7"), ("2001:db8::5", "2001:db8::7"), ("2001:db8::8", "2001:db8::5"),
+        ("2001:db8::5", "2001:db8::9")])]
+    out = []
+    for compiled in (False, True):
+        p = FrameParser(ports=frozenset({80}), rules=KeyRules.load(), hasher=ClientHasher(b"k", 3600),
+                        filters=Filters(frozenset(ignored)), compiled=compiled)
+        out.append(([e for f in frames for e in p.events(f, 1000.0)], p.counters["drop.ignored-address"]))
+    assert out[0] == out[1]
+    assert out[0][1] == (3 if len(ignored) < 10 else 2)
