@@ -120,7 +120,8 @@ class Stage:
                 "message.timeout.ms": 0,  # retry for ever: a broker outage delays acks, it never loses state
                 "queue.buffering.max.messages": 1_000_000,
             })
-            self.outputs = Outputs(prod, asyncio.get_running_loop(), self.table.changelog_topic.get_topic_name())
+            self.outputs = Outputs(prod, asyncio.get_running_loop(), self.table.changelog_topic.get_topic_name(),
+                                   self.topics["dead"])
         return self.outputs
 
     # -- the hot path: one message
