@@ -146,7 +146,10 @@ class Fetcher:
         # fetch.wait.max.ms 50 (librdkafka's default 500): measured in bench/fetch, a hot URL reached
         # the loop ~100 ms after it was produced with the default, ~50 ms less with this
         self.consumer = consumer(bootstrap, settings.topic_prefix + "heatcache-fetcher", settings,
-                                 **{"fetch.wait.max.ms": 50, **self._error_cb()})
+                                 **{"fetch.wait.max.ms": 50, **self._error_cb(),
+                                    # static membership: a restart rejoins at once (rel)
+                                    **({"group.instance.id": settings.fetch_instance_id}
+                                       if settings.fetch_instance_id else {})})
         self.counters: Counter[str] = runner.counters if runner is not None else Counter()
         self.jobs: dict[str, Job] = {}
         self.owed: dict[str, Owed] = {}  # dead letters waiting for their acknowledgement

@@ -119,6 +119,10 @@ class Settings(BaseSettings):
     # fetcher process; a port = its own process on 127.0.0.1 (`heatcache policy-proxy`, started by
     # `heatcache up` and in the k8s cache pod), so a fetcher restart does not cut aria2c's downloads
     policy_proxy_port: int = Field(default=0, ge=0, le=65535)
+    # Kafka static membership for the fetcher's consumer (group.instance.id, rel): a restarted
+    # fetcher takes its partitions back at once instead of after the session timeout; one id per
+    # fetcher process (`heatcache up` sets "<node_name>-fetch"); empty = dynamic membership
+    fetch_instance_id: str = ""
 
     # -- fetcher concurrency, retries, budget (fetcher/app.py)
     fetch_max_concurrent: int = Field(default=8, ge=1, le=256)  # downloads at once, overall
