@@ -48,7 +48,7 @@ from cachestore import open_store
 from cachestore.catalog import Admission, Catalog, CatalogUnavailable, key_hash, open_catalog
 from cachestore.coherence import fresh_until, http_time
 from cachestore.store import ObjectMeta, StoreRefused
-from fetcher import admission
+from fetcher import admission, budget
 from fetcher.offsets import OffsetTracker
 from fetcher.policyproxy import options_differ, proxy_for
 from fetcher.preflight import Preflight, judge, walk
@@ -111,7 +111,7 @@ class Job(Owed):
 
     hot: HotUrl = field(default=None)  # type: ignore[assignment]  # always given
     dir: Path = field(default=Path())
-    state: str = "check"  # check, queued, preflight, ready, add, running, finish, produce, done
+    state: str = "check"  # check, queued, preflight, ready (offpeak), add, running, finish, produce, done
     attempt: int = 0
     ready_at: float = 0.0  # monotonic: when the pre-flight answered (state ready)
     not_before: float = 0.0  # monotonic: back-off
@@ -146,7 +146,10 @@ class Fetcher:
         # fetch.wait.max.ms 50 (librdkafka's default 500): measured in bench/fetch, a hot URL reached
         # the loop ~100 ms after it was produced with the default, ~50 ms less with this
         self.consumer = consumer(bootstrap, settings.topic_prefix + "heatcache-fetcher", settings,
-                                 **{"fetch.wait.max.ms": 50, **self._error_cb()})
+                                 **{"fetch.wait.max.ms": 50, **self._error_cb(),
+                                    # static membership: a restart rejoins at once (rel)
+                                    **({"group.instance.id": settings.fetch_instance_id}
+                                       if settings.fetch_instance_id else {})})
         self.counters: Counter[str] = runner.counters if runner is not None else Counter()
         self.jobs: dict[str, Job] = {}
         self.owed: dict[str, Owed] = {}  # dead letters waiting for their acknowledgement
@@ -154,6 +157,7 @@ class Fetcher:
         self._forgotten: list[str] = []  # gids whose aria2 download result is to be removed
         self.revalidating: set[str] = set()  # cache keys with a conditional request running
         self._workers = 0  # worker threads whose result the loop has not taken yet
+        self.offpeak = budget.parse_window(settings.fetch_offpeak_hours)  # ValueError: a config error at start
         self.failure_backoff = admission.FailureBackoff(settings.fetch_failed_backoff_s,
                                                         settings.fetch_failed_backoff_max_s)
         self.offsets = OffsetTracker()
@@ -216,7 +220,8 @@ class Fetcher:
                 now = time.monotonic()
                 if not self.aria2_ok and now >= self.aria2_retry_at:
                     self._connect_aria2()
-                busy = len(self.jobs) >= 4 * s.fetch_max_concurrent + 64
+                # (jobs waiting for the off-peak window do not hold the queue up)
+                busy = len(self.jobs) - self._offpeak_jobs() >= 4 * s.fetch_max_concurrent + 64
                 # every message waiting, at once: a burst of hot URLs starts its downloads together
                 # while a worker (pre-flight, store) is out or a download runs, wait briefly: a result
                 # or an aria2 notification (both from other threads) then starts the next download
@@ -259,6 +264,9 @@ class Fetcher:
             self.proxy.stop()
             log.info("fetcher stopped: %s (%d jobs left to the next start)", dict(self.counters), len(self.jobs))
         return self.counters
+
+    def _offpeak_jobs(self) -> int:
+        return sum(1 for j in self.jobs.values() if j.state == "offpeak") if self.offpeak is not None else 0
 
     def _gauges(self) -> None:
         """The gauges the runner's /metrics and snapshots read (the cache's size from the catalog)."""
@@ -336,6 +344,8 @@ class Fetcher:
                 continue
             if job.state == "check":
                 self._check(key, job)
+            if job.state == "offpeak":  # its window is open now: ask the origin again, then download
+                job.state = "queued"
             if job.state in ("queued", "ready") and paused:
                 if key not in self._told_paused:  # once per pause: the console shows why it waits
                     self._told_paused.add(key)
@@ -522,6 +532,13 @@ class Fetcher:
         reason = judge(result, self.store.quota.object_cap())
         if reason:
             self._fail(key, job, PERMANENT + reason)
+            return
+        wait = budget.must_wait(result.length, time.time(), self.settings.fetch_large_object_bytes, self.offpeak)
+        if wait > 0:  # a large object outside the off-peak hours: waits (no slot held), asked again then
+            job.state, job.not_before = "offpeak", time.monotonic() + wait
+            self.counters["offpeak-waits"] += 1
+            self._progress(job, "queued", total=result.length or 0,
+                           error=f"waiting {wait:.0f} s for the off-peak hours {self.settings.fetch_offpeak_hours} UTC")
             return
         job.pre = result
         job.state, job.ready_at = "ready", time.monotonic()  # _advance (next in the loop) hands it to aria2c

@@ -123,6 +123,10 @@ class Settings(BaseSettings):
     # fetcher process; a port = its own process on 127.0.0.1 (`heatcache policy-proxy`, started by
     # `heatcache up` and in the k8s cache pod), so a fetcher restart does not cut aria2c's downloads
     policy_proxy_port: int = Field(default=0, ge=0, le=65535)
+    # Kafka static membership for the fetcher's consumer (group.instance.id, rel): a restarted
+    # fetcher takes its partitions back at once instead of after the session timeout; one id per
+    # fetcher process (`heatcache up` sets "<node_name>-fetch"); empty = dynamic membership
+    fetch_instance_id: str = ""
 
     # -- fetcher concurrency, retries, budget (fetcher/app.py)
     fetch_max_concurrent: int = Field(default=8, ge=1, le=256)  # downloads at once, overall
@@ -137,6 +141,10 @@ class Settings(BaseSettings):
     # permanent failure waits max): kept in the catalog (fetcher/admission.py), so across restarts
     fetch_failed_backoff_s: float = Field(default=60.0, ge=0)
     fetch_failed_backoff_max_s: float = Field(default=6 * 3600.0, ge=0)
+    # objects of at least this many bytes are downloaded only inside the off-peak hours (UTC,
+    # "22-6"; fetcher/budget.py); 0 = no such limit
+    fetch_large_object_bytes: int = Field(default=0, ge=0)
+    fetch_offpeak_hours: str = Field(default="", pattern=r"^$|^([01]?\d|2[0-3])-([01]?\d|2[0-4])$")
 
     # -- cache store (cachestore/): quota, eviction, coherence
     cache_max_bytes: int = Field(default=0, ge=0)  # total bytes of cached objects; 0 = no byte quota

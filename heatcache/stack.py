@@ -207,6 +207,8 @@ class Stack:
             ensure_topics(self.bootstrap, s)
             self._env = {**os.environ, **settings_env(s), "HEATCACHE_KAFKA_BOOTSTRAP": self.bootstrap,
                          "PYTHONUNBUFFERED": "1"}
+            if not s.fetch_instance_id:  # one fetcher per stack: static membership, a restart resumes at once
+                self._env["HEATCACHE_FETCH_INSTANCE_ID"] = f"{s.node_name}-fetch"
             if "fetch" in self.stages:
                 self.aria2 = Aria2Daemon(self.state_dir / "aria2", s.aria2_secret.get_secret_value(),
                                          s.aria2_rpc_port, s.outbound_address)
