@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import time
 
 from pydantic import SecretStr
 
@@ -17,16 +16,9 @@ from heatcache.netutil import free_port
 from heatcache.probe import probe_policy_proxy
 from heatcache.settings import Settings
 from heatcache.stack import Stack
+from tests.faults.stackproc import wait_for
 from tests.fetcher.origin import Route, TestOrigin
 from tests.fetcher.test_app import hot, publish, wait_events
-
-
-def _wait(cond: object, what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def test_a_download_survives_kill9_of_the_fetcher(kafka_settings: Settings) -> None:
@@ -41,10 +33,10 @@ def test_a_download_survives_kill9_of_the_fetcher(kafka_settings: Settings) -> N
     try:
         assert stack.proxy is not None and "policy-proxy" in stack.record.children
         publish(settings, (url.encode(), hot(url)))
-        _wait(lambda: origin.sent["/long.bin"] > 100_000, "the download to start")
+        wait_for(lambda: origin.sent["/long.bin"] > 100_000, 60, "the download to start")
         os.kill(stack.children["fetch"].proc.pid, signal.SIGKILL)
         assert origin.sent["/long.bin"] < len(body)  # killed in the middle of the download
-        _wait(lambda: "fetch restarted" in stack.events, "the supervisor to restart the fetcher")
+        wait_for(lambda: "fetch restarted" in stack.events, 60, "the supervisor to restart the fetcher")
         events = wait_events(settings, {url})
         assert events[url].state == "cached" and events[url].sha256 == hashlib.sha256(body).hexdigest()
         assert (settings.cache_root / events[url].path).read_bytes() == body
@@ -54,7 +46,7 @@ def test_a_download_survives_kill9_of_the_fetcher(kafka_settings: Settings) -> N
 
         port = stack.proxy.port
         os.kill(stack.proxy.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
-        _wait(lambda: "policy-proxy restarted" in stack.events, "the supervisor to restart the proxy")
+        wait_for(lambda: "policy-proxy restarted" in stack.events, 60, "the supervisor to restart the proxy")
         assert stack.proxy.port == port and probe_policy_proxy(settings.model_copy(update={"policy_proxy_port": port}))
     finally:
         stack.stop()
