@@ -7,20 +7,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _procs import Procs, nginx_missing, wrk  # bench/_procs.py (sets up sys.path)
 
-from cachestore.paths import object_relpath  # noqa: E402
-from heatcache.netutil import free_port, terminate, wait_for_port  # noqa: E402
-from heatcache.nginxconf import private_conf  # noqa: E402
+from cachestore.paths import object_relpath
+from heatcache.netutil import free_port
 
 EDGE = r"""
 import asyncio, sys
@@ -55,33 +49,18 @@ NGINX_HTTP = """    sendfile on;
 """
 
 
-def wrk(port: int, path: str, host: str, seconds: int) -> tuple[float, float]:
-    proc = subprocess.run(["wrk", "-t2", "-c32", f"-d{seconds}s", "-H", f"Host: {host}",
-                           f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, check=True)
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", proc.stdout).group(1))  # type: ignore[union-attr]
-    tr = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", proc.stdout)
-    scale = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9}
-    bps = float(tr.group(1)) * scale.get(tr.group(2), 1) if tr else 0.0
-    if "Non-2xx" in proc.stdout or "Socket errors" in proc.stdout:
-        print(f"  wrk on port {port}: {proc.stdout.strip().splitlines()[-3:]}")
-    return rps, bps
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     seconds = 5 if args.quick else 20
-    nginx_bin = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not Path(nginx_bin).exists() or shutil.which("wrk") is None:
+    if nginx_missing() or shutil.which("wrk") is None:
         print("edge: nginx and wrk are needed (apt-get install nginx-light wrk)", file=sys.stderr)
         return 2
-    work = Path(tempfile.mkdtemp(prefix="bench-edge-"))
-    procs: list[subprocess.Popen[str]] = []
-    try:
+    with Procs("bench-edge-") as procs:
+        work = procs.work
         www = work / "www"
         www.mkdir()
-        (work / "tmp").mkdir()
         cache = work / "cache"
         files = {"1m.bin": 1024 * 1024, "64k.bin": 64 * 1024}
         edge_port, nginx_port = free_port(), free_port()
@@ -94,28 +73,19 @@ def main() -> int:
             (cache / rel).parent.mkdir(parents=True, exist_ok=True)
             (cache / rel).write_bytes(data)
             entries.append(f"{key}|{rel}|{size}")
-        (work / "nginx.conf").write_text(private_conf(NGINX_HTTP.format(port=nginx_port, www=www), str(work)))
-        procs.append(subprocess.Popen([nginx_bin, "-c", str(work / "nginx.conf"), "-p", str(work)], text=True))
-        edge = subprocess.Popen([sys.executable, "-c", EDGE, str(edge_port), str(cache), *entries],
-                                stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        procs.append(edge)
-        assert edge.stdout is not None and edge.stdout.readline().strip() == "ready"
-        assert wait_for_port("127.0.0.1", nginx_port, 10)
+        procs.nginx(NGINX_HTTP.format(port=nginx_port, www=www), ("127.0.0.1", nginx_port))
+        procs.python(EDGE, str(edge_port), str(cache), *entries)
         time.sleep(0.3)
         results = {}
         for name in files:
-            e_rps, e_bps = wrk(edge_port, f"/{name}", f"bench.test:{edge_port}", seconds)
-            n_rps, n_bps = wrk(nginx_port, f"/{name}", "bench.test", seconds)
+            e_rps, e_bps = wrk(f"http://127.0.0.1:{edge_port}/{name}", seconds, f"bench.test:{edge_port}")
+            n_rps, n_bps = wrk(f"http://127.0.0.1:{nginx_port}/{name}", seconds, "bench.test")
             results[name] = e_rps / n_rps
             print(f"{name:>8}: edge {e_rps:,.0f} req/s ({e_bps / 1e9:.2f} GB/s), "
                   f"nginx {n_rps:,.0f} req/s ({n_bps / 1e9:.2f} GB/s), ratio {e_rps / n_rps:.2f}")
         print(f"edge: 1MiB_ratio={results['1m.bin']:.2f} 64KiB_ratio={results['64k.bin']:.2f} "
               f"ratio={min(results.values()):.2f} (reference nginx, 1 worker, wrk -t2 -c32; the smaller ratio)")
         return 0
-    finally:
-        for p in procs:
-            terminate(p)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -18,25 +18,20 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _procs import Procs, nginx_missing  # bench/_procs.py (sets up sys.path)
+from confluent_kafka import Consumer, Producer
 
-from confluent_kafka import Consumer, Producer  # noqa: E402
-
-from fetcher.app import Fetcher  # noqa: E402
-from heatcache import contract  # noqa: E402
-from heatcache.contract import CacheEvent, HotUrl  # noqa: E402
-from heatcache.lifecycle import StopFlag  # noqa: E402
-from heatcache.netutil import free_port, terminate, wait_for_port  # noqa: E402
-from heatcache.nginxconf import private_conf  # noqa: E402
-from heatcache.services.aria2 import Aria2Daemon  # noqa: E402
-from heatcache.services.kafka import EmbeddedKafka, ensure_topics  # noqa: E402
-from heatcache.settings import load_settings  # noqa: E402
+from fetcher.app import Fetcher
+from heatcache import contract
+from heatcache.contract import CacheEvent, HotUrl
+from heatcache.lifecycle import StopFlag
+from heatcache.netutil import free_port
+from heatcache.services.aria2 import Aria2Daemon
+from heatcache.services.kafka import EmbeddedKafka, ensure_topics
+from heatcache.settings import load_settings
 
 NGINX_HTTP = """    sendfile off;
     log_format t '$msec $request_time $request_method $uri';
@@ -55,26 +50,21 @@ def main() -> int:
     args = ap.parse_args()
     count, size, rate = (12, 1024**2, "2m") if args.quick else (30, 2 * 1024**2, "4m")
     concurrency = 8
-    nginx_bin = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not Path(nginx_bin).exists() or shutil.which("aria2c") is None:
+    if nginx_missing() or shutil.which("aria2c") is None:
         print("fetch: nginx and aria2c are needed (apt-get install nginx-light aria2)", file=sys.stderr)
         return 2
-    work = Path(tempfile.mkdtemp(prefix="bench-fetch-"))
-    procs: list[subprocess.Popen[str]] = []
-    broker = EmbeddedKafka(work / "kafka", heap_mb=384)
-    aria2 = Aria2Daemon(work / "aria2", secret="bench")
-    try:
+    with Procs("bench-fetch-") as procs:
+        work = procs.work
         www = work / "www"
         www.mkdir()
-        (work / "tmp").mkdir()
         for i in range(count):
             (www / f"o{i}.bin").write_bytes(os.urandom(size))
         port = free_port("127.0.0.2")
         log = work / "access.log"
-        (work / "nginx.conf").write_text(private_conf(NGINX_HTTP.format(port=port, www=www, rate=rate, log=log),
-                                                      str(work)))
-        procs.append(subprocess.Popen([nginx_bin, "-c", str(work / "nginx.conf"), "-p", str(work)], text=True))
-        assert wait_for_port("127.0.0.2", port, 10)
+        procs.nginx(NGINX_HTTP.format(port=port, www=www, rate=rate, log=log), ("127.0.0.2", port))
+        broker = procs.service(EmbeddedKafka(work / "kafka", heap_mb=384))
+        aria2 = procs.service(Aria2Daemon(work / "aria2", secret="bench"))
+        assert isinstance(broker, EmbeddedKafka) and isinstance(aria2, Aria2Daemon)
         urls = [f"http://127.0.0.2:{port}/o{i}.bin" for i in range(count)]
 
         # the reference: aria2c -i list, same concurrency, one connection per object
@@ -143,12 +133,6 @@ def main() -> int:
               f"cached={len(done)}/{count} ratio={ref_s / hc_s:.2f} "
               "(reference aria2c -i list, same objects and origin)")
         return 0
-    finally:
-        aria2.stop()
-        broker.stop()
-        for p in procs:
-            terminate(p)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

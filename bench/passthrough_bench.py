@@ -12,21 +12,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _procs import Procs, wrk  # bench/_procs.py (sets up sys.path)
 
-from heatcache.lab import ORIGIN_IP, self_signed  # noqa: E402
-from heatcache.netutil import free_port, port_is_free, terminate, wait_for_port  # noqa: E402
-from heatcache.nginxconf import private_conf  # noqa: E402
-from heatcache.services.dnsmasq import Dnsmasq  # noqa: E402
+from heatcache.lab import ORIGIN_IP, self_signed
+from heatcache.netutil import free_port, port_is_free, wait_for_port
+from heatcache.services.dnsmasq import Dnsmasq
 
 NAME = "localhost"
 
@@ -78,18 +73,6 @@ backend origin
 """
 
 
-def wrk(port: int, seconds: int) -> tuple[float, float]:
-    proc = subprocess.run(["wrk", "-t2", "-c32", f"-d{seconds}s", f"https://{NAME}:{port}/1m.bin"],
-                          capture_output=True, text=True, check=True)
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", proc.stdout).group(1))  # type: ignore[union-attr]
-    tr = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", proc.stdout)
-    scale = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9}
-    bps = float(tr.group(1)) * scale.get(tr.group(2), 1) if tr else 0.0
-    if "Non-2xx" in proc.stdout or "Socket errors" in proc.stdout:
-        print(f"  wrk on port {port}: {proc.stdout.strip().splitlines()[-3:]}")
-    return rps, bps
-
-
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (from /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -112,36 +95,30 @@ def main() -> int:
     args = ap.parse_args()
     seconds = 3 if args.quick else 5
     rounds = 3 if args.quick else 6
-    work = Path(tempfile.mkdtemp(prefix="bench-passthrough-"))
-    procs: list[subprocess.Popen[str]] = []
-    dns = Dnsmasq({NAME: ORIGIN_IP})
-    try:
+    with Procs("bench-passthrough-") as procs:
+        work = procs.work
+        dns = procs.service(Dnsmasq({NAME: ORIGIN_IP}))
+        assert isinstance(dns, Dnsmasq)
         dns.start()
         www = work / "www"
         www.mkdir()
         (www / "1m.bin").write_bytes(os.urandom(1 << 20))
         cert, key = self_signed(work / "pki", [NAME])
         ours, theirs = two_ports()
-        (work / "nginx.conf").write_text(private_conf(ORIGIN.format(ip=ORIGIN_IP, p1=ours, p2=theirs, cert=cert,
-                                                                   key=key, www=www), str(work)))
-        procs.append(subprocess.Popen(["/usr/sbin/nginx", "-c", str(work / "nginx.conf"), "-p", str(work)], text=True))
+        procs.nginx(ORIGIN.format(ip=ORIGIN_IP, p1=ours, p2=theirs, cert=cert, key=key, www=www))
         (work / "haproxy.cfg").write_text(HAPROXY.format(port=theirs, name=NAME, ip=ORIGIN_IP))
-        procs.append(subprocess.Popen(["haproxy", "-db", "-f", str(work / "haproxy.cfg")], text=True,
-                                      stdout=subprocess.DEVNULL))
-        relay = subprocess.Popen([sys.executable, "-c", RELAY, str(ours), dns.upstream], stdout=subprocess.PIPE,
-                                 text=True, cwd=ROOT)
-        procs.append(relay)
-        assert relay.stdout is not None and relay.stdout.readline().strip() == "ready"
+        haproxy = procs.spawn(["haproxy", "-db", "-f", str(work / "haproxy.cfg")], stdout=subprocess.DEVNULL)
+        relay = procs.python(RELAY, str(ours), dns.upstream)
         for ip, port in ((ORIGIN_IP, ours), (ORIGIN_IP, theirs), ("127.0.0.1", theirs)):
             assert wait_for_port(ip, port, 10), f"nothing on {ip}:{port}"
         time.sleep(0.3)
         got: dict[str, list[tuple[float, float]]] = {"passthrough": [], "haproxy": []}
         cpu = {"passthrough": 0.0, "haproxy": 0.0}
-        pids = {"passthrough": relay.pid, "haproxy": procs[1].pid}
+        pids = {"passthrough": relay.pid, "haproxy": haproxy.pid}
         for _ in range(rounds):  # short alternating halves: drift on a shared machine hits both alike
             for name, port in (("passthrough", ours), ("haproxy", theirs)):
                 before = cpu_seconds(pids[name])
-                got[name].append(wrk(port, seconds))
+                got[name].append(wrk(f"https://{NAME}:{port}/1m.bin", seconds))
                 cpu[name] += cpu_seconds(pids[name]) - before
         p_rps = sum(r for r, _ in got["passthrough"]) / rounds
         p_bps = sum(b for _, b in got["passthrough"]) / rounds
@@ -159,11 +136,6 @@ def main() -> int:
               f"ratio={ratio:.2f} (reference haproxy {version}, 1 thread, SNI routing; wrk -t2 -c32, 1 MiB, "
               f"nginx HTTPS origin)")
         return 0
-    finally:
-        for p in procs:
-            terminate(p)
-        dns.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

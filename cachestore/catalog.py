@@ -6,9 +6,11 @@ The schema is versioned: ``schema_migrations`` records which numbered migrations
 fixed-width SHA-256 of the cache key (``PRIMARY KEY (cache_key(255))`` collapsed keys sharing
 their first 255 bytes) and every origin-supplied value is a TEXT column (a 402-character ETag
 overflowed ``VARCHAR(255)``). Rows of the old ``objects`` table are copied over. Migration 2 adds
-the coherence and heat columns. Migrations run under a lock (``GET_LOCK`` on MariaDB, an
-immediate transaction on SQLite) so the edge and the fetcher starting together do not race, and
-each step is idempotent so an interrupted migration simply runs again.
+the coherence and heat columns, migration 3 the fetcher's admissions (``fetch_admissions``: the
+last admission taken on per key, consecutive failures and the back-off). Migrations run under a
+lock (``GET_LOCK`` on MariaDB, an immediate transaction on SQLite) so the edge and the fetcher
+starting together do not race, and each step is idempotent so an interrupted migration simply
+runs again.
 
 A database that cannot be reached raises :class:`CatalogUnavailable`: callers back off and retry
 (the fetcher keeps the message, the edge keeps its hit counts); nothing here exits.
@@ -55,6 +57,21 @@ class Entry:
     cache_control: str = ""  # the origin's Cache-Control, for revalidation decisions
 
 
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What the fetcher did with the last hot URL of a key (migration 3): kept in the catalog so a
+    restarted fetcher neither downloads a re-sent admission again nor forgets a failure."""
+
+    cache_key: str
+    admission: str  # HotUrl.admission last taken on ("" when streams sent none)
+    state: str  # fetching, cached or failed
+    failures: int = 0  # consecutive failed fetches
+    retry_after: float = 0.0  # wall clock: a failed key is not fetched again before this
+    reason: str = ""  # the last failure's reason
+    updated_at: float = 0.0
+
+
+ADMISSION_COLUMNS = [f.name for f in fields(Admission)]
 COLUMNS = [f.name for f in fields(Entry)]
 # a refetch keeps what the edge counted
 _KEEP_ON_UPSERT = ("cache_key", "hits", "last_hit")
@@ -94,6 +111,8 @@ class Catalog(Protocol):
     def due(self, now: float, min_interval_s: float, limit: int) -> list[Entry]: ...
     def refresh(self, cache_key: str, fresh_until: float, checked_at: float, etag: str, last_modified: str,
                 cache_control: str) -> None: ...
+    def get_admission(self, cache_key: str) -> Admission | None: ...
+    def put_admission(self, admission: Admission) -> None: ...
     def schema_version(self) -> int: ...
     def close(self) -> None: ...
 
@@ -162,9 +181,22 @@ def _migration_2(db: _Dialect) -> None:
             db.execute(f"ALTER TABLE cache_objects ADD COLUMN {name} {kind}")
 
 
+def _migration_3(db: _Dialect) -> None:
+    if db.name == "sqlite":
+        db.execute("CREATE TABLE IF NOT EXISTS fetch_admissions (key_hash TEXT PRIMARY KEY, cache_key TEXT NOT NULL,"
+                   " admission TEXT, state TEXT, failures INTEGER DEFAULT 0, retry_after REAL DEFAULT 0,"
+                   " reason TEXT, updated_at REAL DEFAULT 0)")
+    else:
+        db.execute("CREATE TABLE IF NOT EXISTS fetch_admissions (key_hash CHAR(64) CHARACTER SET ascii NOT NULL,"
+                   " cache_key BLOB NOT NULL, admission BLOB, state VARCHAR(16), failures INT DEFAULT 0,"
+                   " retry_after DOUBLE DEFAULT 0, reason TEXT, updated_at DOUBLE DEFAULT 0,"
+                   " PRIMARY KEY (key_hash)) CHARACTER SET utf8mb4")
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[_Dialect], None]], ...] = (
     (1, "sha256 primary key, TEXT columns (copies the old objects table)", _migration_1),
     (2, "coherence and heat columns: fresh_until, checked_at, heat, cache_control", _migration_2),
+    (3, "fetch_admissions: the fetcher's admitted / failed keys with their back-off", _migration_3),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -251,6 +283,29 @@ class _SqlCatalog:
             self.db.execute(f"UPDATE cache_objects SET fresh_until = {m}, checked_at = {m}, etag = {m},"
                             f" last_modified = {m}, cache_control = {m} WHERE key_hash = {m}",
                             (fresh_until, checked_at, etag, last_modified, cache_control, key_hash(cache_key)))
+
+    def get_admission(self, cache_key: str) -> Admission | None:
+        m = self.db.mark
+        with self._guard():
+            rows = self.db.execute(f"SELECT {','.join(ADMISSION_COLUMNS)} FROM fetch_admissions WHERE key_hash = {m}",
+                                   (key_hash(cache_key),))
+        if not rows:
+            return None
+        r = rows[0]
+        return Admission(_text(r[0]), _text(r[1] or ""), str(r[2] or ""), int(r[3] or 0), float(r[4] or 0.0),
+                         str(r[5] or ""), float(r[6] or 0.0))
+
+    def put_admission(self, admission: Admission) -> None:
+        m = self.db.mark
+        cols = "key_hash," + ",".join(ADMISSION_COLUMNS)
+        values = ",".join([m] * (len(ADMISSION_COLUMNS) + 1))
+        if self.db.name == "sqlite":
+            sql = f"INSERT OR REPLACE INTO fetch_admissions ({cols}) VALUES ({values})"
+        else:
+            sql = (f"INSERT INTO fetch_admissions ({cols}) VALUES ({values}) ON DUPLICATE KEY UPDATE "
+                   + ",".join(f"{c}=VALUES({c})" for c in ADMISSION_COLUMNS))
+        with self._guard():
+            self.db.execute(sql, (key_hash(admission.cache_key), *astuple(admission)))
 
     def schema_version(self) -> int:
         with self._guard():

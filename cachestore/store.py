@@ -100,6 +100,11 @@ class PendingObject:
         self.digest.update(chunk)
         return True
 
+    def flush(self) -> int:
+        """Bytes so far readable from ``path`` by others (the edge's collapsed followers)."""
+        self.fh.flush()
+        return self.size
+
     def close(self) -> None:
         if not self.fh.closed:
             self.fh.close()

@@ -25,6 +25,7 @@ from typing import Any
 
 from heatcache.contract import CacheEvent, FetchProgress, HotUrl
 from heatcache.control import ControlState, fold
+from heatcache.hostheat import merge as merge_host_heat
 
 WINDOWS = (("5m", 300), ("1h", 3600), ("1d", 86400))
 STAGE_NAMES = ("streams", "fetcher", "dns", "edge", "sniffer")
@@ -152,7 +153,7 @@ def stages_view(metrics: Mapping[str, Mapping[str, Any]], now: float, stale_s: f
 def heat_view(hot: Mapping[str, HotUrl], host_heat: Mapping[str, Mapping[int, Mapping[str, Any]]],
               n: int = 10) -> dict[str, Any]:
     """Top URLs by heat, and top hosts: from streams' host heat (requests and TLS summed over the
-    latest record of each partition; clients at least the largest partition's count) when it
+    latest record of each partition; clients merged from their sketches) when it
     publishes it, else summed from the hot URLs (without the HTTPS share)."""
     urls = sorted(hot.values(), key=lambda h: (-h.heat, -h.clients, h.cache_key))[:n]
     top_urls = [{"cache_key": h.cache_key, "url": h.url, "host": h.host, "heat": h.heat, "clients": h.clients,
@@ -162,7 +163,9 @@ def heat_view(hot: Mapping[str, HotUrl], host_heat: Mapping[str, Mapping[int, Ma
         for host, parts in host_heat.items():
             requests = sum(_num(r.get("requests")) for r in parts.values())
             tls = sum(_num(r.get("tls")) for r in parts.values())
-            clients = max((_num(r.get("clients")) for r in parts.values()), default=0.0)
+            # distinct clients over the partitions: the union of their sketches (streams' records
+            # carry one), else the largest partition's count
+            clients = merge_host_heat(host, parts.values()).clients
             hosts.append({"host": host, "heat": int(requests), "clients": int(clients),
                           "https_share": tls / requests if requests else None})
     else:

@@ -36,7 +36,7 @@ from cachestore.store import ObjectMeta, PendingObject, StoreRefused
 from dns_redirect.front import FrontWiring, HitFront, OpenObjects
 from dns_redirect.hits import SimpleHead, may_fill, plan_hit
 from dns_redirect.index import CacheIndex
-from dns_redirect.ports import edge_listeners, parse_port_map, tls_client_ports
+from dns_redirect.ports import bind_advice, edge_listeners, parse_port_map, tls_client_ports, unprivileged_port_start
 from dns_redirect.route import FORWARDED, VIA, Hit, KeyMemo, Passthrough, Refuse, Route, route
 from heatcache import contract
 from heatcache.cachekey import BadUrl, cache_key
@@ -58,6 +58,43 @@ HIT_FLUSH_S = 5.0
 # a background whole-object fill asks without the client's conditions (it wants the current object)
 _CONDITIONAL = frozenset({"range", "if-range", "if-match", "if-none-match", "if-modified-since",
                           "if-unmodified-since"})
+
+
+COLLAPSE_AHEAD_BYTES = 4 * 1024**2  # a follower's range may start this far past what the leader has
+COLLAPSE_STALL_S = 30.0  # a follower whose leader brings no byte for this long is cut
+
+
+class SharedFill:
+    """An object being stored as it streams past (a miss's in-path fill or a background fill),
+    with the origin's 200 answer and its Content-Length: concurrent misses of its key follow it
+    (collapsed forwarding) and read the bytes from the fill's file as they are flushed, instead
+    of asking the origin again. A follower never gets bytes the leader has not received from the
+    origin; if the fill ends short, a follower's connection is cut before its Content-Length."""
+
+    def __init__(self, path: Path, length: int, headers: Mapping[str, str]) -> None:
+        self.path = path
+        self.length = length
+        self.headers = headers
+        self.written = 0  # flushed to path
+        self.done = False
+        self.ok = False
+        self._event = asyncio.Event()
+
+    def grew(self, written: int) -> None:
+        self.written = written
+        self._wake()
+
+    def end(self, ok: bool) -> None:
+        if not self.done:
+            self.done, self.ok = True, ok
+            self._wake()
+
+    def _wake(self) -> None:
+        event, self._event = self._event, asyncio.Event()
+        event.set()
+
+    async def changed(self) -> None:
+        await self._event.wait()
 
 
 def from_start(range_header: str) -> bool:
@@ -99,10 +136,12 @@ class Edge:
         # where the DNS checks that every port a host's keys use is answered (steer)
         self.ports: list[int] = []
         self.tls_ports: list[int] = []
+        self.unserved: dict[int, str] = {}  # client port -> why the edge does not listen for it
         self._fronts: set[HitFront] = set()
         self._room_tasks: set[asyncio.Task[None]] = set()
         self._bg_tasks: set[asyncio.Task[None]] = set()  # whole-object fills after range misses
         self._filling: set[str] = set()  # cache keys being stored right now (one store per key at a time)
+        self._shared: dict[str, SharedFill] = {}  # fills that concurrent misses of the key follow
         self.tls_hosts: Callable[[], dict[str, dict[str, int]]] | None = None  # the TLS passthrough's per-host figures
         self.networks = NetworkNamer(settings.console_networks)  # named client networks, for savings
 
@@ -221,7 +260,8 @@ class Edge:
             await self.session.close()
 
     async def purge(self, request: web.Request) -> web.Response:
-        """``POST /.heatcache/purge`` with ``Authorization: Bearer <token>`` and {"url": "..."}."""
+        """``POST /.heatcache/purge`` with ``Authorization: Bearer <token>`` and {"url": "..."}
+        (one object), {"prefix": "..."} or {"host": "..."} (every match)."""
         token = self.settings.purge_token.get_secret_value()
         if not token:
             return web.Response(status=404, text="purge is disabled\n")
@@ -231,6 +271,8 @@ class Edge:
             return web.Response(status=401, headers={"WWW-Authenticate": "Bearer"}, text="unauthorized\n")
         try:
             body = await request.json()
+            if isinstance(body, dict) and ("prefix" in body or "host" in body):
+                return await self._purge_many(str(body.get("prefix", "")), str(body.get("host", "")))
             url = str(body["url"])
             scheme, _, rest = url.partition("://")
             authority, slash, tail = rest.partition("/")
@@ -256,12 +298,31 @@ class Edge:
         log.info("purged %s", key)
         return web.json_response({"purged": True, "cache_key": key})
 
+    async def _purge_many(self, prefix: str, host: str) -> web.Response:
+        """``{"prefix": "<URL prefix>"}`` (cache keys starting with it, as `heatcache purge
+        --prefix`) or ``{"host": "<host>"}``: every matching object, each announced."""
+        if bool(prefix) == bool(host):
+            return web.Response(status=400, text="bad purge request: give one of url, prefix, host\n")
+        if self.store is None:
+            return web.Response(status=501, text="purge by prefix or host needs the cache store (edge fill on)\n")
+        store = self.store
+        events = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: store.purge(prefix=prefix) if prefix else store.purge(host=host))
+        for event in events:
+            self.index.apply(event)
+            self._announce(event)
+        self.counters["purged"] += len(events)
+        log.info("purged %d objects (%s)", len(events), f"prefix {prefix}" if prefix else f"host {host}")
+        return web.json_response({"purged": len(events), "cache_keys": [e.cache_key for e in events]})
+
     async def health(self, _request: web.Request) -> web.Response:
         body: dict[str, Any] = {"ok": True, "objects": len(self.index.objects), **self.counters}
         if self.tls_hosts is not None:
             body["tls_hosts"] = self.tls_hosts()
         if self.ports:
             body["ports"], body["tls_ports"] = self.ports, self.tls_ports
+        if self.unserved:  # client ports the edge could not listen on, and why (with the fix)
+            body["unserved_ports"] = {str(p): why for p, why in self.unserved.items()}
         return web.json_response(body)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -281,6 +342,11 @@ class Edge:
                 resp = await self.serve_hit(request, path, entry)
                 if resp is not None:
                     return resp
+        shared = self._shared.get(decision.key) if not isinstance(decision, Passthrough) and decision.key else None
+        if shared is not None:
+            followed = await self.follow(request, decision.key, shared)
+            if followed is not None:
+                return followed
         return await self.pass_through(request, decision.host, decision.port, decision.key,
                                        store=not isinstance(decision, Passthrough))
 
@@ -325,6 +391,66 @@ class Edge:
                 await resp.write_eof()
             except ConnectionError:
                 self.counters["client-gone"] += 1  # the client hung up mid-answer: nothing to send
+            return resp
+        finally:
+            fobj.close()
+
+    async def follow(self, request: web.Request, key: str, shared: SharedFill) -> web.StreamResponse | None:
+        """Collapsed forwarding: a miss of a key whose fill is running is answered from that fill's
+        file (whole or a range of it, headers from the pure hit planner with the origin's
+        validators), not by a second origin request; None when this request cannot follow
+        (conditional, with credentials, a range far past the bytes received so far, an answer
+        that is not a 200/206): it passes through as before."""
+        h = request.headers
+        if (request.method not in ("GET", "HEAD") or "Authorization" in h
+                or any(name in h for name in _CONDITIONAL if name != "range")):
+            return None
+        origin = shared.headers
+        plan = plan_hit(shared.length, origin.get("ETag", ""), origin.get("Last-Modified", ""),
+                        origin.get("Content-Type", ""), range_header=h.get("Range", ""))
+        if plan.status not in (200, 206) or plan.start > shared.written + COLLAPSE_AHEAD_BYTES:
+            self.counters["collapse.passed"] += 1
+            return None
+        try:
+            fobj = open(shared.path, "rb")  # the inode stays readable after the rename or an abort
+        except OSError:
+            return None
+        try:
+            self.counters["collapsed"] += 1
+            self._book_hit(key)
+            headers = {**plan.headers, "X-Cache": "COLLAPSED"}
+            resp = web.StreamResponse(status=plan.status, headers=headers)
+            resp.content_length = plan.length
+            try:
+                await resp.prepare(request)
+                if request.method == "HEAD" or not plan.length:
+                    await resp.write_eof()
+                    return resp
+                self._hit_bytes(plan.length, request.remote or "")
+                pos, end = plan.start, plan.start + plan.length
+                while pos < end:
+                    if shared.written > pos:
+                        fobj.seek(pos)
+                        chunk = fobj.read(min(end, shared.written, pos + 256 * 1024) - pos)
+                        if not chunk:
+                            break
+                        await resp.write(chunk)
+                        pos += len(chunk)
+                        continue
+                    if shared.done:  # ended without the bytes this answer still owes
+                        break
+                    try:
+                        await asyncio.wait_for(shared.changed(), COLLAPSE_STALL_S)
+                    except TimeoutError:
+                        break
+                if pos < end:  # never pad or guess: the client sees a short body and asks again
+                    self.counters["collapse.cut"] += 1
+                    if request.transport is not None:
+                        request.transport.close()
+                    return resp
+                await resp.write_eof()
+            except ConnectionError:
+                self.counters["client-gone"] += 1
             return resp
         finally:
             fobj.close()
@@ -384,6 +510,7 @@ class Edge:
                 await resp.prepare(request)
                 fill: PendingObject | None = None
                 fill_started = False
+                leader: SharedFill | None = None
                 if key and store and self.store is not None:
                     reason = may_fill(request.method, fill_view, upstream.status, upstream.headers,
                                       self.store.quota.object_cap())
@@ -399,6 +526,9 @@ class Edge:
                             fill = self.store.begin(key)
                             self._filling.add(key)
                             fill_started = True
+                            if upstream.status == 200 and length_header.isdigit() and request.method == "GET":
+                                leader = SharedFill(fill.path, int(length_header), upstream.headers)
+                                self._shared[key] = leader  # concurrent misses of the key follow it
                         except OSError as exc:  # a full or failing disk: the client still gets its bytes
                             self._fill_failed(key, exc)
                     if (not whole and request.method == "GET" and upstream.status == 206 and range_header
@@ -429,12 +559,16 @@ class Edge:
                                     fill.abort()
                                     fill = None
                                     self.counters["fill.skipped.size"] += 1
+                                elif leader is not None:
+                                    leader.grew(fill.flush())
                     if fill is not None:
                         length = upstream.headers.get("Content-Length")
                         if length is None or int(length) == fill.size:
                             try:
                                 await self._finish_fill(fill, key, host, self._url_of(request, host),
                                                         upstream.headers)
+                                if leader is not None:
+                                    leader.end(True)
                             except StoreRefused as exc:  # over the quota with nothing to evict, ...
                                 log.info("in-path store of %s refused: %s", key, exc.reason)
                                 self.counters["fill.skipped.quota"] += 1
@@ -455,6 +589,10 @@ class Edge:
                         fill.abort()
                     if fill_started:
                         self._filling.discard(key)
+                    if leader is not None:
+                        leader.end(False)  # (a no-op after a stored fill)
+                        if self._shared.get(key) is leader:
+                            del self._shared[key]
                 return resp
         except (aiohttp.ClientError, TimeoutError) as exc:
             self.counters["miss.origin-failed"] += 1
@@ -503,6 +641,7 @@ class Edge:
         assert self.store is not None and self.session is not None
         self.counters["fill.background"] += 1
         fill: PendingObject | None = None
+        shared: SharedFill | None = None
         try:
             async with self.session.get(upstream_url, headers=headers, allow_redirects=False) as upstream:
                 view = CIMultiDict(headers)
@@ -513,15 +652,22 @@ class Edge:
                     self.counters["fill.skipped." + reason] += 1
                     return
                 fill = self.store.begin(key)
+                length = upstream.headers.get("Content-Length")
+                if upstream.status == 200 and length is not None and length.isdigit():
+                    shared = SharedFill(fill.path, int(length), upstream.headers)
+                    self._shared[key] = shared  # later seeks follow it instead of asking the origin
                 async for chunk in upstream.content.iter_chunked(64 * 1024):
                     if not fill.add(chunk):
                         self.counters["fill.skipped.size"] += 1
                         return
-                length = upstream.headers.get("Content-Length")
+                    if shared is not None:
+                        shared.grew(fill.flush())
                 if length is not None and int(length) != fill.size:
                     self.counters["fill.skipped.short"] += 1
                     return
                 await self._finish_fill(fill, key, host, url, upstream.headers)
+                if shared is not None:
+                    shared.end(True)
                 fill = None
         except StoreRefused as exc:
             log.info("background store of %s refused: %s", key, exc.reason)
@@ -533,6 +679,10 @@ class Edge:
             if fill is not None:
                 fill.abort()
             self._filling.discard(key)
+            if shared is not None:
+                shared.end(False)  # (a no-op after a stored fill)
+                if self._shared.get(key) is shared:
+                    del self._shared[key]
 
     async def _finish_fill(self, fill: PendingObject, key: str, host: str, url: str,
                            headers: Mapping[str, str]) -> None:
@@ -568,15 +718,24 @@ async def start_listeners(edge: Edge, settings: Settings) -> list[int]:
     port_map = parse_port_map(settings.edge_port_map)
     plan = edge_listeners(settings.edge_port, settings.sniff_ports, port_map, settings.edge_tls_ports)
     own = next(iter(plan))
-    await edge.start(settings.edge_host, own)
+    try:
+        await edge.start(settings.edge_host, own)
+    except OSError as exc:  # the edge's own port: nothing to serve without it
+        advice = bind_advice(own, exc.errno or 0, unprivileged_port_start())
+        raise OSError(exc.errno, f"edge cannot listen on {settings.edge_host}:{own} (HEATCACHE_EDGE_PORT): "
+                                 f"{exc.strerror or exc}" + (f". {advice}" if advice else "")) from exc
     served = list(plan[own])
     for listen, clients in list(plan.items())[1:]:
         try:
             await edge.listen(settings.edge_host, listen)
             served.extend(clients)
         except OSError as exc:
-            log.error("edge cannot listen on %s:%d (%s): hosts with keys on port(s) %s are not steered",
-                      settings.edge_host, listen, exc, ",".join(map(str, clients)))
+            # safe (those hosts resolve to their origins as before), but said at start with the fix
+            advice = bind_advice(listen, exc.errno or 0, unprivileged_port_start())
+            log.error("edge cannot listen on %s:%d (%s): hosts with keys on port(s) %s are not steered%s",
+                      settings.edge_host, listen, exc.strerror or exc, ",".join(map(str, clients)),
+                      f". {advice}" if advice else "")
+            edge.unserved.update({c: advice or str(exc.strerror or exc) for c in clients})
     if settings.edge_port:  # port 0 (any free one, tests): nothing to report, the DNS checks no ports
         edge.ports, edge.tls_ports = served, tls_client_ports(settings.edge_tls_ports, port_map)
     return served

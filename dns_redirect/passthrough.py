@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dns_redirect.index import CacheIndex
+from dns_redirect.ports import bind_advice, unprivileged_port_start
 from dns_redirect.route import Refuse, route_tls
 from heatcache.resolve import ResolveError, make_async_resolver, resolve_origin_async
 from heatcache.safety import ForbiddenAddress
@@ -261,8 +262,10 @@ class TlsPassthrough:
             except OSError as exc:
                 lsock.close()
                 await self.stop()
+                advice = bind_advice(port, exc.errno or 0, unprivileged_port_start(), tls=True)
                 raise OSError(exc.errno, f"TLS passthrough cannot listen on {host}:{port} "
-                                         f"(HEATCACHE_EDGE_TLS_PORTS): {exc.strerror}") from exc
+                                         f"(HEATCACHE_EDGE_TLS_PORTS): {exc.strerror}"
+                                         + (f". {advice}" if advice else "")) from exc
             real = lsock.getsockname()[1]
             self.listeners.append(lsock)
             loop.add_reader(lsock.fileno(), self._accept, lsock, real)

@@ -12,6 +12,7 @@ against that report.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterable, Mapping
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -78,3 +79,29 @@ def tls_client_ports(tls_ports: Iterable[int], port_map: Mapping[int, int]) -> l
     ("443:8443" behind a Service)."""
     own = list(dict.fromkeys(tls_ports))
     return [*own, *(c for c, ln in port_map.items() if ln in own and c not in own)]
+
+
+def bind_advice(port: int, err: int, unprivileged_start: int = 1024, tls: bool = False) -> str:
+    """What to do when the edge cannot listen on ``port`` (errno ``err``): for a privileged port
+    (below ``unprivileged_start``, net.ipv4.ip_unprivileged_port_start) without the right, the
+    three ways to give a non-root edge that port; "" for other errors."""
+    if err not in (errno.EACCES, errno.EPERM) or port >= unprivileged_start:
+        return ""
+    high = 8443 if tls else 8080
+    setting = "HEATCACHE_EDGE_TLS_PORTS" if tls else "HEATCACHE_EDGE_PORT"
+    return (f"port {port} needs root or CAP_NET_BIND_SERVICE. Fix one of: give the edge the capability "
+            f"(systemd AmbientCapabilities=CAP_NET_BIND_SERVICE; Kubernetes securityContext.capabilities.add: "
+            f"[NET_BIND_SERVICE]; or setcap cap_net_bind_service=+ep on the python binary); or listen high and "
+            f"map the port: {setting}={high} with HEATCACHE_EDGE_PORT_MAP={port}:{high} and a NAT rule or "
+            f"Service sending {port} there (iptables -t nat -A PREROUTING -p tcp --dport {port} -j REDIRECT "
+            f"--to-ports {high}); or lower sysctl net.ipv4.ip_unprivileged_port_start to {port}")
+
+
+def unprivileged_port_start(path: str = "/proc/sys/net/ipv4/ip_unprivileged_port_start") -> int:
+    """The lowest port a process without CAP_NET_BIND_SERVICE may bind (1024 where unknown); the
+    one read of the system here, for :func:`bind_advice`."""
+    try:
+        with open(path) as fh:
+            return int(fh.read().strip())
+    except (OSError, ValueError):
+        return 1024

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import ipaddress
 import logging
 import os
 import queue
 import shutil
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,11 +45,12 @@ import requests
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from cachestore import open_store
-from cachestore.catalog import Catalog, CatalogUnavailable, key_hash, open_catalog
+from cachestore.catalog import Admission, Catalog, CatalogUnavailable, key_hash, open_catalog
 from cachestore.coherence import fresh_until, http_time
 from cachestore.store import ObjectMeta, StoreRefused
+from fetcher import admission, budget
 from fetcher.offsets import OffsetTracker
-from fetcher.policyproxy import PolicyProxy
+from fetcher.policyproxy import options_differ, proxy_for
 from fetcher.preflight import Preflight, judge, walk
 from fetcher.revalidate import Revalidated, revalidate
 from heatcache import contract
@@ -68,7 +70,20 @@ log = logging.getLogger(__name__)
 ARIA2_ERRORS = (aria2p.ClientException, requests.RequestException, OSError)
 STATUS_KEYS = ["gid", "status", "totalLength", "completedLength", "downloadSpeed", "errorMessage", "errorCode", "dir"]
 PERMANENT = "permanent: "  # prefix of a failure that no retry can fix
-ADMISSIONS_KEPT = 100_000  # admission ids remembered (a re-sent one comes soon after the original)
+PREFLIGHT_FRESH_S = 30.0  # a pre-flight made ahead of its download slot is trusted this long
+
+
+class KeptAliveClient(aria2p.Client):
+    """aria2p's client on one kept-alive HTTP connection: aria2p opens a new TCP connection per
+    call (measured ~4.5 ms a call against ~2.5 ms kept alive, on the loop's critical path)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._session = requests.Session()
+
+    def post(self, payload: str) -> dict[str, Any]:
+        answer: dict[str, Any] = self._session.post(self.server, data=payload, timeout=self.timeout).json()
+        return answer
 
 
 class FetchError(RuntimeError):
@@ -96,13 +111,15 @@ class Job(Owed):
 
     hot: HotUrl = field(default=None)  # type: ignore[assignment]  # always given
     dir: Path = field(default=Path())
-    state: str = "check"  # check, queued, preflight, add, running, finish, produce, done
+    state: str = "check"  # check, queued, preflight, ready (offpeak), add, running, finish, produce, done
     attempt: int = 0
+    ready_at: float = 0.0  # monotonic: when the pre-flight answered (state ready)
     not_before: float = 0.0  # monotonic: back-off
     gid: str = ""
     pre: Preflight | None = None
     started: float = 0.0
     delays: int = 0  # waits for a dependency (database, aria2c), not counted as attempts
+    record: Admission | None = None  # what the catalog keeps of this key's admission (set by _check)
 
     @property
     def key(self) -> str:
@@ -123,21 +140,26 @@ class Fetcher:
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.catalog = catalog or open_catalog(settings.catalog)
         self.store = open_store(settings, self.catalog)
-        self.resolver = make_async_resolver(settings.upstream_dns)
+        self.resolver = make_async_resolver(settings.upstream_dns, cache_entries=4096)  # answers kept for their TTL
         self.aria2 = self._aria2_client()
         self.producer = self._producer()
         # fetch.wait.max.ms 50 (librdkafka's default 500): measured in bench/fetch, a hot URL reached
         # the loop ~100 ms after it was produced with the default, ~50 ms less with this
         self.consumer = consumer(bootstrap, settings.topic_prefix + "heatcache-fetcher", settings,
-                                 **{"fetch.wait.max.ms": 50, **self._error_cb()})
+                                 **{"fetch.wait.max.ms": 50, **self._error_cb(),
+                                    # static membership: a restart rejoins at once (rel)
+                                    **({"group.instance.id": settings.fetch_instance_id}
+                                       if settings.fetch_instance_id else {})})
         self.counters: Counter[str] = runner.counters if runner is not None else Counter()
         self.jobs: dict[str, Job] = {}
         self.owed: dict[str, Owed] = {}  # dead letters waiting for their acknowledgement
         self.by_gid: dict[str, str] = {}
+        self._forgotten: list[str] = []  # gids whose aria2 download result is to be removed
         self.revalidating: set[str] = set()  # cache keys with a conditional request running
         self._workers = 0  # worker threads whose result the loop has not taken yet
-        # admission ids (HotUrl.admission) taken on, oldest first: a re-sent one is dropped
-        self.admissions: OrderedDict[str, None] = OrderedDict()
+        self.offpeak = budget.parse_window(settings.fetch_offpeak_hours)  # ValueError: a config error at start
+        self.failure_backoff = admission.FailureBackoff(settings.fetch_failed_backoff_s,
+                                                        settings.fetch_failed_backoff_max_s)
         self.offsets = OffsetTracker()
         self.results: queue.Queue[tuple[str, str, Any]] = queue.Queue()  # (key, kind, result) from workers
         self.notified: queue.Queue[str] = queue.Queue()  # gids aria2 says stopped/completed/failed
@@ -154,19 +176,21 @@ class Fetcher:
         self.aria2_listener: aria2p.Client | None = None
         # every request aria2c makes (each redirect hop, each retry) goes through this loopback
         # proxy, which applies the address policy again (rel; fetcher/policyproxy.py)
-        self.proxy = PolicyProxy(self._proxy_check, source=settings.outbound_address)
+        self.proxy = proxy_for(settings, self._proxy_check)
 
     # -- clients --------------------------------------------------------------------------
     def _aria2_client(self) -> aria2p.Client:
         s = self.settings
-        return aria2p.Client(host=s.aria2_rpc_host, port=s.aria2_rpc_port, secret=s.aria2_secret.get_secret_value(),
-                             timeout=5)
+        return KeptAliveClient(host=s.aria2_rpc_host, port=s.aria2_rpc_port,
+                               secret=s.aria2_secret.get_secret_value(), timeout=5)
 
     def _producer(self) -> Producer:
         # Not idempotent: a CacheEvent sent twice is harmless (compacted, per key), and a message
         # that timed out during a broker outage is produced again by us rather than failing the
         # idempotence sequence.
-        return producer(self.bootstrap, self.settings, **{"enable.idempotence": False, "acks": "all",
+        # linger 5 ms (kafkautil's 20 ms batches for throughput): a CacheEvent is the end of a fetch,
+        # and the DNS steers on it; the fetcher produces few of them
+        return producer(self.bootstrap, self.settings, **{"enable.idempotence": False, "acks": "all", "linger.ms": 5,
                                            "message.timeout.ms": self.settings.fetch_producer_timeout_ms,
                                            **self._error_cb()})
 
@@ -196,11 +220,13 @@ class Fetcher:
                 now = time.monotonic()
                 if not self.aria2_ok and now >= self.aria2_retry_at:
                     self._connect_aria2()
-                busy = len(self.jobs) >= 4 * s.fetch_max_concurrent + 64
+                # (jobs waiting for the off-peak window do not hold the queue up)
+                busy = len(self.jobs) - self._offpeak_jobs() >= 4 * s.fetch_max_concurrent + 64
                 # every message waiting, at once: a burst of hot URLs starts its downloads together
-                # while a worker (pre-flight, store) is out, wait briefly: its result starts or
-                # settles a download as soon as it comes back, not after a whole poll
-                wait = 0.005 if self._workers else 0.05
+                # while a worker (pre-flight, store) is out or a download runs, wait briefly: a result
+                # or an aria2 notification (both from other threads) then starts the next download
+                # within ~5 ms, not after a whole poll (the consumer cannot be woken)
+                wait = 0.005 if self._workers or self.by_gid or not self.notified.empty() else 0.05
                 msgs = [] if busy else self.consumer.consume(256, wait)
                 if busy:
                     time.sleep(0.05)  # a full queue: let downloads finish before reading more
@@ -212,6 +238,7 @@ class Fetcher:
                 self._drain_workers()
                 self._drain_notifications()
                 self._advance(now)
+                self._remove_results()
                 self._retry_produce(now)
                 if now - last_sweep >= s.fetch_progress_interval_s:
                     last_sweep = now
@@ -237,6 +264,9 @@ class Fetcher:
             self.proxy.stop()
             log.info("fetcher stopped: %s (%d jobs left to the next start)", dict(self.counters), len(self.jobs))
         return self.counters
+
+    def _offpeak_jobs(self) -> int:
+        return sum(1 for j in self.jobs.values() if j.state == "offpeak") if self.offpeak is not None else 0
 
     def _gauges(self) -> None:
         """The gauges the runner's /metrics and snapshots read (the cache's size from the catalog)."""
@@ -290,54 +320,91 @@ class Fetcher:
             job.offsets.append(where)
             self.counters["joined"] += 1
             return
-        if hot.admission and hot.admission in self.admissions:
-            # the same admission re-sent (streams restarted before committing): handled already,
-            # whatever became of it (cached, failed, evicted since) - never a second download
-            self.counters["duplicate-admission"] += 1
-            self._offset_done(*where)
-            return
-        if hot.admission:
-            self.admissions[hot.admission] = None
-            while len(self.admissions) > ADMISSIONS_KEPT:
-                self.admissions.popitem(last=False)
         self.jobs[hot.cache_key] = Job([where], hot=hot, dir=self.jobs_dir / key_hash(hot.cache_key))
 
     def _advance(self, now: float) -> None:
-        """Move every job that can move one step on."""
+        """Move every job that can move one step on.
+
+        Download slots (``fetch_max_concurrent`` overall, ``fetch_max_per_host`` per origin host)
+        bound jobs in aria2c (add, running). Pre-flights run up to one slot's worth ahead of them
+        (preflight, ready; the same bounds again), so a freed slot is refilled at once with a job
+        whose pre-flight has answered, like aria2c's own queue does; every download ready in one
+        pass goes to aria2c in one ``system.multicall``."""
         s = self.settings
-        running = [j for j in self.jobs.values() if j.state in ("preflight", "add", "running")]
-        per_host = Counter(j.hot.host for j in running)
-        slots = s.fetch_max_concurrent - len(running)
+        active = Counter(j.hot.host for j in self.jobs.values() if j.state in ("add", "running"))
+        slots = s.fetch_max_concurrent - sum(active.values())
+        preparing = Counter(j.hot.host for j in self.jobs.values() if j.state in ("preflight", "ready"))
+        ahead = s.fetch_max_concurrent - sum(preparing.values())
         paused = self.control is not None and self.control.state.prefetch_paused
         if not paused:
             self._told_paused.clear()
+        to_add: list[Job] = []
         for key, job in list(self.jobs.items()):
             if job.not_before > now:
                 continue
             if job.state == "check":
                 self._check(key, job)
-            if job.state == "queued" and paused:
+            if job.state == "offpeak":  # its window is open now: ask the origin again, then download
+                job.state = "queued"
+            if job.state in ("queued", "ready") and paused:
                 if key not in self._told_paused:  # once per pause: the console shows why it waits
                     self._told_paused.add(key)
                     self._progress(job, "queued", error="prefetch paused")
                 continue
-            if job.state == "queued" and slots > 0 and per_host[job.hot.host] < s.fetch_max_per_host:
-                slots -= 1
-                per_host[job.hot.host] += 1
+            host = job.hot.host
+            if job.state == "ready" and slots > 0 and active[host] < s.fetch_max_per_host:
+                preparing[host] -= 1
+                ahead += 1
+                if time.monotonic() - job.ready_at > PREFLIGHT_FRESH_S:
+                    job.state = "queued"  # waited long for its slot: ask the origin again first
+                else:
+                    slots -= 1
+                    active[host] += 1
+                    job.state = "add"
+                    if not job.started:
+                        self._progress(job, "running")
+            if job.state == "queued" and ahead > 0 and preparing[host] < s.fetch_max_per_host:
+                ahead -= 1
+                preparing[host] += 1
                 job.state = "preflight"
-                if not job.started:
-                    self._progress(job, "running")
                 self._spawn(key, "preflight", self._preflight_work, job.hot.url)
-            if job.state == "add" and self.aria2_ok:
-                self._add(job)
+            if job.state == "add":
+                to_add.append(job)
+        if to_add and self.aria2_ok:
+            self._add_all(to_add)
 
     def _check(self, key: str, job: Job) -> None:
+        now = time.time()
         try:
-            existing = self.catalog.get(key)
+            record = self.catalog.get_admission(key)
+            why = admission.verdict(record, job.hot.admission, now)
+            existing = None if why else self.catalog.get(key)
+            on_disk = existing is not None and existing.state == "cached" and (self.root / existing.path).exists()
+            if not why and not on_disk:
+                job.record = admission.taken_on(record, key, job.hot.admission, now)
+                self.catalog.put_admission(job.record)
         except CatalogUnavailable as exc:
             self._delay(job, f"catalog unavailable: {exc}")
             return
-        if existing is not None and existing.state == "cached" and (self.root / existing.path).exists():
+        if why == "duplicate-admission":
+            # the same admission re-sent (streams restarted before committing) and answered
+            # already, whatever became of it (cached, failed, evicted since): never a second download
+            self.counters[why] += 1
+            job.state = "produce"
+            self._flush_outbox(key, job)
+            return
+        if why and record is not None:  # failed-backoff: answered as failed, streams backs off too
+            self.counters[why] += 1
+            self.counters["failed"] += 1  # an admission answered as failed, like any other failure
+            event = CacheEvent(cache_key=key, state="failed", url=job.hot.url, host=job.hot.host,
+                               node=self.settings.node_name, ts=now,
+                               error=(f"not fetched again for {record.retry_after - now:.0f} s after {record.failures}"
+                                      f" failed fetches: {record.reason}")[:500])
+            job.outbox.append((self.settings.topic(contract.CACHE_EVENTS), key.encode(), contract.encode(event)))
+            job.state = "produce"
+            self._flush_outbox(key, job)
+            return
+        if on_disk and existing is not None:
             # announce it again: the event may be what an earlier run could not get acknowledged
             self.counters["already-cached"] += 1
             event = CacheEvent(cache_key=key, state="cached", url=existing.url, host=existing.host,
@@ -377,7 +444,10 @@ class Fetcher:
     def _resolve(self, host: str) -> str:
         """Upstream resolver, then the address policy (for every hop and every revalidation)."""
         s = self.settings
-        address = resolve_origin(self.resolver, host, True)
+        try:  # an address literal needs no resolver (and no event loop of its own)
+            address = str(ipaddress.ip_address(host.strip("[]")))
+        except ValueError:
+            address = resolve_origin(self.resolver, host, True)
         return check_origin_address(address, s.allow_private_origins, s.origin_allow_networks)
 
     def _preflight_work(self, url: str) -> Preflight:
@@ -463,12 +533,17 @@ class Fetcher:
         if reason:
             self._fail(key, job, PERMANENT + reason)
             return
+        wait = budget.must_wait(result.length, time.time(), self.settings.fetch_large_object_bytes, self.offpeak)
+        if wait > 0:  # a large object outside the off-peak hours: waits (no slot held), asked again then
+            job.state, job.not_before = "offpeak", time.monotonic() + wait
+            self.counters["offpeak-waits"] += 1
+            self._progress(job, "queued", total=result.length or 0,
+                           error=f"waiting {wait:.0f} s for the off-peak hours {self.settings.fetch_offpeak_hours} UTC")
+            return
         job.pre = result
-        job.state = "add"
+        job.state, job.ready_at = "ready", time.monotonic()  # _advance (next in the loop) hands it to aria2c
         job.dir.mkdir(parents=True, exist_ok=True)
         (job.dir / "job.json").write_bytes(orjson.dumps({"url": job.hot.url, "key": key, "chain": result.chain}))
-        if self.aria2_ok:
-            self._add(job)
 
     # -- aria2 ------------------------------------------------------------------------------
     def _connect_aria2(self) -> None:
@@ -517,40 +592,81 @@ class Fetcher:
         self.aria2_ok = False
         self.aria2_retry_at = time.monotonic() + 1.0
 
-    def _add(self, job: Job) -> None:
-        assert job.pre is not None
-        known = self.aria2_known.pop(str(job.dir), None)
+    def _add_all(self, jobs: list[Job]) -> None:
+        """Hand jobs (state add) to aria2c: a download aria2c already has for a job (after a restart
+        of the fetcher) is adopted, never added twice; all others go in ONE ``system.multicall`` of
+        ``aria2.addUri`` (one RPC round trip for a burst of hot URLs, not one each)."""
+        fresh: list[Job] = []
+        for job in jobs:
+            known = self.aria2_known.pop(str(job.dir), None)
+            if known is None:
+                fresh.append(job)
+                continue
+            try:
+                if known.get("status") in ("active", "waiting", "paused", "complete"):
+                    self._adopt(job, known)
+                    continue
+                # stopped with an error: drop the result, resume on the same files
+                with contextlib.suppress(aria2p.ClientException):
+                    self.aria2.remove_download_result(str(known["gid"]))
+            except ARIA2_ERRORS as exc:
+                self.aria2_known[str(job.dir)] = known  # asked again after the reconnect
+                self._aria2_lost(exc)
+                return
+            fresh.append(job)
+        if not fresh:
+            return
+        calls = [{"methodName": "aria2.addUri", "params": [[job.pre.pinned], self._download_options(job)]}
+                 for job in fresh if job.pre is not None]
         try:
-            if known is not None and known.get("status") in ("active", "waiting", "paused", "complete"):
-                job.gid = str(known["gid"])  # ours from before a restart: adopt, never add twice
-                if known["status"] == "paused":
-                    self.aria2.unpause(job.gid)
-                if known["status"] != "complete":  # this run's policy proxy (its port changed)
-                    self.aria2.change_option(job.gid, self.proxy.options(job.dir.name))
-                self.counters["adopted"] += 1
-                log.info("adopted aria2 download %s for %s (%s)", job.gid, job.key, known["status"])
-            else:
-                if known is not None:  # stopped with an error: drop the result, resume on the same files
-                    with contextlib.suppress(aria2p.ClientException):
-                        self.aria2.remove_download_result(str(known["gid"]))
-                job.gid = self.aria2.add_uri([job.pre.pinned], options={
-                    "dir": str(job.dir), "out": "object", "header": [f"Host: {job.pre.hop.host_header}"],
-                    "max-tries": "2", "retry-wait": "1", "connect-timeout": "10", "timeout": "30",
-                    "continue": "true", "allow-overwrite": "false", "auto-file-renaming": "false",
-                    "remote-time": "true", "user-agent": "heatcache-fetcher",
-                    **self.proxy.options(job.dir.name),  # rel: every request through the policy proxy
-                })
-        except aria2p.ClientException as exc:
-            self._retry(job.key, job, f"aria2 refused the download: {exc}")
+            answers = self.aria2.multicall(calls)
+        except aria2p.ClientException as exc:  # the whole call refused (it is not one we send wrong)
+            for job in fresh:
+                self._retry(job.key, job, f"aria2 refused the download: {exc}")
             return
         except ARIA2_ERRORS as exc:
+            # some may have been added before the answer was lost: the reconnect learns them by
+            # their job directory and _add_all adopts them
             self._aria2_lost(exc)
             return
-        self.by_gid[job.gid] = job.key
+        self.counters["add-calls"] += 1
+        for job, answer in zip(fresh, answers, strict=True):
+            if isinstance(answer, list) and answer:
+                self._running(job, str(answer[0]))
+            else:
+                why = answer.get("message", answer) if isinstance(answer, dict) else answer
+                self._retry(job.key, job, f"aria2 refused the download: {why}")
+
+    def _download_options(self, job: Job) -> dict[str, Any]:
+        assert job.pre is not None
+        return {
+            "dir": str(job.dir), "out": "object", "header": [f"Host: {job.pre.hop.host_header}"],
+            "max-tries": "2", "retry-wait": "1", "connect-timeout": "10", "timeout": "30",
+            "continue": "true", "allow-overwrite": "false", "auto-file-renaming": "false",
+            "remote-time": "true", "user-agent": "heatcache-fetcher",
+            **self.proxy.options(job.dir.name),  # rel: every request through the policy proxy
+        }
+
+    def _adopt(self, job: Job, known: dict[str, Any]) -> None:
+        """Ours from before a restart: take the download on as it is (RPC errors to the caller)."""
+        gid = str(known["gid"])
+        if known["status"] == "paused":
+            self.aria2.unpause(gid)
+        wanted = self.proxy.options(job.dir.name)
+        # this run's policy proxy if it moved (changing an active download restarts it: rel)
+        if known["status"] != "complete" and options_differ(self.aria2.get_option(gid), wanted):
+            self.aria2.change_option(gid, wanted)
+        self.counters["adopted"] += 1
+        log.info("adopted aria2 download %s for %s (%s)", gid, job.key, known["status"])
+        self._running(job, gid)
+        if known["status"] == "complete":
+            self.notified.put(gid)
+
+    def _running(self, job: Job, gid: str) -> None:
+        job.gid = gid
+        self.by_gid[gid] = job.key
         job.state = "running"
         job.started = job.started or time.monotonic()
-        if known is not None and known.get("status") == "complete":
-            self.notified.put(job.gid)
 
     def _listen(self) -> None:
         """aria2's WebSocket notifications, on their own connection; reconnects while aria2c is down."""
@@ -566,23 +682,29 @@ class Fetcher:
             self._stopping.wait(1.0)
 
     def _drain_notifications(self) -> None:
-        seen: set[str] = set()
+        """The status of every download aria2 said stopped, in one ``system.multicall``."""
+        gids: list[str] = []
         while True:
             try:
                 gid = self.notified.get_nowait()
             except queue.Empty:
                 break
-            if gid in seen or gid not in self.by_gid:
-                continue
-            seen.add(gid)
-            try:
-                status = self.aria2.tell_status(gid, keys=STATUS_KEYS)
-            except aria2p.ClientException:
-                continue  # gone (removed by us): the sweep settles it
-            except ARIA2_ERRORS as exc:
-                self._aria2_lost(exc)
-                return
-            self._status(status)
+            if gid in self.by_gid and gid not in gids:
+                gids.append(gid)
+        if not gids:
+            return
+        try:
+            answers = self.aria2.multicall([{"methodName": "aria2.tellStatus", "params": [gid, STATUS_KEYS]}
+                                            for gid in gids])
+        except ARIA2_ERRORS as exc:
+            for gid in gids:
+                self.notified.put(gid)  # asked again once aria2c answers
+            self._aria2_lost(exc)
+            return
+        for answer in answers:
+            if isinstance(answer, list) and answer and isinstance(answer[0], dict):
+                self._status(answer[0])
+            # a fault: gone (removed by us): the sweep settles it
 
     def _sweep(self) -> None:
         """Progress for the console, the cap and timeout, and any completion a lost notification missed."""
@@ -640,10 +762,19 @@ class Fetcher:
 
     def _forget_gid(self, job: Job) -> None:
         if job.gid:
-            with contextlib.suppress(*ARIA2_ERRORS):
-                self.aria2.remove_download_result(job.gid)
             self.by_gid.pop(job.gid, None)
+            self._forgotten.append(job.gid)  # its result is removed from aria2 by _remove_results
             job.gid = ""
+
+    def _remove_results(self) -> None:
+        """Drop the download results of finished/cancelled jobs from aria2c, all in one multicall at
+        the end of a loop pass (one RPC each cost 3-40 ms on the loop, between a completion and the
+        next download's start). Best effort: a result left behind only lingers in aria2's list."""
+        if not self._forgotten or not self.aria2_ok:
+            return
+        gids, self._forgotten = self._forgotten, []
+        with contextlib.suppress(*ARIA2_ERRORS):
+            self.aria2.multicall([{"methodName": "aria2.removeDownloadResult", "params": [gid]} for gid in gids])
 
     # -- finishing --------------------------------------------------------------------------
     def _finish(self, job: Job) -> None:
@@ -690,6 +821,8 @@ class Fetcher:
             return
         self._forget_gid(job)
         shutil.rmtree(job.dir, ignore_errors=True)
+        if job.record is not None:
+            self._put_admission(admission.succeeded(job.record, time.time()))
         self.counters["fetched"] += 1
         self.counters["fetched-bytes"] += result.event.size
         self.counters["evicted"] += len(result.evicted)
@@ -698,6 +831,12 @@ class Fetcher:
         job.outbox += [(topic, e.cache_key.encode(), contract.encode(e)) for e in result.events]
         job.state = "produce"
         self._flush_outbox(key, job)
+
+    def _put_admission(self, record: Admission) -> None:
+        try:
+            self.catalog.put_admission(record)
+        except CatalogUnavailable as exc:  # only the memory of it is lost; the fetch itself is done
+            log.warning("could not record the admission of %s: %s", record.cache_key, exc)
 
     def _retry(self, key: str, job: Job, reason: str) -> None:
         job.attempt += 1
@@ -711,7 +850,10 @@ class Fetcher:
         job.not_before = time.monotonic() + wait
 
     def _fail(self, key: str, job: Job, reason: str) -> None:
+        permanent = reason.startswith(PERMANENT)
         reason = reason.removeprefix(PERMANENT)
+        if job.record is not None:  # remembered across restarts, with its back-off
+            self._put_admission(admission.failed(job.record, time.time(), reason, self.failure_backoff, permanent))
         log.warning("fetch of %s failed: %s", job.hot.url, reason)
         self.counters["failed"] += 1
         if job.gid:

@@ -14,22 +14,40 @@ Pure parts (request parsing and rewriting) are module functions; :class:`PolicyP
 small I/O shell (asyncio, on its own loop in a thread). One request per client connection
 (``Connection: close`` both ways): aria2c reconnects for the next one, which keeps the proxy
 simple and every request checked.
+
+Where it runs: with ``HEATCACHE_POLICY_PROXY_PORT`` set, as its own process
+(``heatcache policy-proxy``: :func:`serve`, started and supervised like aria2c by ``heatcache up``,
+a container of the k8s cache pod), and the fetcher talks to it through :class:`RemoteProxy`:
+a fetcher restart or crash then leaves aria2c's running downloads on their connections. The
+password is derived from the aria2 RPC secret (both sides have it), and the fetcher asks for a
+download's refusal reason with ``GET /.heatcache/refused/<token>`` (origin-form, the same proxy
+credentials). With port 0 the proxy runs inside the fetcher (:class:`PolicyProxy` directly).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import hmac
+import http.client
 import logging
 import secrets
+import signal
 import threading
-from collections.abc import Awaitable, Callable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from typing import Protocol
+from urllib.parse import quote, unquote, urlsplit
+
+from heatcache.settings import Settings
 
 log = logging.getLogger(__name__)
 
 MAX_HEAD = 64 * 1024  # request/response header block limit
+REFUSED_PATH = "/.heatcache/refused/"  # origin-form: the fetcher asks why a download was refused
+REFUSALS_KEPT = 10_000  # refusal reasons kept for the fetcher to ask (oldest dropped)
 HOP_BY_HOP = frozenset({"connection", "proxy-connection", "keep-alive", "proxy-authorization", "proxy-authenticate",
                         "te", "trailer", "upgrade"})
 
@@ -110,6 +128,18 @@ def parse_request(head: bytes) -> tuple[Request, str]:
     return Request(method, split.hostname, number, origin_form, kept, user), password
 
 
+def refusal_query(head: bytes) -> tuple[str, str] | None:
+    """(token, password) of a ``GET /.heatcache/refused/<token>`` asked of the proxy itself (pure);
+    None for any other request (a proxied one: absolute URL or CONNECT)."""
+    line, _, rest = head.decode("latin-1").partition("\r\n")
+    parts = line.split(" ")
+    if len(parts) != 3 or parts[0] != "GET" or not parts[1].startswith(REFUSED_PATH):
+        return None
+    auth = next((v.strip() for n, _, v in (h.partition(":") for h in rest.split("\r\n"))
+                 if n.strip().lower() == "proxy-authorization"), "")
+    return unquote(parts[1][len(REFUSED_PATH):]), _proxy_credentials(auth)[1]
+
+
 def upstream_head(req: Request) -> bytes:
     """The request as sent to the origin (pure): origin-form target, hop-by-hop headers dropped,
     ``Connection: close``; a Host header added when the client sent none."""
@@ -148,14 +178,15 @@ class PolicyProxy:
     ``refused(token)`` the reason the proxy refused a request of that download ("" if none)."""
 
     def __init__(self, check: Check, *, source: str = "", host: str = "127.0.0.1",
-                 connect_timeout: float = 10.0) -> None:
+                 connect_timeout: float = 10.0, port: int = 0, password: str = "") -> None:
         self.check = check  # the fetcher's resolver + address policy
         self.source = source  # the outbound address to connect from ("" = any)
         self.host = host
-        self.port = 0
+        self.port = port  # 0: any free port (inside the fetcher); fixed for the process
         self.connect_timeout = connect_timeout
-        self.password = secrets.token_hex(16)  # only aria2c (given it per download) may use the proxy
-        self.refusals: dict[str, str] = {}
+        # only aria2c (given it per download) may use the proxy
+        self.password = password or secrets.token_hex(16)
+        self.refusals: OrderedDict[str, str] = OrderedDict()
         self.forwarded = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
@@ -181,9 +212,9 @@ class PolicyProxy:
             loop = asyncio.new_event_loop()
             self._loop = loop
             try:
-                self._server = loop.run_until_complete(asyncio.start_server(self._client, self.host, 0))
+                self._server = loop.run_until_complete(asyncio.start_server(self._client, self.host, self.port))
                 self.port = self._server.sockets[0].getsockname()[1]
-            except BaseException as exc:  # pragma: no cover - binding 127.0.0.1:0 does not fail
+            except BaseException as exc:  # a fixed port held by another process
                 failure.append(exc)
                 ready.set()
                 loop.close()
@@ -209,8 +240,13 @@ class PolicyProxy:
 
         async def close() -> None:
             server.close()
-            for task in [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
                 task.cancel()
+            # let each cancelled client run its finally (writer.close()): a task destroyed while
+            # pending leaves an unclosed socket behind (ResourceWarning, seen in the kill -9 test)
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.sleep(0)  # the transports' connection_lost callbacks
 
         try:
             asyncio.run_coroutine_threadsafe(close(), loop).result(5)
@@ -234,6 +270,16 @@ class PolicyProxy:
         if len(head) > MAX_HEAD:
             writer.write(refusal(400, "request head too large"))
             return
+        query = refusal_query(head)
+        if query is not None:  # the fetcher asking why a download of its was refused
+            token, password = query
+            if not secrets.compare_digest(password, self.password):
+                writer.write(refusal(407, "proxy credentials required"))
+                return
+            body = self.refusals.pop(token, "").encode()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+                         b"Connection: close\r\n\r\n%s" % (len(body), body))
+            return
         try:
             req, password = parse_request(head)
         except ProxyRefused as exc:
@@ -249,6 +295,8 @@ class PolicyProxy:
             log.warning("policy proxy refused %s", reason)
             if req.user:
                 self.refusals[req.user] = reason
+                while len(self.refusals) > REFUSALS_KEPT:
+                    self.refusals.popitem(last=False)
             writer.write(refusal(403, reason))
             return
         try:
@@ -288,3 +336,111 @@ async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
                 dst.write_eof()
             except OSError:
                 pass
+
+
+# -- the proxy as its own process, and the fetcher's side of it --------------------------------
+
+class ProxyLike(Protocol):
+    """What the fetcher uses of a policy proxy (in its process or its own)."""
+
+    def start(self) -> int: ...
+    def stop(self) -> None: ...
+    def options(self, token: str) -> dict[str, str]: ...
+    def refused(self, token: str) -> str: ...
+    def forget(self, token: str) -> None: ...
+
+
+def proxy_password(settings: Settings) -> str:
+    """The proxy password of the separate process (pure): derived from the aria2 RPC secret,
+    which the fetcher and the proxy both have, so no second secret is to be configured."""
+    key = settings.aria2_secret.get_secret_value().encode()
+    return hmac.new(key, b"heatcache policy proxy", hashlib.sha256).hexdigest()[:32]
+
+
+def options_differ(current: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
+    """True if an adopted download's proxy options are not ``wanted`` (pure; the password is not
+    compared: aria2 may not report it, and it follows from the RPC secret aria2 was started with)."""
+    # aria2 reports all-proxy with a trailing slash ("http://127.0.0.1:6801/")
+    return any(str(current.get(k, "")).rstrip("/") != v.rstrip("/") for k, v in wanted.items()
+               if k != "all-proxy-passwd")
+
+
+class RemoteProxy:
+    """The fetcher's handle on ``heatcache policy-proxy`` on 127.0.0.1:``port``: the same methods
+    as :class:`PolicyProxy`; starting and stopping it is its supervisor's business."""
+
+    def __init__(self, port: int, password: str, host: str = "127.0.0.1", timeout: float = 2.0) -> None:
+        self.host, self.port, self.password, self.timeout = host, port, password, timeout
+
+    def start(self) -> int:
+        log.info("aria2c's requests go through the policy proxy process on %s:%d", self.host, self.port)
+        return self.port
+
+    def stop(self) -> None:
+        pass  # not ours: it keeps serving aria2c's running downloads
+
+    def options(self, token: str) -> dict[str, str]:
+        return {"all-proxy": f"http://{self.host}:{self.port}", "all-proxy-user": token,
+                "all-proxy-passwd": self.password}
+
+    def refused(self, token: str) -> str:
+        """The reason the proxy refused a request of this download ("" if none, or if the proxy
+        does not answer: aria2c's own error then says why). Asking takes the reason."""
+        auth = base64.b64encode(f"fetcher:{self.password}".encode()).decode()
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        try:
+            conn.request("GET", REFUSED_PATH + quote(token, safe=""), headers={"Proxy-Authorization": f"Basic {auth}"})
+            resp = conn.getresponse()
+            body = resp.read().decode("utf-8", "replace")
+            return body if resp.status == 200 else ""
+        except (OSError, http.client.HTTPException) as exc:
+            log.warning("policy proxy on port %d did not answer: %s", self.port, exc)
+            return ""
+        finally:
+            conn.close()
+
+    def forget(self, token: str) -> None:
+        pass  # asking took it
+
+
+def settings_check(settings: Settings) -> Check:
+    """The address policy of the fetcher's pre-flight for each host aria2c asks for: resolved
+    upstream, checked with ``check_origin_address`` (the proxy process's own copy of the rule)."""
+    from heatcache.resolve import make_async_resolver, resolve_origin_async
+    from heatcache.safety import check_origin_address
+
+    resolver = make_async_resolver(settings.upstream_dns)
+
+    async def check(host: str) -> str:
+        address = await resolve_origin_async(resolver, host, True)
+        return check_origin_address(address, settings.allow_private_origins, settings.origin_allow_networks)
+
+    return check
+
+
+def proxy_for(settings: Settings, check: Check) -> ProxyLike:
+    """The fetcher's proxy: the separate process when ``policy_proxy_port`` is set, else one in
+    the fetcher's own process."""
+    if settings.policy_proxy_port:
+        return RemoteProxy(settings.policy_proxy_port, proxy_password(settings))
+    return PolicyProxy(check, source=settings.outbound_address)
+
+
+def serve(settings: Settings) -> int:
+    """``heatcache policy-proxy``: serve on 127.0.0.1:``policy_proxy_port`` until SIGTERM/SIGINT."""
+    from heatcache.lifecycle import announce_ready
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_a: stop.set())
+    proxy = PolicyProxy(settings_check(settings), source=settings.outbound_address, port=settings.policy_proxy_port,
+                        password=proxy_password(settings))
+    proxy.start()
+    announce_ready("policy-proxy")
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        proxy.stop()
+        log.info("policy proxy stopped (%d requests forwarded)", proxy.forwarded)
+    return 0

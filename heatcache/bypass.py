@@ -13,6 +13,11 @@ requests the edge (HTTP) and the TLS passthrough handled for it in the same wind
 requests are also counted per client network (named like the console's savings networks), so
 an operator sees *who* bypasses.
 
+A request counts only if its host was steered *when it was captured*: :class:`SteeringSwitch`
+is the timeline of the operator's kill switch (the `control` topic), so while steering is
+stopped (and for one DNS TTL after it is started again, while clients still hold the origin's
+address) nothing is a bypass.
+
 Time is passed in everywhere (seconds since the epoch: the sniffer's capture time for bypassed
 requests, the edge's wall clock for served ones); nothing here does I/O.
 """
@@ -112,6 +117,53 @@ class BypassMeter:
         return {h: HostBypass(bypassed[h], served[h], bypass_ratio(bypassed[h], served[h]),
                               dict(sorted(nets.get(h, Counter()).items())))
                 for h in sorted(set(bypassed) | set(served))}
+
+
+class SteeringSwitch:
+    """When steering was on, from the kill switch's changes (pure; times in seconds since the epoch).
+
+    ``set(stopped, ts)`` records a change at ``ts`` (a ControlEvent's time); ``steered_at(ts)``
+    says whether a request captured at ``ts`` was steered: not while stopped, and not within
+    ``grace_s`` (one DNS TTL) after a start, when clients may still hold the origin's address.
+    Before the first known change the opposite of that change held (the compacted `control`
+    topic keeps only the latest switch); with no change at all, steering is on. ``always_off``
+    (``HEATCACHE_DNS_STEERING=false``): never steered, whatever the switch says. Changes older
+    than ``keep_s`` are folded away (the latest of them is kept as the starting state)."""
+
+    def __init__(self, grace_s: float = 0.0, keep_s: float = 3600.0, always_off: bool = False) -> None:
+        self.grace_s = grace_s
+        self.keep_s = keep_s
+        self.always_off = always_off
+        self.changes: list[tuple[float, bool]] = []  # (ts, stopped), ascending ts
+
+    @property
+    def stopped(self) -> bool:
+        """The current position of the switch."""
+        return self.always_off or (bool(self.changes) and self.changes[-1][1])
+
+    def set(self, stopped: bool, ts: float) -> None:
+        if self.changes and self.changes[-1][1] == stopped:
+            return  # no change (a repeated switch, or the same record read again)
+        self.changes.append((ts, stopped))
+        self.changes.sort(key=lambda c: c[0])
+        cutoff = ts - self.keep_s
+        while len(self.changes) > 1 and self.changes[1][0] <= cutoff:
+            self.changes.pop(0)
+
+    def steered_at(self, ts: float) -> bool:
+        if self.always_off:
+            return False
+        if not self.changes:
+            return True
+        before: tuple[float, bool] | None = None
+        for change in self.changes:
+            if change[0] > ts:
+                break
+            before = change
+        if before is None:  # earlier than anything known: the opposite of the first change held
+            return self.changes[0][1]
+        at, stopped = before
+        return not stopped and ts - at >= self.grace_s
 
 
 def high_bypass(figures: dict[str, HostBypass], threshold: float, min_requests: int) -> list[str]:

@@ -70,6 +70,22 @@ def cmd_fetch(settings: Settings, _args: argparse.Namespace) -> int:
     return run.run(main)
 
 
+def cmd_policy_proxy(settings: Settings, _args: argparse.Namespace) -> int:
+    """The fetcher's address-policy proxy for aria2c as its own process (rel; `heatcache up`
+    starts and supervises it like aria2c)."""
+    from fetcher.policyproxy import serve
+    from heatcache.runner import EX_CONFIG
+    from heatcache.settings import default_secrets
+
+    if not settings.policy_proxy_port:
+        log.error("HEATCACHE_POLICY_PROXY_PORT is not set: the proxy needs the port the fetcher uses")
+        return EX_CONFIG
+    if default_secrets(settings, ("aria2_secret",)):  # its password is derived from this secret
+        log.error("aria2_secret still holds the shipped default secret: set your own (or HEATCACHE_LAB_MODE=true)")
+        return EX_CONFIG
+    return serve(settings)
+
+
 def _serve(settings: Settings, stage: str) -> int:
     """dns and edge on the stage runner: follow cache-events, serve until SIGTERM, close listeners."""
     from heatcache.metrics import DNS, EDGE
@@ -162,16 +178,22 @@ async def _serve_edge(run: Runner, index: CacheIndex, prod: Producer) -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     from dns_redirect.edge import start_listeners
+    from heatcache.runner import ConfigError
 
-    served = await start_listeners(edge, settings)  # its port, every sniffed port, the mapped ones
+    try:
+        served = await start_listeners(edge, settings)  # its port, every sniffed port, the mapped ones
+    except PermissionError as exc:  # a privileged port without the right: the message names the fix
+        raise ConfigError(str(exc)) from exc
     log.info("edge on %s:%d (client ports %s)", settings.edge_host, settings.edge_port, ",".join(map(str, served)))
     from dns_redirect.passthrough import TlsPassthrough
 
     tls = TlsPassthrough(settings, index, run.counters)  # HTTPS of steered hosts, spliced by SNI
     try:
         await tls.start(settings.edge_host, settings.edge_tls_ports)
-    except OSError:
+    except OSError as exc:
         await edge.stop()
+        if isinstance(exc, PermissionError):  # 443 without the right: exit 78 naming the fix, no restart loop
+            raise ConfigError(str(exc)) from exc
         raise
     edge.tls_hosts = tls.figures.as_dict
     bypass = _start_bypass(run, index, edge, tls, prod)  # leak detection (steer, issue 18)
@@ -187,13 +209,25 @@ async def _serve_edge(run: Runner, index: CacheIndex, prod: Producer) -> None:
 def _start_bypass(run: Runner, index: CacheIndex, edge: Any, tls: Any, prod: Producer) -> Callable[[], Any]:
     """Follow `requests` for the bypass ratio of every steered host; publish the per-host figures
     as the ``edge-top`` metrics record every metrics interval. Returns the async stopper."""
-    from dns_redirect.bypass import RECORD, BypassWatch, RequestsFollower
+    from dns_redirect.bypass import RECORD, BypassWatch, RequestsFollower, edge_steers
     from heatcache import contract
+    from heatcache.control import ControlFollower, ControlState
     from heatcache.kafkautil import publish_metrics
 
     settings = run.settings
     loop = asyncio.get_running_loop()
-    watch = BypassWatch(settings, index.is_steered, run.counters)
+    steers = edge_steers(index, settings.never_steer_hosts, lambda: (edge.ports, edge.tls_ports))
+    watch = BypassWatch(settings, steers, run.counters)
+
+    def on_control(state: ControlState) -> None:  # on the follower's thread: the kill switch, as the DNS sees it
+        ev = state.steering
+        if ev is not None or watch.switch.changes:
+            stopped = state.steering_stopped
+            loop.call_soon_threadsafe(watch.on_control, stopped, ev.ts if ev is not None else time.time())
+
+    control = ControlFollower(run.bootstrap, settings.topic(contract.CONTROL), on_change=on_control,
+                              config=settings.kafka_client_config())
+    control.start()
     follower = RequestsFollower(run.bootstrap, settings.topic(contract.REQUESTS), loop, watch.on_events,
                                 run.counters, settings.kafka_client_config())
     follower.start()
@@ -218,7 +252,9 @@ def _start_bypass(run: Runner, index: CacheIndex, edge: Any, tls: Any, prod: Pro
         with contextlib.suppress(asyncio.CancelledError):
             await task
         follower.stop()
+        control.stop()
         await loop.run_in_executor(None, follower.join, 5)
+        await loop.run_in_executor(None, control.join, 5)
 
     return stop
 
@@ -416,6 +452,7 @@ COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], int], str]] =
     "sniff": (cmd_sniff, "capture HTTP requests and publish them to Kafka"),
     "streams": (cmd_streams, "the Faust app: windowed heat, hot-url emission"),
     "fetch": (cmd_fetch, "fetch hot URLs through aria2c into the cache"),
+    "policy-proxy": (cmd_policy_proxy, "the address-policy proxy in front of aria2c, as its own process"),
     "dns": (cmd_dns, "DNS server steering cached hosts to the cache node"),
     "edge": (cmd_edge, "edge HTTP server: hits from disk, misses passed through"),
     "nginx-conf": (cmd_nginx_conf, "print the nginx server block to put nginx in front of the edge"),

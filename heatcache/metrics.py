@@ -332,6 +332,9 @@ EDGE = StageSpec("edge", (
     counter("heatcache_edge_fill_bytes_total", "Bytes stored in-path", "fill.bytes"),
     counter("heatcache_edge_purged_total", "Objects purged through the purge API", "purged"),
     counter("heatcache_edge_client_gone_total", "Clients that hung up mid-answer", "client-gone"),
+    counter("heatcache_edge_collapsed_total", "Misses of a key being filled answered from that fill (collapsed"
+            " forwarding), or cut when it ended short", label="result",
+            keys={"collapsed": "followed", "collapse.cut": "cut", "collapse.passed": "passed"}),
     counter("heatcache_edge_front_total", "Hits answered by the front (handed off or deferred)", label="result",
             keys={"front.handed-off": "handed-off", "front.deferred": "deferred"}),
     gauge("heatcache_edge_cached_objects", "Objects in the edge's cache index", "objects"),
@@ -356,6 +359,12 @@ EDGE = StageSpec("edge", (
           "bypass.high-hosts"),
     counter("heatcache_edge_bypass_bad_batches_total", "requests messages the bypass follower could not decode",
             "bypass.bad-batches"),
+    counter("heatcache_edge_bypass_steering_off_total",
+            "Sniffer requests for steered hosts captured while steering was stopped (control), not counted as bypass",
+            "bypass.steering-off"),
+    counter("heatcache_edge_bypass_unattributable_total",
+            "Sniffer requests for steered hosts from clients not placeable in the steering trial's networks",
+            "bypass.unattributable"),
 ))
 
 # streams (issue 16): heat per key and host; gauges are set at each flush by the Faust worker
@@ -404,6 +413,8 @@ FETCHER = StageSpec("fetcher", (
             "redelivered"),
     counter("heatcache_fetcher_duplicate_admissions_total", "Re-sent hot URLs of a handled admission (dropped)",
             "duplicate-admission"),
+    counter("heatcache_fetcher_failed_backoff_total", "Hot URLs of a failed key inside its back-off (answered failed,"
+            " not fetched)", "failed-backoff"),
     counter("heatcache_fetcher_revalidations_total", "Conditional requests for stale objects, by outcome",
             label="result", prefix="revalidate.",
             values=("fresh", "changed", "gone", "kept", "evicted", "skipped", "failed")),

@@ -1,9 +1,11 @@
-"""Kubernetes exec probes that exercise a stage: ``python -m heatcache.probe dns|aria2``.
+"""Kubernetes exec probes that exercise a stage: ``python -m heatcache.probe dns|aria2|policy-proxy``.
 
 ``dns`` sends one real query to the server's UDP port and accepts any well-formed answer with
 the query's id (a slow upstream must not get the resolver restarted); ``aria2`` calls
-``aria2.getVersion`` with the RPC secret. Both read the same HEATCACHE_* settings as the stage
-in the pod, so the probe follows the configured port. Exit 0 = healthy.
+``aria2.getVersion`` with the RPC secret; ``policy-proxy`` asks the fetcher's address-policy
+proxy a question without credentials and accepts its 407 (it answers HTTP, and nothing passes).
+All read the same HEATCACHE_* settings as the stage in the pod, so the probe follows the
+configured port. Exit 0 = healthy.
 """
 
 from __future__ import annotations
@@ -38,7 +40,14 @@ def probe_aria2(settings: Settings, timeout: float = 3.0) -> bool:
         return "version" in json.loads(resp.read()).get("result", {})
 
 
-PROBES = {"dns": probe_dns, "aria2": probe_aria2}
+def probe_policy_proxy(settings: Settings, timeout: float = 3.0) -> bool:
+    with socket.create_connection(("127.0.0.1", settings.policy_proxy_port), timeout=timeout) as sock:
+        sock.settimeout(timeout)
+        sock.sendall(b"GET /.heatcache/refused/probe HTTP/1.1\r\nHost: probe\r\n\r\n")
+        return sock.recv(64).startswith(b"HTTP/1.1 407 ")
+
+
+PROBES = {"dns": probe_dns, "aria2": probe_aria2, "policy-proxy": probe_policy_proxy}
 
 
 def main(argv: list[str] | None = None) -> int:

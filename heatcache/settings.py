@@ -7,6 +7,7 @@ configuration of its own. Invalid values fail at start-up with a message naming 
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
@@ -98,6 +99,7 @@ class Settings(BaseSettings):
     heat_commit_interval_s: float = Field(default=0.0, ge=0)  # offset commits; 0 = the flush interval
     heat_max_ahead_s: int = Field(default=3600, ge=0)  # events this far ahead of the watermark are refused; 0 = off
     heat_fetch_timeout_s: float = Field(default=6 * 3600.0, ge=0)  # admitted, no cache event: admit again; 0 = never
+    heat_host_publish_s: float = Field(default=5.0, ge=0)  # HostHeat records at most this often; 0 = each flush
     heat_compiled: bool = True  # the compiled fold (streams/_fold.c); false: the Python reference
     streams_instance_id: str = ""  # Kafka static membership (group.instance.id): a restart rejoins at once
     streams_session_timeout_s: float = Field(default=10.0, ge=6, le=300)  # a dead worker's partitions move on
@@ -113,6 +115,14 @@ class Settings(BaseSettings):
     catalog_url: str = ""  # sqlite:///path or mysql://user:pass@host:port/db; default sqlite in state
     node_name: str = "cache-0"
     outbound_address: str = ""  # source address for the node's own origin traffic (fetcher, edge)
+    # the address-policy proxy in front of aria2c (fetcher/policyproxy.py, rel): 0 = inside the
+    # fetcher process; a port = its own process on 127.0.0.1 (`heatcache policy-proxy`, started by
+    # `heatcache up` and in the k8s cache pod), so a fetcher restart does not cut aria2c's downloads
+    policy_proxy_port: int = Field(default=0, ge=0, le=65535)
+    # Kafka static membership for the fetcher's consumer (group.instance.id, rel): a restarted
+    # fetcher takes its partitions back at once instead of after the session timeout; one id per
+    # fetcher process (`heatcache up` sets "<node_name>-fetch"); empty = dynamic membership
+    fetch_instance_id: str = ""
 
     # -- fetcher concurrency, retries, budget (fetcher/app.py)
     fetch_max_concurrent: int = Field(default=8, ge=1, le=256)  # downloads at once, overall
@@ -123,6 +133,14 @@ class Settings(BaseSettings):
     fetch_max_redirects: int = Field(default=5, ge=0, le=20)
     fetch_progress_interval_s: float = Field(default=0.5, gt=0, le=1.0)
     fetch_producer_timeout_ms: int = Field(default=120_000, ge=1000)  # message.timeout.ms (re-sent after it)
+    # a key whose fetch failed is not fetched again before base * 2^(failures-1) (at most max; a
+    # permanent failure waits max): kept in the catalog (fetcher/admission.py), so across restarts
+    fetch_failed_backoff_s: float = Field(default=60.0, ge=0)
+    fetch_failed_backoff_max_s: float = Field(default=6 * 3600.0, ge=0)
+    # objects of at least this many bytes are downloaded only inside the off-peak hours (UTC,
+    # "22-6"; fetcher/budget.py); 0 = no such limit
+    fetch_large_object_bytes: int = Field(default=0, ge=0)
+    fetch_offpeak_hours: str = Field(default="", pattern=r"^$|^([01]?\d|2[0-3])-([01]?\d|2[0-4])$")
 
     # -- cache store (cachestore/): quota, eviction, coherence
     cache_max_bytes: int = Field(default=0, ge=0)  # total bytes of cached objects; 0 = no byte quota
@@ -173,6 +191,9 @@ class Settings(BaseSettings):
     bypass_window_s: float = Field(default=300.0, gt=0)  # the bypass ratio's sliding window
     bypass_alert_ratio: float = Field(default=0.2, ge=0, le=1)  # a host above this is "high" (logged, counted)
     bypass_min_requests: int = Field(default=20, ge=1)  # fewer requests in the window say nothing
+    # pseudonymous client ids carry the name of their HEATCACHE_CONSOLE_NETWORKS network ("dorms/3f2a..."):
+    # per-network bypass and savings without raw addresses (networks smaller than 256 addresses get no label)
+    client_id_network: bool = True
 
     # -- console (the operator's web page and `heatcache status`)
     console_host: str = "127.0.0.1"  # off loopback, every endpoint needs console_token
@@ -306,6 +327,20 @@ class Settings(BaseSettings):
     @property
     def health_interval(self) -> float:
         return self.dns_health_interval_s or max(0.5, self.dns_ttl / 3)
+
+    @property
+    def node_addresses(self) -> frozenset[str]:
+        """The cache node's own addresses (steered answers, its origin traffic), normalized as the
+        sniffer prints addresses: what the sniffer never counts, configured or not."""
+        out: set[str] = set()
+        for address in (self.node_address, self.node_address6, self.outbound_address):
+            try:
+                ip = ipaddress.ip_address(address)
+            except ValueError:  # unset ("") or not an address: nothing to ignore
+                continue
+            family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+            out.add(socket.inet_ntop(family, ip.packed))  # exactly as the sniffer prints a frame's address
+        return frozenset(out)
 
     def kafka_client_config(self) -> dict[str, str]:
         """librdkafka settings for the configured security protocol (merged into every client)."""

@@ -1,8 +1,9 @@
 """The local stack and its supervisor: embedded Kafka (unless a bootstrap is configured), aria2c,
+the fetcher's address-policy proxy (its own process, so a fetcher restart cuts no download),
 and every stage as a child process with prefixed, readable logs; stopped in reverse order on
 Ctrl-C/SIGTERM.
 
-Supervision: a stage, aria2c or the broker that dies is started again with back-off
+Supervision: a stage, aria2c, the policy proxy or the broker that dies is started again with back-off
 (0.5 s doubling to 30 s, reset after a minute of running), logged, while the others keep
 serving. A stage that exits with the runner's configuration-error status (78) is reported and
 not restarted; one that finishes with 0 (a sniffer reading a capture file) is done.
@@ -36,6 +37,7 @@ from heatcache.netutil import port_is_free
 from heatcache.runner import EX_CONFIG, ConfigError
 from heatcache.services.aria2 import Aria2Daemon
 from heatcache.services.kafka import EmbeddedKafka, ensure_topics
+from heatcache.services.policyproxy import PolicyProxyDaemon
 from heatcache.services.procs import ChildRecord, port_owner, with_parent_death
 from heatcache.settings import Settings, default_secrets
 
@@ -151,6 +153,7 @@ class Stack:
         self.state_dir = settings.state_dir.resolve()
         self.broker: EmbeddedKafka | None = None
         self.aria2: Aria2Daemon | None = None
+        self.proxy: PolicyProxyDaemon | None = None  # the fetcher's address-policy proxy (own process)
         self.children: dict[str, StageProcess] = {}
         self.bootstrap = settings.kafka_bootstrap
         self.supervise = supervise
@@ -176,6 +179,8 @@ class Stack:
             wanted.append((s.kafka_port, "127.0.0.1", "HEATCACHE_KAFKA_PORT (embedded Kafka)"))
         if "fetch" in self.stages and s.aria2_rpc_port:
             wanted.append((s.aria2_rpc_port, "127.0.0.1", "HEATCACHE_ARIA2_RPC_PORT (aria2c)"))
+        if "fetch" in self.stages and s.policy_proxy_port:
+            wanted.append((s.policy_proxy_port, "127.0.0.1", "HEATCACHE_POLICY_PROXY_PORT (policy proxy)"))
         if "edge" in self.stages and s.edge_port:
             wanted.append((s.edge_port, s.edge_host, "HEATCACHE_EDGE_PORT (edge)"))
         if "dns" in self.stages and s.dns_port:
@@ -201,11 +206,18 @@ class Stack:
             ensure_topics(self.bootstrap, s)
             self._env = {**os.environ, **settings_env(s), "HEATCACHE_KAFKA_BOOTSTRAP": self.bootstrap,
                          "PYTHONUNBUFFERED": "1"}
+            if not s.fetch_instance_id:  # one fetcher per stack: static membership, a restart resumes at once
+                self._env["HEATCACHE_FETCH_INSTANCE_ID"] = f"{s.node_name}-fetch"
             if "fetch" in self.stages:
                 self.aria2 = Aria2Daemon(self.state_dir / "aria2", s.aria2_secret.get_secret_value(),
                                          s.aria2_rpc_port, s.outbound_address)
                 self._env["HEATCACHE_ARIA2_RPC_PORT"] = str(self.aria2.start())
                 self._recorded("aria2c", self.aria2.proc)
+                # the proxy aria2c's requests go through, outside the fetcher: a fetcher restart
+                # leaves the running downloads on their connections
+                self.proxy = PolicyProxyDaemon(self.state_dir / "aria2", self._env, s.policy_proxy_port)
+                self._env["HEATCACHE_POLICY_PROXY_PORT"] = str(self.proxy.start())
+                self._recorded("policy-proxy", self.proxy.proc)
             for stage in self.stages:
                 self._start_stage(stage)
             self.wait_ready(ready_timeout)
@@ -267,6 +279,8 @@ class Stack:
                 self._check_service("kafka", self.broker.proc, self._restart_broker, now)
             if self.aria2 is not None:
                 self._check_service("aria2c", self.aria2.proc, self._restart_aria2, now)
+            if self.proxy is not None:
+                self._check_service("policy-proxy", self.proxy.proc, self._restart_proxy, now)
             for stage in list(self.children):
                 child = self.children[stage]
                 self._check_service(stage, child.proc, functools.partial(self._restart_stage, stage), now,
@@ -320,6 +334,12 @@ class Stack:
         self.aria2.start()
         self._recorded("aria2c", self.aria2.proc)
 
+    def _restart_proxy(self) -> None:
+        assert self.proxy is not None
+        self.proxy.proc = None
+        self.proxy.start()  # the same port: aria2c's downloads retry into it
+        self._recorded("policy-proxy", self.proxy.proc)
+
     def _restart_broker(self) -> None:
         assert self.broker is not None
         before = self.bootstrap
@@ -345,6 +365,9 @@ class Stack:
                 codes[stage] = self.children[stage].stop()
                 self.record.remove(stage)
             self.children.clear()
+            if self.proxy is not None:
+                self.proxy.stop()
+                self.proxy = None
             if self.aria2 is not None:
                 self.aria2.stop()
                 self.aria2 = None

@@ -626,6 +626,8 @@ static PyObject *py_pcap_records(PyObject *self, PyObject *args) {
  * string objects: (host, target) -> the entry the parser's memo holds, user agent -> class,
  * client address -> id within the current id period. All three cache pure functions. */
 
+#define IGN_MAX 16 /* more ignored addresses than this: the set of strings is asked instead */
+
 typedef struct {
     PyObject_HEAD
     PyObject *portmap, *counters, *entries, *uas, *partials, *hasher, *ignored, *event_type, *params, *ua_class;
@@ -639,6 +641,9 @@ typedef struct {
     int npend;
     double rotation, fc_epoch, ttl;
     int raw, rules_on, fc_valid;
+    /* the ignored addresses as packed bytes (ign_packed): compared without making strings */
+    uint8_t ign4[IGN_MAX][4], ign6[IGN_MAX][16];
+    int n_ign4, n_ign6, ign_packed;
 } FastPath;
 
 #define FAST_MEMO_MAX 65536 /* events.py's _MEMO_MAX */
@@ -709,6 +714,49 @@ static double py_floordiv(double vx, double wx) {
         return div - fl > 0.5 ? fl + 1.0 : fl;
     }
     return copysign(0.0, vx / wx);
+}
+
+/* Whether the segment's source or destination is an ignored address (packed form). */
+static int ignored_packed(const FastPath *self, const segment *s) {
+    if (s->family == AF_INET) {
+        for (int i = 0; i < self->n_ign4; i++)
+            if (!memcmp(s->src, self->ign4[i], 4) || !memcmp(s->dst, self->ign4[i], 4)) return 1;
+        return 0;
+    }
+    for (int i = 0; i < self->n_ign6; i++)
+        if (!memcmp(s->src, self->ign6[i], 16) || !memcmp(s->dst, self->ign6[i], 16)) return 1;
+    return 0;
+}
+
+/* Pack the ignored addresses: 1 if every entry could be decided (packed, or dropped because no
+ * frame's address prints as it: the text is not what inet_ntop gives back), 0 to keep asking
+ * the set of strings (an entry that is no str, too many entries). Equal to `src in ignored`. */
+static int pack_ignored(FastPath *self, PyObject *ignored) {
+    self->n_ign4 = self->n_ign6 = 0;
+    if (ignored == Py_None) return 1;
+    PyObject *it = PyObject_GetIter(ignored), *item;
+    if (it == NULL) return -1;
+    int ok = 1;
+    while (ok && (item = PyIter_Next(it)) != NULL) {
+        const char *text = PyUnicode_Check(item) ? PyUnicode_AsUTF8(item) : NULL;
+        if (text == NULL) {
+            PyErr_Clear();
+            ok = 0;
+        } else {
+            uint8_t buf[16];
+            char back[INET6_ADDRSTRLEN];
+            int fam = inet_pton(AF_INET, text, buf) == 1 ? AF_INET : inet_pton(AF_INET6, text, buf) == 1 ? AF_INET6 : 0;
+            if (fam && inet_ntop(fam, buf, back, sizeof back) != NULL && strcmp(back, text) == 0) {
+                if (fam == AF_INET && self->n_ign4 < IGN_MAX) memcpy(self->ign4[self->n_ign4++], buf, 4);
+                else if (fam == AF_INET6 && self->n_ign6 < IGN_MAX) memcpy(self->ign6[self->n_ign6++], buf, 16);
+                else ok = 0;
+            } /* else: never equal to a printed address, never matches */
+        }
+        Py_DECREF(item);
+    }
+    Py_DECREF(it);
+    if (PyErr_Occurred()) return -1;
+    return ok;
 }
 
 /* The client id for src at ts, borrowed from the hasher's memo; on a miss (new address, new
@@ -1095,7 +1143,9 @@ static PyObject *frame_events(FastPath *self, const uint8_t *f, Py_ssize_t flen,
     heads_t heads;
     int heads_used = 0, n_entry_drops = 0;
     PyObject *entry_drops[8];
-    if (self->ignored != Py_None && PySet_GET_SIZE(self->ignored)) {
+    if (self->ign_packed) {
+        if (ignored_packed(self, &s)) { res = drop1(self, s_ignored_address); goto done; }
+    } else if (self->ignored != Py_None && PySet_GET_SIZE(self->ignored)) {
         if ((src = address(&s, s.src)) == NULL || (dst = address(&s, s.dst)) == NULL) goto done;
         int hit = PySet_Contains(self->ignored, src);
         if (hit == 0) hit = PySet_Contains(self->ignored, dst);
@@ -1458,6 +1508,9 @@ static int fp_init(FastPath *self, PyObject *args, PyObject *kwds) {
         if (d == NULL) return -1;
         Py_XSETREF(*memos[i], d);
     }
+    int packed = pack_ignored(self, ignored);
+    if (packed < 0) return -1;
+    self->ign_packed = packed;
     self->fc_valid = 0;
     self->ttl = ttl;
     self->max_flows = max_flows;

@@ -39,11 +39,13 @@ def build_parser(settings: Settings, counters: Counter[str] | None = None) -> Fr
     return FrameParser(
         ports=frozenset(settings.sniff_ports),
         rules=KeyRules.load(settings.cache_key_rules),
-        hasher=ClientHasher(settings.client_id_secret.get_secret_value().encode(), settings.client_id_rotation_s,
-                            raw=settings.client_id_raw),
+        hasher=ClientHasher.from_settings(settings),
         counters=counters if counters is not None else Counter(),
         tls_ports=frozenset(settings.sniff_tls_ports),
-        filters=Filters(frozenset(settings.ignore_addresses), settings.ignore_hosts, settings.ignore_paths),
+        # the node's own addresses always: its clients are counted by the edge, its origin traffic is
+        # no demand (and a request the sniffer saw for a steered host would count as a bypass)
+        filters=Filters(frozenset(settings.ignore_addresses) | settings.node_addresses, settings.ignore_hosts,
+                        settings.ignore_paths),
         compiled=compiled,
     )
 

@@ -24,6 +24,8 @@ from socket import AF_INET, AF_INET6, inet_pton
 
 from heatcache.cachekey import BadUrl, KeyRules, _filter_query, cache_key, split_host
 from heatcache.contract import RequestEvent
+from heatcache.networks import PSEUDONYM_LEN, NetworkNamer, label_client, labelled_networks
+from heatcache.settings import Settings
 from heatcache.tls import parse_sni
 from sniffer.parse import (
     LINKTYPE_ETHERNET,
@@ -81,11 +83,15 @@ class ClientHasher:
 
     Ids are stable within a period and unlinkable across periods and secrets. ``raw=True``
     publishes addresses as they are (only when an operator explicitly configures it).
+    ``networks``: a client in a named network gets that name in front of its id
+    ("dorms/3f2a...", heatcache.networks.label_client), so consumers can count per network
+    without addresses.
     """
 
     secret: bytes
     rotation_s: int
     raw: bool = False
+    networks: NetworkNamer | None = None
     _epoch: int = -1
     _key: bytes = b""
     _memo: dict[str, str] = field(default_factory=dict)
@@ -103,8 +109,19 @@ class ClientHasher:
             if len(self._memo) >= _MEMO_MAX:
                 self._memo.clear()
             # hmac.digest: the one-shot C HMAC, same bytes as hmac.new(...).hexdigest() at a fraction of the cost
-            cid = self._memo[address] = hmac.digest(self._key, address.encode(), "sha256").hex()[:20]
+            cid = hmac.digest(self._key, address.encode(), "sha256").hex()[:PSEUDONYM_LEN]
+            if self.networks:
+                cid = label_client(self.networks.name(address), cid)
+            self._memo[address] = cid
         return cid
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ClientHasher:
+        """The sniffer's hasher: HEATCACHE_CLIENT_ID_SECRET/_ROTATION_S/_RAW, and network labels
+        from HEATCACHE_CONSOLE_NETWORKS when HEATCACHE_CLIENT_ID_NETWORK (the default)."""
+        labels = labelled_networks(settings.console_networks) if settings.client_id_network else ()
+        return cls(settings.client_id_secret.get_secret_value().encode(), settings.client_id_rotation_s,
+                   raw=settings.client_id_raw, networks=NetworkNamer(labels) if labels else None)
 
 
 @dataclass(frozen=True, slots=True)

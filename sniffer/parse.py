@@ -53,15 +53,21 @@ class HttpRequest(NamedTuple):
 
 def parse_frame(frame: bytes, linktype: int = LINKTYPE_ETHERNET) -> Segment | str:
     """Slice a captured frame down to its TCP segment; a string is the reason it was rejected."""
+    return _parse(frame, linktype, False)  # type: ignore[return-value]  # a Fragment only with fragments=True
+
+
+def _parse(frame: bytes, linktype: int, fragments: bool) -> Segment | Fragment | str:
+    """The one walk of link and IP headers for parse_frame and parse_fragment: ``fragments``
+    turns what parse_frame rejects as "ip-fragment" into the Fragment to reassemble."""
     try:
         link = _link(frame, linktype)
         if isinstance(link, str):
             return link
         ethertype, offset = link
         if ethertype == 0x0800:
-            return _ipv4(frame, offset)
+            return _ipv4(frame, offset, fragments)
         if ethertype == 0x86DD:
-            return _ipv6(frame, offset)
+            return _ipv6(frame, offset, fragments)
         return "not-ip"
     except (IndexError, ValueError):
         return "malformed"
@@ -115,48 +121,11 @@ class Fragment(NamedTuple):
 def parse_fragment(frame: bytes, linktype: int = LINKTYPE_ETHERNET) -> Fragment | str:
     """The fragment in a frame parse_frame rejected as "ip-fragment"; a reason if it is not one
     of a TCP datagram (only those are reassembled: UDP fragments are never requests)."""
-    try:
-        link = _link(frame, linktype)
-        if isinstance(link, str):
-            return link
-        ethertype, off = link
-        if ethertype == 0x0800:
-            ihl = (frame[off] & 0x0F) * 4
-            total = (frame[off + 2] << 8) | frame[off + 3]
-            end = off + total
-            if frame[off + 9] != 6:
-                return "ip-fragment"
-            if ihl < 20 or total < ihl or end > len(frame):
-                return "bad-ip-length"
-            fo = (frame[off + 6] << 8) | frame[off + 7]
-            key = (4, frame[off + 12 : off + 16], frame[off + 16 : off + 20], frame[off + 4] << 8 | frame[off + 5])
-            return Fragment(key, (fo & 0x1FFF) * 8, bool(fo & 0x2000), frame[off : off + ihl], frame[off + ihl : end])
-        if ethertype != 0x86DD:
-            return "not-ip"
-        end = off + 40 + ((frame[off + 4] << 8) | frame[off + 5])
-        if end > len(frame):
-            return "bad-ip-length"
-        nxt, pos, hops = frame[off + 6], off + 40, 0
-        while nxt in _IPV6_EXT:
-            if pos + 8 > end or hops > 8:
-                return "bad-ipv6-ext"
-            nxt, pos = frame[pos], pos + (frame[pos + 1] + 1) * 8
-            hops += 1
-        if nxt != 44 or pos + 8 > end:
-            return "bad-ipv6-ext"
-        if frame[pos] != 6:
-            return "ip-fragment"
-        fo = (frame[pos + 2] << 8) | frame[pos + 3]
-        # the reassembled datagram: the fixed header, next header TCP, no extension headers
-        header = frame[off : off + 6] + b"\x06" + frame[off + 7 : off + 40]
-        ident = int.from_bytes(frame[pos + 4 : pos + 8], "big")
-        key = (6, frame[off + 8 : off + 24], frame[off + 24 : off + 40], ident)
-        return Fragment(key, fo & 0xFFF8, bool(fo & 1), header, frame[pos + 8 : end])
-    except (IndexError, ValueError):
-        return "malformed"
+    res = _parse(frame, linktype, True)
+    return res if isinstance(res, (Fragment, str)) else "ip-fragment"  # not a fragment: never asked
 
 
-def _ipv4(frame: bytes, off: int) -> Segment | str:
+def _ipv4(frame: bytes, off: int, fragments: bool = False) -> Segment | Fragment | str:
     if len(frame) < off + 20:
         return "short-ip"
     vihl = frame[off]
@@ -166,8 +135,17 @@ def _ipv4(frame: bytes, off: int) -> Segment | str:
     if ihl < 20:
         return "bad-ip-header"
     total = (frame[off + 2] << 8) | frame[off + 3]
-    if ((frame[off + 6] << 8) | frame[off + 7]) & 0x3FFF:  # offset or more-fragments: not reassembled
-        return "ip-fragment"
+    fo = (frame[off + 6] << 8) | frame[off + 7]
+    if fo & 0x3FFF:  # offset or more-fragments: reassembled first (sniffer.reassembly)
+        if not fragments:
+            return "ip-fragment"
+        end = off + total
+        if frame[off + 9] != 6:
+            return "ip-fragment"
+        if total < ihl or end > len(frame):
+            return "bad-ip-length"
+        key = (4, frame[off + 12 : off + 16], frame[off + 16 : off + 20], frame[off + 4] << 8 | frame[off + 5])
+        return Fragment(key, (fo & 0x1FFF) * 8, bool(fo & 0x2000), frame[off : off + ihl], frame[off + ihl : end])
     if frame[off + 9] != 6:
         return "not-tcp"
     end = off + total if total else len(frame)  # total 0: TSO-sized capture
@@ -177,7 +155,7 @@ def _ipv4(frame: bytes, off: int) -> Segment | str:
                 inet_ntop(AF_INET, frame[off + 16 : off + 20]))
 
 
-def _ipv6(frame: bytes, off: int) -> Segment | str:
+def _ipv6(frame: bytes, off: int, fragments: bool = False) -> Segment | Fragment | str:
     if len(frame) < off + 40:
         return "short-ip"
     if frame[off] >> 4 != 6:
@@ -194,7 +172,18 @@ def _ipv6(frame: bytes, off: int) -> Segment | str:
         nxt, pos = frame[pos], pos + (frame[pos + 1] + 1) * 8
         hops += 1
     if nxt == 44:
-        return "ip-fragment"
+        if not fragments:
+            return "ip-fragment"
+        if pos + 8 > end:
+            return "bad-ipv6-ext"
+        if frame[pos] != 6:
+            return "ip-fragment"
+        fo = (frame[pos + 2] << 8) | frame[pos + 3]
+        # the reassembled datagram: the fixed header, next header TCP, no extension headers
+        header = frame[off : off + 6] + b"\x06" + frame[off + 7 : off + 40]
+        ident = int.from_bytes(frame[pos + 4 : pos + 8], "big")
+        key = (6, frame[off + 8 : off + 24], frame[off + 24 : off + 40], ident)
+        return Fragment(key, fo & 0xFFF8, bool(fo & 1), header, frame[pos + 8 : end])
     if nxt != 6:
         return "not-tcp"
     return _tcp(frame, pos, end, inet_ntop(AF_INET6, frame[off + 8 : off + 24]),

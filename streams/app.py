@@ -33,6 +33,7 @@ from faust.types import TP
 
 from heatcache import contract
 from heatcache.contract import DecodeError, HostHeat, HotUrl, RequestBatch
+from heatcache.hostheat import encode_sketch
 from heatcache.kafkautil import admin, producer, ssl_context
 from heatcache.metrics import STREAMS
 from heatcache.runner import ConfigError, Runner
@@ -98,6 +99,7 @@ class Stage:
         self.last_flush = time.monotonic()
         self.last_expire = time.monotonic()
         self.last_host_flush = time.monotonic()
+        self.last_host_publish = 0.0  # the first flush publishes
         self.follower: CacheFollower | None = None
         self.pins: Any = None
         self.requests_topic = settings.topic(contract.REQUESTS)
@@ -118,7 +120,8 @@ class Stage:
                 "message.timeout.ms": 0,  # retry for ever: a broker outage delays acks, it never loses state
                 "queue.buffering.max.messages": 1_000_000,
             })
-            self.outputs = Outputs(prod, asyncio.get_running_loop(), self.table.changelog_topic.get_topic_name())
+            self.outputs = Outputs(prod, asyncio.get_running_loop(), self.table.changelog_topic.get_topic_name(),
+                                   self.topics["dead"])
         return self.outputs
 
     # -- the hot path: one message
@@ -202,11 +205,18 @@ class Stage:
             hosts_due = now - self.last_host_flush >= self.settings.heat_host_flush_s
             if hosts_due:
                 self.last_host_flush = now
+            # host heat is for steering and operators: seconds old is fresh enough, and each
+            # record costs a window merge per host (not per event)
+            publish_hosts = now - self.last_host_publish >= self.settings.heat_host_publish_s
+            if publish_hosts:
+                self.last_host_publish = now
             work: list[tuple[int, PartitionHeat, _Pending]] = []
             for p, ph in list(self.parts.items()):
                 pend = self.pending.pop(p, None)
                 if expire:
                     ph.expire()
+                if publish_hosts and self.settings.heat_host_topic and ph.touched_hosts:
+                    self.send_host_heat(ph)  # reported, not acked on: also without new messages
                 if pend is None or not pend.events:
                     if not (ph.dirty_keys or ph.expired_keys):
                         if pend is not None:
@@ -218,8 +228,6 @@ class Stage:
                     # is written with the next message of that partition
                     self.pending[p] = pend
                     continue
-                if self.settings.heat_host_topic:
-                    self.send_host_heat(ph)
                 self.write_state(p, ph, pend.last, hosts_due)
                 work.append((p, ph, pend))
             if not work:
@@ -287,10 +295,15 @@ class Stage:
         out = self.out()
         topic = self.topics["host_heat"]
         touched, ph.touched_hosts = ph.touched_hosts, set()
+        spec = ph.spec
+        first = spec.first_pane(ph.watermark, spec.window_s)
         for host in touched:
+            if host not in ph.hosts:
+                continue  # expired meanwhile
             st = ph.host_stats(host)
+            sketch = encode_sketch(ph.hosts[host].window_registers(first, spec.sketch_p))
             ev = HostHeat(host=host, partition=ph.partition, requests=st.requests, tls=st.tls, clients=st.clients,
-                          window_s=st.window_s, ts=ph.watermark, http_share=round(st.http_share, 4))
+                          window_s=st.window_s, ts=ph.watermark, http_share=round(st.http_share, 4), sketch=sketch)
             out.send(topic, host.encode(), contract.encode(ev))
 
     # -- what the cache says

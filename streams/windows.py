@@ -194,6 +194,22 @@ class Heat:
             merged.merge(sk)
         return int(merged.cardinality())
 
+    def window_registers(self, first_pane: int, sketch_p: int) -> bytes:
+        """The HyperLogLog registers (2^sketch_p bytes) of the distinct clients from ``first_pane``
+        on, exact or sketched alike: sketches of the same host from several partitions merge by
+        taking each register's maximum (heatcache.hostheat.merged_clients)."""
+        merged = HyperLogLog(sketch_p)
+        if self.clients is not None:
+            for client, pane in self.clients.items():
+                if pane >= first_pane:
+                    merged.add(client)
+        else:
+            assert self.sketches is not None
+            for pane, sk in self.sketches.items():
+                if pane >= first_pane:
+                    merged.merge(sk)
+        return merged.registers()
+
     def newest_pane(self) -> int:
         return max(self.panes) if self.panes else -1
 

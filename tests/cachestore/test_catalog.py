@@ -11,7 +11,7 @@ from pathlib import Path
 import pymysql
 import pytest
 
-from cachestore.catalog import SCHEMA_VERSION, Catalog, CatalogUnavailable, Entry, open_catalog
+from cachestore.catalog import SCHEMA_VERSION, Admission, Catalog, CatalogUnavailable, Entry, open_catalog
 from heatcache.services.mariadb import MariaDB
 
 
@@ -53,6 +53,14 @@ def exercise(cat: Catalog) -> None:
     assert got is not None and (got.fresh_until, got.checked_at, got.etag, got.last_modified, got.cache_control,
                                 got.size) == (900.0, 95.0, '"n"', "Tue", "max-age=800", 1)
     assert [x.cache_key for x in cat.due(100.0, 10.0, 10)] == [long_key]
+    # the fetcher's admissions (migration 3): one row per key, replaced, long keys and ids kept whole
+    assert cat.get_admission(long_key) is None
+    first = Admission(long_key, long_key + "@1.500000", "fetching", 0, 0.0, "", 1.5)
+    cat.put_admission(first)
+    assert cat.get_admission(long_key) == first
+    failed = replace(first, state="failed", failures=2, retry_after=300.5, reason="origin answered 500" * 20)
+    cat.put_admission(failed)
+    assert cat.get_admission(long_key) == failed and cat.get_admission("http://a/x") is None
 
 
 def hostile_values(cat: Catalog) -> None:

@@ -68,6 +68,9 @@ def serve(settings: Settings) -> Iterator[Served]:
         yield Served(server, port, settings)
     if prod is not None:
         prod.flush(5)
+        # aiohttp's middleware cache keeps the server's handlers (and so Actions and this producer)
+        # alive after the test: close it, or it keeps reconnecting to the broker until exit
+        prod.close()
 
 
 @pytest.fixture

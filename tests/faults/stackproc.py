@@ -1,6 +1,7 @@
 """`heatcache up` (or one stage) as a real child process for the fault cases: its output
 collected line by line, conditions polled with deadlines, the children read from the stack's
-record (``<state_dir>/stack.pids.json``)."""
+record (``<state_dir>/stack.pids.json``), and the stages' health answers read the one way
+(``health``, ``edge_objects``, ``edge_healthy``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +29,42 @@ def wait_for(cond: Callable[[], object], timeout: float, what: str) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def health(url: str, timeout: float = 2.0) -> dict[str, object] | None:
+    """The JSON a health endpoint answers (also with 503: a degraded runner sends the same body);
+    None while nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return dict(json.loads(resp.read()))
+    except urllib.error.HTTPError as exc:
+        with exc:
+            try:
+                return dict(json.loads(exc.read()))
+            except ValueError:
+                return None
+    except OSError:
+        return None
+
+
+def runner_health(port: int) -> dict[str, object]:
+    """A stage runner's /health on its metrics port ({} while it does not answer)."""
+    return health(f"http://127.0.0.1:{port}/health") or {}
+
+
+def edge_objects(settings: Settings) -> int:
+    """How many objects the edge's index holds, by its health answer (-1 while it does not answer)."""
+    objects = (health(settings.health_url) or {}).get("objects")
+    return objects if isinstance(objects, int) else -1
+
+
+def edge_healthy(settings: Settings, timeout: float = 2.0) -> bool:
+    """The edge's health endpoint answers 200."""
+    try:
+        with urllib.request.urlopen(settings.health_url, timeout=timeout) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
 
 
 class Proc:

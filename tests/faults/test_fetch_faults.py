@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -24,22 +23,33 @@ from heatcache.services.mariadb import MariaDB
 from heatcache.settings import Settings
 from heatcache.stack import settings_env
 from tests.faults.conftest import SECRET_BODY, ScriptedOrigin
+from tests.faults.stackproc import wait_for
 from tests.fetcher.origin import Route, TestOrigin
 from tests.fetcher.test_app import hot, publish, running, wait_events
-
-
-def wait_for(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def fetch_settings(base: Settings, aria2: Aria2Daemon, **more: object) -> Settings:
     return base.model_copy(update={"aria2_rpc_port": aria2.port, "aria2_secret": SecretStr("s3cret"),
                                    "allow_private_origins": True, "upstream_dns": ("127.0.0.1:9",),
                                    "fetch_retry_base_s": 0.2, **more})
+
+
+def refused_inward(kafka_settings: Settings, aria2: Aria2Daemon, hostile_origin: ScriptedOrigin,
+                   secret_service: ScriptedOrigin, path: str) -> contract.CacheEvent:
+    """Fetch ``path`` of the hostile origin (only 127.0.0.2 allowed): its CacheEvent, which must
+    say failed, with nothing asked from the secret service and nothing cached."""
+    settings = fetch_settings(kafka_settings, aria2, allow_private_origins=False,
+                              origin_allow_networks=("127.0.0.2/32",))
+    url = hostile_origin.url(path)
+    publish(settings, (url.encode(), hot(url)))
+    with running(settings):
+        events = wait_events(settings, {url})
+    assert events[url].state == "failed", events[url]
+    assert secret_service.hits["/secret"] == 0
+    cached = [m for m in read_topic(settings.kafka_bootstrap, settings.topic(contract.CACHE_EVENTS))
+              if b'"cached"' in (m.value() or b"")]
+    assert not cached
+    return events[url]
 
 
 def test_sigterm_during_a_long_download(kafka_settings: Settings, aria2: Aria2Daemon, tmp_path: Path) -> None:
@@ -55,7 +65,7 @@ def test_sigterm_during_a_long_download(kafka_settings: Settings, aria2: Aria2Da
     first = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     second = None
     try:
-        wait_for(lambda: origin.sent["/long.bin"] > 100_000, "the download to start")
+        wait_for(lambda: origin.sent["/long.bin"] > 100_000, 60, "the download to start")
         sent = time.monotonic()
         first.send_signal(signal.SIGTERM)
         assert first.wait(10) == 0
@@ -86,7 +96,7 @@ def test_kill9_of_aria2c_resumes(kafka_settings: Settings, aria2: Aria2Daemon) -
     publish(settings, (url.encode(), hot(url)))
     try:
         with running(settings) as fetcher:
-            wait_for(lambda: origin.sent["/big.bin"] > 300_000, "the download to get going")
+            wait_for(lambda: origin.sent["/big.bin"] > 300_000, 60, "the download to get going")
             assert aria2.proc is not None
             aria2.proc.kill()
             aria2.proc.wait()
@@ -113,12 +123,12 @@ def test_mariadb_stopped_during_a_download(kafka_settings: Settings, aria2: Aria
     publish(settings, (url.encode(), hot(url)))
     try:
         with running(settings) as fetcher:
-            wait_for(lambda: origin.sent["/db.bin"] > 0, "the download to start")
+            wait_for(lambda: origin.sent["/db.bin"] > 0, 60, "the download to start")
             assert mariadb.proc is not None
             args = mariadb.proc.args
             mariadb.proc.kill()
             mariadb.proc.wait()
-            wait_for(lambda: fetcher.counters["delays"] > 0, "the fetcher to find the database gone")
+            wait_for(lambda: fetcher.counters["delays"] > 0, 60, "the fetcher to find the database gone")
             mariadb.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
                                             start_new_session=True)
             events = wait_events(settings, {url})
@@ -129,45 +139,24 @@ def test_mariadb_stopped_during_a_download(kafka_settings: Settings, aria2: Aria
 
 
 def test_inward_redirect_through_the_fetcher(kafka_settings: Settings, aria2: Aria2Daemon,
-                                             hostile_origin: ScriptedOrigin, secret_service: object) -> None:
-    secret_url = secret_service.url("/secret")  # type: ignore[attr-defined]
-    hostile_origin.redirect("/video.bin", secret_url)
-    settings = fetch_settings(kafka_settings, aria2, allow_private_origins=False,
-                              origin_allow_networks=("127.0.0.2/32",))
-    url = hostile_origin.url("/video.bin")
-    publish(settings, (url.encode(), hot(url)))
-    with running(settings):
-        events = wait_events(settings, {url})
-    assert events[url].state == "failed" and "127.0.0.1 is not a public address" in events[url].error
-    assert secret_service.hits["/secret"] == 0  # type: ignore[attr-defined]
-    cached = [m for m in read_topic(settings.kafka_bootstrap, settings.topic(contract.CACHE_EVENTS))
-              if b'"cached"' in (m.value() or b"")]
-    assert not cached
+                                             hostile_origin: ScriptedOrigin, secret_service: ScriptedOrigin) -> None:
+    hostile_origin.redirect("/video.bin", secret_service.url("/secret"))
+    failed = refused_inward(kafka_settings, aria2, hostile_origin, secret_service, "/video.bin")
+    assert "127.0.0.1 is not a public address" in failed.error
 
 
 def test_redirect_only_to_arias_own_request(kafka_settings: Settings, aria2: Aria2Daemon,
-                                            hostile_origin: ScriptedOrigin, secret_service: object) -> None:
+                                            hostile_origin: ScriptedOrigin, secret_service: ScriptedOrigin) -> None:
     """The origin answers the pre-flight with 200 and aria2c's own request with a 302 inward:
     the policy proxy refuses the hop, nothing is cached, the failure says why."""
-    secret_url = secret_service.url("/secret")  # type: ignore[attr-defined]
     # the same length as the secret: the size check after the download cannot tell them apart
     hostile_origin.route_once("/swap.bin", 200, {"Content-Type": "application/octet-stream"},
                               b"x" * len(SECRET_BODY))
-    hostile_origin.redirect("/swap.bin", secret_url)
-    settings = fetch_settings(kafka_settings, aria2, allow_private_origins=False,
-                              origin_allow_networks=("127.0.0.2/32",))
-    url = hostile_origin.url("/swap.bin")
-    publish(settings, (url.encode(), hot(url)))
-    with running(settings):
-        events = wait_events(settings, {url})
+    hostile_origin.redirect("/swap.bin", secret_service.url("/secret"))
+    failed = refused_inward(kafka_settings, aria2, hostile_origin, secret_service, "/swap.bin")
     assert hostile_origin.hits["/swap.bin"] >= 2  # the pre-flight and aria2c's request
-    assert events[url].state == "failed"
-    assert "refused by the address policy" in events[url].error
-    assert "127.0.0.1 is not a public address" in events[url].error
-    assert secret_service.hits["/secret"] == 0  # type: ignore[attr-defined]
-    cached = [m for m in read_topic(settings.kafka_bootstrap, settings.topic(contract.CACHE_EVENTS))
-              if b'"cached"' in (m.value() or b"")]
-    assert not cached
+    assert "refused by the address policy" in failed.error
+    assert "127.0.0.1 is not a public address" in failed.error
 
 
 def test_broker_down_past_the_delivery_timeout(base_settings: Settings, aria2: Aria2Daemon, tmp_path: Path) -> None:
@@ -187,9 +176,9 @@ def test_broker_down_past_the_delivery_timeout(base_settings: Settings, aria2: A
         url = origin.url("/slow.bin")
         publish(settings, (url.encode(), hot(url)))
         with running(settings) as fetcher:
-            wait_for(lambda: origin.sent["/slow.bin"] > 0, "the download to start")
+            wait_for(lambda: origin.sent["/slow.bin"] > 0, 60, "the download to start")
             broker.stop()
-            wait_for(lambda: fetcher.counters["redelivered"] > 0, "a delivery to time out")
+            wait_for(lambda: fetcher.counters["redelivered"] > 0, 60, "a delivery to time out")
             broker.start()
             events = wait_events(settings, {url})
         assert events[url].state == "cached" and events[url].sha256 == hashlib.sha256(body).hexdigest()

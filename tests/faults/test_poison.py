@@ -5,9 +5,7 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
-import urllib.request
 from pathlib import Path
 
 import orjson
@@ -20,7 +18,7 @@ from heatcache.lab import NODE_IP, lab_settings, resolve_via
 from heatcache.netutil import free_port
 from heatcache.services.dnsmasq import Dnsmasq
 from heatcache.settings import Settings
-from tests.faults.stackproc import Proc, wait_for
+from tests.faults.stackproc import Proc, edge_objects, wait_for
 
 GOOD = CacheEvent("http://steered.lab.test/a.bin", "cached", url="http://steered.lab.test/a.bin",
                   host="steered.lab.test", path="objects/aa/a", size=3, ts=1.0)
@@ -33,14 +31,6 @@ POISON = [
     orjson.dumps({**BODY, "ts": True}),
     orjson.dumps({**BODY, "url": "http://user:pw@steered.lab.test/a.bin"}),
 ]
-
-
-def _edge_objects(settings: Settings) -> int:
-    try:
-        with urllib.request.urlopen(settings.health_url, timeout=2) as resp:
-            return int(json.loads(resp.read())["objects"])
-    except OSError:
-        return -1
 
 
 def test_dns_and_edge_dead_letter_poison_and_go_on(kafka_settings: Settings, dnsmasq: Dnsmasq,
@@ -66,7 +56,7 @@ def test_dns_and_edge_dead_letter_poison_and_go_on(kafka_settings: Settings, dns
         assert prod.flush(10) == 0
         wait_for(lambda: resolve_via((settings.dns_host, settings.dns_port), "steered.lab.test") == [NODE_IP], 30,
                  "the DNS to steer the host of the good event")
-        wait_for(lambda: _edge_objects(settings) == 1, 30, "the edge to index the good event")
+        wait_for(lambda: edge_objects(settings) == 1, 30, "the edge to index the good event")
         assert dns.proc.poll() is None and edge.proc.poll() is None
         deadline = time.monotonic() + 30
         dead: list[dict[str, object]] = []

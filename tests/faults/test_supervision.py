@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from heatcache.services.aria2 import Aria2Daemon, Aria2SetupError
 from heatcache.services.dnsmasq import Dnsmasq
 from heatcache.settings import Settings
 from heatcache.stack import Stack, StageProcess, after_exit, restart_delay
-from tests.faults.stackproc import Proc, alive, wait_for
+from tests.faults.stackproc import Proc, alive, edge_healthy, wait_for
 
 # kafka, dns and edge only
 SERVING = ("--without", "streams", "--without", "fetch", "--without", "sniff", "--without", "console")
@@ -32,10 +31,9 @@ def serving(settings: Settings) -> bool:
     """DNS answers (forwarded to the lab upstream) and the edge's health endpoint answers."""
     try:
         dns_ok = resolve_via((settings.dns_host, settings.dns_port), "origin.lab.test") == ["127.0.0.2"]
-        with urllib.request.urlopen(settings.health_url, timeout=2) as resp:
-            return dns_ok and resp.status == 200
     except OSError:
         return False
+    return dns_ok and edge_healthy(settings)
 
 
 def test_back_off_and_exit_policy() -> None:
@@ -58,8 +56,7 @@ def test_stage_and_broker_kill_then_up_kill(base_settings: Settings, dnsmasq: Dn
         # kill -9 of a stage: restarted; the edge kept serving meanwhile
         os.kill(before["dns"], signal.SIGKILL)
         up.wait_line("dns exited with status -9; restarting")
-        with urllib.request.urlopen(settings.health_url, timeout=5) as resp:
-            assert resp.status == 200
+        assert edge_healthy(settings, timeout=5)
         wait_for(lambda: up.count("heatcache-ready dns") >= 2, 60, "dns ready again")
         wait_for(lambda: serving(settings), 30, "dns answering again")
         assert up.children()["dns"] != before["dns"] and up.children()["edge"] == before["edge"]

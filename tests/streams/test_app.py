@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import orjson
 
@@ -23,6 +26,14 @@ from tests.streams.conftest import (
     streams_settings,
     wait_for,
 )
+
+
+def record_figure(name: str, line: str) -> None:
+    """A measured figure, printed (pytest -s) and kept in test-artifacts/<name>.txt (rel)."""
+    print(f"{name}: {line}")
+    folder = Path(os.environ.get("HEATCACHE_TEST_ARTIFACTS", "test-artifacts"))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.txt").write_text(line + "\n")
 
 
 def ev(key: str, client: str, ts: float) -> RequestEvent:
@@ -120,9 +131,14 @@ def test_kill_9_recovery_counts_nothing_twice_and_keeps_admission_ids(kafka_sett
     wait_for(lambda: changelog_meta(s) == last_offsets(s), what="state durable up to the last message")
     workers.kill9(w2)
     # 3) a third worker restores the state, skips every message it holds, and k crosses exactly
+    restarted = time.monotonic()
     workers.start(s)
     produce(s, [ev(k, "c", 22)])
     wait_for(lambda: len(hot_urls(s)) == 3, what="k admitted")
+    # issue 15: "resumes within 10 s of a restart" (static membership, HEATCACHE_STREAMS_INSTANCE_ID):
+    # measured from the new worker's spawn to its first admission, start-up included; recorded,
+    # not asserted (the suite runs on a loaded machine; a timing assert would flake)
+    record_figure("streams-resume", f"kill -9, restart to first admission: {time.monotonic() - restarted:.1f} s")
     hot = hot_urls(s)
     assert len(hot) == 3
     [hot_k] = [h for h in hot if h.cache_key == k]  # hot-urls has several partitions: no order across keys
