@@ -260,7 +260,8 @@ class Edge:
             await self.session.close()
 
     async def purge(self, request: web.Request) -> web.Response:
-        """``POST /.heatcache/purge`` with ``Authorization: Bearer <token>`` and {"url": "..."}."""
+        """``POST /.heatcache/purge`` with ``Authorization: Bearer <token>`` and {"url": "..."}
+        (one object), {"prefix": "..."} or {"host": "..."} (every match)."""
         token = self.settings.purge_token.get_secret_value()
         if not token:
             return web.Response(status=404, text="purge is disabled\n")
@@ -270,6 +271,8 @@ class Edge:
             return web.Response(status=401, headers={"WWW-Authenticate": "Bearer"}, text="unauthorized\n")
         try:
             body = await request.json()
+            if isinstance(body, dict) and ("prefix" in body or "host" in body):
+                return await self._purge_many(str(body.get("prefix", "")), str(body.get("host", "")))
             url = str(body["url"])
             scheme, _, rest = url.partition("://")
             authority, slash, tail = rest.partition("/")
@@ -294,6 +297,23 @@ class Edge:
         self.counters["purged"] += 1
         log.info("purged %s", key)
         return web.json_response({"purged": True, "cache_key": key})
+
+    async def _purge_many(self, prefix: str, host: str) -> web.Response:
+        """``{"prefix": "<URL prefix>"}`` (cache keys starting with it, as `heatcache purge
+        --prefix`) or ``{"host": "<host>"}``: every matching object, each announced."""
+        if bool(prefix) == bool(host):
+            return web.Response(status=400, text="bad purge request: give one of url, prefix, host\n")
+        if self.store is None:
+            return web.Response(status=501, text="purge by prefix or host needs the cache store (edge fill on)\n")
+        store = self.store
+        events = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: store.purge(prefix=prefix) if prefix else store.purge(host=host))
+        for event in events:
+            self.index.apply(event)
+            self._announce(event)
+        self.counters["purged"] += len(events)
+        log.info("purged %d objects (%s)", len(events), f"prefix {prefix}" if prefix else f"host {host}")
+        return web.json_response({"purged": len(events), "cache_keys": [e.cache_key for e in events]})
 
     async def health(self, _request: web.Request) -> web.Response:
         body: dict[str, Any] = {"ok": True, "objects": len(self.index.objects), **self.counters}

@@ -48,7 +48,7 @@ from cachestore import open_store
 from cachestore.catalog import Admission, Catalog, CatalogUnavailable, key_hash, open_catalog
 from cachestore.coherence import fresh_until, http_time
 from cachestore.store import ObjectMeta, StoreRefused
-from fetcher import admission
+from fetcher import admission, budget
 from fetcher.offsets import OffsetTracker
 from fetcher.policyproxy import options_differ, proxy_for
 from fetcher.preflight import Preflight, judge, walk
@@ -111,7 +111,7 @@ class Job(Owed):
 
     hot: HotUrl = field(default=None)  # type: ignore[assignment]  # always given
     dir: Path = field(default=Path())
-    state: str = "check"  # check, queued, preflight, ready, add, running, finish, produce, done
+    state: str = "check"  # check, queued, preflight, ready (offpeak), add, running, finish, produce, done
     attempt: int = 0
     ready_at: float = 0.0  # monotonic: when the pre-flight answered (state ready)
     not_before: float = 0.0  # monotonic: back-off
@@ -157,11 +157,15 @@ class Fetcher:
         self._forgotten: list[str] = []  # gids whose aria2 download result is to be removed
         self.revalidating: set[str] = set()  # cache keys with a conditional request running
         self._workers = 0  # worker threads whose result the loop has not taken yet
+        self.offpeak = budget.parse_window(settings.fetch_offpeak_hours)  # ValueError: a config error at start
         self.failure_backoff = admission.FailureBackoff(settings.fetch_failed_backoff_s,
                                                         settings.fetch_failed_backoff_max_s)
         self.offsets = OffsetTracker()
         self.results: queue.Queue[tuple[str, str, Any]] = queue.Queue()  # (key, kind, result) from workers
-        self.notified: queue.Queue[str] = queue.Queue()  # gids aria2 says stopped/completed/failed
+        self.notified: queue.Queue[str] = queue.Queue()  # gids aria2 says stopped/failed (status asked)
+        # gids aria2 says completed: settled without asking their status (while downloads finish
+        # together, aria2c answered an RPC only after 20-120 ms, and the next download waited)
+        self.completed: queue.Queue[str] = queue.Queue()
         self.reproduce: list[tuple[float, str, str, bytes, bytes]] = []  # (not_before, job key, topic, key, value)
         self.aria2_ok = False
         self.aria2_known: dict[str, dict[str, Any]] = {}  # job dir -> aria2 status, from the reconcile
@@ -219,7 +223,8 @@ class Fetcher:
                 now = time.monotonic()
                 if not self.aria2_ok and now >= self.aria2_retry_at:
                     self._connect_aria2()
-                busy = len(self.jobs) >= 4 * s.fetch_max_concurrent + 64
+                # (jobs waiting for the off-peak window do not hold the queue up)
+                busy = len(self.jobs) - self._offpeak_jobs() >= 4 * s.fetch_max_concurrent + 64
                 # every message waiting, at once: a burst of hot URLs starts its downloads together
                 # while a worker (pre-flight, store) is out or a download runs, wait briefly: a result
                 # or an aria2 notification (both from other threads) then starts the next download
@@ -262,6 +267,9 @@ class Fetcher:
             self.proxy.stop()
             log.info("fetcher stopped: %s (%d jobs left to the next start)", dict(self.counters), len(self.jobs))
         return self.counters
+
+    def _offpeak_jobs(self) -> int:
+        return sum(1 for j in self.jobs.values() if j.state == "offpeak") if self.offpeak is not None else 0
 
     def _gauges(self) -> None:
         """The gauges the runner's /metrics and snapshots read (the cache's size from the catalog)."""
@@ -327,7 +335,13 @@ class Fetcher:
         pass goes to aria2c in one ``system.multicall``."""
         s = self.settings
         active = Counter(j.hot.host for j in self.jobs.values() if j.state in ("add", "running"))
-        slots = s.fetch_max_concurrent - sum(active.values())
+        # aria2c runs fetch_max_concurrent downloads (its max-concurrent-downloads) and starts the
+        # next of its own queue the moment one ends, as `aria2c -i list` does: as many again wait
+        # there. It starts them in order whatever their host, so a host may have more in aria2c
+        # than its per-host bound only when that bound is not below the overall one.
+        slots = 2 * s.fetch_max_concurrent - sum(active.values())
+        per_host = s.fetch_max_per_host if s.fetch_max_per_host < s.fetch_max_concurrent else slots + sum(
+            active.values())
         preparing = Counter(j.hot.host for j in self.jobs.values() if j.state in ("preflight", "ready"))
         ahead = s.fetch_max_concurrent - sum(preparing.values())
         paused = self.control is not None and self.control.state.prefetch_paused
@@ -339,13 +353,15 @@ class Fetcher:
                 continue
             if job.state == "check":
                 self._check(key, job)
+            if job.state == "offpeak":  # its window is open now: ask the origin again, then download
+                job.state = "queued"
             if job.state in ("queued", "ready") and paused:
                 if key not in self._told_paused:  # once per pause: the console shows why it waits
                     self._told_paused.add(key)
                     self._progress(job, "queued", error="prefetch paused")
                 continue
             host = job.hot.host
-            if job.state == "ready" and slots > 0 and active[host] < s.fetch_max_per_host:
+            if job.state == "ready" and slots > 0 and active[host] < per_host:
                 preparing[host] -= 1
                 ahead += 1
                 if time.monotonic() - job.ready_at > PREFLIGHT_FRESH_S:
@@ -526,6 +542,13 @@ class Fetcher:
         if reason:
             self._fail(key, job, PERMANENT + reason)
             return
+        wait = budget.must_wait(result.length, time.time(), self.settings.fetch_large_object_bytes, self.offpeak)
+        if wait > 0:  # a large object outside the off-peak hours: waits (no slot held), asked again then
+            job.state, job.not_before = "offpeak", time.monotonic() + wait
+            self.counters["offpeak-waits"] += 1
+            self._progress(job, "queued", total=result.length or 0,
+                           error=f"waiting {wait:.0f} s for the off-peak hours {self.settings.fetch_offpeak_hours} UTC")
+            return
         job.pre = result
         job.state, job.ready_at = "ready", time.monotonic()  # _advance (next in the loop) hands it to aria2c
         job.dir.mkdir(parents=True, exist_ok=True)
@@ -660,7 +683,7 @@ class Fetcher:
         self.aria2_listener = client
         while not self._stopping.is_set():
             try:
-                client.listen_to_notifications(on_download_complete=self.notified.put,
+                client.listen_to_notifications(on_download_complete=self.completed.put,
                                                on_download_error=self.notified.put,
                                                on_download_stop=self.notified.put, timeout=1, handle_signals=False)
             except Exception as exc:  # a dropped socket of any kind: wait and listen again
@@ -668,7 +691,15 @@ class Fetcher:
             self._stopping.wait(1.0)
 
     def _drain_notifications(self) -> None:
-        """The status of every download aria2 said stopped, in one ``system.multicall``."""
+        """Completed downloads go to the store at once; the status of every download aria2 said
+        stopped or failed is asked in one ``system.multicall``."""
+        while True:
+            try:
+                done = self.completed.get_nowait()
+            except queue.Empty:
+                break
+            if done in self.by_gid:
+                self._status({"gid": done, "status": "complete"})  # (the store checks the file itself)
         gids: list[str] = []
         while True:
             try:
@@ -699,9 +730,13 @@ class Fetcher:
             return
         try:
             active = {d["gid"]: d for d in self.aria2.tell_active(keys=STATUS_KEYS)}
-            for gid in running.keys() - active.keys():
-                with contextlib.suppress(aria2p.ClientException):
-                    active[gid] = self.aria2.tell_status(gid, keys=STATUS_KEYS)
+            others = sorted(running.keys() - active.keys())  # waiting in aria2's queue, or ended
+            if others:
+                answers = self.aria2.multicall([{"methodName": "aria2.tellStatus", "params": [gid, STATUS_KEYS]}
+                                                for gid in others])
+                for answer in answers:
+                    if isinstance(answer, list) and answer and isinstance(answer[0], dict):
+                        active[str(answer[0].get("gid"))] = answer[0]
         except ARIA2_ERRORS as exc:
             self._aria2_lost(exc)
             return

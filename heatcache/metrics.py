@@ -359,6 +359,12 @@ EDGE = StageSpec("edge", (
           "bypass.high-hosts"),
     counter("heatcache_edge_bypass_bad_batches_total", "requests messages the bypass follower could not decode",
             "bypass.bad-batches"),
+    counter("heatcache_edge_bypass_steering_off_total",
+            "Sniffer requests for steered hosts captured while steering was stopped (control), not counted as bypass",
+            "bypass.steering-off"),
+    counter("heatcache_edge_bypass_unattributable_total",
+            "Sniffer requests for steered hosts from clients not placeable in the steering trial's networks",
+            "bypass.unattributable"),
 ))
 
 # streams (issue 16): heat per key and host; gauges are set at each flush by the Faust worker

@@ -137,6 +137,10 @@ class Settings(BaseSettings):
     # permanent failure waits max): kept in the catalog (fetcher/admission.py), so across restarts
     fetch_failed_backoff_s: float = Field(default=60.0, ge=0)
     fetch_failed_backoff_max_s: float = Field(default=6 * 3600.0, ge=0)
+    # objects of at least this many bytes are downloaded only inside the off-peak hours (UTC,
+    # "22-6"; fetcher/budget.py); 0 = no such limit
+    fetch_large_object_bytes: int = Field(default=0, ge=0)
+    fetch_offpeak_hours: str = Field(default="", pattern=r"^$|^([01]?\d|2[0-3])-([01]?\d|2[0-4])$")
 
     # -- cache store (cachestore/): quota, eviction, coherence
     cache_max_bytes: int = Field(default=0, ge=0)  # total bytes of cached objects; 0 = no byte quota

@@ -482,9 +482,16 @@ static int buf_put(Buf *b, const char *s, size_t n) {
 static int buf_ll(Buf *b, PyObject *o) {
     long long v = PyLong_AsLongLong(o);
     if (v == -1 && PyErr_Occurred()) return -1;
-    char tmp[32];
-    int n = snprintf(tmp, sizeof tmp, "%lld", v);
-    return buf_put(b, tmp, (size_t)n);
+    /* by hand: snprintf was most of a flush (a key holds up to client_cap panes of clients) */
+    char tmp[24];
+    char *end = tmp + sizeof tmp, *w = end;
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    do {
+        *--w = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0) *--w = '-';
+    return buf_put(b, w, (size_t)(end - w));
 }
 
 static int buf_str(Buf *b, PyObject *o) {
@@ -498,7 +505,11 @@ static int buf_str(Buf *b, PyObject *o) {
     if (buf_grow(b, (size_t)n * 6 + 2) < 0) return -1;
     char *w = b->buf + b->len;
     *w++ = '"';
-    for (Py_ssize_t i = 0; i < n; i++) {
+    Py_ssize_t clean = 0;  /* the common case: nothing to escape, one copy */
+    while (clean < n && (unsigned char)s[clean] >= 0x20 && s[clean] != '"' && s[clean] != '\\') clean++;
+    memcpy(w, s, (size_t)clean);
+    w += clean;
+    for (Py_ssize_t i = clean; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
         if (c == '"' || c == '\\') {
             *w++ = '\\';

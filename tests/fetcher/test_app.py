@@ -162,19 +162,28 @@ def test_hostile_targets_are_refused(kafka_settings: Settings, aria2: Aria2Daemo
         origin.routes[path] = Route(status=302, headers={"Location": location})
     origin.routes["/huge"] = Route(b"", head_length=5 * 1024**3)
     origin.routes["/endless"] = Route(b"x" * (8 * 1024**2), chunked=True, rate=2_000_000)
+    origin.routes["/night.bin"] = Route(b"n" * 300_000)  # large: waits for the off-peak hours
+    hour = int(time.time() // 3600) % 24
     dnsmasq = Dnsmasq({"internal.lab.test": "10.1.2.3", "origin.lab.test": "127.0.0.2"})
     dnsmasq.start()
     settings = kafka_settings.model_copy(update={
         "aria2_rpc_port": aria2.port, "aria2_secret": SecretStr("s3cret"), "allow_private_origins": False,
         "origin_allow_networks": ("127.0.0.2/32",), "upstream_dns": (dnsmasq.upstream,),
-        "max_object_bytes": 1024**2, "fetch_retries": 0})
+        "max_object_bytes": 1024**2, "fetch_retries": 0,
+        "fetch_large_object_bytes": 200_000, "fetch_offpeak_hours": f"{(hour + 2) % 24}-{(hour + 3) % 24}"})
     direct = [inside.url("/secret"), f"http://[::1]:{inside.port}/secret", "http://169.254.169.254/latest/",
               "http://10.1.2.3/x", "http://internal.lab.test/x"]  # (file:// is refused by the contract itself)
     via = [origin.url(p) for p in targets] + [origin.url("/huge"), origin.url("/endless")]
-    publish(settings, *[(u.encode(), hot(u, "h")) for u in direct + via])
+    night = origin.url("/night.bin")
+    publish(settings, *[(u.encode(), hot(u, "h")) for u in [*direct, *via, night]])
     try:
-        with running(settings):
+        with running(settings) as fetcher:
             events = wait_events(settings, set(direct + via))
+            deadline = time.monotonic() + 30
+            while not fetcher.counters["offpeak-waits"]:  # pre-flighted, then parked until its hours
+                assert time.monotonic() < deadline, fetcher.counters
+                time.sleep(0.05)
+            assert night not in cache_events(settings) and not origin.gets["/night.bin"]
     finally:
         origin.stop()
         inside.stop()
