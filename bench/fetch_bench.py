@@ -89,7 +89,10 @@ def main() -> int:
         worker.start()
         cons = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench", "auto.offset.reset": "earliest"})
         cons.subscribe([settings.topic(contract.CACHE_EVENTS)])
-        prod = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
+        # streams' output producer batches (kafkautil linger 20 ms, a flush every HEATCACHE_HEAT_FLUSH_INTERVAL_S):
+        # a burst of hot URLs reaches the broker as one batch, as aria2c gets its whole list at once.
+        # linger 0 sent them one request each and the fetcher saw them over ~260 ms (measured)
+        prod = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
         # connected, with the topic's metadata, before the clock starts: streams' producer is long-lived
         # (a fresh one spent ~100 ms on its first connection, counted as fetcher latency before)
         prod.list_topics(settings.topic(contract.HOT_URLS), timeout=10)

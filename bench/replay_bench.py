@@ -65,7 +65,11 @@ def main() -> int:
             rates.append(rate)
             print(f"  {r.setting:45s} {rate:9.0f} req/s (CPU)  net savings {r.net_savings:+.3f}  "
                   f"byte hit {r.byte_hit_ratio:.3f}", flush=True)
-        print(f"grid: 12 settings x {n} requests in {wall:.1f} s wall ({args.jobs} processes)", flush=True)
+        cpu = sum(r.elapsed_s for r in results)
+        load = os.getloadavg()[0]
+        print(f"grid: 12 settings x {n} requests in {wall:.1f} s wall ({args.jobs} processes, load average "
+              f"{load:.1f}); {cpu:.1f} s of CPU in all = {cpu / max(1, args.jobs):.1f} s on {args.jobs} idle cores",
+              flush=True)
 
         reqs = requests_of(prep)
         path = os.path.join(tmp, "trace.oracleGeneral")
@@ -90,7 +94,7 @@ def main() -> int:
                       f"prefetched {r.bytes_prefetched / max(1, r.bytes_requested):.3f} of bytes", flush=True)
     median = statistics.median(rates)
     print(f"replay: {median:.0f} req/s per setting (median of 12, min {min(rates):.0f}), grid of 12 x {n} in "
-          f"{wall:.0f} s, shipped defaults worst net savings {worst:+.3f} "
+          f"{wall:.0f} s wall at load {load:.1f} ({cpu:.0f} s CPU), shipped defaults worst net savings {worst:+.3f} "
           f"ratio={median / lcs['LRU']:.3f} (reference libcachesim LRU {lcs['LRU']:.0f} req/s)")
     return 0 if worst >= 0 else 1
 

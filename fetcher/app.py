@@ -162,7 +162,10 @@ class Fetcher:
                                                         settings.fetch_failed_backoff_max_s)
         self.offsets = OffsetTracker()
         self.results: queue.Queue[tuple[str, str, Any]] = queue.Queue()  # (key, kind, result) from workers
-        self.notified: queue.Queue[str] = queue.Queue()  # gids aria2 says stopped/completed/failed
+        self.notified: queue.Queue[str] = queue.Queue()  # gids aria2 says stopped/failed (status asked)
+        # gids aria2 says completed: settled without asking their status (while downloads finish
+        # together, aria2c answered an RPC only after 20-120 ms, and the next download waited)
+        self.completed: queue.Queue[str] = queue.Queue()
         self.reproduce: list[tuple[float, str, str, bytes, bytes]] = []  # (not_before, job key, topic, key, value)
         self.aria2_ok = False
         self.aria2_known: dict[str, dict[str, Any]] = {}  # job dir -> aria2 status, from the reconcile
@@ -332,7 +335,13 @@ class Fetcher:
         pass goes to aria2c in one ``system.multicall``."""
         s = self.settings
         active = Counter(j.hot.host for j in self.jobs.values() if j.state in ("add", "running"))
-        slots = s.fetch_max_concurrent - sum(active.values())
+        # aria2c runs fetch_max_concurrent downloads (its max-concurrent-downloads) and starts the
+        # next of its own queue the moment one ends, as `aria2c -i list` does: as many again wait
+        # there. It starts them in order whatever their host, so a host may have more in aria2c
+        # than its per-host bound only when that bound is not below the overall one.
+        slots = 2 * s.fetch_max_concurrent - sum(active.values())
+        per_host = s.fetch_max_per_host if s.fetch_max_per_host < s.fetch_max_concurrent else slots + sum(
+            active.values())
         preparing = Counter(j.hot.host for j in self.jobs.values() if j.state in ("preflight", "ready"))
         ahead = s.fetch_max_concurrent - sum(preparing.values())
         paused = self.control is not None and self.control.state.prefetch_paused
@@ -352,7 +361,7 @@ class Fetcher:
                     self._progress(job, "queued", error="prefetch paused")
                 continue
             host = job.hot.host
-            if job.state == "ready" and slots > 0 and active[host] < s.fetch_max_per_host:
+            if job.state == "ready" and slots > 0 and active[host] < per_host:
                 preparing[host] -= 1
                 ahead += 1
                 if time.monotonic() - job.ready_at > PREFLIGHT_FRESH_S:
@@ -674,7 +683,7 @@ class Fetcher:
         self.aria2_listener = client
         while not self._stopping.is_set():
             try:
-                client.listen_to_notifications(on_download_complete=self.notified.put,
+                client.listen_to_notifications(on_download_complete=self.completed.put,
                                                on_download_error=self.notified.put,
                                                on_download_stop=self.notified.put, timeout=1, handle_signals=False)
             except Exception as exc:  # a dropped socket of any kind: wait and listen again
@@ -682,7 +691,15 @@ class Fetcher:
             self._stopping.wait(1.0)
 
     def _drain_notifications(self) -> None:
-        """The status of every download aria2 said stopped, in one ``system.multicall``."""
+        """Completed downloads go to the store at once; the status of every download aria2 said
+        stopped or failed is asked in one ``system.multicall``."""
+        while True:
+            try:
+                done = self.completed.get_nowait()
+            except queue.Empty:
+                break
+            if done in self.by_gid:
+                self._status({"gid": done, "status": "complete"})  # (the store checks the file itself)
         gids: list[str] = []
         while True:
             try:
@@ -713,9 +730,13 @@ class Fetcher:
             return
         try:
             active = {d["gid"]: d for d in self.aria2.tell_active(keys=STATUS_KEYS)}
-            for gid in running.keys() - active.keys():
-                with contextlib.suppress(aria2p.ClientException):
-                    active[gid] = self.aria2.tell_status(gid, keys=STATUS_KEYS)
+            others = sorted(running.keys() - active.keys())  # waiting in aria2's queue, or ended
+            if others:
+                answers = self.aria2.multicall([{"methodName": "aria2.tellStatus", "params": [gid, STATUS_KEYS]}
+                                                for gid in others])
+                for answer in answers:
+                    if isinstance(answer, list) and answer and isinstance(answer[0], dict):
+                        active[str(answer[0].get("gid"))] = answer[0]
         except ARIA2_ERRORS as exc:
             self._aria2_lost(exc)
             return
