@@ -273,6 +273,11 @@ class Fetcher:
 
     def _gauges(self) -> None:
         """The gauges the runner's /metrics and snapshots read (the cache's size from the catalog)."""
+        why = self.proxy.alive()  # a dead policy proxy fails every download: show it in /health
+        if why:
+            self._degraded("policy-proxy", why)
+        else:
+            self._health_ok("policy-proxy")
         c = self.counters
         c["jobs"] = len(self.jobs)
         c["downloads"] = sum(1 for j in self.jobs.values() if j.state == "running")

@@ -34,6 +34,7 @@ import http.client
 import logging
 import secrets
 import signal
+import socket
 import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
@@ -203,6 +204,11 @@ class PolicyProxy:
     def forget(self, token: str) -> None:
         self.refusals.pop(token, None)
 
+    def alive(self) -> str:
+        """"" while the proxy serves, else why not (the fetcher's health shows it)."""
+        server = self._server
+        return "" if server is not None and server.is_serving() else "the policy proxy is not serving"
+
     # -- lifecycle
     def start(self) -> int:
         ready = threading.Event()
@@ -352,6 +358,7 @@ class ProxyLike(Protocol):
     def options(self, token: str) -> dict[str, str]: ...
     def refused(self, token: str) -> str: ...
     def forget(self, token: str) -> None: ...
+    def alive(self) -> str: ...
 
 
 def proxy_password(settings: Settings) -> str:
@@ -405,6 +412,15 @@ class RemoteProxy:
 
     def forget(self, token: str) -> None:
         pass  # asking took it
+
+    def alive(self) -> str:
+        """"" if the proxy process accepts a connection, else why not: while it is down aria2c's
+        downloads fail and are retried, so the fetcher's health says degraded("policy-proxy")."""
+        try:
+            with socket.create_connection((self.host, self.port), timeout=self.timeout):
+                return ""
+        except OSError as exc:
+            return f"the policy proxy on {self.host}:{self.port} does not answer: {exc}"
 
 
 def settings_check(settings: Settings) -> Check:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import socket
 
 from pydantic import SecretStr
 
@@ -75,3 +76,24 @@ def test_remote_proxy_reads_each_refusal_once() -> None:
     finally:
         proxy.stop()
     assert RemoteProxy(proxy.port, "pw", timeout=0.5).refused("job1") == ""  # proxy gone: aria2c's error says why
+
+
+def test_alive_says_why_a_proxy_does_not_serve() -> None:
+    """The fetcher's health reads alive(): "" while the proxy serves, the reason once it's gone."""
+    async def check(host: str) -> str:
+        return ""
+
+    proxy = PolicyProxy(check, password="pw")
+    assert proxy.alive() == "the policy proxy is not serving"  # not started yet
+    proxy.start()
+    try:
+        assert proxy.alive() == ""
+    finally:
+        proxy.stop()
+    assert proxy.alive() == "the policy proxy is not serving"
+    # the process's side: a port that accepts (a bare listener: no proxy to race its own stop), then not
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        assert RemoteProxy(port, "pw", timeout=0.5).alive() == ""
+    assert RemoteProxy(port, "pw", timeout=0.5).alive().startswith(
+        f"the policy proxy on 127.0.0.1:{port} does not answer:")
