@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import http.client
@@ -229,7 +230,7 @@ class PolicyProxy:
             try:
                 loop.run_forever()
             finally:
-                loop.close()
+                _drain_and_close(loop)
 
         self._thread = threading.Thread(target=run, name="policy-proxy", daemon=True)
         self._thread.start()
@@ -273,7 +274,7 @@ class PolicyProxy:
         except (TimeoutError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
         finally:
-            writer.close()
+            await _close(writer)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
@@ -329,7 +330,32 @@ class PolicyProxy:
             writer.write(response_head(answer))
             await _pipe(up_reader, writer)
         finally:
-            up_writer.close()
+            await _close(up_writer)
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    """Close and wait until the transport is gone (its connection_lost ran): a transport left
+    "closing" when the loop stops is an unclosed socket (ResourceWarning, seen in CI under load)."""
+    writer.close()
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        await asyncio.wait_for(writer.wait_closed(), 2)
+
+
+def _drain_and_close(loop: asyncio.AbstractEventLoop) -> None:
+    """What asyncio.run does at its end: cancel what is left (a connection accepted while the server
+    closed), let it finish and the transports' callbacks run, then close the loop."""
+    try:
+        for _ in range(5):
+            pending = asyncio.all_tasks(loop)
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        loop.close()
 
 
 async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
