@@ -193,6 +193,7 @@ class PolicyProxy:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
+        self._writers: set[asyncio.StreamWriter] = set()  # open connections: aborted at stop
 
     # -- what the fetcher uses
     def options(self, token: str) -> dict[str, str]:
@@ -247,6 +248,8 @@ class PolicyProxy:
 
         async def close() -> None:
             server.close()
+            for writer in list(self._writers):  # at once: a close() waits for unsent bytes
+                writer.transport.abort()
             # let each cancelled client run its finally (writer.close()): a task destroyed while
             # pending leaves an unclosed socket behind (ResourceWarning, seen in the kill -9 test).
             # Again while a connection accepted just before the close starts its task (seen under load)
@@ -261,20 +264,34 @@ class PolicyProxy:
 
         try:
             asyncio.run_coroutine_threadsafe(close(), loop).result(5)
+        except (RuntimeError, TimeoutError) as exc:  # the loop's own end drains what is left
+            log.warning("policy proxy: stopping took long (%r)", exc)
+        with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(loop.stop)
-        except RuntimeError:
-            pass
         if self._thread is not None:
             self._thread.join(5)
 
     # -- one client connection, one request
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
         try:
             await self._serve(reader, writer)
         except (TimeoutError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
         finally:
-            await _close(writer)
+            await self._close(writer)
+
+    async def _close(self, writer: asyncio.StreamWriter) -> None:
+        """Close and wait until the transport is gone (its connection_lost ran): a transport left
+        "closing" when the loop stops is an unclosed socket (ResourceWarning, seen in CI under load).
+        A peer that reads nothing more keeps a close() waiting for its unsent bytes: then abort."""
+        writer.close()
+        try:
+            await asyncio.wait_for(writer.wait_closed(), 2)
+        except (Exception, asyncio.CancelledError):
+            writer.transport.abort()
+        finally:
+            self._writers.discard(writer)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
@@ -314,6 +331,7 @@ class PolicyProxy:
             up_reader, up_writer = await asyncio.wait_for(
                 asyncio.open_connection(address, req.port, local_addr=(self.source, 0) if self.source else None),
                 self.connect_timeout)
+            self._writers.add(up_writer)
         except (TimeoutError, OSError) as exc:
             writer.write(refusal(502, f"{req.url}: {exc or 'connect timed out'}"))
             return
@@ -330,15 +348,7 @@ class PolicyProxy:
             writer.write(response_head(answer))
             await _pipe(up_reader, writer)
         finally:
-            await _close(up_writer)
-
-
-async def _close(writer: asyncio.StreamWriter) -> None:
-    """Close and wait until the transport is gone (its connection_lost ran): a transport left
-    "closing" when the loop stops is an unclosed socket (ResourceWarning, seen in CI under load)."""
-    writer.close()
-    with contextlib.suppress(Exception, asyncio.CancelledError):
-        await asyncio.wait_for(writer.wait_closed(), 2)
+            await self._close(up_writer)
 
 
 def _drain_and_close(loop: asyncio.AbstractEventLoop) -> None:
