@@ -10,15 +10,9 @@ import threading
 import time
 from pathlib import Path
 
-from cachestore.catalog import open_catalog
-from cachestore.paths import object_relpath
-from dns_redirect.edge import Edge
-from dns_redirect.index import CacheIndex
-from heatcache.cachekey import KeyRules
-from heatcache.contract import CacheEvent
 from heatcache.lab import NODE_IP, ORIGIN_IP, Origin, make_sample_files, shared_port
 from heatcache.services.dnsmasq import Dnsmasq
-from heatcache.settings import load_settings
+from tests.cachestore.steered import steered_edge
 from tests.dns_redirect.edgelab import EdgeLab, serving_edge
 
 
@@ -26,17 +20,7 @@ def test_concurrent_misses_of_one_key_ask_the_origin_once(tmp_path: Path, dnsmas
     port = shared_port()
     files = make_sample_files(tmp_path / "www", {"seed.bin": 1000, "video.bin": 600_000})
     origin = Origin(tmp_path / "www", ORIGIN_IP, port, rate_bps=600_000).start()  # ~1 s: the others overlap it
-    settings = load_settings(state_dir=tmp_path / "state", upstream_dns=(dnsmasq.upstream,), node_address=NODE_IP,
-                             allow_private_origins=True, outbound_address=NODE_IP, edge_host=NODE_IP, edge_port=port,
-                             cache_min_free_bytes=0)
-    seed_key = f"http://origin.lab.test:{port}/seed.bin"  # one cached object: the host is steered
-    rel = object_relpath(seed_key)
-    (settings.cache_root / rel).parent.mkdir(parents=True)
-    (settings.cache_root / rel).write_bytes(files["seed.bin"])
-    catalog = open_catalog(settings.catalog)
-    index = CacheIndex()
-    index.apply(CacheEvent(seed_key, "cached", path=rel, size=1000))
-    edge = Edge(settings, index, KeyRules.load(), catalog, hit_flush_s=3600)
+    _, _, catalog, index, edge = steered_edge(tmp_path, dnsmasq, port, files["seed.bin"])
     lab = EdgeLab(port, edge, origin, files)
     video = files["video.bin"]
     key = f"http://origin.lab.test:{port}/video.bin"
@@ -107,17 +91,7 @@ def test_a_follower_of_a_fill_that_ends_short_is_cut_not_padded(tmp_path: Path, 
 
     origin = threading.Thread(target=lying_origin, daemon=True)
     origin.start()
-    settings = load_settings(state_dir=tmp_path / "state", upstream_dns=(dnsmasq.upstream,), node_address=NODE_IP,
-                             allow_private_origins=True, outbound_address=NODE_IP, edge_host=NODE_IP, edge_port=port,
-                             cache_min_free_bytes=0)
-    seed_key = f"http://origin.lab.test:{port}/seed.bin"
-    rel = object_relpath(seed_key)
-    (settings.cache_root / rel).parent.mkdir(parents=True)
-    (settings.cache_root / rel).write_bytes(b"s" * 100)
-    catalog = open_catalog(settings.catalog)
-    index = CacheIndex()
-    index.apply(CacheEvent(seed_key, "cached", path=rel, size=100))
-    edge = Edge(settings, index, KeyRules.load(), catalog, hit_flush_s=3600)
+    _, _, catalog, index, edge = steered_edge(tmp_path, dnsmasq, port, b"s" * 100)
     key = f"http://origin.lab.test:{port}/short.bin"
     got: dict[str, bytes] = {}
 

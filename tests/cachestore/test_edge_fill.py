@@ -8,15 +8,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from cachestore.catalog import Entry, open_catalog
+from cachestore.catalog import Entry
 from cachestore.paths import object_relpath
-from dns_redirect.edge import Edge
-from dns_redirect.index import CacheIndex
-from heatcache.cachekey import KeyRules
-from heatcache.contract import CacheEvent
 from heatcache.lab import NODE_IP, ORIGIN_IP, Origin, make_sample_files, shared_port
 from heatcache.services.dnsmasq import Dnsmasq
-from heatcache.settings import load_settings
+from tests.cachestore.steered import steered_edge
 from tests.dns_redirect.edgelab import EdgeLab, serving_edge
 
 
@@ -26,18 +22,10 @@ def test_fill_respects_the_quota(tmp_path: Path, dnsmasq: Dnsmasq) -> None:
     files = make_sample_files(tmp_path / "www", {"seed.bin": 10_000, **names})
     origin = Origin(tmp_path / "www", ORIGIN_IP, port).start()
     quota = 330_000
-    settings = load_settings(state_dir=tmp_path / "state", upstream_dns=(dnsmasq.upstream,), node_address=NODE_IP,
-                             allow_private_origins=True, outbound_address=NODE_IP, edge_host=NODE_IP, edge_port=port,
-                             cache_max_bytes=quota, cache_max_object_fraction=0.5, cache_min_free_bytes=0)
-    seed_key = f"http://origin.lab.test:{port}/seed.bin"  # one cached object: the host is steered
-    rel = object_relpath(seed_key)
-    (settings.cache_root / rel).parent.mkdir(parents=True)
-    (settings.cache_root / rel).write_bytes(files["seed.bin"])
-    catalog = open_catalog(settings.catalog)
-    catalog.upsert(Entry(seed_key, seed_key, "origin.lab.test", rel, 10_000, "0" * 64, "", "", "", "cached", 1.0))
-    index = CacheIndex()
-    index.apply(CacheEvent(seed_key, "cached", path=rel, size=10_000))
-    edge = Edge(settings, index, KeyRules.load(), catalog, hit_flush_s=3600)
+    settings, seed_key, catalog, index, edge = steered_edge(
+        tmp_path, dnsmasq, port, files["seed.bin"], cache_max_bytes=quota, cache_max_object_fraction=0.5)
+    catalog.upsert(Entry(seed_key, seed_key, "origin.lab.test", object_relpath(seed_key), 10_000, "0" * 64,
+                         "", "", "", "cached", 1.0))
     lab = EdgeLab(port, edge, origin, files)
     try:
         with serving_edge(edge, NODE_IP, port):
@@ -72,17 +60,7 @@ def test_range_misses_fill_the_whole_object(tmp_path: Path, dnsmasq: Dnsmasq) ->
     port = shared_port()
     files = make_sample_files(tmp_path / "www", {"seed.bin": 1000, "video.bin": 400_000, "seek.bin": 300_000})
     origin = Origin(tmp_path / "www", ORIGIN_IP, port).start()
-    settings = load_settings(state_dir=tmp_path / "state", upstream_dns=(dnsmasq.upstream,), node_address=NODE_IP,
-                             allow_private_origins=True, outbound_address=NODE_IP, edge_host=NODE_IP, edge_port=port,
-                             cache_min_free_bytes=0)
-    seed_key = f"http://origin.lab.test:{port}/seed.bin"  # one cached object: the host is steered
-    rel = object_relpath(seed_key)
-    (settings.cache_root / rel).parent.mkdir(parents=True)
-    (settings.cache_root / rel).write_bytes(files["seed.bin"])
-    catalog = open_catalog(settings.catalog)
-    index = CacheIndex()
-    index.apply(CacheEvent(seed_key, "cached", path=rel, size=1000))
-    edge = Edge(settings, index, KeyRules.load(), catalog, hit_flush_s=3600)
+    settings, _, catalog, index, edge = steered_edge(tmp_path, dnsmasq, port, files["seed.bin"])
     lab = EdgeLab(port, edge, origin, files)
     video, seek = files["video.bin"], files["seek.bin"]
     try:

@@ -29,10 +29,8 @@ import asyncio
 import functools
 import http.client
 import random
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +47,6 @@ from heatcache.cachekey import KeyRules, cache_key, key_host
 from heatcache.contract import HotUrl, RequestEvent
 from heatcache.kafkautil import client_config
 from heatcache.lab import NODE_IP, ORIGIN_IP, Origin, make_sample_files, shared_port
-from heatcache.lifecycle import StopFlag
 from heatcache.netutil import port_is_free
 from heatcache.services.aria2 import Aria2Daemon
 from heatcache.settings import Settings
@@ -58,6 +55,7 @@ from replay.kafkaio import publish_trace, read_range
 from replay.trace import Trace
 from streams.heat import admission_id
 from streams.rules import rules_from_settings
+from tests.fetcher.test_app import running
 from tests.loopthread import on_loop_thread
 
 T0 = 1_790_000_000.0
@@ -117,19 +115,6 @@ def fetches_done(fetcher: Fetcher) -> int:
     acknowledged, so the next hot URL of the key is a new job, not joined to this one."""
     return fetcher.counters["fetched"] + fetcher.counters["failed"] if not fetcher.jobs else -1
 
-
-@contextmanager
-def fetcher_running(settings: Settings) -> Iterator[Fetcher]:
-    fetcher = Fetcher(settings, settings.kafka_bootstrap)
-    stop = StopFlag()
-    worker = threading.Thread(target=fetcher.run, args=(stop,))
-    worker.start()
-    try:
-        yield fetcher
-    finally:
-        stop.set()
-        worker.join(30)
-        assert not worker.is_alive()
 
 
 def on_loop(loop: asyncio.AbstractEventLoop, fn: Callable[[], Any]) -> Any:
@@ -213,7 +198,7 @@ def test_live_fetcher_and_edge_reach_replays_cache(kafka_settings: Settings, ari
             def index_matches_catalog() -> bool:
                 return bool(on_loop(loop, lambda: frozenset(index.objects)) == cached_in_catalog())
 
-            with fetcher_running(settings) as fetcher:
+            with running(settings) as fetcher:
                 for batch, admitted in zip(prep.batches, admission.per_message, strict=True):
                     for ev in batch.events:
                         if not on_loop(loop, functools.partial(index.is_steered, key_host(ev.cache_key))):
