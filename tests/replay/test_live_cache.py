@@ -29,7 +29,6 @@ import asyncio
 import functools
 import http.client
 import random
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,6 +54,7 @@ from replay.kafkaio import publish_trace, read_range
 from replay.trace import Trace
 from streams.heat import admission_id
 from streams.rules import rules_from_settings
+from tests.faults.stackproc import wait_for
 from tests.fetcher.test_app import running
 from tests.loopthread import on_loop_thread
 
@@ -98,16 +98,12 @@ def small_trace(port: int, files: dict[str, bytes]) -> Trace:
     return trace
 
 
-def wait_for(what: str, cond: Callable[[], bool], timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+def wait_until(what: str, cond: Callable[[], bool]) -> None:
+    wait_for(cond, DEADLINE, what, poll=0.02)  # a step of the live half takes milliseconds
 
 
 def wait_for_more(what: str, count: Callable[[], int], before: int) -> None:
-    wait_for(what, lambda: count() > before)
+    wait_until(what, lambda: count() > before)
 
 
 def fetches_done(fetcher: Fetcher) -> int:
@@ -222,7 +218,7 @@ def test_live_fetcher_and_edge_reach_replays_cache(kafka_settings: Settings, ari
                             wait_for_more("the edge's fill", fill_decisions, decided_before)
                             step = _end_of_store(journal, _next(journal, step, "fill"))
                             check(f"miss of {ev.cache_key}")
-                            wait_for("the index to follow the edge's fill", index_matches_catalog)
+                            wait_until("the index to follow the edge's fill", index_matches_catalog)
                     for key, ts, clients in admitted:
                         if on_loop(loop, functools.partial(index.objects.__contains__, key)):
                             continue  # cached already: the fetcher would find it in its catalog
@@ -236,7 +232,7 @@ def test_live_fetcher_and_edge_reach_replays_cache(kafka_settings: Settings, ari
                                       done_before)
                         step = _end_of_store(journal, _next(journal, step, "fetch"))
                         check(f"fetch of {key}")
-                        wait_for("the index to follow the fetcher's cache-events", index_matches_catalog)
+                        wait_until("the index to follow the fetcher's cache-events", index_matches_catalog)
                 live_fetched = fetcher.counters["fetched"]
             follower.stop()
             follower.join(10)
