@@ -33,7 +33,7 @@ def random_trace(seed: int, n: int = 1500, base: Settings | None = None) -> tupl
     weights = [1 / (i + 1) ** 0.8 for i in range(len(keys))]
     trace = Trace()
     ts = 0.0
-    for i in range(n):
+    for _ in range(n):
         ts += rng.choice((0.0, 0.0, 0.05, 3.0, 40.0, 400.0))
         when = T0 + ts - (rng.choice((10.0, 900.0)) if rng.random() < 0.03 else 0.0)
         host, path = rng.choices(keys, weights=weights)[0]
