@@ -122,23 +122,12 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     elif args.start:
         if not settings.kafka_bootstrap:
             return main_error("heatcache replay: --from needs HEATCACHE_KAFKA_BOOTSTRAP (or give --file)")
-        from heatcache.kafkautil import read_topic
-        from replay.kafkaio import read_range
+        from replay.kafkaio import fetch_outcomes, read_range
 
         start, end = _time(args.start), (_time(args.end) if args.end else None)
         batch_list = read_range(settings.kafka_bootstrap, settings.topic(contract.REQUESTS), start, end, bad=bad,
                                 settings=settings)
-        for msg in read_topic(settings.kafka_bootstrap, settings.topic(contract.CACHE_EVENTS), settings=settings):
-            try:
-                ev = contract.decode(msg.value(), contract.CacheEvent)
-            except contract.DecodeError:
-                continue
-            if ev.size:
-                known[ev.cache_key] = ev.size
-            if ev.state == "failed":
-                failed.add(ev.cache_key)
-            else:
-                failed.discard(ev.cache_key)
+        known, failed = fetch_outcomes(settings)
         source = f"{settings.topic(contract.REQUESTS)} from {args.start} to {args.end or 'the end'}"
     else:
         return main_error("heatcache replay: give --file PATH or --from TIME [--to TIME]")

@@ -1,5 +1,6 @@
-"""The I/O of replay: publish a trace into `requests` (original timestamps), and read a time
-range of `requests` back (``offsets_for_times`` on every partition)."""
+"""The I/O of replay: publish a trace into `requests` (original timestamps), read a time
+range of `requests` back (``offsets_for_times`` on every partition), and read production's
+fetch outcomes from `cache-events`."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from heatcache import contract
 from heatcache.contract import DecodeError, RequestBatch
-from heatcache.kafkautil import client_config, producer
+from heatcache.kafkautil import client_config, producer, read_topic
 from heatcache.settings import Settings
 from replay.trace import Trace, batches
 
@@ -137,3 +138,22 @@ def trace_of(batches_: list[RequestBatch]) -> Trace:
         trace.extend_batch(b)
     trace.sort()
     return trace
+
+
+def fetch_outcomes(settings: Settings) -> tuple[dict[str, int], set[str]]:
+    """What production's `cache-events` tell replay: the object sizes the node cached, and the
+    keys whose last event is ``failed`` (their prefetch fails in replay too)."""
+    known: dict[str, int] = {}
+    failed: set[str] = set()
+    for msg in read_topic(settings.kafka_bootstrap, settings.topic(contract.CACHE_EVENTS), settings=settings):
+        try:
+            ev = contract.decode(msg.value(), contract.CacheEvent)
+        except DecodeError:
+            continue
+        if ev.size:
+            known[ev.cache_key] = ev.size
+        if ev.state == "failed":
+            failed.add(ev.cache_key)
+        else:
+            failed.discard(ev.cache_key)
+    return known, failed

@@ -3,7 +3,8 @@
 sniffer would have published (one partition bucket per batch).
 
 Events are made the sniffer's way: the same cache keys (heatcache.cachekey with the configured
-rules), the same keyed client pseudonyms (sniffer.events.ClientHasher), the same methods kept.
+rules), the same keyed client pseudonyms (sniffer.events.ClientHasher.from_settings: with the
+network label HEATCACHE_CLIENT_ID_NETWORK puts in front), the same methods kept.
 """
 
 from __future__ import annotations
@@ -67,9 +68,8 @@ class EventMaker:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EventMaker:
-        return cls(KeyRules.load(settings.cache_key_rules),
-                   ClientHasher(settings.client_id_secret.get_secret_value().encode(), settings.client_id_rotation_s,
-                                raw=settings.client_id_raw),
+        # the sniffer's own hasher: the same pseudonyms, network labels included ("dorms/3f2a...")
+        return cls(KeyRules.load(settings.cache_key_rules), ClientHasher.from_settings(settings),
                    Filters(frozenset(settings.ignore_addresses), settings.ignore_hosts, settings.ignore_paths))
 
     def event(self, line: LogLine) -> RequestEvent:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -26,7 +26,8 @@ from heatcache.settings import Settings, load_settings
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Integration tests are the ones under tests/integration or using a service fixture.
-    services = {"kafka", "kafka_broker", "kafka_settings", "kafka_tls_settings", "mariadb", "aria2", "dnsmasq", "lab"}
+    services = {"kafka", "kafka_broker", "kafka_settings", "kafka_tls_settings", "mariadb", "aria2", "dnsmasq",
+                "dnsmasq_factory", "lab"}
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
         if "integration" in item.nodeid.split("/") or fixtures & services:
@@ -106,12 +107,29 @@ def aria2(tmp_path: Path) -> Iterator[Aria2Daemon]:
     daemon.stop()
 
 
+StartDnsmasq = Callable[..., Dnsmasq]
+
+
 @pytest.fixture
-def dnsmasq() -> Iterator[Dnsmasq]:
-    server = Dnsmasq({"origin.lab.test": "127.0.0.2", "internal.lab.test": "10.1.2.3"})
-    server.start()
-    yield server
-    server.stop()
+def dnsmasq_factory() -> Iterator[StartDnsmasq]:
+    """Start a dnsmasq upstream answering the given names (``records``, ``txt=``); each one
+    started is stopped after the test."""
+    started: list[Dnsmasq] = []
+
+    def start(records: Mapping[str, str], txt: Mapping[str, list[str]] | None = None) -> Dnsmasq:
+        server = Dnsmasq(records, txt=txt)
+        started.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def dnsmasq(dnsmasq_factory: StartDnsmasq) -> Dnsmasq:
+    return dnsmasq_factory({"origin.lab.test": "127.0.0.2", "internal.lab.test": "10.1.2.3"})
 
 
 @pytest.fixture(autouse=True)

@@ -21,6 +21,8 @@ from heatcache.services.dnsmasq import Dnsmasq
 from heatcache.settings import load_settings
 from tests.loopthread import on_loop_thread
 
+pytestmark = pytest.mark.integration  # a real dnsmasq upstream and dig (module-scoped: started once)
+
 BIG_TXT = ["x" * 240] * 10  # a 2.4 kB answer: larger than 512 and 1232
 
 

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import http.client
 import socket
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from cachestore.paths import object_relpath
 from dns_redirect.edge import Edge, start_listeners
@@ -18,24 +15,17 @@ from dns_redirect.server import DnsServer, served_ports
 from heatcache.cachekey import KeyRules
 from heatcache.contract import CacheEvent
 from heatcache.netutil import free_port
-from heatcache.services.dnsmasq import Dnsmasq
 from heatcache.settings import load_settings
+from tests.conftest import StartDnsmasq
 from tests.dns_redirect.test_dig import dig
 from tests.loopthread import on_loop_thread
 
 NODE = "192.0.2.10"
 
 
-@pytest.fixture
-def upstream() -> Iterator[Dnsmasq]:
-    server = Dnsmasq({"both.lab.test": "127.0.0.2", "blocked.lab.test": "127.0.0.2"})
-    server.start()
-    yield server
-    server.stop()
-
-
 def test_steered_only_while_the_edge_serves_every_port_of_the_hosts_keys(tmp_path: Path,
-                                                                           upstream: Dnsmasq) -> None:
+                                                                           dnsmasq_factory: StartDnsmasq) -> None:
+    upstream = dnsmasq_factory({"both.lab.test": "127.0.0.2", "blocked.lab.test": "127.0.0.2"})
     edge_port, extra = free_port(), free_port()
     blocker = socket.socket()  # a sniffed port someone else holds: the edge cannot serve it
     blocker.bind(("127.0.0.1", 0))

@@ -22,6 +22,7 @@ from dns_redirect.server import DnsServer
 from heatcache.contract import CacheEvent
 from heatcache.services.dnsmasq import Dnsmasq
 from heatcache.settings import Settings, load_settings
+from tests.conftest import StartDnsmasq
 from tests.dns_redirect.corpus import malformed_queries
 from tests.loopthread import on_loop_thread
 
@@ -205,10 +206,10 @@ def test_fast_path_serves_cached_forwarded_answers(tmp_path: Path, dnsmasq: Dnsm
 
 
 @pytest.mark.parametrize("fastlane", [True, False], ids=["compiled-lane", "python-lane"])
-def test_large_answers_are_truncated_for_plain_udp(tmp_path: Path, fastlane: bool) -> None:
-    big = Dnsmasq({"origin.lab.test": "127.0.0.2"}, txt={"big.lab.test": [f"chunk{i:02d}-" + "x" * 90
-                                                                          for i in range(12)]})
-    big.start()
+def test_large_answers_are_truncated_for_plain_udp(tmp_path: Path, fastlane: bool,
+                                                  dnsmasq_factory: StartDnsmasq) -> None:
+    big = dnsmasq_factory({"origin.lab.test": "127.0.0.2"},
+                          txt={"big.lab.test": [f"chunk{i:02d}-" + "x" * 90 for i in range(12)]})
     settings = load_settings(state_dir=tmp_path, dns_port=0, upstream_dns=(big.upstream,), dns_fastlane=fastlane)
     server = DnsServer(settings, CacheIndex(), health_check=False)
     loop = asyncio.new_event_loop()
@@ -236,7 +237,6 @@ def test_large_answers_are_truncated_for_plain_udp(tmp_path: Path, fastlane: boo
         loop.run_until_complete(server.stop())
         loop.run_until_complete(asyncio.sleep(0.1))
         loop.close()
-        big.stop()
 
 
 def test_a_cached_upstream_answer_never_hides_new_steering(tmp_path: Path, dnsmasq: Dnsmasq) -> None:

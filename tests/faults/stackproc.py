@@ -22,12 +22,15 @@ from heatcache.settings import Settings
 from heatcache.stack import settings_env
 
 
-def wait_for(cond: Callable[[], object], timeout: float, what: str) -> None:
+def wait_for(cond: Callable[[], object], timeout: float = 60.0, what: str = "a condition",
+             poll: float = 0.1) -> None:
+    """Poll ``cond`` until it is true; fail with ``what`` after ``timeout`` seconds (the one
+    polling helper of the integration tests)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():
             return
-        time.sleep(0.1)
+        time.sleep(poll)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 

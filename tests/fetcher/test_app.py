@@ -145,7 +145,8 @@ def test_concurrent_fetches_redirects_and_failures(kafka_settings: Settings, ari
     assert {"queued", "running", "done", "failed"} <= {p.state for p in progress}
 
 
-def test_hostile_targets_are_refused(kafka_settings: Settings, aria2: Aria2Daemon, tmp_path: Path) -> None:
+def test_hostile_targets_are_refused(kafka_settings: Settings, aria2: Aria2Daemon, dnsmasq: Dnsmasq,
+                                    tmp_path: Path) -> None:
     """Inward redirects and direct internal targets, a host resolving to a private address, a
     5 GB Content-Length and a body without length outgrowing the cap: each refused with its
     reason, and nothing is fetched from inside."""
@@ -166,8 +167,6 @@ def test_hostile_targets_are_refused(kafka_settings: Settings, aria2: Aria2Daemo
     origin.routes["/endless"] = Route(b"x" * (8 * 1024**2), chunked=True, rate=2_000_000)
     origin.routes["/night.bin"] = Route(b"n" * 300_000)  # large: waits for the off-peak hours
     hour = int(time.time() // 3600) % 24
-    dnsmasq = Dnsmasq({"internal.lab.test": "10.1.2.3", "origin.lab.test": "127.0.0.2"})
-    dnsmasq.start()
     settings = kafka_settings.model_copy(update={
         "aria2_rpc_port": aria2.port, "aria2_secret": SecretStr("s3cret"), "allow_private_origins": False,
         "origin_allow_networks": ("127.0.0.2/32",), "upstream_dns": (dnsmasq.upstream,),
@@ -189,7 +188,6 @@ def test_hostile_targets_are_refused(kafka_settings: Settings, aria2: Aria2Daemo
     finally:
         origin.stop()
         inside.stop()
-        dnsmasq.stop()
     for url in direct + via:
         assert events[url].state == "failed", events[url]
     assert not inside.gets and not inside.heads  # nothing was asked from inside

@@ -30,7 +30,8 @@ from sniffer.app import Sniffer
 from sniffer.synth import generate
 from streams.heat import PartitionHeat
 from streams.rules import rules_from_settings
-from tests.streams.conftest import Workers, streams_settings, wait_for
+from tests.faults.stackproc import wait_for
+from tests.streams.conftest import Workers, streams_settings
 
 
 @pytest.fixture

@@ -82,3 +82,29 @@ def test_batches_carry_logged_sizes_strictly() -> None:
         raw = contract.encode(RequestBatch(0, (ev, ev)))[:-1] + b"," + bad + b"}"
         with pytest.raises(DecodeError):
             contract.decode(raw, RequestBatch)
+
+
+def test_imported_pseudonyms_carry_the_sniffers_network_labels(base_settings: Settings, tmp_path: Path) -> None:
+    """A log and a capture of the same requests: the log's importer gives every client the id
+    the sniffer's own parser gives it from the capture, network label included (issue 19)."""
+    from urllib.parse import urlsplit
+
+    from sniffer.synth import Traffic, tcp_frame
+
+    settings = base_settings.model_copy(update={"console_networks": ("dorms=10.0.0.0/24",)})
+    capture = Traffic()
+    for i, (_ts, client, url, _size) in enumerate(samples.REQUESTS):
+        u = urlsplit(url)
+        head = f"GET {u.path}{'?' + u.query if u.query else ''} HTTP/1.1\r\nHost: {u.netloc}\r\n\r\n".encode()
+        capture.frames.append(tcp_frame(client, "203.0.113.5", 40000 + i, 80, head))
+    pcap = tmp_path / "same.pcap"
+    capture.write_pcap(pcap, start_ts=samples.REQUESTS[0][0], step=1.0)  # the samples are 1 s apart
+    sniffed, _ = read_file(pcap, settings)
+    logged, _ = read_file(samples.write("clf", tmp_path / "log.clf"), settings)
+    assert [(e.ts, e.cache_key) for e in sniffed.events] == [(e.ts, e.cache_key) for e in logged.events]
+    assert [e.client for e in logged.events] == [e.client for e in sniffed.events]
+    assert all(e.client.startswith("dorms/") for e in logged.events)
+    assert len({e.client for e in logged.events}) == 2
+    # HEATCACHE_CLIENT_ID_NETWORK=false: the bare pseudonyms, as the sniffer publishes them then
+    bare, _ = read_file(tmp_path / "log.clf", settings.model_copy(update={"client_id_network": False}))
+    assert [e.client for e in bare.events] == [e.client.partition("/")[2] for e in logged.events]

@@ -8,7 +8,10 @@ acknowledged cache-events on the broker) downloads each key replay admitted, and
 (its index following `cache-events`, hits from disk, misses passed through to the origin and
 stored in-path) answers each request whose host the index steers. After every step the live
 catalog must hold exactly what replay's cache holds; at the end the fetches, fills, hits,
-evictions and refusals are the same.
+evictions and refusals are the same. One hot file is not on the origin (404): each of its
+admissions is one CacheEvent(failed) from the live fetcher where replay, told of the failure,
+fails the prefetch; what `heatcache replay --from` reads back from the live cache-events
+(replay.kafkaio.fetch_outcomes) replays to the same decisions.
 
 What the live half does not run, and why the result is still the same:
 - the streams worker: the HotUrls come from replay's fold (tests/replay/test_live.py shows
@@ -29,7 +32,6 @@ import asyncio
 import functools
 import http.client
 import random
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,17 +46,18 @@ from dns_redirect.index import CacheEventsFollower, CacheIndex
 from fetcher.app import Fetcher
 from heatcache import contract
 from heatcache.cachekey import KeyRules, cache_key, key_host
-from heatcache.contract import HotUrl, RequestEvent
-from heatcache.kafkautil import client_config
+from heatcache.contract import CacheEvent, HotUrl, RequestEvent
+from heatcache.kafkautil import client_config, read_topic
 from heatcache.lab import NODE_IP, ORIGIN_IP, Origin, make_sample_files, shared_port
 from heatcache.netutil import port_is_free
 from heatcache.services.aria2 import Aria2Daemon
 from heatcache.settings import Settings
 from replay.engine import Setting, StreamsAdmission, prepare, run
-from replay.kafkaio import publish_trace, read_range
+from replay.kafkaio import fetch_outcomes, publish_trace, read_range
 from replay.trace import Trace
 from streams.heat import admission_id
 from streams.rules import rules_from_settings
+from tests.faults.stackproc import wait_for
 from tests.fetcher.test_app import running
 from tests.loopthread import on_loop_thread
 
@@ -66,6 +69,7 @@ REQUESTS = 110
 # the origins (hosts): a host is steered once one of its objects is cached, and prefetches are
 # what brings a host in (after that the edge fills its misses), so there are several
 ORIGINS = (ORIGIN_IP, "127.0.0.4", "127.0.0.5", "127.0.0.6", "127.0.0.7")
+GONE = "gone.bin"  # requested, hot, but not on the origin: its prefetch fails (404)
 
 
 class Recording(StreamsAdmission):
@@ -82,10 +86,10 @@ class Recording(StreamsAdmission):
 
 
 def small_trace(port: int, files: dict[str, bytes]) -> Trace:
-    """Skewed popularity over the files, each file on one of the origins (hosts), 8 clients, a
-    request every 30 s."""
+    """Skewed popularity over the files and GONE (logged as 404: the origin has no such file),
+    each on one of the origins (hosts), 8 clients, a request every 30 s."""
     rng = random.Random(19)
-    names = sorted(files)
+    names = sorted([*files, GONE])
     weights = [1 / (i + 1) ** 0.8 for i in range(len(names))]
     rules = KeyRules.load()
     trace = Trace()
@@ -93,21 +97,17 @@ def small_trace(port: int, files: dict[str, bytes]) -> Trace:
         path = "/" + name
         authority = f"{ORIGINS[names.index(name) % len(ORIGINS)]}:{port}"
         key = cache_key(authority, path, rules)
-        trace.add(RequestEvent(T0 + 30.0 * i, f"c{rng.randrange(8)}", "GET", authority, path, key, key),
-                  len(files[name]), 200)
+        ev = RequestEvent(T0 + 30.0 * i, f"c{rng.randrange(8)}", "GET", authority, path, key, key)
+        trace.add(ev, *((len(files[name]), 200) if name in files else (0, 404)))
     return trace
 
 
-def wait_for(what: str, cond: Callable[[], bool], timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+def wait_until(what: str, cond: Callable[[], bool]) -> None:
+    wait_for(cond, DEADLINE, what, poll=0.02)  # a step of the live half takes milliseconds
 
 
 def wait_for_more(what: str, count: Callable[[], int], before: int) -> None:
-    wait_for(what, lambda: count() > before)
+    wait_until(what, lambda: count() > before)
 
 
 def fetches_done(fetcher: Fetcher) -> int:
@@ -145,12 +145,15 @@ def test_live_fetcher_and_edge_reach_replays_cache(kafka_settings: Settings, ari
 
     # -- replay, from the recorded topic
     batches = read_range(settings.kafka_bootstrap, requests_topic, T0, None, settings=settings)
-    prep = prepare(batches)
+    # the download of GONE fails in production (checked below: the live fetcher's cache-events say so)
+    gone_key = next(ev.cache_key for ev in trace.events if ev.path == "/" + GONE)
+    prep = prepare(batches, failed_fetches={gone_key})
     setting = Setting(window_s=3600, min_clients=2, quota_bytes=QUOTA, policy="store", half_life_s=HALF_LIFE)
     admission = Recording(rules_from_settings(setting.settings(settings)))
     journal: list[tuple[Any, ...]] = []
     res = run(prep, setting, settings, keep_hot=True, admission=admission, journal=journal)
     assert res.prefetches >= 3 and res.fills >= 3 and res.hits >= 10 and res.evictions >= 3 and res.refused >= 1
+    assert res.fetch_failures >= 1
     # replay's cache after each request and each admission, in the engine's order
     expected: list[frozenset[str]] = []
     state: set[str] = set()
@@ -193,7 +196,8 @@ def test_live_fetcher_and_edge_reach_replays_cache(kafka_settings: Settings, ari
             assert follower.wait_ready(30)
 
             def fill_decisions() -> int:
-                return edge.counters["fill.stored"] + edge.counters["fill.skipped.size"]
+                return (edge.counters["fill.stored"] + edge.counters["fill.skipped.size"]
+                        + edge.counters["fill.skipped.status"])
 
             def index_matches_catalog() -> bool:
                 return bool(on_loop(loop, lambda: frozenset(index.objects)) == cached_in_catalog())
@@ -212,6 +216,11 @@ def test_live_fetcher_and_edge_reach_replays_cache(kafka_settings: Settings, ari
                             body = resp.read()
                         finally:
                             conn.close()
+                        if ev.path == "/" + GONE:  # passed through, the origin's 404 not stored: no op in replay
+                            assert resp.status == 404 and edge.counters["hits"] == hits_before
+                            wait_for_more("the edge's fill decision", fill_decisions, decided_before)
+                            check(f"miss of {ev.cache_key}")
+                            continue
                         assert resp.status == 200 and body == files[ev.path[1:]]
                         if edge.counters["hits"] > hits_before:  # served from the cache
                             live_hits += 1
@@ -222,7 +231,7 @@ def test_live_fetcher_and_edge_reach_replays_cache(kafka_settings: Settings, ari
                             wait_for_more("the edge's fill", fill_decisions, decided_before)
                             step = _end_of_store(journal, _next(journal, step, "fill"))
                             check(f"miss of {ev.cache_key}")
-                            wait_for("the index to follow the edge's fill", index_matches_catalog)
+                            wait_until("the index to follow the edge's fill", index_matches_catalog)
                     for key, ts, clients in admitted:
                         if on_loop(loop, functools.partial(index.objects.__contains__, key)):
                             continue  # cached already: the fetcher would find it in its catalog
@@ -234,9 +243,12 @@ def test_live_fetcher_and_edge_reach_replays_cache(kafka_settings: Settings, ari
                         assert prod.flush(10) == 0
                         wait_for_more(f"the fetcher to finish {key}", functools.partial(fetches_done, fetcher),
                                       done_before)
-                        step = _end_of_store(journal, _next(journal, step, "fetch"))
+                        if key == gone_key:
+                            step = _next(journal, step, "fetch-failed")
+                        else:
+                            step = _end_of_store(journal, _next(journal, step, "fetch"))
                         check(f"fetch of {key}")
-                        wait_for("the index to follow the fetcher's cache-events", index_matches_catalog)
+                        wait_until("the index to follow the fetcher's cache-events", index_matches_catalog)
                 live_fetched = fetcher.counters["fetched"]
             follower.stop()
             follower.join(10)
@@ -251,7 +263,25 @@ def test_live_fetcher_and_edge_reach_replays_cache(kafka_settings: Settings, ari
     assert live_hits == res.hits
     assert edge.counters["fill.stored"] == res.fills
     assert live_fetched == res.prefetches
+    # each admission of GONE: one CacheEvent(failed) from the fetcher (the download, then its back-off)
+    events_topic = settings.topic(contract.CACHE_EVENTS)
+    gone_events = [contract.decode(m.value(), CacheEvent).state
+                   for m in read_topic(settings.kafka_bootstrap, events_topic, settings=settings)
+                   if m.key() == gone_key.encode()]
+    assert gone_events == ["failed"] * res.fetch_failures
     assert cached_in_catalog_at_end(settings) == set(res.cached_at_end)
+    # replay's view of production: what `heatcache replay --from` reads from the live cache-events
+    # is the failure replay was told of (and the object the fetcher refused over the per-object
+    # cap, a failed event too: replay counts its prefetch as failed, not refused), and replaying
+    # with it decides the same
+    known, failed = fetch_outcomes(settings)
+    over_cap = next(ev.cache_key for ev in trace.events if ev.path == "/o03.bin")
+    assert failed == {gone_key, over_cap} and gone_key not in known
+    again = run(prepare(batches, known_sizes=known, failed_fetches=failed), setting, settings, keep_hot=True)
+    assert (again.prefetches, again.hits, again.fills, again.evictions, again.cached_at_end) == (
+        res.prefetches, res.hits, res.fills, res.evictions, res.cached_at_end)
+    assert again.fetch_failures > res.fetch_failures
+    assert again.fetch_failures + again.refused == res.fetch_failures + res.refused
 
 
 def _next(journal: list[tuple[Any, ...]], i: int, kind: str) -> int:

@@ -7,7 +7,7 @@ import os
 import signal
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -42,15 +42,6 @@ def produce(settings: Settings, events: Iterable[RequestEvent], per_message: int
 def hot_urls(settings: Settings) -> list[HotUrl]:
     msgs = read_topic(settings.kafka_bootstrap, settings.topic(contract.HOT_URLS), timeout=10)
     return [contract.decode(m.value(), HotUrl) for m in msgs]
-
-
-def wait_for(cond: Callable[[], object], timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Workers:

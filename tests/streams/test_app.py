@@ -16,6 +16,7 @@ from heatcache.kafkautil import producer, read_topic
 from heatcache.runner import EX_CONFIG
 from heatcache.settings import Settings
 from heatcache.stack import settings_env
+from tests.faults.stackproc import wait_for
 from tests.streams.conftest import (
     Workers,
     changelog_meta,
@@ -24,7 +25,6 @@ from tests.streams.conftest import (
     last_offsets,
     produce,
     streams_settings,
-    wait_for,
 )
 
 

@@ -18,7 +18,8 @@ from heatcache.contract import RequestEvent
 from heatcache.kafkautil import admin, read_topic
 from heatcache.settings import Settings
 from streams.outputs import DeliveryFailed, Generation, Refused
-from tests.streams.conftest import Workers, changelog_meta, last_offsets, produce, streams_settings, wait_for
+from tests.faults.stackproc import wait_for
+from tests.streams.conftest import Workers, changelog_meta, last_offsets, produce, streams_settings
 
 
 class Msg:
