@@ -9,7 +9,6 @@ so a restart keeps the topics. Used by ``heatcache up``, the test fixtures and t
 from __future__ import annotations
 
 import base64
-import fcntl
 import hashlib
 import logging
 import os
@@ -28,6 +27,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from heatcache import contract
 from heatcache.netutil import free_port, port_is_free, terminate, wait_for_port
+from heatcache.services import maven
 from heatcache.services.procs import port_owner, with_parent_death
 from heatcache.settings import Settings
 
@@ -63,37 +63,15 @@ def kafka_version() -> str:
 
 def jar_dir() -> Path:
     """Where the resolved jars live: one folder per pinned version, shared by all stacks."""
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "heatcache"
-    return base / f"kafka-{kafka_version()}"
+    return maven.cache_dir(f"kafka-{kafka_version()}")
 
 
 def ensure_jars() -> Path:
     """Resolve Kafka's jars with Maven the first time; later calls return the cached folder."""
-    target = jar_dir()
-    done = target / ".complete"
-    if done.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if shutil.which("mvn") is None:
-        raise KafkaSetupError("Maven (mvn) is needed once to fetch Kafka's jars: apt-get install maven")
-    with open(target.parent / f".{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # tests in parallel must not resolve twice
-        if done.exists():
-            return target
-        tmp = target.with_name(target.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        log.info("resolving Apache Kafka %s jars with Maven (first run only)", kafka_version())
-        proc = subprocess.run(
-            ["mvn", "-q", "-B", "-f", str(pom_path()), "dependency:copy-dependencies",
-             f"-DoutputDirectory={tmp}", "-DincludeScope=runtime"],
-            capture_output=True, text=True, check=False,
-        )
-        if proc.returncode != 0:
-            raise KafkaSetupError(f"mvn failed resolving Kafka:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
-        done.touch()
-    return target
+    try:
+        return maven.copy_dependencies(pom_path(), jar_dir(), f"Apache Kafka {kafka_version()}")
+    except maven.MavenError as exc:
+        raise KafkaSetupError(str(exc)) from exc
 
 
 def fast_start_archive() -> Path:

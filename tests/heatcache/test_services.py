@@ -12,6 +12,7 @@ import aria2p
 import dns.message
 import dns.query
 import pymysql
+import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
@@ -153,3 +154,20 @@ def test_cluster_ids_never_look_like_options() -> None:
 
     ids = {new_cluster_id() for _ in range(3000)}
     assert len(ids) == 3000 and not any(i.startswith("-") for i in ids) and all(len(i) == 22 for i in ids)
+
+
+def test_maven_jars_resolved_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder marked complete is used as it is (no Maven asked); without it and without mvn:
+    the reason, and nothing half-made left in its place."""
+    from heatcache.services.maven import MavenError, cache_dir, copy_dependencies
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no mvn on it
+    target = cache_dir("thing-1.0")
+    assert target == tmp_path / "cache" / "heatcache" / "thing-1.0"
+    with pytest.raises(MavenError, match=r"Maven \(mvn\) is needed once to fetch the jars of thing 1.0"):
+        copy_dependencies(tmp_path / "pom.xml", target, "thing 1.0")
+    assert not target.exists()
+    (target / "a.jar").parent.mkdir(parents=True)
+    (target / ".complete").touch()
+    assert copy_dependencies(tmp_path / "pom.xml", target, "thing 1.0") == target

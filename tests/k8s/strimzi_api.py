@@ -3,16 +3,16 @@ embedded Kafka's jars, and the Java checker that deserializes custom resources w
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
-import os
 import re
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from heatcache.services.maven import cache_dir, copy_dependencies
 
 HERE = Path(__file__).resolve().parent / "strimzi"
 POM = HERE / "pom.xml"
@@ -25,33 +25,8 @@ def strimzi_version() -> str:
     return match.group(1)
 
 
-def jar_dir() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "heatcache"
-    return base / f"strimzi-api-{strimzi_version()}"
-
-
 def ensure_jars() -> Path:
-    target = jar_dir()
-    done = target / ".complete"
-    if done.exists():
-        return target
-    mvn = shutil.which("mvn")
-    assert mvn is not None, "Maven (mvn) is needed once to fetch Strimzi's API jars: ./dev installs it"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if done.exists():
-            return target
-        tmp = target.with_name(target.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        proc = subprocess.run([mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
-                               f"-DoutputDirectory={tmp}", "-DincludeScope=runtime"],
-                              capture_output=True, text=True, check=False)
-        assert proc.returncode == 0, f"mvn failed resolving io.strimzi:api:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
-        done.touch()
-    return target
+    return copy_dependencies(POM, cache_dir(f"strimzi-api-{strimzi_version()}"), f"io.strimzi:api {strimzi_version()}")
 
 
 def checker_classes(jars: Path) -> Path:
