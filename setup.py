@@ -12,7 +12,7 @@ from pathlib import Path
 from setuptools import Extension, setup
 
 ROOT = Path(__file__).resolve().parent
-PACKAGES = ("heatcache", "sniffer", "streams", "fetcher", "dns_redirect")
+PACKAGES = ("heatcache", "sniffer", "streams", "fetcher", "dns_redirect", "replay")
 
 extensions = [
     Extension(f"{pkg}.{src.stem}", [str(src.relative_to(ROOT))], extra_compile_args=["-O2", "-std=c11"])

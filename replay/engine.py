@@ -28,6 +28,7 @@ sizes (captures, the sniffer's own batches), sizes from ``cache-events`` or ``de
 
 from __future__ import annotations
 
+import gc
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -45,6 +46,11 @@ from heatcache.settings import Settings
 from replay.storepolicy import StorePolicy
 from streams.heat import PartitionHeat
 from streams.rules import Rules, rules_from_settings
+
+try:
+    from replay import _engine
+except ImportError:  # not built (no compiler): the Python loop below does the same, slower
+    _engine = None  # type: ignore[assignment]
 
 TLS = "TLS"
 _HUGE_DISK = 1 << 62  # replay has no filesystem: only the byte quota limits the cache
@@ -189,9 +195,18 @@ class OracleAdmission:
             self.done.discard(cache_key)
 
 
-def make_policy(setting: Setting) -> Policy:
+def compiled_available() -> bool:
+    """Whether the compiled loop (replay._engine) was built and imports."""
+    return _engine is not None
+
+
+def make_policy(setting: Setting, compiled: bool = False) -> Policy:
     if setting.policy == "store":
-        return StorePolicy(PolicyParams(half_life_s=setting.half_life_s))  # as cachestore.open_store sets it
+        params = PolicyParams(half_life_s=setting.half_life_s)  # as cachestore.open_store sets it
+        if compiled:
+            return _engine.StorePolicy(params.half_life_s, params.new_weight, params.heat_weight,  # type: ignore[no-any-return]
+                                       params.size_exponent)
+        return StorePolicy(params)
     if setting.policy == "heat":
         return HeatPolicy(PolicyParams(half_life_s=setting.half_life_s))
     if setting.policy == "lru":
@@ -350,7 +365,8 @@ def prepare(batches: Sequence[RequestBatch], default_size: int = 1 << 20,
 
 
 def run(prep: Prepared, setting: Setting, base: Settings, bins: int = 48, keep_hot: bool = False,
-        admission: Admission | None = None, journal: list[tuple[Any, ...]] | None = None) -> Result:
+        admission: Admission | None = None, journal: list[tuple[Any, ...]] | None = None,
+        compiled: bool | None = None) -> Result:
     """Replay ``prep`` under ``setting``; see the module doc for what happens to each request.
 
     ``journal``, when given, receives what the cache store would have been asked, in order:
@@ -363,10 +379,35 @@ def run(prep: Prepared, setting: Setting, base: Settings, bins: int = 48, keep_h
     steering rule is asked per change, not per request: a host's answer can only change when
     one of its objects is stored or evicted, so ``steer[host]`` is set again right then, and a
     request reads it. The fill rule is asked once per distinct input (``prep.fill_classes``),
-    and the cache events handed to the index are made once per key and state."""
+    and the cache events handed to the index are made once per key and state.
+
+    ``compiled``: the loop below as replay._engine.loop (and the store policy as
+    replay._engine.StorePolicy) runs it, calling the same production code; None = when built
+    and the setting is the store's policy without a journal, False = this Python reference,
+    True = required (tests/replay/test_compiled.py holds the two to identical results).
+
+    The garbage collector is paused for the run: a run makes millions of objects and no cycles,
+    and a full collection walks the whole trace and state each time (a third of the time)."""
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        return _run(prep, setting, base, bins, keep_hot, admission, journal, compiled)
+    finally:
+        if gc_was:
+            gc.enable()
+
+
+def _run(prep: Prepared, setting: Setting, base: Settings, bins: int, keep_hot: bool, admission: Admission | None,
+         journal: list[tuple[Any, ...]] | None, compiled: bool | None) -> Result:
     import time
 
     started = time.process_time()  # CPU time: the per-setting rate holds on a busy machine too
+    if compiled and _engine is None:
+        raise ImportError("replay._engine is not built (./dev builds it; needs gcc and Python headers)")
+    if compiled is None:
+        compiled = _engine is not None and journal is None and setting.policy == "store"
+    elif compiled and (journal is not None or setting.policy != "store"):
+        raise ValueError("the compiled loop runs the store policy without a journal")
     live = setting.settings(base)
     res = Result(setting.name, params=asdict(setting))
     if admission is None:
@@ -374,7 +415,7 @@ def run(prep: Prepared, setting: Setting, base: Settings, bins: int = 48, keep_h
             admission = OracleAdmission([ev for b in prep.batches for ev in b.events])
         else:
             admission = StreamsAdmission(rules_from_settings(live))
-    policy = make_policy(setting)
+    policy = make_policy(setting, compiled)
     quota = Quota(max_bytes=setting.quota_bytes, min_free_bytes=0,
                   max_object_fraction=live.cache_max_object_fraction, max_object_bytes=live.max_object_bytes)
     index = CacheIndex()
@@ -455,7 +496,22 @@ def run(prep: Prepared, setting: Setting, base: Settings, bins: int = 48, keep_h
     fill_on, prefetch_on = setting.fill, setting.prefetch
     fill_classes = prep.fill_classes
     fold = admission.fold
-    for batch, rows, bts, nbytes in zip(prep.batches, prep.rows, prep.batch_ts, prep.batch_bytes, strict=True):
+    if compiled:
+        (hits, bytes_local, prefetches, bytes_prefetched, fills, bytes_filled, fetch_failures, counts["refused"],
+         counts["evictions"], counts["never_hit"]) = _engine.loop({
+            "batches": prep.batches, "rows": prep.rows, "batch_ts": prep.batch_ts, "batch_bytes": prep.batch_bytes,
+            "series": series, "bins": bins, "t0": float(t0), "scale": float(scale), "policy": policy,
+            "streams": isinstance(admission, StreamsAdmission), "admission": admission, "fill_on": fill_on,
+            "prefetch_on": prefetch_on, "steer": steer, "host_of": host_of, "sizes": sizes,
+            "first_seen": first_seen, "fill_classes": fill_classes, "fill_ok": fill_ok,
+            "failed_fetches": failed_fetches, "quota": quota, "plan_space": plan_space, "huge_disk": _HUGE_DISK,
+            "index_apply": index.apply, "cached": cached, "is_steered": is_steered, "never_steer": never_steer,
+            "overrides": overrides, "never": never, "CacheEvent": CacheEvent, "may_fill": may_fill,
+            "max_fill": max_fill, "first_hit": first_hit, "hit_once": hit_once, "pending_prefetch": pending_prefetch,
+            "steered_ever": steered_ever, "partition_of": partition_of, "cached_events": cached_events,
+            "evicted_events": evicted_events})
+    for batch, rows, bts, nbytes in () if compiled else zip(prep.batches, prep.rows, prep.batch_ts,
+                                                            prep.batch_bytes, strict=True):
         part = batch.bucket
         slot = series[min(bins - 1, int((bts - t0) * scale))]  # a batch spans at most the linger
         slot[0] += nbytes

@@ -22,7 +22,7 @@ from heatcache.services.aria2 import Aria2Daemon
 from heatcache.services.mariadb import MariaDB
 from heatcache.settings import Settings
 from heatcache.stack import settings_env
-from tests.faults.conftest import SECRET_BODY, ScriptedOrigin
+from tests.faults.conftest import SECRET_BODY
 from tests.faults.stackproc import wait_for
 from tests.fetcher.origin import Route, TestOrigin
 from tests.fetcher.test_app import hot, publish, running, wait_events
@@ -34,8 +34,8 @@ def fetch_settings(base: Settings, aria2: Aria2Daemon, **more: object) -> Settin
                                    "fetch_retry_base_s": 0.2, **more})
 
 
-def refused_inward(kafka_settings: Settings, aria2: Aria2Daemon, hostile_origin: ScriptedOrigin,
-                   secret_service: ScriptedOrigin, path: str) -> contract.CacheEvent:
+def refused_inward(kafka_settings: Settings, aria2: Aria2Daemon, hostile_origin: TestOrigin,
+                   secret_service: TestOrigin, path: str) -> contract.CacheEvent:
     """Fetch ``path`` of the hostile origin (only 127.0.0.2 allowed): its CacheEvent, which must
     say failed, with nothing asked from the secret service and nothing cached."""
     settings = fetch_settings(kafka_settings, aria2, allow_private_origins=False,
@@ -45,7 +45,7 @@ def refused_inward(kafka_settings: Settings, aria2: Aria2Daemon, hostile_origin:
     with running(settings):
         events = wait_events(settings, {url})
     assert events[url].state == "failed", events[url]
-    assert secret_service.hits["/secret"] == 0
+    assert secret_service.asked("/secret") == 0
     cached = [m for m in read_topic(settings.kafka_bootstrap, settings.topic(contract.CACHE_EVENTS))
               if b'"cached"' in (m.value() or b"")]
     assert not cached
@@ -139,22 +139,22 @@ def test_mariadb_stopped_during_a_download(kafka_settings: Settings, aria2: Aria
 
 
 def test_inward_redirect_through_the_fetcher(kafka_settings: Settings, aria2: Aria2Daemon,
-                                             hostile_origin: ScriptedOrigin, secret_service: ScriptedOrigin) -> None:
+                                             hostile_origin: TestOrigin, secret_service: TestOrigin) -> None:
     hostile_origin.redirect("/video.bin", secret_service.url("/secret"))
     failed = refused_inward(kafka_settings, aria2, hostile_origin, secret_service, "/video.bin")
     assert "127.0.0.1 is not a public address" in failed.error
 
 
 def test_redirect_only_to_arias_own_request(kafka_settings: Settings, aria2: Aria2Daemon,
-                                            hostile_origin: ScriptedOrigin, secret_service: ScriptedOrigin) -> None:
+                                            hostile_origin: TestOrigin, secret_service: TestOrigin) -> None:
     """The origin answers the pre-flight with 200 and aria2c's own request with a 302 inward:
     the policy proxy refuses the hop, nothing is cached, the failure says why."""
     # the same length as the secret: the size check after the download cannot tell them apart
-    hostile_origin.route_once("/swap.bin", 200, {"Content-Type": "application/octet-stream"},
-                              b"x" * len(SECRET_BODY))
+    hostile_origin.once["/swap.bin"] = Route(b"x" * len(SECRET_BODY),
+                                             headers={"Content-Type": "application/octet-stream"})
     hostile_origin.redirect("/swap.bin", secret_service.url("/secret"))
     failed = refused_inward(kafka_settings, aria2, hostile_origin, secret_service, "/swap.bin")
-    assert hostile_origin.hits["/swap.bin"] >= 2  # the pre-flight and aria2c's request
+    assert hostile_origin.asked("/swap.bin") >= 2  # the pre-flight and aria2c's request
     assert "refused by the address policy" in failed.error
     assert "127.0.0.1 is not a public address" in failed.error
 

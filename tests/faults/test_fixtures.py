@@ -10,14 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.conftest import SECRET_BODY, ScriptedOrigin
+from tests.faults.conftest import SECRET_BODY
+from tests.fetcher.origin import TestOrigin
 
 
-def test_hostile_origin_redirects_inward(hostile_origin: ScriptedOrigin, secret_service: ScriptedOrigin) -> None:
+def test_hostile_origin_redirects_inward(hostile_origin: TestOrigin, secret_service: TestOrigin) -> None:
     hostile_origin.redirect("/video.bin", secret_service.url("/secret"))
     # urllib follows redirects like a naive fetcher would: it lands on the inward service
     assert urllib.request.urlopen(hostile_origin.url("/video.bin"), timeout=5).read() == SECRET_BODY
-    assert secret_service.hits["/secret"] == 1 and hostile_origin.hits["/video.bin"] == 1
+    assert secret_service.asked("/secret") == 1 and hostile_origin.asked("/video.bin") == 1
     with pytest.raises(urllib.error.HTTPError):
         urllib.request.urlopen(hostile_origin.url("/nothing"), timeout=5)
 

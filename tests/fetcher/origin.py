@@ -24,14 +24,16 @@ class Route:
 
 
 class TestOrigin:
-    """``routes[path] = Route(...)``; ``gets``/``heads`` count requests, ``sent`` body bytes,
+    """``routes[path] = Route(...)`` (``once[path]``: the answer to the next request of the path
+    only, then the route's); ``gets``/``heads`` count requests, ``sent`` body bytes,
     ``conditional`` GETs with If-None-Match (a matching one is answered 304),
     ``ranges`` the Range headers of GETs; ``active``/``peak`` concurrent GETs."""
 
     __test__ = False
 
-    def __init__(self, address: str = "127.0.0.2") -> None:
+    def __init__(self, address: str = "127.0.0.2", port: int = 0) -> None:
         self.routes: dict[str, Route] = {}
+        self.once: dict[str, Route] = {}
         self.gets: Counter[str] = Counter()
         self.heads: Counter[str] = Counter()
         self.sent: Counter[str] = Counter()
@@ -67,7 +69,7 @@ class TestOrigin:
                         origin.active -= 1
 
             def _answer(self, head: bool) -> None:
-                route = origin.routes.get(self.path)
+                route = origin.once.pop(self.path, None) or origin.routes.get(self.path)
                 if route is None:
                     self.send_response(404)
                     self.send_header("Content-Length", "0")
@@ -127,13 +129,20 @@ class TestOrigin:
                 if route.chunked:
                     self.close_connection = True
 
-        self.server = ThreadingHTTPServer((address, 0), Handler)
+        self.server = ThreadingHTTPServer((address, port), Handler)
         self.server.daemon_threads = True
         self.address, self.port = self.server.server_address[:2]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def url(self, path: str) -> str:
         return f"http://{self.address}:{self.port}{path}"
+
+    def asked(self, path: str) -> int:
+        """Requests (GET and HEAD) of ``path``."""
+        return self.gets[path] + self.heads[path]
+
+    def redirect(self, path: str, location: str, status: int = 302) -> None:
+        self.routes[path] = Route(status=status, headers={"Location": location})
 
     def start(self) -> TestOrigin:
         self.thread.start()
