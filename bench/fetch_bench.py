@@ -2,11 +2,20 @@
 local origin (nginx with ``limit_rate`` per connection and ``sendfile off``), in one run.
 
 heatcache's time runs from the first hot-url message produced to the last CacheEvent(cached)
-read back from `cache-events` (pre-flight, aria2c, hashing, the catalog and the broker's
-acknowledgements included); aria2c's from its start to its exit, with the same concurrency.
-Hot-url -> download-start latency per object: the origin's access-log time of the download GET
-(nginx logs ``$msec`` when the answer ends, so ``$request_time`` is taken off) minus the produce
-time of its hot-url message. Last line:
+read back from `cache-events` (pre-flight, aria2c through the policy proxy, hashing, the catalog
+and the broker's acknowledgements included); aria2c's from its start to its exit, with the same
+concurrency (``-j``: the fetcher's bounds for one origin host, the shipped defaults unless
+``--concurrency`` is given), without a proxy: the reference is plain aria2c, while every request of
+the fetcher must pass the address policy (a security requirement). ``aria2c -i list`` through the
+same policy proxy is timed too and printed as a diagnostic (the proxy's share), not in the ratio.
+
+Before the clock starts, one other object goes the whole way once (untimed warm-up: a running
+stack's broker, aria2c and proxy are warm; the first message on a freshly started broker took
+40-100 ms more, measured). Hot-url -> download-start latency per object: the origin's access-log
+time of the download GET (nginx logs ``$msec`` when the answer ends, so ``$request_time`` is taken
+off) minus the produce time of its hot-url message; the same for aria2c from its start is printed
+beside it (what its own queue makes objects wait). A timeline per phase of the fetcher's jobs is
+printed too. Last line:
 ``fetch: heatcache=<s> aria2c=<s> start_p50=<ms> start_p95=<ms> ratio=<aria2c/heatcache> (reference aria2c -i list)``.
 """
 
@@ -20,18 +29,22 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 from _procs import Procs, nginx_missing  # bench/_procs.py (sets up sys.path)
 from confluent_kafka import Consumer, Producer
 
 from fetcher.app import Fetcher
+from fetcher.policyproxy import proxy_password
 from heatcache import contract
 from heatcache.contract import CacheEvent, HotUrl
 from heatcache.lifecycle import StopFlag
 from heatcache.netutil import free_port
 from heatcache.services.aria2 import Aria2Daemon
 from heatcache.services.kafka import EmbeddedKafka, ensure_topics
-from heatcache.settings import load_settings
+from heatcache.services.policyproxy import PolicyProxyDaemon
+from heatcache.settings import Settings, load_settings
+from heatcache.stack import settings_env
 
 NGINX_HTTP = """    sendfile off;
     log_format t '$msec $request_time $request_method $uri';
@@ -44,12 +57,61 @@ NGINX_HTTP = """    sendfile off;
 """
 
 
+WARM_UPS = 5
+ENDS: dict[str, float] = {}
+TOOK: list[float] = []  # median GET duration at the origin, per call of starts()
+
+
+def aria2c(listing: Path, out: Path, concurrency: int, *extra: str) -> float:
+    """``aria2c -i listing`` with one connection per object: seconds to its exit."""
+    t0 = time.monotonic()
+    subprocess.run(["aria2c", "-i", str(listing), "-d", str(out), f"-j{concurrency}", "-x1", "-s1",
+                    "--file-allocation=none", "--quiet=true", "--allow-overwrite=true", *extra], check=True)
+    return time.monotonic() - t0
+
+
+def starts(log: Path, since: dict[str, float]) -> list[float]:
+    """ms from ``since[uri]`` to the start of each GET of ``uri`` in nginx's log (sorted); the log
+    is emptied for the next part. The GETs' median duration goes to ``TOOK``."""
+    out = []
+    took_ms = []
+    for line in log.read_text().splitlines():
+        ts, took, method, uri = line.split()
+        if method == "GET" and uri in since:  # $msec is when the answer ended: minus its duration
+            out.append((float(ts) - float(took) - since[uri]) * 1000)
+            took_ms.append(float(took) * 1000)
+            ENDS[uri] = float(ts)
+    TOOK.append(statistics.median(took_ms) if took_ms else float("nan"))
+    log.write_text("")  # nginx appends (O_APPEND): its next lines start the file again
+    return sorted(out)
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def p50_p95(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.median(values), values[min(len(values) - 1, int(0.95 * len(values)))]
+
+
+def hot_url(url: str) -> bytes:
+    return contract.encode(HotUrl(url, url, "127.0.0.2", 2, 2, 86400, time.time()))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--concurrency", type=int, default=0,
+                    help="downloads at once, both sides (default: the shipped fetcher bounds for one host)")
     args = ap.parse_args()
     count, size, rate = (12, 1024**2, "2m") if args.quick else (30, 2 * 1024**2, "4m")
-    concurrency = 8
+    shipped = Settings.model_fields
+    concurrency = args.concurrency or min(int(shipped["fetch_max_concurrent"].default),
+                                          int(shipped["fetch_max_per_host"].default))
     if nginx_missing() or shutil.which("aria2c") is None:
         print("fetch: nginx and aria2c are needed (apt-get install nginx-light aria2)", file=sys.stderr)
         return 2
@@ -59,31 +121,43 @@ def main() -> int:
         www.mkdir()
         for i in range(count):
             (www / f"o{i}.bin").write_bytes(os.urandom(size))
+        for i in range(WARM_UPS):
+            (www / f"warm-up-{i}.bin").write_bytes(os.urandom(64 * 1024))
         port = free_port("127.0.0.2")
         log = work / "access.log"
         procs.nginx(NGINX_HTTP.format(port=port, www=www, rate=rate, log=log), ("127.0.0.2", port))
         broker = procs.service(EmbeddedKafka(work / "kafka", heap_mb=384))
         aria2 = procs.service(Aria2Daemon(work / "aria2", secret="bench"))
         assert isinstance(broker, EmbeddedKafka) and isinstance(aria2, Aria2Daemon)
-        urls = [f"http://127.0.0.2:{port}/o{i}.bin" for i in range(count)]
+        base = f"http://127.0.0.2:{port}"
+        urls = [f"{base}/o{i}.bin" for i in range(count)]
 
         # the reference: aria2c -i list, same concurrency, one connection per object
         (work / "list").write_text("\n".join(urls) + "\n")
-        t0 = time.monotonic()
-        subprocess.run(["aria2c", "-i", str(work / "list"), "-d", str(work / "ref"), f"-j{concurrency}", "-x1",
-                        "-s1", "--file-allocation=none", "--quiet=true", "--allow-overwrite=true"], check=True)
-        ref_s = time.monotonic() - t0
-        log.write_text("")  # only heatcache's requests from here on
-        subprocess.run(["kill", "-USR1", (work / "nginx.pid").read_text().strip()], check=False)
-
+        launched = time.time()
+        ref_s = aria2c(work / "list", work / "ref", concurrency)
+        ref_p50, ref_p95 = p50_p95(starts(log, {f"/o{i}.bin": launched for i in range(count)}))
         bootstrap = broker.start()
         aria2.start()
         settings = load_settings(state_dir=work / "state", kafka_bootstrap=bootstrap, topic_prefix="bench-",
                                  aria2_rpc_port=aria2.port, aria2_secret="bench", allow_private_origins=True,
                                  upstream_dns=("127.0.0.1:9",), fetch_max_concurrent=concurrency,
                                  fetch_max_per_host=concurrency, client_id_secret="bench")
+        # the policy proxy as its own process, as `heatcache up` and the k8s pod run it
+        proxy = procs.service(PolicyProxyDaemon(work / "proxy", settings_env(settings)))
+        assert isinstance(proxy, PolicyProxyDaemon)
+        settings = settings.model_copy(update={"policy_proxy_port": proxy.start()})
+        assert proxy.proc is not None
+        # diagnostic: aria2c -i list through that proxy, and the proxy's CPU time for it
+        cpu0 = cpu_s(proxy.proc.pid)
+        proxied_s = aria2c(work / "list", work / "ref-proxied", concurrency,
+                           f"--all-proxy=http://127.0.0.1:{settings.policy_proxy_port}", "--all-proxy-user=bench",
+                           f"--all-proxy-passwd={proxy_password(settings)}")
+        proxy_cpu = cpu_s(proxy.proc.pid) - cpu0
+        starts(log, {})
         ensure_topics(bootstrap, settings)
         fetcher = Fetcher(settings, bootstrap)
+        fetcher.timelines = []
         stop = StopFlag()
         worker = threading.Thread(target=fetcher.run, args=(stop,))
         worker.start()
@@ -93,45 +167,65 @@ def main() -> int:
         # a burst of hot URLs reaches the broker as one batch, as aria2c gets its whole list at once.
         # linger 0 sent them one request each and the fetcher saw them over ~260 ms (measured)
         prod = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
-        # connected, with the topic's metadata, before the clock starts: streams' producer is long-lived
-        # (a fresh one spent ~100 ms on its first connection, counted as fetcher latency before)
-        prod.list_topics(settings.topic(contract.HOT_URLS), timeout=10)
+        topic = settings.topic(contract.HOT_URLS)
+        prod.list_topics(topic, timeout=10)  # streams' producer is long-lived: connected before the clock
+
+        def settled(wanted: set[str], timeout: float) -> set[str]:
+            """The URLs of ``wanted`` cached, once each has its CacheEvent (cached or failed)."""
+            done: set[str] = set()
+            cached: set[str] = set()
+            deadline = time.monotonic() + timeout
+            while done < wanted and time.monotonic() < deadline:
+                msg = cons.poll(0.2)
+                if msg is None or msg.error():
+                    continue
+                event = contract.decode(msg.value(), CacheEvent)
+                if event.url in wanted and event.state == "failed":
+                    print(f"  failed: {event.url}: {event.error}")
+                if event.url in wanted and event.state in ("cached", "failed"):
+                    done.add(event.url)
+                    if event.state == "cached":
+                        cached.add(event.url)
+            return cached
+
         while not fetcher.consumer.assignment():  # the fetcher has joined its group
             time.sleep(0.05)
+        for i in range(WARM_UPS):  # one at a time: each the whole way, the broker's produce path warmed
+            warm = f"{base}/warm-up-{i}.bin"
+            prod.produce(topic, key=warm.encode(), value=hot_url(warm))
+            prod.flush(10)
+            assert settled({warm}, 120) == {warm}, "a warm-up object was not fetched"
+        fetcher.timelines.clear()
+        starts(log, {})
+
         produced: dict[str, float] = {}
         t0 = time.monotonic()
         for url in urls:
-            produced[url.split(str(port))[1]] = time.time()
-            prod.produce(settings.topic(contract.HOT_URLS), key=url.encode(),
-                         value=contract.encode(HotUrl(url, url, "127.0.0.2", 2, 2, 86400, time.time())))
+            produced[url] = time.time()
+            prod.produce(topic, key=url.encode(), value=hot_url(url))
         prod.flush(10)
-        done: set[str] = set()
-        deadline = time.monotonic() + 300
-        while len(done) < count and time.monotonic() < deadline:
-            msg = cons.poll(0.2)
-            if msg is None or msg.error():
-                continue
-            event = contract.decode(msg.value(), CacheEvent)
-            if event.state == "cached":
-                done.add(event.url)
-            elif event.state == "failed":
-                print(f"  failed: {event.url}: {event.error}")
-                done.add(event.url)
+        done = settled(set(urls), 300)
         hc_s = time.monotonic() - t0
         stop.set()
         worker.join(30)
         cons.close()
-        starts = []
-        for line in log.read_text().splitlines():
-            ts, took, method, uri = line.split()
-            if method == "GET" and uri in produced:  # $msec is when the answer ended: minus its duration
-                starts.append((float(ts) - float(took) - produced.pop(uri)) * 1000)
-        starts.sort()
-        p50 = statistics.median(starts) if starts else float("nan")
-        p95 = starts[min(len(starts) - 1, int(0.95 * len(starts)))] if starts else float("nan")
+        p50, p95 = p50_p95(starts(log, {url.removeprefix(base): at for url, at in produced.items()}))
+        phases: dict[str, list[float]] = {}
+        for key, marks in [(k, m) for k, m in fetcher.timelines if k in produced]:
+            for name, at in {"produced": produced[key], **marks}.items():
+                phases.setdefault(name, []).append((at - produced[key]) * 1000)
         print(f"{count} objects x {size / 2**20:.0f} MiB, nginx limit_rate {rate}/connection, "
-              f"concurrency {concurrency}")
-        print(f"  aria2c -i list: {ref_s:.2f} s;  heatcache fetch (hot-url -> last CacheEvent): {hc_s:.2f} s")
+              f"concurrency {concurrency} (aria2c -j, the fetcher's overall and per-host bounds)")
+        print("  fetcher phases, ms after the hot-url's produce (p50/max): " + "  ".join(
+            f"{name}={statistics.median(v):.0f}/{max(v):.0f}" for name, v in phases.items() if name != "produced"))
+        print(f"  aria2c -i list: {ref_s:.2f} s, start p50 {ref_p50:.0f} ms p95 {ref_p95:.0f} ms after its launch;"
+              f"  through the policy proxy process (diagnostic): {proxied_s:.2f} s, proxy CPU {proxy_cpu:.2f} s")
+        gap = sorted((m["complete"] - ENDS[k.removeprefix(base)]) * 1000 for k, m in fetcher.timelines
+                     if k in produced and "complete" in m)
+        print(f"  origin's last byte sent -> fetcher sees completion: p50 {statistics.median(gap):.0f} ms "
+              f"max {max(gap):.0f} ms")
+        print(f"  heatcache fetch (hot-url -> last CacheEvent): {hc_s:.2f} s;  GET durations at the origin "
+              f"(p50): aria2c {TOOK[0]:.0f} ms, heatcache {TOOK[-1]:.0f} ms")
         print(f"fetch: heatcache={hc_s:.2f}s aria2c={ref_s:.2f}s start_p50={p50:.0f}ms start_p95={p95:.0f}ms "
               f"cached={len(done)}/{count} ratio={ref_s / hc_s:.2f} "
               "(reference aria2c -i list, same objects and origin)")

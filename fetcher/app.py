@@ -120,6 +120,7 @@ class Job(Owed):
     started: float = 0.0
     delays: int = 0  # waits for a dependency (database, aria2c), not counted as attempts
     record: Admission | None = None  # what the catalog keeps of this key's admission (set by _check)
+    marks: dict[str, float] = field(default_factory=dict)  # phase -> wall time (bench/fetch's timeline)
 
     @property
     def key(self) -> str:
@@ -155,6 +156,7 @@ class Fetcher:
         self.owed: dict[str, Owed] = {}  # dead letters waiting for their acknowledgement
         self.by_gid: dict[str, str] = {}
         self._forgotten: list[str] = []  # gids whose aria2 download result is to be removed
+        self.timelines: list[tuple[str, dict[str, float]]] | None = None  # set to a list: kept per job
         self.revalidating: set[str] = set()  # cache keys with a conditional request running
         self._workers = 0  # worker threads whose result the loop has not taken yet
         self.offpeak = budget.parse_window(settings.fetch_offpeak_hours)  # ValueError: a config error at start
@@ -230,7 +232,7 @@ class Fetcher:
                 # or an aria2 notification (both from other threads) then starts the next download
                 # within ~5 ms, not after a whole poll (the consumer cannot be woken)
                 wait = 0.005 if self._workers or self.by_gid or not self.notified.empty() else 0.05
-                msgs = [] if busy else self.consumer.consume(256, wait)
+                msgs = [] if busy else self._consume(wait)
                 if busy:
                     time.sleep(0.05)  # a full queue: let downloads finish before reading more
                 self.producer.poll(0)
@@ -267,6 +269,13 @@ class Fetcher:
             self.proxy.stop()
             log.info("fetcher stopped: %s (%d jobs left to the next start)", dict(self.counters), len(self.jobs))
         return self.counters
+
+    def _consume(self, wait: float) -> list[Message]:
+        """Every message waiting, returning as soon as the first arrives: ``consume(n, wait)``
+        waits the whole ``wait`` unless n messages come (measured: each burst of hot URLs reached
+        the loop ~50 ms late, the idle wait)."""
+        first = self.consumer.poll(wait)
+        return [] if first is None else [first, *self.consumer.consume(255, 0)]
 
     def _offpeak_jobs(self) -> int:
         return sum(1 for j in self.jobs.values() if j.state == "offpeak") if self.offpeak is not None else 0
@@ -328,7 +337,8 @@ class Fetcher:
             job.offsets.append(where)
             self.counters["joined"] += 1
             return
-        self.jobs[hot.cache_key] = Job([where], hot=hot, dir=self.jobs_dir / key_hash(hot.cache_key))
+        self.jobs[hot.cache_key] = Job([where], hot=hot, dir=self.jobs_dir / key_hash(hot.cache_key),
+                                       marks={"msg": time.time()})
 
     def _advance(self, now: float) -> None:
         """Move every job that can move one step on.
@@ -381,6 +391,7 @@ class Fetcher:
                 ahead -= 1
                 preparing[host] += 1
                 job.state = "preflight"
+                job.marks.setdefault("pf", time.time())
                 self._spawn(key, "preflight", self._preflight_work, job.hot.url)
             if job.state == "add":
                 to_add.append(job)
@@ -555,6 +566,7 @@ class Fetcher:
                            error=f"waiting {wait:.0f} s for the off-peak hours {self.settings.fetch_offpeak_hours} UTC")
             return
         job.pre = result
+        job.marks.setdefault("ready", time.time())
         job.state, job.ready_at = "ready", time.monotonic()  # _advance (next in the loop) hands it to aria2c
         job.dir.mkdir(parents=True, exist_ok=True)
         (job.dir / "job.json").write_bytes(orjson.dumps({"url": job.hot.url, "key": key, "chain": result.chain}))
@@ -632,6 +644,8 @@ class Fetcher:
             return
         calls = [{"methodName": "aria2.addUri", "params": [[job.pre.pinned], self._download_options(job)]}
                  for job in fresh if job.pre is not None]
+        for job in fresh:
+            job.marks.setdefault("add", time.time())
         try:
             answers = self.aria2.multicall(calls)
         except aria2p.ClientException as exc:  # the whole call refused (it is not one we send wrong)
@@ -805,10 +819,12 @@ class Fetcher:
     # -- finishing --------------------------------------------------------------------------
     def _finish(self, job: Job) -> None:
         job.state = "finish"
+        job.marks.setdefault("complete", time.time())
         self._spawn(job.key, "store", self._store_work, job)
 
     def _store_work(self, job: Job) -> Any:
         assert job.pre is not None
+        job.marks.setdefault("store", time.time())
         path = job.dir / "object"
         if not path.exists():
             raise FetchError("aria2 reported completion but wrote no file")
@@ -846,6 +862,7 @@ class Fetcher:
             self._fail(key, job, f"store: {result!r}")
             return
         self._forget_gid(job)
+        job.marks.setdefault("stored", time.time())
         shutil.rmtree(job.dir, ignore_errors=True)
         if job.record is not None:
             self._put_admission(admission.succeeded(job.record, time.time()))
@@ -947,6 +964,10 @@ class Fetcher:
     def _complete(self, key: str, job: Owed) -> None:
         """Everything this job produced is acknowledged: its messages' offsets may be stored."""
         job.state = "done"
+        if isinstance(job, Job):
+            job.marks["acked"] = time.time()
+            if self.timelines is not None:
+                self.timelines.append((key, job.marks))
         self.jobs.pop(key, None)
         self.owed.pop(key, None)
         for topic, partition, offset in job.offsets:

@@ -52,6 +52,14 @@ def refused_inward(kafka_settings: Settings, aria2: Aria2Daemon, hostile_origin:
     return events[url]
 
 
+def assert_resumed(origin: TestOrigin, path: str, body: bytes) -> None:
+    """The download of ``path`` went on from where aria2c's file ended: its last GET asked a
+    range past 0, and the origin sent the remaining bytes, not the whole object again."""
+    starts = [int(r[6:].split("-")[0]) for r in origin.ranges[path] if r.startswith("bytes=")]
+    assert starts and starts[-1] > 0, origin.ranges
+    assert origin.sent[path] < 2 * len(body)
+
+
 def test_sigterm_during_a_long_download(kafka_settings: Settings, aria2: Aria2Daemon, tmp_path: Path) -> None:
     origin = TestOrigin().start()
     body = os.urandom(1_200_000)
@@ -82,9 +90,7 @@ def test_sigterm_during_a_long_download(kafka_settings: Settings, aria2: Aria2Da
     assert events[url].state == "cached" and events[url].sha256 == hashlib.sha256(body).hexdigest()
     # aria2c's requests go through the fetcher's policy proxy, so the stop cuts its connection:
     # the restarted fetcher adopts (or re-adds) the download and aria2c resumes it from its file
-    starts = [int(r[6:].split("-")[0]) for r in origin.ranges["/long.bin"] if r.startswith("bytes=")]
-    assert starts and starts[-1] > 0, origin.ranges
-    assert origin.sent["/long.bin"] < 2 * len(body)  # the remaining bytes, not the whole object again
+    assert_resumed(origin, "/long.bin", body)
 
 
 def test_kill9_of_aria2c_resumes(kafka_settings: Settings, aria2: Aria2Daemon) -> None:
@@ -107,9 +113,7 @@ def test_kill9_of_aria2c_resumes(kafka_settings: Settings, aria2: Aria2Daemon) -
         origin.stop()
     assert events[url].state == "cached" and events[url].sha256 == hashlib.sha256(body).hexdigest()
     # aria2c's resume: a probe for the length, then the rest from where its file ends
-    starts = [int(r[6:].split("-")[0]) for r in origin.ranges["/big.bin"] if r.startswith("bytes=")]
-    assert starts and starts[-1] > 0, origin.ranges
-    assert origin.sent["/big.bin"] < 2 * len(body)  # the remaining bytes, not the whole object again
+    assert_resumed(origin, "/big.bin", body)
     assert fetcher.counters["fetched"] == 1
 
 
