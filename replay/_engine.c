@@ -32,6 +32,7 @@
 
 typedef struct {
     PyObject *key; /* owned */
+    Py_ssize_t kid; /* the loop's key number (-1 when inserted through the Python API) */
     long long size, hits, heat;
     double last_hit, fetched_at;
     unsigned long long version;
@@ -159,7 +160,8 @@ static Py_ssize_t sp_find(SP *p, PyObject *key) {
     return PyLong_AsSsize_t(got);
 }
 
-static int sp_insert(SP *p, PyObject *key, long long size, double now, long long heat) {
+/* the row of key, made when missing (-1 on error) */
+static Py_ssize_t sp_row(SP *p, PyObject *key, Py_ssize_t kid) {
     Py_ssize_t ri = sp_find(p, key);
     if (ri == -2) return -1;
     if (ri == -1) {
@@ -187,7 +189,14 @@ static int sp_insert(SP *p, PyObject *key, long long size, double now, long long
         memset(r, 0, sizeof(*r));
         Py_INCREF(key);
         r->key = key;
-    } else if (p->rows[ri].cached) {
+        r->kid = kid;
+    }
+    return ri;
+}
+
+/* StorePolicy.insert on row ri */
+static int sp_insert_row(SP *p, Py_ssize_t ri, long long size, double now, long long heat) {
+    if (p->rows[ri].cached) {
         p->used_bytes -= p->rows[ri].size;
         p->cached--;
     }
@@ -201,12 +210,12 @@ static int sp_insert(SP *p, PyObject *key, long long size, double now, long long
     return sp_push(p, ri);
 }
 
-static int sp_access(SP *p, PyObject *key, double now) {
-    Py_ssize_t ri = sp_find(p, key);
-    if (ri < 0) {
-        if (ri == -1) PyErr_SetObject(PyExc_KeyError, key);
-        return -1;
-    }
+static int sp_insert(SP *p, PyObject *key, long long size, double now, long long heat) {
+    Py_ssize_t ri = sp_row(p, key, -1);
+    return ri < 0 ? -1 : sp_insert_row(p, ri, size, now, heat);
+}
+
+static int sp_access_row(SP *p, Py_ssize_t ri, double now) {
     Row *r = &p->rows[ri];
     double before = (double)r->hits + p->heat_weight * (double)r->heat;
     r->hits++;
@@ -215,9 +224,24 @@ static int sp_access(SP *p, PyObject *key, double now) {
     return 0;
 }
 
-/* StorePolicy.evict: the victims (new references) appended to out */
-static int sp_evict(SP *p, long long need, PyObject *out) {
+static int sp_access(SP *p, PyObject *key, double now) {
+    Py_ssize_t ri = sp_find(p, key);
+    if (ri < 0) {
+        if (ri == -1) PyErr_SetObject(PyExc_KeyError, key);
+        return -1;
+    }
+    return sp_access_row(p, ri, now);
+}
+
+typedef struct {
+    Py_ssize_t *v;
+    Py_ssize_t n, cap;
+} Rows;
+
+/* StorePolicy.evict: the victims' rows, in order, into out */
+static int sp_evict(SP *p, long long need, Rows *out) {
     long long freed = 0;
+    out->n = 0;
     while (freed < need && p->nheap > 0) {
         Entry e;
         if (heap_pop(p, &e) < 0) return -1;
@@ -233,7 +257,17 @@ static int sp_evict(SP *p, long long need, PyObject *out) {
         p->used_bytes -= r->size;
         p->cached--;
         freed += r->size;
-        if (PyList_Append(out, r->key) < 0) return -1;
+        if (out->n == out->cap) {
+            Py_ssize_t cap = out->cap ? out->cap * 2 : 64;
+            Py_ssize_t *nv = PyMem_Realloc(out->v, sizeof(Py_ssize_t) * (size_t)cap);
+            if (!nv) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            out->v = nv;
+            out->cap = cap;
+        }
+        out->v[out->n++] = e.row;
     }
     return 0;
 }
@@ -290,11 +324,14 @@ static PyObject *sp_py_evict(SP *self, PyObject *args) {
     long long need;
     double now;
     if (!PyArg_ParseTuple(args, "Ld", &need, &now)) return NULL;
-    PyObject *out = PyList_New(0);
-    if (!out || sp_evict(self, need, out) < 0) {
-        Py_XDECREF(out);
-        return NULL;
+    Rows rows = {0};
+    PyObject *out = sp_evict(self, need, &rows) < 0 ? NULL : PyList_New(rows.n);
+    for (Py_ssize_t i = 0; out && i < rows.n; i++) {
+        PyObject *key = self->rows[rows.v[i]].key;
+        Py_INCREF(key);
+        PyList_SET_ITEM(out, i, key);
     }
+    PyMem_Free(rows.v);
     return out;
 }
 
@@ -355,16 +392,30 @@ typedef struct {
     int ready;
 } Part;
 
+/* what the loop knows per key, by the key's number (Prepared.keys): arrays, not dicts */
+typedef struct {
+    PyObject **size;       /* the object size (borrowed from ctx["sizes"]) */
+    PyObject **first_seen; /* borrowed from ctx["first_seen"]; NULL: none (TLS-only keys) */
+    PyObject **host;       /* borrowed from ctx["host_of"] */
+    PyObject **cached_ev;  /* the "cached" CacheEvent last handed to the index (owned) */
+    PyObject **evicted_ev; /* its "evicted" CacheEvent (owned) */
+    long long *partition;  /* the partition it was last stored from (engine.run's partition_of), -1 */
+    Py_ssize_t *row;       /* its StorePolicy row, -1 */
+    char *hit_once;
+    Py_ssize_t n;
+} Keys;
+
 typedef struct {
     /* from ctx (borrowed) */
-    PyObject *steer, *host_of, *sizes, *first_seen, *fill_classes, *fill_ok, *failed, *quota, *plan_space, *huge,
-        *index_apply, *cached, *is_steered, *never_steer, *overrides, *never, *event_cls, *may_fill, *admission,
-        *first_hit, *hit_once, *pending, *steered_ever, *partition_of, *cached_events, *evicted_events, *parts_dict,
-        *offsets, *emitted, *make_part, *adm_fold, *adm_cache_event, *max_fill;
+    PyObject *steer, *key_ids, *fill_classes, *fill_ok, *failed, *quota, *plan_space, *huge, *index_apply, *cached,
+        *is_steered, *never_steer, *overrides, *never, *event_cls, *may_fill, *admission, *first_hit, *pending,
+        *steered_ever, *parts_dict, *offsets, *emitted, *make_part, *adm_fold, *adm_cache_event, *max_fill;
     SP *policy;
     int streams;
     Part *parts;
     Py_ssize_t nparts;
+    Keys k;
+    Rows victims;
     PyObject *kw_evicted, *kw_cached; /* kwnames of the CacheEvent calls */
     long long hits, bytes_local, prefetches, bytes_prefetched, fills, bytes_filled, fetch_failures, refused,
         evictions, never_hit;
@@ -372,6 +423,68 @@ typedef struct {
     Py_ssize_t bins;
     double t0, scale;
 } Loop;
+
+static int keys_init(Keys *k, PyObject *keys, PyObject *sizes, PyObject *first_seen, PyObject *host_of) {
+    Py_ssize_t n = k->n = PyList_GET_SIZE(keys);
+    size_t m = (size_t)(n ? n : 1);
+    k->size = PyMem_Calloc(m, sizeof(PyObject *));
+    k->first_seen = PyMem_Calloc(m, sizeof(PyObject *));
+    k->host = PyMem_Calloc(m, sizeof(PyObject *));
+    k->cached_ev = PyMem_Calloc(m, sizeof(PyObject *));
+    k->evicted_ev = PyMem_Calloc(m, sizeof(PyObject *));
+    k->partition = PyMem_Malloc(m * sizeof(long long));
+    k->row = PyMem_Malloc(m * sizeof(Py_ssize_t));
+    k->hit_once = PyMem_Calloc(m, 1);
+    if (!k->size || !k->first_seen || !k->host || !k->cached_ev || !k->evicted_ev || !k->partition || !k->row ||
+        !k->hit_once) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *key = PyList_GET_ITEM(keys, i);
+        k->partition[i] = -1;
+        k->row[i] = -1;
+        k->size[i] = PyDict_GetItemWithError(sizes, key);
+        k->host[i] = k->size[i] ? PyDict_GetItemWithError(host_of, key) : NULL;
+        if (!k->host[i]) {
+            if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, key);
+            return -1;
+        }
+        k->first_seen[i] = PyDict_GetItemWithError(first_seen, key);
+        if (!k->first_seen[i] && PyErr_Occurred()) return -1;
+    }
+    return 0;
+}
+
+static void keys_free(Keys *k) {
+    for (Py_ssize_t i = 0; i < k->n; i++) {
+        if (k->cached_ev) Py_XDECREF(k->cached_ev[i]);
+        if (k->evicted_ev) Py_XDECREF(k->evicted_ev[i]);
+    }
+    PyMem_Free(k->size);
+    PyMem_Free(k->first_seen);
+    PyMem_Free(k->host);
+    PyMem_Free(k->cached_ev);
+    PyMem_Free(k->evicted_ev);
+    PyMem_Free(k->partition);
+    PyMem_Free(k->row);
+    PyMem_Free(k->hit_once);
+}
+
+/* the number of a key (from an admission) */
+static Py_ssize_t key_id(Loop *L, PyObject *key) {
+    PyObject *got = PyDict_GetItemWithError(L->key_ids, key);
+    if (!got) {
+        if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, key);
+        return -1;
+    }
+    Py_ssize_t kid = PyLong_AsSsize_t(got);
+    if (kid < 0 || kid >= L->k.n) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_IndexError, "key number out of range");
+        return -1;
+    }
+    return kid;
+}
 
 static Part *get_part(Loop *L, long long partition, PyObject *pobj) {
     if (partition < 0 || partition > (1 << 20)) {
@@ -458,15 +571,17 @@ static void parts_free(Loop *L) {
 }
 
 /* StreamsAdmission.cache_event / admission.cache_event */
-static int cache_event(Loop *L, PyObject *pobj, PyObject *key, PyObject *state) {
+static int cache_event(Loop *L, long long partition, PyObject *key, PyObject *state) {
     PyObject *r;
+    PyObject *pobj = PyLong_FromLongLong(partition);
+    if (!pobj) return -1;
     if (L->streams) {
-        long long partition = PyLong_AsLongLong(pobj);
-        if (partition == -1 && PyErr_Occurred()) return -1;
         Part *P = get_part(L, partition, pobj);
-        if (!P) return -1;
-        PyObject *wm = PyObject_GetAttr(P->ph, s_watermark);
-        if (!wm) return -1;
+        PyObject *wm = P ? PyObject_GetAttr(P->ph, s_watermark) : NULL;
+        if (!wm) {
+            Py_DECREF(pobj);
+            return -1;
+        }
         PyObject *args[3] = {key, state, wm};
         r = PyObject_Vectorcall(P->on_event, args, 3, NULL);
         Py_DECREF(wm);
@@ -474,6 +589,7 @@ static int cache_event(Loop *L, PyObject *pobj, PyObject *key, PyObject *state) 
         PyObject *args[3] = {pobj, key, state};
         r = PyObject_Vectorcall(L->adm_cache_event, args, 3, NULL);
     }
+    Py_DECREF(pobj);
     if (!r) return -1;
     Py_DECREF(r);
     return 0;
@@ -553,8 +669,10 @@ static int series_add(Loop *L, double ts, int col, long long n) {
 }
 
 /* engine.run's store(): 1 stored, 0 refused, -1 error */
-static int store(Loop *L, PyObject *key, PyObject *size_obj, double ts, PyObject *ts_obj, PyObject *source,
-                 PyObject *heat_obj, PyObject *pobj) {
+static int store(Loop *L, PyObject *key, Py_ssize_t kid, double ts, PyObject *source, PyObject *heat_obj,
+                 long long partition) {
+    Keys *K = &L->k;
+    PyObject *size_obj = K->size[kid];
     long long size = PyLong_AsLongLong(size_obj);
     long long heat = PyLong_AsLongLong(heat_obj);
     if ((size == -1 || heat == -1) && PyErr_Occurred()) return -1;
@@ -582,93 +700,65 @@ static int store(Loop *L, PyObject *key, PyObject *size_obj, double ts, PyObject
         return 0;
     }
     if (has_free) {
-        PyObject *victims = PyList_New(0);
-        if (!victims) return -1;
-        if (sp_evict(L->policy, free_bytes, victims) < 0) {
-            Py_DECREF(victims);
-            return -1;
-        }
-        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(victims); i++) {
-            PyObject *victim = PyList_GET_ITEM(victims, i);
+        if (sp_evict(L->policy, free_bytes, &L->victims) < 0) return -1;
+        for (Py_ssize_t i = 0; i < L->victims.n; i++) {
+            Row *vr = &L->policy->rows[L->victims.v[i]];
+            PyObject *victim = vr->key;
+            Py_ssize_t vk = vr->kid;
+            if (vk < 0) {
+                PyErr_SetString(PyExc_RuntimeError, "a victim the loop did not store");
+                return -1;
+            }
             L->evictions++;
-            PyObject *ev = PyDict_GetItemWithError(L->evicted_events, victim);
-            if (ev) {
-                Py_INCREF(ev);
-            } else {
-                if (PyErr_Occurred()) goto vfail;
+            PyObject *ev = K->evicted_ev[vk];
+            if (!ev) {
                 PyObject *cargs[2] = {victim, s_evicted};
-                ev = PyObject_Vectorcall(L->event_cls, cargs, 0, L->kw_evicted);
-                if (!ev || PyDict_SetItem(L->evicted_events, victim, ev) < 0) {
-                    Py_XDECREF(ev);
-                    goto vfail;
-                }
+                ev = K->evicted_ev[vk] = PyObject_Vectorcall(L->event_cls, cargs, 0, L->kw_evicted);
+                if (!ev) return -1;
             }
-            int rc = index_apply(L, ev);
-            Py_DECREF(ev);
-            if (rc < 0) goto vfail;
-            PyObject *vhost = PyDict_GetItemWithError(L->host_of, victim);
-            if (!vhost) {
-                if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, victim);
-                goto vfail;
-            }
+            if (index_apply(L, ev) < 0) return -1;
+            PyObject *vhost = K->host[vk];
             int st = truth_of(L->steer, vhost);
-            if (st < 0 || (st && steered(L, vhost) < 0)) goto vfail;
-            PyObject *vp = PyDict_GetItemWithError(L->partition_of, victim);
-            if (!vp && PyErr_Occurred()) goto vfail;
-            if (cache_event(L, vp ? vp : pobj, victim, s_evicted) < 0) goto vfail;
+            if (st < 0 || (st && steered(L, vhost) < 0)) return -1;
+            long long vp = K->partition[vk];
+            if (cache_event(L, vp >= 0 ? vp : partition, victim, s_evicted) < 0) return -1;
             int pend = PySet_Contains(L->pending, victim);
-            if (pend < 0) goto vfail;
+            if (pend < 0) return -1;
             if (pend) {
-                if (PySet_Discard(L->pending, victim) < 0) goto vfail;
+                if (PySet_Discard(L->pending, victim) < 0) return -1;
                 L->never_hit++;
             }
         }
-        Py_DECREF(victims);
-        goto evicted;
-    vfail:
-        Py_DECREF(victims);
-        return -1;
     }
-evicted:
-    if (sp_insert(L->policy, key, size, ts, heat) < 0) return -1;
-    (void)ts_obj;
-    {
-        PyObject *ev = PyDict_GetItemWithError(L->cached_events, key);
-        int fresh = ev == NULL;
-        if (!ev && PyErr_Occurred()) return -1;
-        if (ev) {
-            PyObject *esize = PyObject_GetAttr(ev, s_size);
-            if (!esize) return -1;
-            int ne = PyObject_RichCompareBool(esize, size_obj, Py_NE);
-            Py_DECREF(esize);
+    Py_ssize_t ri = K->row[kid];
+    if (ri < 0 && (ri = K->row[kid] = sp_row(L->policy, key, kid)) < 0) return -1;
+    if (sp_insert_row(L->policy, ri, size, ts, heat) < 0) return -1;
+    PyObject *ev = K->cached_ev[kid];
+    int fresh = ev == NULL;
+    if (ev) {
+        PyObject *esize = PyObject_GetAttr(ev, s_size);
+        if (!esize) return -1;
+        int ne = PyObject_RichCompareBool(esize, size_obj, Py_NE);
+        Py_DECREF(esize);
+        if (ne < 0) return -1;
+        if (!ne) {
+            PyObject *esrc = PyObject_GetAttr(ev, s_source);
+            if (!esrc) return -1;
+            ne = PyObject_RichCompareBool(esrc, source, Py_NE);
+            Py_DECREF(esrc);
             if (ne < 0) return -1;
-            if (!ne) {
-                PyObject *esrc = PyObject_GetAttr(ev, s_source);
-                if (!esrc) return -1;
-                ne = PyObject_RichCompareBool(esrc, source, Py_NE);
-                Py_DECREF(esrc);
-                if (ne < 0) return -1;
-            }
-            fresh = ne;
         }
-        if (fresh) {
-            PyObject *cargs[4] = {key, s_cached, size_obj, source};
-            ev = PyObject_Vectorcall(L->event_cls, cargs, 0, L->kw_cached);
-            if (!ev) return -1;
-            int rc = PyDict_SetItem(L->cached_events, key, ev);
-            Py_DECREF(ev);
-            if (rc < 0) return -1;
-        }
-        Py_INCREF(ev);
-        int rc = index_apply(L, ev);
-        Py_DECREF(ev);
-        if (rc < 0) return -1;
+        fresh = ne;
     }
-    PyObject *host = PyDict_GetItemWithError(L->host_of, key);
-    if (!host) {
-        if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, key);
-        return -1;
+    if (fresh) {
+        PyObject *cargs[4] = {key, s_cached, size_obj, source};
+        PyObject *made = PyObject_Vectorcall(L->event_cls, cargs, 0, L->kw_cached);
+        if (!made) return -1;
+        Py_XSETREF(K->cached_ev[kid], made);
+        ev = made;
     }
+    if (index_apply(L, ev) < 0) return -1;
+    PyObject *host = K->host[kid];
     int st = truth_of(L->steer, host);
     if (st < 0) return -1;
     if (!st) {
@@ -676,8 +766,8 @@ evicted:
         st = truth_of(L->steer, host);
         if (st < 0 || (st && PySet_Add(L->steered_ever, host) < 0)) return -1;
     }
-    if (PyDict_SetItem(L->partition_of, key, pobj) < 0) return -1;
-    if (cache_event(L, pobj, key, s_cached) < 0) return -1;
+    K->partition[kid] = partition;
+    if (cache_event(L, partition, key, s_cached) < 0) return -1;
     return 1;
 }
 
@@ -956,7 +1046,7 @@ static PyObject *loop(PyObject *self, PyObject *ctx) {
     memset(&L, 0, sizeof(L));
     PyObject *batches, *rows, *batch_ts, *batch_bytes, *series_list, *policy, *streams, *fill_on_o, *prefetch_on_o,
         *bins_o, *t0_o, *scale_o;
-    PyObject *result = NULL, *admitted = NULL;
+    PyObject *result = NULL, *admitted = NULL, *keys, *sizes, *first_seen, *host_of;
 #define GET(var, name)                                                            \
     do {                                                                          \
         var = PyDict_GetItemString(ctx, name);                                    \
@@ -977,10 +1067,12 @@ static PyObject *loop(PyObject *self, PyObject *ctx) {
     GET(bins_o, "bins");
     GET(t0_o, "t0");
     GET(scale_o, "scale");
+    GET(keys, "keys");
+    GET(sizes, "sizes");
+    GET(first_seen, "first_seen");
+    GET(host_of, "host_of");
     CTX(steer, "steer");
-    CTX(host_of, "host_of");
-    CTX(sizes, "sizes");
-    CTX(first_seen, "first_seen");
+    CTX(key_ids, "key_ids");
     CTX(fill_classes, "fill_classes");
     CTX(fill_ok, "fill_ok");
     CTX(failed, "failed_fetches");
@@ -997,12 +1089,8 @@ static PyObject *loop(PyObject *self, PyObject *ctx) {
     CTX(may_fill, "may_fill");
     CTX(admission, "admission");
     CTX(first_hit, "first_hit");
-    CTX(hit_once, "hit_once");
     CTX(pending, "pending_prefetch");
     CTX(steered_ever, "steered_ever");
-    CTX(partition_of, "partition_of");
-    CTX(cached_events, "cached_events");
-    CTX(evicted_events, "evicted_events");
     CTX(max_fill, "max_fill");
 #undef GET
     if (!PyObject_TypeCheck(policy, &SPType)) {
@@ -1018,11 +1106,10 @@ static PyObject *loop(PyObject *self, PyObject *ctx) {
     if (PyErr_Occurred() || L.streams < 0 || fill_on < 0 || prefetch_on < 0) goto fail;
     if (!PyList_Check(batches) || !PyList_Check(rows) || !PyList_Check(batch_ts) || !PyList_Check(batch_bytes) ||
         !PyList_Check(series_list) || PyList_GET_SIZE(series_list) != L.bins || !PyDict_Check(L.steer) ||
-        !PyDict_Check(L.host_of) || !PyDict_Check(L.sizes) || !PyDict_Check(L.first_seen) ||
-        !PyList_Check(L.fill_classes) || !PyList_Check(L.fill_ok) || !PyDict_Check(L.cached) ||
-        !PyDict_Check(L.never) || !PyList_Check(L.first_hit) || !PySet_Check(L.hit_once) ||
-        !PySet_Check(L.pending) || !PySet_Check(L.steered_ever) || !PyDict_Check(L.partition_of) ||
-        !PyDict_Check(L.cached_events) || !PyDict_Check(L.evicted_events) || L.bins < 1 ||
+        !PyList_Check(keys) || !PyDict_Check(L.key_ids) || !PyDict_Check(host_of) || !PyDict_Check(sizes) ||
+        !PyDict_Check(first_seen) || !PyList_Check(L.fill_classes) || !PyList_Check(L.fill_ok) ||
+        !PyDict_Check(L.cached) || !PyDict_Check(L.never) || !PyList_Check(L.first_hit) ||
+        !PySet_Check(L.pending) || !PySet_Check(L.steered_ever) || L.bins < 1 ||
         PyList_GET_SIZE(L.fill_classes) != PyList_GET_SIZE(L.fill_ok)) {
         PyErr_SetString(PyExc_TypeError, "loop(): ctx has the wrong types");
         goto fail;
@@ -1047,6 +1134,7 @@ static PyObject *loop(PyObject *self, PyObject *ctx) {
         L.adm_cache_event = PyObject_GetAttrString(L.admission, "cache_event");
         if (!L.adm_fold || !L.adm_cache_event) goto fail;
     }
+    if (keys_init(&L.k, keys, sizes, first_seen, host_of) < 0) goto fail;
     L.kw_evicted = Py_BuildValue("(ss)", "cache_key", "state");
     L.kw_cached = Py_BuildValue("(ssss)", "cache_key", "state", "size", "source");
     L.series = PyMem_Calloc((size_t)L.bins * 3, sizeof(long long));
@@ -1068,7 +1156,8 @@ static PyObject *loop(PyObject *self, PyObject *ctx) {
         }
         PyObject *pobj = PyObject_GetAttr(batch, s_bucket);
         if (!pobj) goto fail;
-        if (series_add(&L, bts, 0, nbytes) < 0) {
+        long long part = PyLong_AsLongLong(pobj);
+        if ((part == -1 && PyErr_Occurred()) || series_add(&L, bts, 0, nbytes) < 0) {
             Py_DECREF(pobj);
             goto fail;
         }
@@ -1078,12 +1167,18 @@ static PyObject *loop(PyObject *self, PyObject *ctx) {
         long long local = 0;
         for (Py_ssize_t ri = 0; ri < PyTuple_GET_SIZE(brows); ri++) {
             PyObject *row = PyTuple_GET_ITEM(brows, ri);
-            if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) != 5) {
-                PyErr_SetString(PyExc_TypeError, "loop(): a row must be (key, host, bytes, ts, fill class)");
+            if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) != 6) {
+                PyErr_SetString(PyExc_TypeError, "loop(): a row must be (key, host, bytes, ts, fill class, key number)");
                 Py_DECREF(pobj);
                 goto fail;
             }
             PyObject *key = PyTuple_GET_ITEM(row, 0), *host = PyTuple_GET_ITEM(row, 1);
+            Py_ssize_t kid = PyLong_AsSsize_t(PyTuple_GET_ITEM(row, 5));
+            if (kid < 0 || kid >= L.k.n || L.k.size[kid] == NULL) {
+                if (!PyErr_Occurred()) PyErr_SetString(PyExc_IndexError, "loop(): key number out of range");
+                Py_DECREF(pobj);
+                goto fail;
+            }
             int st = truth_of(L.steer, host);
             if (st < 0) {
                 Py_DECREF(pobj);
@@ -1109,21 +1204,19 @@ static PyObject *loop(PyObject *self, PyObject *ctx) {
                 }
                 L.hits++;
                 local += b;
-                if (sp_access(L.policy, key, ts) < 0 || PySet_Discard(L.pending, key) < 0) {
+                Py_ssize_t prow = L.k.row[kid];
+                if ((prow >= 0 ? sp_access_row(L.policy, prow, ts) : sp_access(L.policy, key, ts)) < 0 ||
+                    (PySet_GET_SIZE(L.pending) && PySet_Discard(L.pending, key) < 0)) {
                     Py_DECREF(pobj);
                     goto fail;
                 }
-                int once = PySet_Contains(L.hit_once, key);
-                if (once < 0) {
-                    Py_DECREF(pobj);
-                    goto fail;
-                }
-                if (!once) {
-                    PyObject *fs = PyDict_GetItemWithError(L.first_seen, key);
+                if (!L.k.hit_once[kid]) {
+                    PyObject *fs = L.k.first_seen[kid];
                     PyObject *d = NULL;
                     if (fs) d = PyNumber_Subtract(ts_obj, fs);
-                    else if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, key);
-                    int bad = !d || PySet_Add(L.hit_once, key) < 0 || PyList_Append(L.first_hit, d) < 0;
+                    else PyErr_SetObject(PyExc_KeyError, key);
+                    L.k.hit_once[kid] = 1;
+                    int bad = !d || PyList_Append(L.first_hit, d) < 0;
                     Py_XDECREF(d);
                     if (bad) {
                         Py_DECREF(pobj);
@@ -1137,21 +1230,13 @@ static PyObject *loop(PyObject *self, PyObject *ctx) {
                     goto fail;
                 }
                 if (ok) {
-                    PyObject *size = PyDict_GetItemWithError(L.sizes, key);
-                    if (!size) {
-                        if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, key);
-                        Py_DECREF(pobj);
-                        goto fail;
-                    }
-                    Py_INCREF(size);
                     PyObject *zero = PyLong_FromLong(0);
-                    int got = zero ? store(&L, key, size, ts, ts_obj, s_fill, zero, pobj) : -1;
+                    int got = zero ? store(&L, key, kid, ts, s_fill, zero, part) : -1;
                     Py_XDECREF(zero);
                     if (got > 0) {
                         L.fills++;
-                        L.bytes_filled += PyLong_AsLongLong(size);
+                        L.bytes_filled += PyLong_AsLongLong(L.k.size[kid]);
                     }
-                    Py_DECREF(size);
                     if (got < 0) {
                         Py_DECREF(pobj);
                         goto fail;
@@ -1209,29 +1294,24 @@ static PyObject *loop(PyObject *self, PyObject *ctx) {
                 bad = 1;
             } else if (failed) { /* production's download of it failed: so does this one */
                 L.fetch_failures++;
-                bad = cache_event(&L, pobj, key, s_failed) < 0;
+                bad = cache_event(&L, part, key, s_failed) < 0;
             } else {
                 double ts = PyFloat_AsDouble(ts_obj);
-                PyObject *size = PyDict_GetItemWithError(L.sizes, key);
-                if (!size) {
-                    if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, key);
-                    bad = 1;
-                } else if (ts == -1.0 && PyErr_Occurred()) {
+                Py_ssize_t kid = key_id(&L, key);
+                if (kid < 0 || (ts == -1.0 && PyErr_Occurred())) {
                     bad = 1;
                 } else {
-                    Py_INCREF(size);
-                    int got = store(&L, key, size, ts, ts_obj, s_fetch, clients, pobj);
+                    int got = store(&L, key, kid, ts, s_fetch, clients, part);
                     if (got > 0) {
-                        long long sz = PyLong_AsLongLong(size);
+                        long long sz = PyLong_AsLongLong(L.k.size[kid]);
                         L.prefetches++;
                         L.bytes_prefetched += sz;
                         bad = PySet_Add(L.pending, key) < 0 || series_add(&L, ts, 2, sz) < 0;
                     } else if (got == 0) {
-                        bad = cache_event(&L, pobj, key, s_failed) < 0;
+                        bad = cache_event(&L, part, key, s_failed) < 0;
                     } else {
                         bad = 1;
                     }
-                    Py_DECREF(size);
                 }
             }
             Py_DECREF(seq);
@@ -1267,6 +1347,8 @@ fail:
         }
     }
     parts_free(&L);
+    keys_free(&L.k);
+    PyMem_Free(L.victims.v);
     Py_XDECREF(L.parts_dict);
     Py_XDECREF(L.offsets);
     Py_XDECREF(L.emitted);

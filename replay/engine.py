@@ -281,8 +281,8 @@ class Prepared:
     batch_ts: list[float] = field(default_factory=list)  # per batch: its first event's ts (for the series)
     failed_fetches: frozenset[str] = frozenset()  # keys whose download failed in production (cache-events)
     # per batch, its requests (TLS events left out) as the engine's loop reads them:
-    # (cache key, host, bytes, ts, fill class); made once per trace, not per setting or request
-    rows: list[tuple[tuple[str, str, int, float, int], ...]] = field(default_factory=list)
+    # (cache key, host, bytes, ts, fill class, key number); made once per trace, not per setting
+    rows: list[tuple[tuple[str, str, int, float, int, int], ...]] = field(default_factory=list)
     batch_bytes: list[int] = field(default_factory=list)  # per batch: bytes requested (non-TLS)
     # the distinct inputs of dns_redirect.hits.may_fill in the trace: (method, Range header or
     # None, status, object size); a request's fill class indexes this list
@@ -290,6 +290,10 @@ class Prepared:
     requests: int = 0  # non-TLS events
     bytes_requested: int = 0
     tls_events: int = 0
+    # every cache key of the trace, numbered in order of appearance (the compiled loop keeps
+    # what it knows per key in arrays indexed by this number, not in dicts)
+    keys: list[str] = field(default_factory=list)
+    key_ids: dict[str, int] = field(default_factory=dict)
 
 
 def prepare(batches: Sequence[RequestBatch], default_size: int = 1 << 20,
@@ -311,7 +315,9 @@ def prepare(batches: Sequence[RequestBatch], default_size: int = 1 << 20,
     host_of: dict[str, str] = {}
     first_seen: dict[str, float] = {}
     batch_ts: list[float] = []
-    all_rows: list[tuple[tuple[str, str, int, float, int], ...]] = []
+    all_rows: list[tuple[tuple[str, str, int, float, int, int], ...]] = []
+    keys: list[str] = []
+    key_ids: dict[str, int] = {}
     batch_bytes: list[int] = []
     classes: dict[tuple[str, str | None, int, int], int] = {}
     requests = total = tls = 0
@@ -333,6 +339,8 @@ def prepare(batches: Sequence[RequestBatch], default_size: int = 1 << 20,
             host = host_of.get(key)
             if host is None:
                 host = host_of[key] = key_host(key)
+                key_ids[key] = len(keys)
+                keys.append(key)
             if ev.ts < t0:
                 t0 = ev.ts
             if ev.ts > t1:
@@ -348,7 +356,7 @@ def prepare(batches: Sequence[RequestBatch], default_size: int = 1 << 20,
             ci = classes.get(fc)
             if ci is None:
                 ci = classes[fc] = len(classes)
-            rows.append((key, host, got, ev.ts, ci))
+            rows.append((key, host, got, ev.ts, ci, key_ids[key]))
             nbytes += got
         requests += len(rows)
         total += nbytes
@@ -358,7 +366,7 @@ def prepare(batches: Sequence[RequestBatch], default_size: int = 1 << 20,
     if t0 > t1:
         t0 = t1 = 0.0
     return Prepared(list(batches), per, size, t0, t1, host_of, first_seen, batch_ts, frozenset(failed_fetches),
-                    all_rows, batch_bytes, list(classes), requests, total, tls)
+                    all_rows, batch_bytes, list(classes), requests, total, tls, keys, key_ids)
 
 
 # -- the engine ---------------------------------------------------------------------------------
@@ -504,19 +512,19 @@ def _run(prep: Prepared, setting: Setting, base: Settings, bins: int, keep_hot: 
             "streams": isinstance(admission, StreamsAdmission), "admission": admission, "fill_on": fill_on,
             "prefetch_on": prefetch_on, "steer": steer, "host_of": host_of, "sizes": sizes,
             "first_seen": first_seen, "fill_classes": fill_classes, "fill_ok": fill_ok,
-            "failed_fetches": failed_fetches, "quota": quota, "plan_space": plan_space, "huge_disk": _HUGE_DISK,
+            "failed_fetches": failed_fetches, "keys": prep.keys, "key_ids": prep.key_ids,
+            "quota": quota, "plan_space": plan_space, "huge_disk": _HUGE_DISK,
             "index_apply": index.apply, "cached": cached, "is_steered": is_steered, "never_steer": never_steer,
             "overrides": overrides, "never": never, "CacheEvent": CacheEvent, "may_fill": may_fill,
             "max_fill": max_fill, "first_hit": first_hit, "hit_once": hit_once, "pending_prefetch": pending_prefetch,
-            "steered_ever": steered_ever, "partition_of": partition_of, "cached_events": cached_events,
-            "evicted_events": evicted_events})
+            "steered_ever": steered_ever})
     for batch, rows, bts, nbytes in () if compiled else zip(prep.batches, prep.rows, prep.batch_ts,
                                                             prep.batch_bytes, strict=True):
         part = batch.bucket
         slot = series[min(bins - 1, int((bts - t0) * scale))]  # a batch spans at most the linger
         slot[0] += nbytes
         local = 0
-        for key, host, b, ts, fc in rows:
+        for key, host, b, ts, fc, _kid in rows:
             if not steer[host]:
                 continue  # the client goes to the origin; the edge never sees it
             if key in cached:

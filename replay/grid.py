@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import multiprocessing
 import os
@@ -44,11 +45,15 @@ def run_grid(prep: Prepared, settings: Sequence[Setting], base: Settings, jobs: 
     if jobs <= 1 or len(settings) <= 1:
         return [run(prep, s, base) for s in settings]
     _SHARED.update(prep=prep, base=base)
+    # the trace's objects out of the collector's reach: a collection in a worker would walk (and
+    # so copy, page by page) all of the parent's memory it shares by fork
+    gc.freeze()
     try:
         ctx = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(max_workers=min(jobs, len(settings)), mp_context=ctx) as pool:
             return list(pool.map(_run_one, settings))
     finally:
+        gc.unfreeze()
         _SHARED.clear()
 
 

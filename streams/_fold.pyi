@@ -15,3 +15,4 @@ def encode_slot(
     names: Iterable[str], heats: dict[str, Any], cache: dict[str, bytes] | None, fallback: Callable[[Any], bytes],
     key_fields: bool, /,
 ) -> bytes: ...
+def rows(raw: bytes | None, /) -> list[Any] | None: ...  # 9-tuples equal to contract.RequestEvent

@@ -40,6 +40,14 @@ ADMISSIBLE = frozenset({"GET", "HEAD"})
 def compiled_available() -> bool:
     """Whether the compiled fold (streams._fold) was built and imports."""
     return _fold is not None
+
+
+def rows_decoder() -> Callable[[bytes | None], list[Any] | None] | None:
+    """The compiled decode of plain `requests` messages (streams._fold.rows) when built: a
+    message's events as tuples equal to the contract's RequestEvents, or None for any message
+    outside its plain subset (the caller decodes those with heatcache.contract)."""
+    return None if _fold is None else _fold.rows
+
 TLS = "TLS"
 
 
