@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import hashlib
 import hmac
 import logging
 import os
@@ -34,7 +35,7 @@ from cachestore.coherence import fresh_until, refuse_to_store
 from cachestore.paths import resolve_in_root
 from cachestore.store import ObjectMeta, PendingObject, StoreRefused
 from dns_redirect.front import FrontWiring, HitFront, OpenObjects
-from dns_redirect.hits import SimpleHead, may_fill, plan_hit
+from dns_redirect.hits import HitPlan, SimpleHead, if_range_holds, may_fill, plan_growing, plan_hit, preconditions
 from dns_redirect.index import CacheIndex
 from dns_redirect.ports import bind_advice, edge_listeners, parse_port_map, tls_client_ports, unprivileged_port_start
 from dns_redirect.route import FORWARDED, VIA, Hit, KeyMemo, Passthrough, Refuse, Route, route
@@ -66,28 +67,39 @@ COLLAPSE_STALL_S = 30.0  # a follower whose leader brings no byte for this long 
 
 class SharedFill:
     """An object being stored as it streams past (a miss's in-path fill or a background fill),
-    with the origin's 200 answer and its Content-Length: concurrent misses of its key follow it
-    (collapsed forwarding) and read the bytes from the fill's file as they are flushed, instead
-    of asking the origin again. A follower never gets bytes the leader has not received from the
-    origin; if the fill ends short, a follower's connection is cut before its Content-Length."""
+    with the origin's 200 answer and its Content-Length (None for a chunked answer): concurrent
+    misses of its key follow it (collapsed forwarding) and read the bytes from the fill's file
+    as they are flushed, instead of asking the origin again. A follower never gets bytes the
+    leader has not received from the origin; if the fill ends short or fails, a follower's
+    connection is cut before its Content-Length or final chunk. ``ok`` is set only once the
+    origin's body has ended complete by its own framing (the Content-Length reached, or the final
+    chunk), with the ``size`` and ``sha256`` the writer computed over the stream; a follower that
+    served the whole object checks its own digest of the file against them before its last bytes."""
 
-    def __init__(self, path: Path, length: int, headers: Mapping[str, str]) -> None:
+    def __init__(self, path: Path, length: int | None, headers: Mapping[str, str]) -> None:
         self.path = path
         self.length = length
         self.headers = headers
         self.written = 0  # flushed to path
         self.done = False
         self.ok = False
+        self.size = -1
+        self.sha256 = ""
         self._event = asyncio.Event()
 
     def grew(self, written: int) -> None:
         self.written = written
         self._wake()
 
-    def end(self, ok: bool) -> None:
+    def end(self, ok: bool, size: int = -1, sha256: str = "") -> None:
         if not self.done:
-            self.done, self.ok = True, ok
+            self.done, self.ok, self.size, self.sha256 = True, ok, size, sha256
             self._wake()
+
+    @property
+    def total(self) -> int | None:
+        """The object's length once known: the origin's Content-Length or the stored size."""
+        return self.length if self.length is not None else self.size if self.ok else None
 
     def _wake(self) -> None:
         event, self._event = self._event, asyncio.Event()
@@ -398,62 +410,132 @@ class Edge:
     async def follow(self, request: web.Request, key: str, shared: SharedFill) -> web.StreamResponse | None:
         """Collapsed forwarding: a miss of a key whose fill is running is answered from that fill's
         file (whole or a range of it, headers from the pure hit planner with the origin's
-        validators), not by a second origin request; None when this request cannot follow
-        (conditional, with credentials, a range far past the bytes received so far, an answer
-        that is not a 200/206): it passes through as before."""
+        validators), not by a second origin request. Preconditions (If-None-Match, If-Match, ...)
+        are decided against the validators the fill is storing, If-Range chooses between the range
+        and the whole object. When the origin gave no length (chunked), the whole object goes out
+        chunked as the file grows, its final chunk only after the store checked the copy; a
+        closed range waits for its bytes. None when this request cannot follow (credentials, an
+        HTTP/1.0 client of a fill of unknown length, an open or suffix range of one, a range far
+        past the bytes received so far, a leader that stalls first): it passes through as before."""
         h = request.headers
-        if (request.method not in ("GET", "HEAD") or "Authorization" in h
-                or any(name in h for name in _CONDITIONAL if name != "range")):
+        if request.method not in ("GET", "HEAD") or "Authorization" in h:
             return None
         origin = shared.headers
-        plan = plan_hit(shared.length, origin.get("ETag", ""), origin.get("Last-Modified", ""),
-                        origin.get("Content-Type", ""), range_header=h.get("Range", ""))
-        if plan.status not in (200, 206) or plan.start > shared.written + COLLAPSE_AHEAD_BYTES:
-            self.counters["collapse.passed"] += 1
-            return None
+        etag, modified, ctype = origin.get("ETag", ""), origin.get("Last-Modified", ""), origin.get("Content-Type", "")
+        conditions = {"if_none_match": h.get("If-None-Match", ""), "if_modified_since": h.get("If-Modified-Since", ""),
+                      "if_match": h.get("If-Match", ""), "if_unmodified_since": h.get("If-Unmodified-Since", "")}
+        verdict = preconditions(etag, modified, **conditions)
+        rng = h.get("Range", "")
+        if rng and "If-Range" in h and not if_range_holds(h["If-Range"], etag, modified):
+            rng = ""  # the client's copy is another version: the whole object (RFC 9110 13.1.5)
         try:
             fobj = open(shared.path, "rb")  # the inode stays readable after the rename or an abort
         except OSError:
             return None
         try:
-            self.counters["collapsed"] += 1
-            self._book_hit(key)
-            headers = {**plan.headers, "X-Cache": "COLLAPSED"}
-            resp = web.StreamResponse(status=plan.status, headers=headers)
-            resp.content_length = plan.length
-            try:
-                await resp.prepare(request)
-                if request.method == "HEAD" or not plan.length:
-                    await resp.write_eof()
-                    return resp
-                self._hit_bytes(plan.length, request.remote or "")
-                pos, end = plan.start, plan.start + plan.length
-                while pos < end:
-                    if shared.written > pos:
-                        fobj.seek(pos)
-                        chunk = fobj.read(min(end, shared.written, pos + 256 * 1024) - pos)
-                        if not chunk:
-                            break
-                        await resp.write(chunk)
-                        pos += len(chunk)
-                        continue
-                    if shared.done:  # ended without the bytes this answer still owes
+            if verdict:  # 304 or 412: only headers, from the origin's validators
+                plan = plan_hit(0, etag, modified, ctype, **conditions)
+                self.counters["collapse.conditional"] += 1  # answered, no body: not a "collapsed" follower
+            else:
+                found = await self._follow_plan(request, shared, rng, etag, modified, ctype)
+                if found is None:
+                    self.counters["collapse.passed"] += 1
+                    return None
+                plan = found
+                self.counters["collapsed"] += 1
+            return await self._serve_follow(request, key, shared, fobj, plan)
+        finally:
+            fobj.close()
+
+    async def _follow_plan(self, request: web.Request, shared: SharedFill, rng: str, etag: str, modified: str,
+                           ctype: str) -> HitPlan | None:
+        """The answer's plan; ``length`` -1: the whole object, of a length not known yet."""
+        if shared.total is None:
+            if request.version < aiohttp.HttpVersion11 and request.method == "GET":
+                return None  # no chunked coding: its end would look the same whether the fill completes or not
+            kind, first, last = plan_growing(rng)
+            if kind == "pass":
+                return None
+            if kind == "range":
+                if first > shared.written + COLLAPSE_AHEAD_BYTES:
+                    return None
+                while shared.written <= last and not shared.done:  # its bytes, or the end (and the total)
+                    try:
+                        await asyncio.wait_for(shared.changed(), COLLAPSE_STALL_S)
+                    except TimeoutError:
+                        return None
+                if shared.written > last and shared.total is None:
+                    plan = plan_hit(1 << 62, etag, modified, ctype, range_header=rng)
+                    plan.headers["Content-Range"] = f"bytes {first}-{last}/*"  # RFC 9110 14.4: total unknown
+                    return plan
+                if shared.total is None:  # ended short of the range without a stored copy
+                    return None
+            else:
+                base = plan_hit(0, etag, modified, ctype)
+                return HitPlan(200, 0, -1, base.headers)
+        total = shared.total
+        assert total is not None
+        plan = plan_hit(total, etag, modified, ctype, range_header=rng)
+        if plan.status in (200, 206) and plan.start > shared.written + COLLAPSE_AHEAD_BYTES:
+            return None
+        return plan
+
+    async def _serve_follow(self, request: web.Request, key: str, shared: SharedFill, fobj: Any,
+                            plan: HitPlan) -> web.StreamResponse:
+        self._book_hit(key)
+        resp = web.StreamResponse(status=plan.status, headers={**plan.headers, "X-Cache": "COLLAPSED"})
+        if plan.status != 304 and plan.length >= 0:  # a 304 carries neither a body nor a length
+            resp.content_length = plan.length if plan.status in (200, 206) else 0
+        try:
+            await resp.prepare(request)
+            if request.method == "HEAD" or plan.status not in (200, 206) or not plan.length:
+                await resp.write_eof()
+                return resp
+            # the whole object: its last bytes go out only once the origin's body has ended whole and
+            # the file matches the writer's size and sha256, so a failed fill never looks complete
+            whole = plan.start == 0 and (plan.length < 0 or plan.length == shared.total)
+            digest = hashlib.sha256() if whole else None
+            end = plan.start + plan.length if plan.length >= 0 else None
+            pos, held = plan.start, b""
+            while end is None or pos < end:
+                if shared.written > pos:
+                    fobj.seek(pos)
+                    limit = shared.written if end is None else min(end, shared.written)
+                    data = fobj.read(min(limit, pos + 256 * 1024) - pos)
+                    if not data:
                         break
+                    pos += len(data)
+                    if digest is not None:  # one piece held back
+                        digest.update(data)
+                        data, held = held, data
+                    if data:
+                        await resp.write(data)
+                    continue
+                if shared.done and shared.written <= pos:  # ended: nothing more will come
+                    break
+                try:
+                    await asyncio.wait_for(shared.changed(), COLLAPSE_STALL_S)
+                except TimeoutError:
+                    break
+            complete = pos == end if end is not None else shared.ok
+            if complete and digest is not None:
+                while not shared.done:  # the leader's verdict on the origin's body
                     try:
                         await asyncio.wait_for(shared.changed(), COLLAPSE_STALL_S)
                     except TimeoutError:
                         break
-                if pos < end:  # never pad or guess: the client sees a short body and asks again
-                    self.counters["collapse.cut"] += 1
-                    if request.transport is not None:
-                        request.transport.close()
-                    return resp
-                await resp.write_eof()
-            except ConnectionError:
-                self.counters["client-gone"] += 1
-            return resp
-        finally:
-            fobj.close()
+                complete = shared.ok and pos == shared.size and digest.hexdigest() == shared.sha256
+            if not complete:  # never pad or guess: no final chunk, a short body; the client asks again
+                self.counters["collapse.cut"] += 1
+                if request.transport is not None:
+                    request.transport.close()
+                return resp
+            if held:
+                await resp.write(held)
+            await resp.write_eof()
+        except ConnectionError:
+            self.counters["client-gone"] += 1
+        return resp
 
     async def pass_through(self, request: web.Request, host: str, port: int, key: str = "",
                            store: bool = True) -> web.StreamResponse:
@@ -526,8 +608,9 @@ class Edge:
                             fill = self.store.begin(key)
                             self._filling.add(key)
                             fill_started = True
-                            if upstream.status == 200 and length_header.isdigit() and request.method == "GET":
-                                leader = SharedFill(fill.path, int(length_header), upstream.headers)
+                            if upstream.status == 200 and request.method == "GET":
+                                leader = SharedFill(fill.path, int(length_header) if length_header else None,
+                                                    upstream.headers)
                                 self._shared[key] = leader  # concurrent misses of the key follow it
                         except OSError as exc:  # a full or failing disk: the client still gets its bytes
                             self._fill_failed(key, exc)
@@ -554,21 +637,25 @@ class Edge:
                                     fill.abort()
                                     fill = None
                                     self._fill_failed(key, exc)
+                                    if leader is not None:
+                                        leader.end(False)  # its followers are cut now, not at our end
                                     continue
                                 if not kept:
                                     fill.abort()
                                     fill = None
                                     self.counters["fill.skipped.size"] += 1
+                                    if leader is not None:
+                                        leader.end(False)
                                 elif leader is not None:
                                     leader.grew(fill.flush())
                     if fill is not None:
                         length = upstream.headers.get("Content-Length")
                         if length is None or int(length) == fill.size:
+                            if leader is not None:  # the body is whole: followers may end theirs
+                                leader.end(True, fill.size, fill.digest.hexdigest())
                             try:
                                 await self._finish_fill(fill, key, host, self._url_of(request, host),
                                                         upstream.headers)
-                                if leader is not None:
-                                    leader.end(True)
                             except StoreRefused as exc:  # over the quota with nothing to evict, ...
                                 log.info("in-path store of %s refused: %s", key, exc.reason)
                                 self.counters["fill.skipped.quota"] += 1
@@ -653,8 +740,8 @@ class Edge:
                     return
                 fill = self.store.begin(key)
                 length = upstream.headers.get("Content-Length")
-                if upstream.status == 200 and length is not None and length.isdigit():
-                    shared = SharedFill(fill.path, int(length), upstream.headers)
+                if upstream.status == 200:  # may_fill passed: a length is digits or absent (chunked)
+                    shared = SharedFill(fill.path, int(length) if length else None, upstream.headers)
                     self._shared[key] = shared  # later seeks follow it instead of asking the origin
                 async for chunk in upstream.content.iter_chunked(64 * 1024):
                     if not fill.add(chunk):
@@ -665,9 +752,9 @@ class Edge:
                 if length is not None and int(length) != fill.size:
                     self.counters["fill.skipped.short"] += 1
                     return
-                await self._finish_fill(fill, key, host, url, upstream.headers)
                 if shared is not None:
-                    shared.end(True)
+                    shared.end(True, fill.size, fill.digest.hexdigest())
+                await self._finish_fill(fill, key, host, url, upstream.headers)
                 fill = None
         except StoreRefused as exc:
             log.info("background store of %s refused: %s", key, exc.reason)

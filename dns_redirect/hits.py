@@ -81,6 +81,42 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | str | None:
     return start, min(end, size - 1)
 
 
+def preconditions(etag: str, last_modified: str, if_none_match: str = "", if_modified_since: str = "",
+                  if_match: str = "", if_unmodified_since: str = "") -> int:
+    """RFC 9110 13.2.2's order against the origin's validators: 412 (If-Match, else
+    If-Unmodified-Since), 304 (If-None-Match, else If-Modified-Since), or 0 (go on). Needs no
+    length: the edge also answers it for an object still being filled."""
+    if if_match:
+        if not _strong_match(if_match, etag):
+            return 412
+    elif if_unmodified_since:
+        given, modified = http_time(if_unmodified_since), http_time(last_modified)
+        if given is not None and modified is not None and modified > given:  # invalid dates: ignored
+            return 412
+    if if_none_match:
+        if _weak_match(if_none_match, etag):
+            return 304
+    elif if_modified_since:
+        given, modified = http_time(if_modified_since), http_time(last_modified)
+        if given is not None and modified is not None and modified <= given:
+            return 304
+    return 0
+
+
+def plan_growing(range_header: str) -> tuple[str, int, int]:
+    """How a follower of a fill whose total length is not known yet (a chunked origin answer) is
+    served: ``("whole", 0, 0)`` the whole object as it grows (no Range, one the planner ignores,
+    or ``bytes=0-``: a 200 is a valid answer to any range); ``("range", first, last)`` a closed
+    range, answered once its last byte is in or the fill ends; ``("pass", 0, 0)`` an open range
+    past 0 or a suffix range, whose answer needs the total (Content-Range must name its last byte)."""
+    if not range_header or _parse_range(range_header, 1 << 62) is None:
+        return "whole", 0, 0
+    first, _, last = range_header[6:].strip().partition("-")
+    if not first or not last:
+        return ("whole", 0, 0) if first and int(first) == 0 else ("pass", 0, 0)
+    return "range", int(first), int(last)
+
+
 def plan_hit(size: int, etag: str, last_modified: str, content_type: str, if_none_match: str = "",
              if_modified_since: str = "", range_header: str = "", if_range: str = "", if_match: str = "",
              if_unmodified_since: str = "") -> HitPlan:
@@ -96,20 +132,9 @@ def plan_hit(size: int, etag: str, last_modified: str, content_type: str, if_non
     headers["X-Cache"] = "HIT"
     if last_modified:
         headers["Last-Modified"] = last_modified
-    if if_match:
-        if not _strong_match(if_match, etag):
-            return HitPlan(412, 0, 0, headers)
-    elif if_unmodified_since:
-        given, modified = http_time(if_unmodified_since), http_time(last_modified)
-        if given is not None and modified is not None and modified > given:  # invalid dates: ignored
-            return HitPlan(412, 0, 0, headers)
-    if if_none_match:
-        if _weak_match(if_none_match, etag):
-            return HitPlan(304, 0, 0, headers)
-    elif if_modified_since:
-        given, modified = http_time(if_modified_since), http_time(last_modified)
-        if given is not None and modified is not None and modified <= given:
-            return HitPlan(304, 0, 0, headers)
+    verdict = preconditions(etag, last_modified, if_none_match, if_modified_since, if_match, if_unmodified_since)
+    if verdict:
+        return HitPlan(verdict, 0, 0, headers)
     if range_header and (not if_range or if_range_holds(if_range, etag, last_modified)):
         parsed = _parse_range(range_header, size)
         if parsed == "unsatisfiable":

@@ -333,8 +333,9 @@ EDGE = StageSpec("edge", (
     counter("heatcache_edge_purged_total", "Objects purged through the purge API", "purged"),
     counter("heatcache_edge_client_gone_total", "Clients that hung up mid-answer", "client-gone"),
     counter("heatcache_edge_collapsed_total", "Misses of a key being filled answered from that fill (collapsed"
-            " forwarding), or cut when it ended short", label="result",
-            keys={"collapsed": "followed", "collapse.cut": "cut", "collapse.passed": "passed"}),
+            " forwarding), cut when it ended short, answered 304/412 from its validators, or passed through",
+            label="result", keys={"collapsed": "followed", "collapse.cut": "cut", "collapse.passed": "passed",
+                                  "collapse.conditional": "conditional"}),
     counter("heatcache_edge_front_total", "Hits answered by the front (handed off or deferred)", label="result",
             keys={"front.handed-off": "handed-off", "front.deferred": "deferred"}),
     gauge("heatcache_edge_cached_objects", "Objects in the edge's cache index", "objects"),

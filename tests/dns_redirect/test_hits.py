@@ -13,7 +13,9 @@ from dns_redirect.hits import (
     head_end,
     head_start,
     parse_simple_head,
+    plan_growing,
     plan_hit,
+    preconditions,
     response_head,
 )
 
@@ -55,6 +57,36 @@ def test_conditionals() -> None:
     assert plan_hit(1000, ETAG, LM, "", range_header="bytes=0-9", if_range='"old"').status == 200
     assert plan_hit(1000, ETAG, LM, "", range_header="bytes=0-9", if_range=ETAG).status == 206
     assert plan_hit(10, etag_for("", 10), "", "").headers["Content-Type"] == "application/octet-stream"
+
+
+@pytest.mark.parametrize(
+    ("rng", "want"),
+    [
+        ("", ("whole", 0, 0)),
+        ("bytes=0-", ("whole", 0, 0)),  # a player's first ask: the whole object, as a 200
+        ("bytes=5-1", ("whole", 0, 0)),  # ignored by the planner: the whole object
+        ("items=1-2", ("whole", 0, 0)),
+        ("bytes=1-2,5-6", ("whole", 0, 0)),
+        ("bytes=100-199", ("range", 100, 199)),  # waits for byte 199 (or the end)
+        ("bytes=100-", ("pass", 0, 0)),  # Content-Range must name the last byte: needs the total
+        ("bytes=-10", ("pass", 0, 0)),
+        ("bytes=-0", ("pass", 0, 0)),
+    ],
+)
+def test_followers_of_a_fill_of_unknown_length(rng: str, want: tuple[str, int, int]) -> None:
+    assert plan_growing(rng) == want
+
+
+def test_preconditions_need_no_length_and_agree_with_the_hit_planner() -> None:
+    cases = [({"if_match": '"x"'}, 412), ({"if_match": ETAG}, 0), ({"if_match": "*"}, 0),
+             ({"if_unmodified_since": "Sun, 22 Nov 2026 08:00:00 GMT"}, 412), ({"if_unmodified_since": LM}, 0),
+             ({"if_match": ETAG, "if_unmodified_since": "Sun, 22 Nov 2026 08:00:00 GMT"}, 0),  # If-Match wins
+             ({"if_none_match": f"W/{ETAG}"}, 304), ({"if_modified_since": LM}, 304),
+             ({"if_none_match": '"x"', "if_modified_since": LM}, 0),  # If-None-Match wins
+             ({"if_match": '"x"', "if_none_match": ETAG}, 412)]  # 412 before 304
+    for conditions, want in cases:
+        assert preconditions(ETAG, LM, **conditions) == want, conditions
+        assert plan_hit(1000, ETAG, LM, "", **conditions).status == (want or 200), conditions
 
 
 def test_the_origins_validators_are_served_and_never_our_own() -> None:

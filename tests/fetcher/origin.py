@@ -1,10 +1,12 @@
 """A programmable test origin for the fetcher: redirects, slow bodies, bodies without length, a
-lying Content-Length, failures that recover, Range (resume) support, and counters of what it
-was asked and what it sent."""
+lying Content-Length, chunked bodies, resets mid-body, failures that recover, Range (resume)
+support, and counters of what it was asked and what it sent."""
 
 from __future__ import annotations
 
 import hashlib
+import socket
+import struct
 import threading
 import time
 from collections import Counter
@@ -19,6 +21,8 @@ class Route:
     headers: dict[str, str] = field(default_factory=dict)
     rate: int = 0  # bytes per second (0 = as fast as possible)
     chunked: bool = False  # no Content-Length: the body ends when the connection closes
+    transfer_chunked: bool = False  # no Content-Length: Transfer-Encoding: chunked, a final 0-chunk
+    reset_at: int = 0  # reset the connection after this many body bytes (no final chunk, no FIN)
     head_length: int | None = None  # Content-Length announced to HEAD (a 5 GB lie)
     fail_first: int = 0  # answer 500 to this many GETs first
 
@@ -109,7 +113,9 @@ class TestOrigin:
                     self.send_header("ETag", etag)
                 if status == 206:
                     self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-                if route.chunked:
+                if route.transfer_chunked:
+                    self.send_header("Transfer-Encoding", "chunked")
+                elif route.chunked:
                     self.send_header("Connection", "close")
                 elif head and route.head_length is not None:
                     self.send_header("Content-Length", str(route.head_length))
@@ -121,12 +127,20 @@ class TestOrigin:
                 step = max(1, route.rate // 20) if route.rate else 1 << 16
                 for i in range(start, len(body), step):
                     chunk = body[i : i + step]
-                    self.wfile.write(chunk)
+                    if route.reset_at and i - start + len(chunk) > route.reset_at:
+                        self.wfile.flush()
+                        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                        self.close_connection = True
+                        self.connection.close()  # an RST, mid-body
+                        return
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if route.transfer_chunked else chunk)
                     self.wfile.flush()
                     origin.sent[self.path] += len(chunk)
                     if route.rate:
                         time.sleep(len(chunk) / route.rate)
-                if route.chunked:
+                if route.transfer_chunked:
+                    self.wfile.write(b"0\r\n\r\n")
+                elif route.chunked:
                     self.close_connection = True
 
         self.server = ThreadingHTTPServer((address, port), Handler)
