@@ -63,6 +63,7 @@ _CONDITIONAL = frozenset({"range", "if-range", "if-match", "if-none-match", "if-
 
 COLLAPSE_AHEAD_BYTES = 4 * 1024**2  # a follower's range may start this far past what the leader has
 COLLAPSE_STALL_S = 30.0  # a follower whose leader brings no byte for this long is cut
+COLLAPSE_HEADERS_S = 5.0  # a miss waits this long for a likely leader's origin headers (nginx's lock timeout)
 
 
 class SharedFill:
@@ -154,6 +155,8 @@ class Edge:
         self._bg_tasks: set[asyncio.Task[None]] = set()  # whole-object fills after range misses
         self._filling: set[str] = set()  # cache keys being stored right now (one store per key at a time)
         self._shared: dict[str, SharedFill] = {}  # fills that concurrent misses of the key follow
+        # plain GETs of a key still waiting for the origin's headers: the fill they may start, or None
+        self._asking: dict[str, asyncio.Future[SharedFill | None]] = {}
         self.tls_hosts: Callable[[], dict[str, dict[str, int]]] | None = None  # the TLS passthrough's per-host figures
         self.networks = NetworkNamer(settings.console_networks)  # named client networks, for savings
 
@@ -355,6 +358,8 @@ class Edge:
                 if resp is not None:
                     return resp
         shared = self._shared.get(decision.key) if not isinstance(decision, Passthrough) and decision.key else None
+        if shared is None and not isinstance(decision, Passthrough) and decision.key in self._asking:
+            shared = await self._headers_of(decision.key)
         if shared is not None:
             followed = await self.follow(request, decision.key, shared)
             if followed is not None:
@@ -537,8 +542,41 @@ class Edge:
             self.counters["client-gone"] += 1
         return resp
 
+    async def _headers_of(self, key: str) -> SharedFill | None:
+        """A miss of a key whose likely leader is still waiting for the origin's headers waits for
+        them (at most COLLAPSE_HEADERS_S, then it asks the origin itself, as nginx's
+        proxy_cache_lock_timeout does): the fill it then follows, or None when none started."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._asking[key]), COLLAPSE_HEADERS_S)
+        except TimeoutError:
+            self.counters["collapse.passed"] += 1
+            return None
+
+    def _settle(self, key: str, asking: asyncio.Future[SharedFill | None], fill: SharedFill | None) -> None:
+        if not asking.done():
+            asking.set_result(fill)
+        if self._asking.get(key) is asking:
+            del self._asking[key]
+
     async def pass_through(self, request: web.Request, host: str, port: int, key: str = "",
                            store: bool = True) -> web.StreamResponse:
+        """A miss: ``_pass_through``; a plain GET of a storable key that no one is filling is a
+        likely leader, and other misses of the key wait for its origin headers (``_headers_of``)."""
+        h = request.headers
+        asking: asyncio.Future[SharedFill | None] | None = None
+        plain = (request.method == "GET" and "Authorization" not in h
+                 and (from_start(h.get("Range", "")) or "Range" not in h)
+                 and not any(n in h for n in _CONDITIONAL if n != "range"))
+        if plain and key and store and self.store is not None and key not in self._filling | self._asking.keys():
+            asking = self._asking[key] = asyncio.get_running_loop().create_future()
+        try:
+            return await self._pass_through(request, host, port, key, store, asking)
+        finally:
+            if asking is not None:
+                self._settle(key, asking, None)
+
+    async def _pass_through(self, request: web.Request, host: str, port: int, key: str, store: bool,
+                            asking: asyncio.Future[SharedFill | None] | None) -> web.StreamResponse:
         """Stream a miss from the origin without buffering the body; store it as it passes when
         ``store`` and ``may_fill`` allow (the bytes cross the uplink once either way).
 
@@ -614,6 +652,8 @@ class Edge:
                                 self._shared[key] = leader  # concurrent misses of the key follow it
                         except OSError as exc:  # a full or failing disk: the client still gets its bytes
                             self._fill_failed(key, exc)
+                    if asking is not None:  # the misses waiting for these headers follow (or ask)
+                        self._settle(key, asking, leader)
                     if (not whole and request.method == "GET" and upstream.status == 206 and range_header
                             and "Authorization" not in request.headers and "Cookie" not in request.headers
                             and key not in self._filling):

@@ -153,9 +153,10 @@ def _ask(port: int, path: str, method: str = "GET", **headers: str) -> Answer:
         conn.close()
 
 
-def _lead_and_follow(port: int, edge: Edge, key: str, path: str,
-                     followers: dict[str, tuple[str, dict[str, str]]]) -> dict[str, Answer]:
-    """A plain GET leads the fill; once it runs, each follower (method, headers) asks at once."""
+def _lead_and_follow(port: int, edge: Edge, key: str, path: str, followers: dict[str, tuple[str, dict[str, str]]],
+                     before_headers: bool = False) -> dict[str, Answer]:
+    """A plain GET leads the fill; once it runs (``before_headers``: once it waits for the
+    origin's headers), each follower (method, headers) asks at once."""
     answers: dict[str, Answer] = {}
 
     def ask(name: str, method: str, headers: dict[str, str]) -> None:
@@ -164,7 +165,7 @@ def _lead_and_follow(port: int, edge: Edge, key: str, path: str,
     leader = threading.Thread(target=ask, args=("leader", "GET", {}))
     leader.start()
     deadline = time.monotonic() + 30
-    while key not in edge._shared:  # the leader's fill has begun (the origin's headers are in)
+    while key not in (edge._asking if before_headers else edge._shared):  # the leader asked / its fill began
         assert time.monotonic() < deadline and leader.is_alive(), answers
         time.sleep(0.01)
     threads = [threading.Thread(target=ask, args=(name, m, hs)) for name, (m, hs) in followers.items()]
@@ -179,13 +180,14 @@ LM = "Mon, 23 Nov 2026 08:00:00 GMT"
 
 
 def test_a_chunked_fill_is_followed_and_answers_conditionals(tmp_path: Path, dnsmasq: Dnsmasq) -> None:
-    """The origin sends 600 kB chunked (no Content-Length) over ~1 s: whole-object followers get
-    it chunked as it grows, ending with the stored copy; a closed range waits for its bytes; an
-    open range past 0 passes through; conditionals are answered from the fill's validators."""
+    """The origin thinks 0.5 s, then sends 600 kB chunked (no Content-Length) over ~1 s; the
+    followers arrive before its headers and wait for them: whole-object followers get it chunked
+    as it grows, ending with the stored copy; a closed range waits for its bytes; an open range
+    past 0 passes through; conditionals are answered from the fill's validators."""
     port = shared_port()
     body = hashlib.sha256(b"x").digest() * 18750  # 600000 bytes
     origin = TestOrigin(ORIGIN_IP, port)
-    origin.routes["/v.bin"] = Route(body, rate=600_000, transfer_chunked=True,
+    origin.routes["/v.bin"] = Route(body, rate=600_000, transfer_chunked=True, delay=0.5,
                                     headers={"ETag": '"v1"', "Last-Modified": LM, "Content-Type": "video/mp4"})
     origin.start()
     _, _, catalog, index, edge = steered_edge(tmp_path, dnsmasq, port, b"s" * 100)
@@ -199,7 +201,7 @@ def test_a_chunked_fill_is_followed_and_answers_conditionals(tmp_path: Path, dns
                 "if-match": ("GET", {"If-Match": '"v0"'}),
                 "ius": ("GET", {"If-Unmodified-Since": "Sun, 22 Nov 2026 08:00:00 GMT"}),
                 "if-range-old": ("GET", {"Range": "bytes=0-99", "If-Range": '"v0"'}),
-                "if-range-ok": ("GET", {"Range": "bytes=10-19", "If-Range": '"v1"'})})
+                "if-range-ok": ("GET", {"Range": "bytes=10-19", "If-Range": '"v1"'})}, before_headers=True)
         stored = catalog.get(key)
     finally:
         catalog.close()
@@ -231,7 +233,8 @@ def test_a_chunked_fill_is_followed_and_answers_conditionals(tmp_path: Path, dns
 
 def test_followers_of_a_chunked_fill_reset_mid_body_never_see_an_end(tmp_path: Path, dnsmasq: Dnsmasq) -> None:
     """The origin resets after 200 kB of a chunked body: nothing is stored, and every whole-object
-    follower gets only true bytes and no final chunk (http.client: IncompleteRead)."""
+    follower gets only true bytes and no final chunk (http.client: IncompleteRead); a closed range
+    inside what arrived is whole and true."""
     port = shared_port()
     body = bytes(range(256)) * 1600  # 409600 bytes, cut at 200000
     origin = TestOrigin(ORIGIN_IP, port)
@@ -242,8 +245,9 @@ def test_followers_of_a_chunked_fill_reset_mid_body_never_see_an_end(tmp_path: P
     key = f"http://origin.lab.test:{port}/cut.bin"
     try:
         with serving_edge(edge, NODE_IP, port):
-            got = _lead_and_follow(port, edge, key, "/cut.bin", {"whole": ("GET", {}),
-                                                                 "zero": ("GET", {"Range": "bytes=0-"})})
+            got = _lead_and_follow(port, edge, key, "/cut.bin", {
+                "whole": ("GET", {}), "zero": ("GET", {"Range": "bytes=0-"}),
+                "early": ("GET", {"Range": "bytes=100000-109999"})})
         assert catalog.get(key) is None  # nothing short is ever stored
     finally:
         catalog.close()
@@ -253,6 +257,9 @@ def test_followers_of_a_chunked_fill_reset_mid_body_never_see_an_end(tmp_path: P
         assert status == 200 and not complete, name
         assert len(data) <= 200_000 and data == body[:len(data)], name
     assert got["whole"][1]["x-cache"] == "COLLAPSED" and got["zero"][1]["x-cache"] == "COLLAPSED"
+    status, headers, data, complete = got["early"]
+    assert (status, complete, headers["x-cache"], data) == (206, True, "COLLAPSED", body[100_000:110_000])
+    assert headers["content-range"] == "bytes 100000-109999/*"
     assert origin.gets["/cut.bin"] == 1  # the followers did not ask the origin
-    assert edge.counters["collapsed"] == 2 and edge.counters["collapse.cut"] == 2
+    assert edge.counters["collapsed"] == 3 and edge.counters["collapse.cut"] == 2
     assert index.get(key) is None and not edge._shared

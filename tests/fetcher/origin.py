@@ -23,6 +23,7 @@ class Route:
     chunked: bool = False  # no Content-Length: the body ends when the connection closes
     transfer_chunked: bool = False  # no Content-Length: Transfer-Encoding: chunked, a final 0-chunk
     reset_at: int = 0  # reset the connection after this many body bytes (no final chunk, no FIN)
+    delay: float = 0.0  # seconds before the status line of a GET (a slow origin's first byte)
     head_length: int | None = None  # Content-Length announced to HEAD (a 5 GB lie)
     fail_first: int = 0  # answer 500 to this many GETs first
 
@@ -85,6 +86,8 @@ class TestOrigin:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
+                if not head and route.delay:
+                    time.sleep(route.delay)  # the origin thinking, not a test synchronizing
                 body, start = route.body, 0
                 status = route.status
                 etag = route.headers.get("ETag", '"' + hashlib.sha256(body).hexdigest()[:16] + '"')
