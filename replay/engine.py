@@ -22,6 +22,10 @@ What happens to one request, in the order production sees it:
 3. when its batch is folded, streams may admit keys; with prefetch on, the fetcher downloads
    each admitted key not cached yet (one extra download of the object: bytes prefetched).
 
+The loop has a compiled twin (replay/_engine.c, with ``StorePolicy``'s): it calls the same
+adapters and production cores and keeps only the bookkeeping in C; this module is its reference
+(tests/replay/test_compiled.py holds the two to identical results).
+
 Object sizes: the largest whole (status 200) response logged for the key; when the log has no
 sizes (captures, the sniffer's own batches), sizes from ``cache-events`` or ``default_size``.
 """

@@ -19,7 +19,8 @@ rank is at most its current rank, so the first popped entry that is current is t
 and heat: the rank may go down) pushes a new entry and makes the older ones stale.
 ``check=True`` also runs ``choose_victims`` on the same candidates and asserts the two agree
 (the tests do); tests/replay/test_store_equal.py drives a real ObjectStore with a real catalog
-through the same operations and compares the contents.
+through the same operations and compares the contents. replay._engine.StorePolicy is its
+compiled twin (the same rows, heap and victims; tests/replay/test_compiled.py).
 """
 
 from __future__ import annotations
