@@ -3,8 +3,9 @@ cache store, CacheEvents out (acknowledged before the offset is stored).
 
 One loop thread owns all state. Per hot URL (a *job*):
 1. catalog check (already cached and on disk: done);
-2. pre-flight in a worker thread (fetcher/preflight.py): the redirect chain walked by us, each
-   hop resolved upstream, checked and pinned; the final answer judged (status, storable, size);
+2. pre-flight on the fetcher's asyncio thread (fetcher/preflight.py): the redirect chain walked
+   by us, each hop resolved upstream, checked and pinned; the final answer judged (status,
+   storable, size);
 3. the final pinned URL handed to aria2c (bounded overall and per host), with the origin's Host
    header; a download aria2c already has for this job (after a restart of the fetcher) is
    adopted, an interrupted one re-added on the same files with ``continue`` so it resumes;
@@ -24,6 +25,7 @@ within a second or two: running downloads stay in aria2c and are adopted after t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import ipaddress
@@ -34,7 +36,7 @@ import shutil
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +52,7 @@ from cachestore.coherence import fresh_until, http_time
 from cachestore.store import ObjectMeta, StoreRefused
 from fetcher import admission, budget
 from fetcher.offsets import OffsetTracker
-from fetcher.policyproxy import options_differ, proxy_for
+from fetcher.policyproxy import drain_and_close, options_differ, proxy_for
 from fetcher.preflight import Preflight, judge, walk
 from fetcher.revalidate import Revalidated, revalidate
 from heatcache import contract
@@ -181,7 +183,9 @@ class Fetcher:
         self.aria2_listener: aria2p.Client | None = None
         # every request aria2c makes (each redirect hop, each retry) goes through this loopback
         # proxy, which applies the address policy again (rel; fetcher/policyproxy.py)
-        self.proxy = proxy_for(settings, self._proxy_check)
+        self.proxy = proxy_for(settings, self._check_host)
+        self.aio = asyncio.new_event_loop()  # pre-flights, all on one thread (started in run())
+        self._aio_thread = threading.Thread(target=self._run_aio, name="fetch-preflights", daemon=True)
 
     # -- clients --------------------------------------------------------------------------
     def _aria2_client(self) -> aria2p.Client:
@@ -207,6 +211,7 @@ class Fetcher:
     def run(self, stop: StopFlag) -> Counter[str]:
         s = self.settings
         self.proxy.start()
+        self._aio_thread.start()
         self.consumer.subscribe([s.topic(contract.HOT_URLS)], on_revoke=self._revoked)
         self._listener = threading.Thread(target=self._listen, name="aria2-notifications", daemon=True)
         self._listener.start()
@@ -267,6 +272,7 @@ class Fetcher:
                 self.consumer.close()  # commits the offsets stored so far
             self.catalog.close()
             self.proxy.stop()
+            self._stop_aio()
             log.info("fetcher stopped: %s (%d jobs left to the next start)", dict(self.counters), len(self.jobs))
         return self.counters
 
@@ -392,7 +398,7 @@ class Fetcher:
                 preparing[host] += 1
                 job.state = "preflight"
                 job.marks.setdefault("pf", time.time())
-                self._spawn(key, "preflight", self._preflight_work, job.hot.url)
+                self._spawn_async(key, "preflight", self._preflight_work(job.hot.url))
             if job.state == "add":
                 to_add.append(job)
         if to_add and self.aria2_ok:
@@ -453,7 +459,7 @@ class Fetcher:
 
     # -- workers ----------------------------------------------------------------------------
     def _spawn(self, key: str, kind: str, fn: Callable[..., Any], *args: Any) -> None:
-        """Blocking work (pre-flight, hashing and storing) off the loop, on a daemon thread so a
+        """Blocking work (hashing and storing, revalidation) off the loop, on a daemon thread so a
         stop never waits for it."""
 
         def work() -> None:
@@ -466,6 +472,30 @@ class Fetcher:
         self._workers += 1
         threading.Thread(target=work, name=f"fetch-{kind}", daemon=True).start()
 
+    def _run_aio(self) -> None:
+        asyncio.set_event_loop(self.aio)
+        try:
+            self.aio.run_forever()
+        finally:
+            drain_and_close(self.aio)  # pre-flights still out are cancelled: their jobs come again
+
+    def _stop_aio(self) -> None:
+        with contextlib.suppress(RuntimeError):  # closed already
+            self.aio.call_soon_threadsafe(self.aio.stop)
+        if self._aio_thread.is_alive():
+            self._aio_thread.join(5)
+
+    def _spawn_async(self, key: str, kind: str, work: Coroutine[Any, Any, Any]) -> None:
+        """A coroutine on the asyncio thread; its result (or exception) reaches the loop like a
+        worker thread's."""
+
+        def done(fut: Any) -> None:
+            if not fut.cancelled():  # (cancelled: the fetcher is stopping)
+                self.results.put((key, kind, fut.exception() or fut.result()))
+
+        self._workers += 1
+        asyncio.run_coroutine_threadsafe(work, self.aio).add_done_callback(done)
+
     def _resolve(self, host: str) -> str:
         """Upstream resolver, then the address policy (for every hop and every revalidation)."""
         s = self.settings
@@ -475,9 +505,10 @@ class Fetcher:
             address = resolve_origin(self.resolver, host, True)
         return check_origin_address(address, s.allow_private_origins, s.origin_allow_networks)
 
-    def _preflight_work(self, url: str) -> Preflight:
+    def _preflight_work(self, url: str) -> Coroutine[Any, Any, Preflight]:
         s = self.settings
-        return walk(url, self._resolve, max_hops=s.fetch_max_redirects + 1, timeout=10.0, source=s.outbound_address)
+        return walk(url, self._check_host, max_hops=s.fetch_max_redirects + 1, timeout=10.0,
+                    source=s.outbound_address)
 
     # -- revalidation (coherence with the origin) -------------------------------------------
     def _revalidate_due(self) -> None:
@@ -520,8 +551,9 @@ class Fetcher:
         owed.outbox += [(topic, e.cache_key.encode(), contract.encode(e)) for e in result.events]
         self._flush_outbox(owed_key, owed)
 
-    async def _proxy_check(self, host: str) -> str:
-        """The policy proxy's check of each host aria2c asks for: the pre-flight's rule."""
+    async def _check_host(self, host: str) -> str:
+        """Each pre-flight hop's and (in-process) policy proxy's check of a host: resolved
+        upstream (address literals as they are), then the address policy."""
         s = self.settings
         address = await resolve_origin_async(self.resolver, host, True)
         return check_origin_address(address, s.allow_private_origins, s.origin_allow_networks)

@@ -231,7 +231,7 @@ class PolicyProxy:
             try:
                 loop.run_forever()
             finally:
-                _drain_and_close(loop)
+                drain_and_close(loop)
 
         self._thread = threading.Thread(target=run, name="policy-proxy", daemon=True)
         self._thread.start()
@@ -351,7 +351,7 @@ class PolicyProxy:
             await self._close(up_writer)
 
 
-def _drain_and_close(loop: asyncio.AbstractEventLoop) -> None:
+def drain_and_close(loop: asyncio.AbstractEventLoop) -> None:
     """What asyncio.run does at its end: cancel what is left (a connection accepted while the server
     closed), let it finish and the transports' callbacks run, then close the loop."""
     try:

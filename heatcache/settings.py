@@ -129,8 +129,10 @@ class Settings(BaseSettings):
     fetch_instance_id: str = ""
 
     # -- fetcher concurrency, retries, budget (fetcher/app.py)
-    fetch_max_concurrent: int = Field(default=8, ge=1, le=256)  # downloads at once, overall
-    fetch_max_per_host: int = Field(default=4, ge=1, le=64)  # downloads at once from one origin host
+    # the uplink's share is bounded by the byte budget below, not by counting connections; these
+    # bound how much of it origins that limit each connection's rate can fill (docs/cache-store.md)
+    fetch_max_concurrent: int = Field(default=16, ge=1, le=256)  # downloads at once, overall
+    fetch_max_per_host: int = Field(default=16, ge=1, le=64)  # downloads at once from one origin host
     fetch_max_overall_bps: int = Field(default=0, ge=0)  # aria2c --max-overall-download-limit; 0 = none
     fetch_retries: int = Field(default=3, ge=0, le=20)  # attempts after the first, with exponential back-off
     fetch_retry_base_s: float = Field(default=2.0, gt=0)

@@ -1,11 +1,15 @@
-"""Unit tests for the fetcher's pure parts: pre-flight judgement (fetcher/preflight.py), offset
+"""Unit tests for the fetcher's pure parts: pre-flight judgement and heads (fetcher/preflight.py), offset
 bookkeeping (fetcher/offsets.py) and back-off."""
 
 from __future__ import annotations
 
+import http.client
+
+import pytest
+
 from fetcher.app import backoff
 from fetcher.offsets import OffsetTracker
-from fetcher.preflight import Preflight, judge
+from fetcher.preflight import Preflight, judge, parse_head, request_head
 from heatcache.redirects import parse_hop
 
 
@@ -41,3 +45,18 @@ def test_offsets_wait_for_earlier_messages() -> None:
 
 def test_backoff_is_exponential_and_capped() -> None:
     assert [backoff(n, 1.0, cap=10.0) for n in (1, 2, 3, 4, 5)] == [1.0, 2.0, 4.0, 8.0, 10.0]
+
+
+def test_preflight_request_and_answer_heads() -> None:
+    hop = parse_hop("http://a.example:8080/v/x.mp4?q=1")
+    assert request_head("HEAD", hop) == (b"HEAD /v/x.mp4?q=1 HTTP/1.1\r\nHost: a.example:8080\r\n"
+                                         b"User-Agent: heatcache-fetcher\r\nAccept-Encoding: identity\r\n"
+                                         b"Connection: close\r\n\r\n")
+    status, headers = parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\nETag: \"e\"\r\n"
+                                 b"Cache-Control: max-age=60\r\ncache-control: public\r\n\r\n")
+    assert status == 200
+    assert headers == {"content-length": "12", "etag": '"e"', "cache-control": "max-age=60, public"}
+    assert parse_head(b"HTTP/1.0 302\r\nLocation: /y\r\n\r\n") == (302, {"location": "/y"})
+    for bad in (b"SSH-2.0-OpenSSH\r\n\r\n", b"HTTP/1.1 2000 OK\r\n\r\n", b"HTTP/2 200\r\n\r\n", b"\r\n\r\n"):
+        with pytest.raises(http.client.BadStatusLine):
+            parse_head(bad)
