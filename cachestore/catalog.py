@@ -107,6 +107,7 @@ class Catalog(Protocol):
     def get(self, cache_key: str) -> Entry | None: ...
     def all(self) -> list[Entry]: ...
     def cached(self) -> list[Entry]: ...
+    def cached_bytes(self) -> int: ...
     def by_host(self, host: str) -> list[Entry]: ...
     def due(self, now: float, min_interval_s: float, limit: int) -> list[Entry]: ...
     def refresh(self, cache_key: str, fresh_until: float, checked_at: float, etag: str, last_modified: str,
@@ -258,6 +259,14 @@ class _SqlCatalog:
         with self._guard():
             rows = self.db.execute(f"SELECT {','.join(COLUMNS)} FROM cache_objects WHERE state = {m}", ("cached",))
         return [_entry(r) for r in rows]
+
+    def cached_bytes(self) -> int:
+        """The cached objects' total size, summed by the database (a store's quota check reads no
+        rows unless it must evict)."""
+        m = self.db.mark
+        with self._guard():
+            rows = self.db.execute(f"SELECT COALESCE(SUM(size), 0) FROM cache_objects WHERE state = {m}", ("cached",))
+        return int(rows[0][0] or 0)
 
     def by_host(self, host: str) -> list[Entry]:
         m = self.db.mark

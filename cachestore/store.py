@@ -183,14 +183,15 @@ class ObjectStore:
             raise StoreRefused("the file changed while it was stored")
         evicted: list[CacheEvent] = []
         with self._locked():
-            cached = self.catalog.cached()
-            old = next((e for e in cached if e.cache_key == cache_key), None)
-            used = sum(e.size for e in cached)
-            plan = plan_space(self.quota, size, used, self._disk_free(), old.size if old else 0)
+            # the sum from the database, every row only to choose victims: each store read the
+            # whole catalog before (O(objects) per object stored, and per gauge every 5 s)
+            old = self.catalog.get(cache_key)
+            replaced = old.size if old is not None and old.state == "cached" else 0
+            plan = plan_space(self.quota, size, self.catalog.cached_bytes(), self._disk_free(), replaced)
             if plan.refused:
                 raise StoreRefused(plan.refused)
             if plan.free_bytes:
-                evicted = self._evict(cached, plan.free_bytes, now, keep=frozenset({cache_key}))
+                evicted = self._evict(self.catalog.cached(), plan.free_bytes, now, keep=frozenset({cache_key}))
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(src, final)
             entry = Entry(cache_key, meta.url, meta.host, rel, size, digest, meta.etag, meta.last_modified,
@@ -244,7 +245,7 @@ class ObjectStore:
             return self._evict(cached, need, time.time() if now is None else now) if need else []
 
     def used_bytes(self) -> int:
-        return sum(e.size for e in self.catalog.cached())
+        return self.catalog.cached_bytes()
 
     def _evict(self, cached: list[Entry], need: int, now: float,
                keep: frozenset[str] = frozenset()) -> list[CacheEvent]:

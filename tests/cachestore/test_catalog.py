@@ -40,6 +40,7 @@ def exercise(cat: Catalog) -> None:
     got = cat.get("http://a/x")
     assert got is not None and got.state == "purged"
     assert [x.cache_key for x in cat.cached()] == [long_key]
+    assert cat.cached_bytes() == 1  # the purged row's 12 bytes are not counted
     assert {x.cache_key for x in cat.by_host("a")} == {long_key, "http://a/x"}
     # revalidation: stale (fresh_until <= now, 0 = unknown) and not asked within the interval, most stale first
     for key, until in (("http://b/1", 50.0), ("http://b/2", 500.0)):
