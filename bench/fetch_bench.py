@@ -275,11 +275,13 @@ def main() -> int:
               f"  through the policy proxy process (diagnostic): {proxied_s:.2f} s, {proxy_cpu_s} CPU-s")
         seen = sorted((m["complete"] - hc_gets[k][1]) * 1000 for k, m in fetcher.timelines
                       if k in hc_gets and "complete" in m)
-        refill = [refills(list(g.values()), concurrency) or [float("nan")] for g in (ref_gets, hc_gets)]
+        refill = [refills(list(g.values()), concurrency) for g in (ref_gets, hc_gets)]
         took = [statistics.median(b - a for a, b in g.values()) * 1000 for g in (ref_gets, hc_gets)]
         print(f"  origin's last byte sent -> the fetcher sees the completion: p50 {statistics.median(seen):.0f} ms, "
-              f"max {max(seen):.0f} ms;  a freed slot's next GET (p50/max): aria2c {statistics.median(refill[0]):.0f}/"
-              f"{max(refill[0]):.0f} ms, heatcache {statistics.median(refill[1]):.0f}/{max(refill[1]):.0f} ms")
+              f"max {max(seen):.0f} ms;  a freed slot's next GET (p50/max): " + (
+                  f"aria2c {statistics.median(refill[0]):.0f}/{max(refill[0]):.0f} ms, heatcache "
+                  f"{statistics.median(refill[1]):.0f}/{max(refill[1]):.0f} ms" if refill[0] and refill[1]
+                  else "none (every download started at once)"))
         print(f"  GET durations at the origin (p50): aria2c {took[0]:.0f} ms, heatcache {took[1]:.0f} ms")
         print(f"  CPU-s: aria2c -i list: {ref_cpu_s};  heatcache: {hc_cpu_s}")
         print(f"  heatcache fetch (hot-url -> last CacheEvent): {hc_s:.2f} s")
