@@ -23,7 +23,9 @@ left is expired.
 
 from __future__ import annotations
 
+import base64
 import math
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -227,7 +229,7 @@ class Heat:
                 self.clients, self.sketches = {}, None
         return not self.panes
 
-    # -- durable form (JSON-able; the sketches' own pickle state, which is plain ints)
+    # -- durable form (JSON-able; sketches by sketch_state: packed when dense, else HLL's pickle state)
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"p": [[p, *c] for p, c in self.panes.items()]}
         if self.clients is not None:
@@ -242,8 +244,7 @@ class Heat:
                 regs = sk.registers()
                 cached = rows.get(p)
                 if cached is None or cached[0] != regs:
-                    _cls, args, state = sk.__reduce__()
-                    cached = rows[p] = (regs, [p, args, state])
+                    cached = rows[p] = (regs, [p, *sketch_state(sk, regs)])
                 out_rows.append(cached[1])
             if len(rows) > len(self.sketches):
                 for p in [p for p in rows if p not in self.sketches]:
@@ -261,7 +262,40 @@ class Heat:
             heat.clients = None
             heat.sketches = {}
             for pane, args, state in body["s"]:
-                sk = HyperLogLog(*args)
-                sk.__setstate__(state)
-                heat.sketches[int(pane)] = sk
+                heat.sketches[int(pane)] = sketch_from_state(args, state)
         return heat
+
+
+# A dense sketch's durable state, packed: HLL's pickle state (its __reduce__) is a list of
+# 72 + 2^p ints, ~50-80 us to build and encode per sketch and most of a flush's time when many
+# keys are past the cap. The same fields from HLL's own accessors (meta, histogram, registers)
+# are ~7 us and half the bytes; restoring rebuilds the identical pickle state (tests hold
+# __reduce__ equal), so a restored sketch counts exactly as the one written.
+_DENSE_HEAD = struct.Struct("<4Q")  # added, sparse count, is_cached, cached estimate
+_HIST = struct.Struct("<65Q")  # HLL's register histogram
+
+
+def sketch_state(sk: HyperLogLog, regs: bytes | None = None) -> tuple[list[int], Any]:
+    """(constructor args, state) of a sketch for the durable JSON: dense sketches packed into a
+    base64 str, sparse ones (few registers set) as HLL's own pickle state (a list)."""
+    meta = sk._get_meta()
+    if meta["is_sparse"]:
+        _cls, args, state = sk.__reduce__()
+        return list(args), state
+    packed = (_DENSE_HEAD.pack(meta["added"], meta["list_size"], meta["is_cached"], meta["cache"])
+              + _HIST.pack(*sk._histogram()) + (sk.registers() if regs is None else regs))
+    return [sk.size().bit_length() - 1, sk.seed(), 0], base64.b64encode(packed).decode("ascii")
+
+
+def sketch_from_state(args: list[int], state: Any) -> HyperLogLog:
+    """The sketch of :func:`sketch_state`'s output (or of an older record's pickle state)."""
+    sk = HyperLogLog(*args)
+    if isinstance(state, str):
+        raw = base64.b64decode(state)
+        head, hist = _DENSE_HEAD.size, _DENSE_HEAD.size + _HIST.size
+        if len(raw) != hist + sk.size():
+            raise ValueError("a packed sketch state of the wrong size")
+        added, sparse_count, is_cached, cache = _DENSE_HEAD.unpack_from(raw)
+        state = [0, added, sparse_count, is_cached, cache, 0, 0, *_HIST.unpack_from(raw, head), *raw[hist:]]
+    sk.__setstate__(state)
+    return sk
