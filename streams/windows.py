@@ -266,25 +266,30 @@ class Heat:
         return heat
 
 
-# A dense sketch's durable state, packed: HLL's pickle state (its __reduce__) is a list of
-# 72 + 2^p ints, ~50-80 us to build and encode per sketch and most of a flush's time when many
-# keys are past the cap. The same fields from HLL's own accessors (meta, histogram, registers)
-# are ~7 us and half the bytes; restoring rebuilds the identical pickle state (tests hold
+# A sketch's durable state, packed. HLL's pickle state (its __reduce__) is a list of 72 + 2^p
+# ints (or [index, value] pairs when sparse), 50-80 us to build and encode per sketch: most of a
+# flush when many keys are past the cap. The same fields from HLL's own accessors (meta,
+# histogram, registers) are a few us; restoring rebuilds the identical pickle state (tests hold
 # __reduce__ equal), so a restored sketch counts exactly as the one written.
-_DENSE_HEAD = struct.Struct("<4Q")  # added, sparse count, is_cached, cached estimate
+_HEAD = struct.Struct("<5Q")  # is_sparse, added, sparse count, is_cached, cached estimate
 _HIST = struct.Struct("<65Q")  # HLL's register histogram
 
 
 def sketch_state(sk: HyperLogLog, regs: bytes | None = None) -> tuple[list[int], Any]:
-    """(constructor args, state) of a sketch for the durable JSON: dense sketches packed into a
-    base64 str, sparse ones (few registers set) as HLL's own pickle state (a list)."""
+    """(constructor args, state) of a sketch for the durable JSON: a base64 str packing HLL's
+    fields, histogram and registers (``regs``: sk.registers(), taken just before). Falls back
+    to HLL's own pickle state (a list) if a sparse sketch's entries are not its non-zero
+    registers (never seen; checked so a restore cannot differ)."""
+    if regs is None:
+        regs = sk.registers()  # first: in sparse mode it merges HLL's buffer, as __reduce__ does
     meta = sk._get_meta()
-    if meta["is_sparse"]:
+    sparse = meta["is_sparse"]
+    if sparse and len(regs) - regs.count(0) != meta["list_size"]:
         _cls, args, state = sk.__reduce__()
         return list(args), state
-    packed = (_DENSE_HEAD.pack(meta["added"], meta["list_size"], meta["is_cached"], meta["cache"])
-              + _HIST.pack(*sk._histogram()) + (sk.registers() if regs is None else regs))
-    return [sk.size().bit_length() - 1, sk.seed(), 0], base64.b64encode(packed).decode("ascii")
+    packed = (_HEAD.pack(sparse, meta["added"], meta["list_size"], meta["is_cached"], meta["cache"])
+              + _HIST.pack(*sk._histogram()) + regs)
+    return [sk.size().bit_length() - 1, sk.seed(), sparse], base64.b64encode(packed).decode("ascii")
 
 
 def sketch_from_state(args: list[int], state: Any) -> HyperLogLog:
@@ -292,10 +297,14 @@ def sketch_from_state(args: list[int], state: Any) -> HyperLogLog:
     sk = HyperLogLog(*args)
     if isinstance(state, str):
         raw = base64.b64decode(state)
-        head, hist = _DENSE_HEAD.size, _DENSE_HEAD.size + _HIST.size
-        if len(raw) != hist + sk.size():
+        regs_at = _HEAD.size + _HIST.size
+        if len(raw) != regs_at + sk.size():
             raise ValueError("a packed sketch state of the wrong size")
-        added, sparse_count, is_cached, cache = _DENSE_HEAD.unpack_from(raw)
-        state = [0, added, sparse_count, is_cached, cache, 0, 0, *_HIST.unpack_from(raw, head), *raw[hist:]]
+        sparse, added, count, is_cached, cache = _HEAD.unpack_from(raw)
+        regs = raw[regs_at:]
+        body: list[Any] = [[i, r] for i, r in enumerate(regs) if r] if sparse else list(regs)
+        if sparse and len(body) != count:
+            raise ValueError("a packed sparse sketch whose registers do not match its count")
+        state = [sparse, added, count, is_cached, cache, 0, 0, *_HIST.unpack_from(raw, _HEAD.size), *body]
     sk.__setstate__(state)
     return sk
