@@ -26,6 +26,20 @@ static PyObject *attr(PyObject *o, PyObject *name, int dict) {
     return v;
 }
 
+/* d[k] = v and del d[k]: a plain dict or a Counter straight through the dict (Counter's
+ * __setitem__ is dict's and its __delitem__, for a key present, is dict's too; its Python
+ * __delitem__ otherwise routes every store through a method lookup), any other mapping (a
+ * subclass watching its writes) through its own methods */
+static int set_item(PyObject *d, PyObject *k, PyObject *v) {
+    if (Py_TYPE(d) == &PyDict_Type || (PyObject *)Py_TYPE(d) == counter_cls) return PyDict_SetItem(d, k, v);
+    return PyObject_SetItem(d, k, v);
+}
+
+static int del_item(PyObject *d, PyObject *k) {
+    if (Py_TYPE(d) == &PyDict_Type || (PyObject *)Py_TYPE(d) == counter_cls) return PyDict_DelItem(d, k);
+    return PyObject_DelItem(d, k);
+}
+
 /* d.get(k, 0) (new reference) */
 static PyObject *get0(PyObject *d, PyObject *k) {
     PyObject *v = PyDict_GetItemWithError(d, k);
@@ -44,11 +58,11 @@ static int decrement(PyObject *d, PyObject *k) {
     PyObject *left = PyNumber_Subtract(v, one);
     Py_DECREF(v);
     if (!left) return -1;
-    int rc = PyObject_SetItem(d, k, left);
+    int rc = set_item(d, k, left);
     int gone = rc < 0 ? -1 : PyObject_RichCompareBool(left, zero, Py_LE);
     Py_DECREF(left);
     if (gone < 0) return -1;
-    if (gone && PyObject_DelItem(d, k) < 0) return -1;
+    if (gone && del_item(d, k) < 0) return -1;
     return gone;
 }
 
@@ -96,7 +110,7 @@ static int drop_host(PyObject *index, PyObject *key, PyObject *now) {
         if (!unsteered) goto done;
         PyObject *when = now == Py_None ? PyObject_CallNoArgs(monotonic_fn) : (Py_INCREF(now), now);
         if (!when) goto done;
-        int bad = PyObject_SetItem(unsteered, host, when);
+        int bad = set_item(unsteered, host, when);
         Py_DECREF(when);
         if (bad < 0) goto done;
     }
@@ -161,7 +175,7 @@ static int add(PyObject *index, PyObject *objects, PyObject *key, PyObject *even
     if (!hosts || !(before = get0(hosts, host))) goto done;
     {
         PyObject *n = PyNumber_Add(before, one);
-        int bad = !n || PyObject_SetItem(hosts, host, n) < 0;
+        int bad = !n || set_item(hosts, host, n) < 0;
         Py_XDECREF(n);
         if (bad) goto done;
     }
@@ -173,7 +187,7 @@ static int add(PyObject *index, PyObject *objects, PyObject *key, PyObject *even
     } else {
         if (PyErr_Occurred()) goto done;
         ports = PyObject_CallNoArgs(counter_cls);
-        if (!ports || PyObject_SetItem(host_ports, host, ports) < 0) goto done;
+        if (!ports || set_item(host_ports, host, ports) < 0) goto done;
     }
     if (!PyDict_Check(ports)) {
         PyErr_SetString(PyExc_TypeError, "CacheIndex.host_ports values must be dicts");
@@ -183,7 +197,7 @@ static int add(PyObject *index, PyObject *objects, PyObject *key, PyObject *even
         PyObject *c = get0(ports, port);
         PyObject *n = c ? PyNumber_Add(c, one) : NULL;
         Py_XDECREF(c);
-        int bad = !n || PyObject_SetItem(ports, port, n) < 0;
+        int bad = !n || set_item(ports, port, n) < 0;
         Py_XDECREF(n);
         if (bad) goto done;
     }

@@ -47,7 +47,8 @@ class CacheIndex:
 
     PARSED_MAX = 1 << 20  # the memo of parsed keys is cleared when it holds this many
 
-    def __init__(self, compiled: bool | None = None) -> None:
+    def __init__(self, compiled: bool | None = None,
+                 parsed: dict[str, tuple[str, tuple[str, int]]] | None = None) -> None:
         if compiled and _index is None:
             raise ImportError("dns_redirect._index is not built (./dev builds it; needs gcc and Python headers)")
         self.compiled = _index is not None if compiled is None else compiled
@@ -63,8 +64,9 @@ class CacheIndex:
         # of its time)
         self.where: dict[str, tuple[str, tuple[str, int]]] = {}
         # the same parse for keys indexed before and dropped since (a key evicted and stored
-        # again, as replay does millions of times, is not parsed again); bounded
-        self._parsed: dict[str, tuple[str, tuple[str, int]]] = {}
+        # again, as replay does millions of times, is not parsed again); bounded. ``parsed``:
+        # a memo shared with other indexes over the same keys (replay: one per setting)
+        self._parsed: dict[str, tuple[str, tuple[str, int]]] = {} if parsed is None else parsed
         self.version = 0  # bumped after every change: answer memos keyed on it stay correct
 
     def apply(self, event: CacheEvent, now: float | None = None) -> None:

@@ -100,6 +100,24 @@ def test_the_index_equals_its_definition_after_random_changes(monkeypatch: pytes
     assert index.version == 3000 and ended
 
 
+@pytest.mark.parametrize("compiled", COMPILED)
+def test_indexes_sharing_a_parse_memo_hold_what_unshared_ones_hold(compiled: bool) -> None:
+    """replay's indexes (one per setting) share one memo of parsed keys: each ends as an index of
+    its own would."""
+    rng = random.Random(8)
+    keys = [f"http://h{i % 5}.test{':81' if i % 3 == 0 else ''}/o{i}" for i in range(40)]
+    memo: dict[str, tuple[str, tuple[str, int]]] = {}
+    for _ in range(3):
+        shared, alone = CacheIndex(compiled=compiled, parsed=memo), CacheIndex(compiled=False)
+        for step in range(400):
+            ev = CacheEvent(rng.choice(keys), rng.choice(("cached", "cached", "evicted")))
+            shared.apply(ev, float(step))
+            alone.apply(ev, float(step))
+        assert (shared.objects, shared.hosts, shared.host_ports, shared.unsteered_at, shared.where) == (
+            alone.objects, alone.hosts, alone.host_ports, alone.unsteered_at, alone.where)
+    assert shared._parsed is memo and len(memo) == len(keys)
+
+
 @contextmanager
 def following(settings: Settings, index: CacheIndex, server: DnsServer | None = None,
               dead: Producer | None = None) -> Iterator[CacheEventsFollower]:
