@@ -19,7 +19,7 @@ from replay.grid import Outcome
 
 COLUMNS = ("setting", "requests", "hit_ratio", "byte_hit_ratio", "net_savings", "bytes_requested", "bytes_local",
            "bytes_prefetched", "bytes_filled", "prefetches", "prefetches_never_hit", "median_first_hit_s",
-           "hosts_steered", "evictions", "fetch_failures", "label")
+           "hosts_steered", "evictions", "fetch_failures", "refused", "label")
 
 
 def rows(outcome: Outcome) -> list[dict[str, Any]]:

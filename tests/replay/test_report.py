@@ -33,6 +33,7 @@ def test_report_renders_in_chromium(base_settings: Settings, tmp_path: Path) -> 
     with open(paths["csv"]) as fh:
         table = list(csv.DictReader(fh))
     assert len(table) == len(results) + len(oracles) + len(rows_b)
+    assert [int(r["refused"]) for r in table[:len(results)]] == [r.refused for r in results]
     body = orjson.loads(paths["json"].read_bytes())
     assert body["recommended"]["setting"] == best.setting and body["recommended"]["command"].startswith("HEATCACHE_")
     for name in ("size", "time", "grid"):
