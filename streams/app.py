@@ -146,6 +146,13 @@ class Stage:
             try:
                 events = contract.decode(event.value, RequestBatch).events
             except DecodeError as exc:
+                # an undecodable message is folded as one with no events: its partition is
+                # flushed (the meta record holds its offset) and its offset committed like any
+                # other's, also when a partition never got anything else; re-read after a
+                # crash, it is skipped, not dead-lettered twice
+                if self.partition(p).fold(msg.offset, ()).skipped:
+                    self.counters["skipped_batches"] += 1
+                    return
                 self.counters["dead_letter"] += 1
                 log.warning("dead-letter %s[%s]@%s: %s", msg.topic, p, msg.offset, exc)
                 self.out().send(self.topics["dead"], event.key, contract.dead_letter_value(

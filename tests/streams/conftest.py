@@ -112,6 +112,20 @@ def last_offsets(settings: Settings) -> dict[int, int]:
     return out
 
 
+def committed(settings: Settings) -> dict[int, int]:
+    """partition -> offset the streams worker's group has committed on `requests` (-1: none)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    topic = settings.topic(contract.REQUESTS)
+    cons = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": settings.topic_prefix + settings.app_id,
+                     "enable.auto.commit": False})
+    try:
+        parts = [TopicPartition(topic, p) for p in range(settings.kafka_partitions)]
+        return {tp.partition: tp.offset for tp in cons.committed(parts, timeout=10)}
+    finally:
+        cons.close()
+
+
 def expected_hot(settings: Settings) -> list[HotUrl]:
     """What the pure core admits on the `requests` topic as it is now (message by message)."""
     from streams.heat import PartitionHeat

@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 
 from heatcache import contract
-from heatcache.contract import CacheEvent, HostHeat, RequestEvent
+from heatcache.contract import CacheEvent, HostHeat, RequestBatch, RequestEvent
 from heatcache.kafkautil import producer, read_topic
 from heatcache.runner import EX_CONFIG
 from heatcache.settings import Settings
@@ -20,6 +20,7 @@ from tests.faults.stackproc import wait_for
 from tests.streams.conftest import (
     Workers,
     changelog_meta,
+    committed,
     expected_hot,
     hot_urls,
     last_offsets,
@@ -98,6 +99,31 @@ def test_hot_once_per_admission_knows_the_cache_and_dead_letters(kafka_settings:
     again = [h for h in hot if h.cache_key == evicted]
     assert len(hot) == 6 and len(again) == 2 and again[1].reason == "refetch-evicted"
     assert again[0].admission != again[1].admission
+
+
+def test_a_partition_of_only_poison_is_dead_lettered_and_committed(kafka_settings: Settings,
+                                                                   workers: Workers) -> None:
+    # partition 1 only ever gets undecodable messages, partition 0 a valid one: both commit
+    s = streams_settings(kafka_settings)
+    workers.start(s)
+    prod = producer(s.kafka_bootstrap)
+    topic = s.topic(contract.REQUESTS)
+    for value in (b"not json", b'{"v": 1, "bucket": 1}'):
+        prod.produce(topic, key=b"1", partition=1, value=value)
+    key = next(f"http://p.example/{i}" for i in range(100) if contract.bucket_of(f"http://p.example/{i}", 3) == 0)
+    prod.produce(topic, key=b"0", partition=0, value=contract.encode(RequestBatch(0, (ev(key, "a", 1.0),))))
+    assert prod.flush(10) == 0
+
+    def dead() -> list[dict[str, object]]:
+        return [orjson.loads(m.value()) for m in read_topic(s.kafka_bootstrap, s.topic(contract.DEAD_LETTER),
+                                                           timeout=10)]
+
+    wait_for(lambda: len(dead()) == 2, what="two dead-letters")
+    assert [(d["partition"], d["offset"], d["value"]) for d in dead()] == [
+        (1, 0, "not json"), (1, 1, '{"v": 1, "bucket": 1}')]
+    assert all(d["reason"] for d in dead())
+    wait_for(lambda: committed(s)[0] == 1 and committed(s)[1] == 2, what="both partitions committed")
+    assert len(dead()) == 2  # not dead-lettered again
 
 
 def test_missing_topics_exit_at_once_with_config_status(kafka: str, base_settings: Settings) -> None:

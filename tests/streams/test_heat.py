@@ -44,6 +44,17 @@ def test_offsets_already_folded_are_skipped() -> None:
     assert again.skipped and p.keys[K].stats(0, 100).requests == 1
 
 
+def test_a_message_without_events_moves_the_offset_only() -> None:
+    # the worker folds an undecodable message as one with no events (then dead-letters it)
+    for compiled in (False, True):
+        p = PartitionHeat(0, Rules.simple(SPEC, min_clients=2), compiled=compiled)
+        p.fold(0, [ev("a", 50)])
+        r = p.fold(1, ())
+        assert (r.skipped, r.events, r.hot, p.applied, p.watermark) == (False, 0, [], 1, 50)
+        assert p.fold(1, ()).skipped
+        assert orjson.loads(p.take_dirty()[-1][1] or b"")["o"] == 1
+
+
 def test_late_within_grace_counted_older_dropped() -> None:
     p = part(min_clients=3)
     p.fold(0, [ev("a", 100)])
