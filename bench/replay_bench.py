@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from heatcache.settings import load_settings
 from replay import baselines
-from replay.engine import Setting, prepare, run
+from replay.engine import Setting, gc_paused, prepare, run
 from replay.gen import make_trace, named_traces
 from replay.grid import grid, requests_of, run_grid
 from replay.trace import batches
@@ -49,8 +49,9 @@ def main() -> int:
         base = load_settings(state_dir=Path(tmp) / "state")
         t = time.perf_counter()
         campus = named_traces(n)[0]
-        prep = prepare(list(batches(make_trace(campus.params), base.kafka_partitions, base.batch_max_events,
-                                    base.batch_linger_ms / 1000)))
+        with gc_paused():
+            prep = prepare(list(batches(make_trace(campus.params), base.kafka_partitions, base.batch_max_events,
+                                        base.batch_linger_ms / 1000)))
         print(f"trace {campus.name}: {n} requests, {len(prep.object_size)} objects "
               f"(generated and batched in {time.perf_counter() - t:.1f} s)", flush=True)
         ws = sum(prep.object_size.values())
@@ -84,7 +85,8 @@ def main() -> int:
         worst = 1.0
         check_n = 5_000 if args.quick else 200_000
         for named in named_traces(check_n):
-            p = prepare(list(batches(make_trace(named.params), base.kafka_partitions)))
+            with gc_paused():
+                p = prepare(list(batches(make_trace(named.params), base.kafka_partitions)))
             wsn = sum(p.object_size.values())
             for quota in (0, wsn // 10):
                 r = run(p, shipped(base, quota), base)

@@ -36,19 +36,33 @@ class SpacePlan:
     refused: str = ""
 
 
+_FITS = SpacePlan()  # the usual answer, made once (frozen: safe to share)
+
+
 def plan_space(quota: Quota, size: int, used_bytes: int, disk_free_bytes: int, replaced_bytes: int = 0) -> SpacePlan:
     """What storing ``size`` more bytes takes. ``used_bytes`` is what the cache holds now,
     ``replaced_bytes`` the size of an older copy of the same key that the new one replaces (it
     goes away with the rename), ``disk_free_bytes`` the filesystem's free space *after* the new
     copy was written to its temporary file (the rename does not change it)."""
-    cap = quota.object_cap()
+    # asked once per object stored (replay: millions of times), so Quota.object_cap is inlined
+    # and the answer "fits, nothing to evict" is one shared object
+    max_bytes = quota.max_bytes
+    if max_bytes > 0:
+        cap = max(1, min(quota.max_object_bytes, int(max_bytes * quota.max_object_fraction)))
+    else:
+        cap = quota.max_object_bytes
     if size > cap:
         return SpacePlan(refused=f"object of {size} bytes is over the per-object cap of {cap} bytes")
+    held = used_bytes - replaced_bytes
     need = 0
-    if quota.max_bytes > 0:
-        need = max(need, used_bytes - replaced_bytes + size - quota.max_bytes)
+    if max_bytes > 0:
+        need = held + size - max_bytes
+        if need < 0:
+            need = 0
     if quota.min_free_bytes > 0:
-        need = max(need, quota.min_free_bytes - disk_free_bytes - replaced_bytes)
-    if need > max(0, used_bytes - replaced_bytes):
-        return SpacePlan(refused=f"needs {need} bytes freed but the cache holds only {used_bytes - replaced_bytes}")
-    return SpacePlan(free_bytes=max(0, need))
+        floor = quota.min_free_bytes - disk_free_bytes - replaced_bytes
+        if floor > need:
+            need = floor
+    if need > (held if held > 0 else 0):
+        return SpacePlan(refused=f"needs {need} bytes freed but the cache holds only {held}")
+    return SpacePlan(need) if need else _FITS

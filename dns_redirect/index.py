@@ -20,6 +20,8 @@ from heatcache.kafkautil import Follower, HealthLike
 
 log = logging.getLogger(__name__)
 
+_PARSED_MAX = 1 << 20  # CacheIndex's memo of parsed keys: cleared when it holds this many
+
 
 class CacheIndex:
     """cache_key -> cached object, and host -> number of cached objects (pure, no I/O).
@@ -37,6 +39,9 @@ class CacheIndex:
         # (replay applies millions of changes: parsing the key again at every drop was a quarter
         # of its time)
         self.where: dict[str, tuple[str, tuple[str, int]]] = {}
+        # the same parse for keys indexed before and dropped since (a key evicted and stored
+        # again, as replay does millions of times, is not parsed again); bounded
+        self._parsed: dict[str, tuple[str, tuple[str, int]]] = {}
         self.version = 0  # bumped after every change: answer memos keyed on it stay correct
 
     def apply(self, event: CacheEvent, now: float | None = None) -> None:
@@ -46,14 +51,23 @@ class CacheIndex:
             self._drop_host(key, now)
         if event.state == "cached":
             self.objects[key] = event
-            host, port = self.where[key] = key_host(key), key_port(key)
+            where = self._parsed.get(key)
+            if where is None:
+                if len(self._parsed) >= _PARSED_MAX:
+                    self._parsed.clear()
+                where = self._parsed[key] = (key_host(key), key_port(key))
+            self.where[key] = where
+            host, port = where
             # (get, not Counter's item access: a missing item goes through __missing__)
-            self.hosts[host] = self.hosts.get(host, 0) + 1
+            hosts = self.hosts
+            before = hosts.get(host, 0)
+            hosts[host] = before + 1
             ports = self.host_ports.get(host)
             if ports is None:  # (not setdefault: that would build a Counter on every change)
                 ports = self.host_ports[host] = Counter()
             ports[port] = ports.get(port, 0) + 1
-            self.unsteered_at.pop(host, None)
+            if not before:  # a host in ``hosts`` is never in ``unsteered_at`` (_drop_host)
+                self.unsteered_at.pop(host, None)
         self.version += 1
 
     def remove(self, cache_key: str, now: float | None = None) -> None:
@@ -75,12 +89,13 @@ class CacheIndex:
         host, port = self.where.pop(cache_key)
         ports = self.host_ports.get(host)
         if ports is not None:
-            ports[port] -= 1
-            if ports[port] <= 0:
+            ports[port] = left = ports.get(port, 0) - 1
+            if left <= 0:
                 del ports[port]
-        self.hosts[host] -= 1
-        if self.hosts[host] <= 0:
-            del self.hosts[host]
+        hosts = self.hosts
+        hosts[host] = left = hosts.get(host, 0) - 1
+        if left <= 0:
+            del hosts[host]
             self.host_ports.pop(host, None)
             self.unsteered_at[host] = time.monotonic() if now is None else now
 

@@ -397,7 +397,8 @@ typedef struct {
     PyObject **size;       /* the object size (borrowed from ctx["sizes"]) */
     PyObject **first_seen; /* borrowed from ctx["first_seen"]; NULL: none (TLS-only keys) */
     PyObject **host;       /* borrowed from ctx["host_of"] */
-    PyObject **cached_ev;  /* the "cached" CacheEvent last handed to the index (owned) */
+    PyObject **cached_ev;  /* its "cached" CacheEvents for the index, [2 * kid + (source is fetch)] (owned):
+                            * made once per key and source (a key's size is fixed for the run) */
     PyObject **evicted_ev; /* its "evicted" CacheEvent (owned) */
     long long *partition;  /* the partition it was last stored from (engine.run's partition_of), -1 */
     Py_ssize_t *row;       /* its StorePolicy row, -1 */
@@ -430,7 +431,7 @@ static int keys_init(Keys *k, PyObject *keys, PyObject *sizes, PyObject *first_s
     k->size = PyMem_Calloc(m, sizeof(PyObject *));
     k->first_seen = PyMem_Calloc(m, sizeof(PyObject *));
     k->host = PyMem_Calloc(m, sizeof(PyObject *));
-    k->cached_ev = PyMem_Calloc(m, sizeof(PyObject *));
+    k->cached_ev = PyMem_Calloc(2 * m, sizeof(PyObject *));
     k->evicted_ev = PyMem_Calloc(m, sizeof(PyObject *));
     k->partition = PyMem_Malloc(m * sizeof(long long));
     k->row = PyMem_Malloc(m * sizeof(Py_ssize_t));
@@ -458,7 +459,10 @@ static int keys_init(Keys *k, PyObject *keys, PyObject *sizes, PyObject *first_s
 
 static void keys_free(Keys *k) {
     for (Py_ssize_t i = 0; i < k->n; i++) {
-        if (k->cached_ev) Py_XDECREF(k->cached_ev[i]);
+        if (k->cached_ev) {
+            Py_XDECREF(k->cached_ev[2 * i]);
+            Py_XDECREF(k->cached_ev[2 * i + 1]);
+        }
         if (k->evicted_ev) Py_XDECREF(k->evicted_ev[i]);
     }
     PyMem_Free(k->size);
@@ -733,29 +737,14 @@ static int store(Loop *L, PyObject *key, Py_ssize_t kid, double ts, PyObject *so
     Py_ssize_t ri = K->row[kid];
     if (ri < 0 && (ri = K->row[kid] = sp_row(L->policy, key, kid)) < 0) return -1;
     if (sp_insert_row(L->policy, ri, size, ts, heat) < 0) return -1;
-    PyObject *ev = K->cached_ev[kid];
-    int fresh = ev == NULL;
-    if (ev) {
-        PyObject *esize = PyObject_GetAttr(ev, s_size);
-        if (!esize) return -1;
-        int ne = PyObject_RichCompareBool(esize, size_obj, Py_NE);
-        Py_DECREF(esize);
-        if (ne < 0) return -1;
-        if (!ne) {
-            PyObject *esrc = PyObject_GetAttr(ev, s_source);
-            if (!esrc) return -1;
-            ne = PyObject_RichCompareBool(esrc, source, Py_NE);
-            Py_DECREF(esrc);
-            if (ne < 0) return -1;
-        }
-        fresh = ne;
-    }
-    if (fresh) {
+    /* engine.run makes a new event when the size or the source differs from the last one; the
+     * size of a key is the same for the whole run, so one event per key and source */
+    PyObject **slot = &K->cached_ev[2 * kid + (source == s_fetch)];
+    PyObject *ev = *slot;
+    if (!ev) {
         PyObject *cargs[4] = {key, s_cached, size_obj, source};
-        PyObject *made = PyObject_Vectorcall(L->event_cls, cargs, 0, L->kw_cached);
-        if (!made) return -1;
-        Py_XSETREF(K->cached_ev[kid], made);
-        ev = made;
+        ev = *slot = PyObject_Vectorcall(L->event_cls, cargs, 0, L->kw_cached);
+        if (!ev) return -1;
     }
     if (index_apply(L, ev) < 0) return -1;
     PyObject *host = K->host[kid];

@@ -35,7 +35,8 @@ from __future__ import annotations
 import gc
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -272,6 +273,20 @@ class Result:
 # -- the trace as the engine reads it ---------------------------------------------------------
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """The garbage collector off for a block that makes millions of objects and no cycles (a
+    trace's events, batches, rows; a run's state): each full collection would walk all of them
+    again, a quarter to a third of generating, batching and preparing a 1M-request trace."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 @dataclass
 class Prepared:
     """Batches in delivery order and what every setting needs of them, computed once per trace
@@ -300,6 +315,23 @@ class Prepared:
     # what it knows per key in arrays indexed by this number, not in dicts)
     keys: list[str] = field(default_factory=list)
     key_ids: dict[str, int] = field(default_factory=dict)
+    # max_fill -> the fill rule's answer for every fill class (:func:`answer_fills`; a grid's
+    # parent asks once for all its settings, before the workers fork)
+    fill_answers: dict[int, list[bool | None]] = field(default_factory=dict)
+
+
+def fill_answer(fill_class: tuple[str, str | None, int, int], max_fill: int) -> bool:
+    """The edge's fill rule (dns_redirect.hits.may_fill) on one answer as logged."""
+    method, rng, status, size = fill_class
+    headers = {"Range": rng} if rng is not None else {}
+    return may_fill(method, headers, status, {"Content-Length": str(size)}, max_fill) == ""
+
+
+def answer_fills(prep: Prepared, max_fill: int) -> None:
+    """Ask the fill rule for every fill class of ``prep`` now, for every later run with this
+    ``max_fill`` (runs otherwise ask it lazily, once per class and run)."""
+    if max_fill not in prep.fill_answers:
+        prep.fill_answers[max_fill] = [fill_answer(fc, max_fill) for fc in prep.fill_classes]
 
 
 def prepare(batches: Sequence[RequestBatch], default_size: int = 1 << 20,
@@ -309,6 +341,12 @@ def prepare(batches: Sequence[RequestBatch], default_size: int = 1 << 20,
 
     ``failed_fetches``: the fetch outcomes production had, from `cache-events` (keys whose last
     event is ``failed``): replay's prefetch of such a key fails too, and streams is told so."""
+    with gc_paused():
+        return _prepare(batches, default_size, known_sizes, failed_fetches)
+
+
+def _prepare(batches: Sequence[RequestBatch], default_size: int, known_sizes: dict[str, int] | None,
+             failed_fetches: Iterable[str]) -> Prepared:
     size: dict[str, int] = dict(known_sizes or {})
     logged: dict[str, int] = {}
     for b in batches:
@@ -402,13 +440,8 @@ def run(prep: Prepared, setting: Setting, base: Settings, bins: int = 48, keep_h
 
     The garbage collector is paused for the run: a run makes millions of objects and no cycles,
     and a full collection walks the whole trace and state each time (a third of the time)."""
-    gc_was = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         return _run(prep, setting, base, bins, keep_hot, admission, journal, compiled)
-    finally:
-        if gc_was:
-            gc.enable()
 
 
 def _run(prep: Prepared, setting: Setting, base: Settings, bins: int, keep_hot: bool, admission: Admission | None,
@@ -450,7 +483,7 @@ def _run(prep: Prepared, setting: Setting, base: Settings, bins: int, keep_hot: 
     # host -> the DNS answers it with the node now (nothing is cached at the start: none is)
     steer: dict[str, bool] = dict.fromkeys(host_of.values(), False)
     never: dict[str, bool] = {}  # host -> never_steer (the operator's overrides do not change)
-    fill_ok: list[bool | None] = [None] * len(prep.fill_classes)
+    fill_ok = prep.fill_answers.get(max_fill) or [None] * len(prep.fill_classes)
     partition_of: dict[str, int] = {}
     cached_events: dict[str, CacheEvent] = {}
     evicted_events: dict[str, CacheEvent] = {}
@@ -547,10 +580,7 @@ def _run(prep: Prepared, setting: Setting, base: Settings, bins: int, keep_hot: 
             elif fill_on:
                 ok = fill_ok[fc]
                 if ok is None:  # the edge's fill rule on the answer as logged
-                    method, rng, status, size = fill_classes[fc]
-                    headers = {"Range": rng} if rng is not None else {}
-                    ok = fill_ok[fc] = may_fill(method, headers, status, {"Content-Length": str(size)},
-                                                max_fill) == ""
+                    ok = fill_ok[fc] = fill_answer(fill_classes[fc], max_fill)
                 if ok:
                     size = sizes[key]
                     if store(key, size, ts, "fill", 0, part):

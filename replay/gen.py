@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 
 from cachestore.tracegen import TraceParams, generate
 from heatcache.contract import RequestEvent
+from replay.engine import gc_paused
 from replay.trace import Trace
 
 T0 = 1_790_000_000.0
@@ -37,6 +38,11 @@ def named_traces(requests: int = 200_000, seed: int = 1) -> list[Named]:
 
 def make_trace(params: TraceParams, clients: int = 5000, seed: int = 1) -> Trace:
     """The requests of ``params`` with a client each (Zipf-ish activity: busy and quiet users)."""
+    with gc_paused():  # millions of tuples and strings, no cycles
+        return _make_trace(params, clients, seed)
+
+
+def _make_trace(params: TraceParams, clients: int, seed: int) -> Trace:
     rng = random.Random(seed * 7919 + 1)
     weights = [1.0 / (i + 1) ** 0.6 for i in range(clients)]
     names = [f"c{i:05d}" for i in range(clients)]

@@ -5,6 +5,7 @@ follower applies changes on the server's loop (one writer), and records that do 
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import threading
 import time
@@ -19,9 +20,12 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
+from dns_redirect import index as index_module
 from dns_redirect.index import CacheEventsFollower, CacheIndex
+from dns_redirect.ports import key_port
 from dns_redirect.server import DnsServer
 from heatcache import contract
+from heatcache.cachekey import key_host
 from heatcache.contract import CacheEvent
 from heatcache.kafkautil import dead_letter, read_topic
 from heatcache.services.dnsmasq import Dnsmasq
@@ -52,6 +56,38 @@ def test_the_version_moves_only_after_the_change() -> None:
     index.apply_all([("http://b.test/y", CacheEvent("http://b.test/y", "cached", path="p")),
                      ("http://b.test/y", None)], now=6.0)
     assert index.version == 4 and not index.is_steered("b.test") and index.recently_steered("b.test", 1.0, 6.5)
+
+
+def test_the_index_equals_its_definition_after_random_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """hosts, host_ports and unsteered_at as the cached objects define them, after random stores,
+    evictions and tombstones (keys come back after a drop: the memo of parsed keys, cleared
+    often here)."""
+    monkeypatch.setattr(index_module, "_PARSED_MAX", 7)
+    rng = random.Random(3)
+    keys = [f"{s}://h{h}.test{p}/o{i}" for i in range(12) for h in range(4) for s, p in (("http", ""),
+            ("https", ""), ("http", ":8080"))]
+    index = CacheIndex()
+    ended = 0
+    for step in range(3000):
+        key = rng.choice(keys)
+        was_steered = index.is_steered(key_host(key))
+        r = rng.random()
+        if r < 0.5:
+            index.apply(CacheEvent(key, "cached", size=step), now=float(step))
+        elif r < 0.9:
+            index.apply(CacheEvent(key, rng.choice(("evicted", "purged", "failed"))), now=float(step))
+        else:
+            index.remove(key, now=float(step))
+        hosts = Counter(key_host(k) for k in index.objects)
+        assert index.hosts == hosts
+        assert index.host_ports == {h: Counter(key_port(k) for k in index.objects if key_host(k) == h)
+                                    for h in hosts}
+        assert set(index.where) == set(index.objects)
+        assert not set(index.unsteered_at) & set(hosts)
+        if was_steered and key_host(key) not in hosts:  # its last object went: unsteered now
+            assert index.unsteered_at[key_host(key)] == step
+            ended += 1
+    assert index.version == 3000 and ended
 
 
 @contextmanager

@@ -15,7 +15,7 @@ from cachestore.policy import PolicyParams
 from heatcache.contract import RequestEvent
 from heatcache.settings import Settings
 from replay import _engine
-from replay.engine import Prepared, Result, Setting, prepare, run
+from replay.engine import Prepared, Result, Setting, answer_fills, prepare, run
 from replay.storepolicy import StorePolicy
 from replay.trace import Trace, batches
 
@@ -95,6 +95,19 @@ def test_compiled_loop_equals_the_reference(base_settings: Settings, seed: int) 
             seen[name] = seen.get(name, 0) + getattr(ref, name)
         seen["hosts steered"] = seen.get("hosts steered", 0) + ref.hosts_steered
     assert all(seen.values()), seen  # the traces reach every path of the loop
+
+
+def test_fill_answers_asked_before_the_runs_give_the_same_results(base_settings: Settings) -> None:
+    """What a grid does before it forks (every fill class asked once): the same results, compiled
+    and not, as runs that ask the fill rule themselves."""
+    prep, ws = random_trace(5, n=600)
+    settings = settings_for(ws)[:2]
+    lazy = [fields(run(prep, s, base_settings, keep_hot=True)) for s in settings]
+    answer_fills(prep, base_settings.max_object_bytes)
+    assert None not in prep.fill_answers[base_settings.max_object_bytes]
+    for s, want in zip(settings, lazy, strict=True):
+        assert fields(run(prep, s, base_settings, keep_hot=True)) == want
+        assert fields(run(prep, s, base_settings, keep_hot=True, compiled=False)) == want
 
 
 def test_the_engine_picks_the_compiled_loop_for_the_store_policy(base_settings: Settings) -> None:
