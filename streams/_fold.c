@@ -30,7 +30,7 @@
 #include <stdint.h>
 #include <string.h>
 
-static PyObject *s_panes, *s_clients, *s_admitted, *s_url, *s_fetching, *s_to_sketches, *s_sketch, *s_add, *s_get;
+static PyObject *s_panes, *s_sketches, *s_clients, *s_admitted, *s_url, *s_fetching, *s_to_sketches, *s_sketch, *s_add, *s_get;
 
 /* Python's float floor division (Objects/floatobject.c _float_div_mod), so panes are the same */
 static double py_floordiv(double vx, double wx) {
@@ -118,7 +118,7 @@ static int add_many(PyObject *heat, PyObject **items, const Py_ssize_t *idx, Py_
                     long long nbytes, PyObject *spec, Py_ssize_t cap, double *newest_out) {
     int rc = -1;
     PyObject *panes = PyObject_GetAttr(heat, s_panes);
-    PyObject *clients = NULL, *pane_obj = NULL, *counts = NULL, *sketch = NULL;
+    PyObject *clients = NULL, *pane_obj = NULL, *counts = NULL, *sketch = NULL, *sketches = NULL;
     if (!panes) return -1;
     if (!PyDict_Check(panes)) {
         PyErr_SetString(PyExc_TypeError, "heat.panes must be a dict");
@@ -192,13 +192,25 @@ static int add_many(PyObject *heat, PyObject **items, const Py_ssize_t *idx, Py_
         } else {
             if (!have_sketch || pane != sketch_pane) {
                 Py_CLEAR(sketch);
-                PyObject *args[3] = {heat, pane_obj, spec};
-                sketch = PyObject_VectorcallMethod(s_sketch, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-                if (!sketch) goto done;
+                /* the pane's sketch from heat.sketches; Heat._sketch (Python) only makes a new one */
+                if (!sketches) {
+                    sketches = PyObject_GetAttr(heat, s_sketches);
+                    if (!sketches) goto done;
+                }
+                sketch = PyDict_Check(sketches) ? PyDict_GetItemWithError(sketches, pane_obj) : NULL;
+                if (sketch) {
+                    Py_INCREF(sketch);
+                } else {
+                    if (PyErr_Occurred()) goto done;
+                    PyObject *args[3] = {heat, pane_obj, spec};
+                    sketch = PyObject_VectorcallMethod(s_sketch, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+                    if (!sketch) goto done;
+                }
                 sketch_pane = pane;
                 have_sketch = 1;
             }
-            PyObject *r = PyObject_CallMethodOneArg(sketch, s_add, client);
+            PyObject *aargs[2] = {sketch, client};
+            PyObject *r = PyObject_VectorcallMethod(s_add, aargs, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
             if (!r) goto done;
             Py_DECREF(r);
         }
@@ -212,6 +224,7 @@ done:
     Py_XDECREF(pane_obj);
     Py_XDECREF(counts);
     Py_XDECREF(sketch);
+    Py_XDECREF(sketches);
     return rc;
 }
 
@@ -928,6 +941,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "streams._fold", "Com
 PyMODINIT_FUNC PyInit__fold(void) {
 #define INTERN(var, s) if (!(var = PyUnicode_InternFromString(s))) return NULL
     INTERN(s_panes, "panes");
+    INTERN(s_sketches, "sketches");
     INTERN(s_clients, "clients");
     INTERN(s_admitted, "admitted");
     INTERN(s_url, "url");
