@@ -9,13 +9,15 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 
 from heatcache import contract
 from heatcache.contract import CacheEvent, HostHeat, RequestBatch, RequestEvent
 from heatcache.kafkautil import producer, read_topic
-from heatcache.runner import EX_CONFIG
+from heatcache.runner import EX_CONFIG, ConfigError
 from heatcache.settings import Settings
 from heatcache.stack import settings_env
+from streams.app import check_topics
 from tests.faults.stackproc import wait_for
 from tests.streams.conftest import (
     Workers,
@@ -84,6 +86,8 @@ def test_hot_once_per_admission_knows_the_cache_and_dead_letters(kafka_settings:
         return [h for h in (contract.decode(m.value(), HostHeat) for m in msgs) if h.host == "h2.example"]
 
     wait_for(lambda: any(h.tls == 1 for h in host_h2()), what="host heat with TLS")
+    # the share that is plain HTTP: 3 HTTP requests of 4 (or 4 of 5, with the later one)
+    assert {h.http_share for h in host_h2() if h.tls == 1} <= {0.75, 0.8}
 
     def records(stage: str) -> list[dict[str, object]]:
         msgs = read_topic(s.kafka_bootstrap, s.topic(contract.METRICS), timeout=10)
@@ -95,10 +99,23 @@ def test_hot_once_per_admission_knows_the_cache_and_dead_letters(kafka_settings:
     wait_for(lambda: records("streams-top"), what="a streams-top record")
     top = orjson.loads(str(records("streams-top")[-1]["top_hosts"]))
     assert {h for h, _n in top} >= {"h1.example", "h2.example"}
+    assert set(orjson.loads(str(records("streams-top")[-1]["lag"]))) == {"0", "1", "2"}
     hot = hot_urls(s)
     again = [h for h in hot if h.cache_key == evicted]
     assert len(hot) == 6 and len(again) == 2 and again[1].reason == "refetch-evicted"
     assert again[0].admission != again[1].admission
+    # a failed fetch: emitted again once the back-off (60 s, then 120 s, on event time) has passed
+    # since the failure was read; every event is folded, so the key's partition is at 300
+    failed = keys[2]
+    for n, (seen_at, early, late) in enumerate(((300, 359, 361), (361, 480, 482)), start=1):
+        cache_event(s, failed, "failed")
+        wait_for(lambda n=n: any(r["cache_events_total"] == 6 + n for r in records("streams")),
+                 what="the failure read")
+        # two messages: still backing off at the first (seen_at + 60 * 2^(n-1) > early), not at the second
+        produce(s, [ev(failed, "e", early), ev(failed, "f", late)], per_message=1)
+        wait_for(lambda n=n: len(hot_urls(s)) == 6 + n, what="the failed key emitted again")
+        retried = [(h.reason, h.ts) for h in hot_urls(s) if h.cache_key == failed][1:]  # after its first
+        assert retried[-1] == ("retry-failed", late) and len(retried) == n, (seen_at, retried)
 
 
 def test_a_partition_of_only_poison_is_dead_lettered_and_committed(kafka_settings: Settings,
@@ -123,16 +140,29 @@ def test_a_partition_of_only_poison_is_dead_lettered_and_committed(kafka_setting
         (1, 0, "not json"), (1, 1, '{"v": 1, "bucket": 1}')]
     assert all(d["reason"] for d in dead())
     wait_for(lambda: committed(s)[0] == 1 and committed(s)[1] == 2, what="both partitions committed")
-    assert len(dead()) == 2  # not dead-lettered again
+
+
+def run_streams(s: Settings) -> subprocess.CompletedProcess[str]:
+    env = {**settings_env(s)}
+    return subprocess.run([sys.executable, "-m", "heatcache.cli", "streams"], env={**env, "PATH": "/usr/bin"},
+                          capture_output=True, text=True, timeout=60)
 
 
 def test_missing_topics_exit_at_once_with_config_status(kafka: str, base_settings: Settings) -> None:
-    s = base_settings.model_copy(update={"kafka_bootstrap": kafka})  # no topics created
-    env = {**settings_env(s)}
-    proc = subprocess.run([sys.executable, "-m", "heatcache.cli", "streams"], env={**env, "PATH": "/usr/bin"},
-                          capture_output=True, text=True, timeout=60)
+    proc = run_streams(base_settings.model_copy(update={"kafka_bootstrap": kafka}))  # no topics created
     assert proc.returncode == EX_CONFIG
     assert "missing topic" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_invalid_rules_or_partition_count_are_config_errors(kafka_settings: Settings, tmp_path: Path) -> None:
+    # the rules file is validated at start-up: the worker exits at once, "do not restart"
+    (tmp_path / "rules.json").write_text('{"hosts": {"a.example": {"min_clients": 0}}}')
+    proc = run_streams(kafka_settings.model_copy(update={"heat_rules": tmp_path / "rules.json"}))
+    assert proc.returncode == EX_CONFIG, proc.stderr
+    assert "rules.json" in proc.stderr and "Traceback" not in proc.stderr
+    # `requests` has 3 partitions: a worker told 2 refuses to start (the same ConfigError path)
+    with pytest.raises(ConfigError, match="has 3 partitions, HEATCACHE_KAFKA_PARTITIONS is 2"):
+        check_topics(kafka_settings.model_copy(update={"kafka_partitions": 2}), kafka_settings.kafka_bootstrap)
 
 
 def test_kill_9_recovery_counts_nothing_twice_and_keeps_admission_ids(kafka_settings: Settings,
