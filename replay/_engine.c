@@ -381,7 +381,7 @@ static PyTypeObject SPType = {
 static PyObject *s_bucket, *s_events, *s_applied, *s_watermark, *s_late, *s_admitted, *s_fetching, *s_clients,
     *s_pins, *s_first_access, *s_min_clients, *s_admit, *s_cache_key, *s_ts, *s_dirty_keys, *s_size, *s_source,
     *s_refused, *s_free_bytes, *s_state, *s_evicted, *s_cached, *s_failed, *s_fill, *s_fetch, *s_range,
-    *s_content_length, *s_empty, *s_clear;
+    *s_content_length, *s_empty, *s_clear, *s_post_init;
 
 /* what the loop keeps per partition (streams mode): the PartitionHeat and its bound methods */
 typedef struct {
@@ -420,6 +420,11 @@ typedef struct {
     Keys k;
     Rows victims;
     PyObject *kw_evicted, *kw_cached; /* kwnames of the CacheEvent calls */
+    /* the first CacheEvent of each kind (Keys.events' order) made by the constructor: the next
+     * ones are copies of it with their own key and size (make_event) */
+    PyObject *tmpl[3];
+    PyObject *field_names; /* CacheEvent's fields, in order */
+    PyObject *empty;
     long long hits, bytes_local, prefetches, bytes_prefetched, fills, bytes_filled, fetch_failures, refused,
         evictions, never_hit;
     long long *series;
@@ -678,6 +683,59 @@ static int series_add(Loop *L, double ts, int col, long long n) {
     return 0;
 }
 
+/* The CacheEvent of kind (0 cached by a fill, 1 cached by a fetch, 2 evicted) for key (new
+ * reference). CacheEvent(cache_key=key, state=..., size=size, source=...) made by its constructor
+ * costs ~15k instructions (a frozen dataclass: one object.__setattr__ per field), a tenth of a
+ * quota setting's first run: the first of each kind is made so, the next ones as its copy with
+ * this key and size, set as the constructor sets them (object.__new__, then the generic setattr
+ * per field, then __post_init__): an equal event (tests/replay/test_compiled.py compares them). */
+static PyObject *make_event(Loop *L, int kind, PyObject *key, PyObject *size_obj, PyObject *source) {
+    PyObject *t = L->tmpl[kind];
+    if (!t) {
+        PyObject *ev;
+        if (kind == 2) {
+            PyObject *cargs[2] = {key, s_evicted};
+            ev = PyObject_Vectorcall(L->event_cls, cargs, 0, L->kw_evicted);
+        } else {
+            PyObject *cargs[4] = {key, s_cached, size_obj, source};
+            ev = PyObject_Vectorcall(L->event_cls, cargs, 0, L->kw_cached);
+        }
+        if (!ev) return NULL;
+        Py_INCREF(ev);
+        L->tmpl[kind] = ev;
+        return ev;
+    }
+    PyTypeObject *tp = (PyTypeObject *)L->event_cls;
+    PyObject *ev = PyBaseObject_Type.tp_new(tp, L->empty, NULL);
+    if (!ev) return NULL;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(L->field_names); i++) {
+        PyObject *name = PyTuple_GET_ITEM(L->field_names, i), *v;
+        if (name == s_cache_key) {
+            v = key;
+            Py_INCREF(v);
+        } else if (name == s_size && kind != 2) {
+            v = size_obj;
+            Py_INCREF(v);
+        } else if (!(v = PyObject_GetAttr(t, name))) {
+            Py_DECREF(ev);
+            return NULL;
+        }
+        int bad = PyObject_GenericSetAttr(ev, name, v);
+        Py_DECREF(v);
+        if (bad < 0) {
+            Py_DECREF(ev);
+            return NULL;
+        }
+    }
+    PyObject *r = PyObject_CallMethodNoArgs(ev, s_post_init);
+    if (!r) {
+        Py_DECREF(ev);
+        return NULL;
+    }
+    Py_DECREF(r);
+    return ev;
+}
+
 /* engine.run's store(): 1 stored, 0 refused, -1 error */
 static int store(Loop *L, PyObject *key, Py_ssize_t kid, double ts, PyObject *source, PyObject *heat_obj,
                  long long partition) {
@@ -722,8 +780,7 @@ static int store(Loop *L, PyObject *key, Py_ssize_t kid, double ts, PyObject *so
             L->evictions++;
             PyObject *ev = PyList_GET_ITEM(K->events, 3 * vk + 2);
             if (ev == Py_None) {
-                PyObject *cargs[2] = {victim, s_evicted};
-                ev = PyObject_Vectorcall(L->event_cls, cargs, 0, L->kw_evicted);
+                ev = make_event(L, 2, victim, NULL, NULL);
                 if (!ev || PyList_SetItem(K->events, 3 * vk + 2, ev) < 0) return -1; /* the list owns it */
             }
             if (index_apply(L, ev) < 0) return -1;
@@ -748,8 +805,7 @@ static int store(Loop *L, PyObject *key, Py_ssize_t kid, double ts, PyObject *so
     Py_ssize_t slot = 3 * kid + (source == s_fetch);
     PyObject *ev = PyList_GET_ITEM(K->events, slot);
     if (ev == Py_None) {
-        PyObject *cargs[4] = {key, s_cached, size_obj, source};
-        ev = PyObject_Vectorcall(L->event_cls, cargs, 0, L->kw_cached);
+        ev = make_event(L, (int)(slot - 3 * kid), key, size_obj, source);
         if (!ev || PyList_SetItem(K->events, slot, ev) < 0) return -1; /* the list owns it */
     }
     if (index_apply(L, ev) < 0) return -1;
@@ -1134,6 +1190,31 @@ static PyObject *loop(PyObject *self, PyObject *ctx) {
     if (keys_init(&L.k, keys, sizes, first_seen, host_of, events) < 0) goto fail;
     L.kw_evicted = Py_BuildValue("(ss)", "cache_key", "state");
     L.kw_cached = Py_BuildValue("(ssss)", "cache_key", "state", "size", "source");
+    L.empty = PyTuple_New(0);
+    {
+        PyObject *fields = PyObject_GetAttrString(L.event_cls, "__dataclass_fields__");
+        PyObject *names = fields && PyDict_Check(fields) ? PyDict_Keys(fields) : NULL;
+        Py_XDECREF(fields);
+        if (names) { /* interned, so the loop's s_cache_key / s_size compare by identity */
+            L.field_names = PyList_AsTuple(names);
+            Py_DECREF(names);
+            for (Py_ssize_t i = 0; L.field_names && i < PyTuple_GET_SIZE(L.field_names); i++) {
+                PyObject *n = PyTuple_GET_ITEM(L.field_names, i);
+                if (!PyUnicode_Check(n)) {
+                    PyErr_SetString(PyExc_TypeError, "loop(): CacheEvent field names must be str");
+                    Py_CLEAR(L.field_names);
+                    break;
+                }
+                Py_INCREF(n);
+                PyUnicode_InternInPlace(&n);
+                if (PyTuple_SetItem(L.field_names, i, n) < 0) { /* steals n; the tuple is new */
+                    Py_CLEAR(L.field_names);
+                    break;
+                }
+            }
+        }
+        if (!L.field_names || !L.empty) goto fail;
+    }
     L.series = PyMem_Calloc((size_t)L.bins * 3, sizeof(long long));
     admitted = PyList_New(0);
     if (!L.kw_evicted || !L.kw_cached || !L.series || !admitted) {
@@ -1354,6 +1435,9 @@ fail:
     Py_XDECREF(L.adm_cache_event);
     Py_XDECREF(L.kw_evicted);
     Py_XDECREF(L.kw_cached);
+    for (int i = 0; i < 3; i++) Py_XDECREF(L.tmpl[i]);
+    Py_XDECREF(L.field_names);
+    Py_XDECREF(L.empty);
     Py_XDECREF(admitted);
     PyMem_Free(L.series);
     return result;
@@ -1399,6 +1483,7 @@ PyMODINIT_FUNC PyInit__engine(void) {
     INTERN(s_content_length, "Content-Length");
     INTERN(s_empty, "");
     INTERN(s_clear, "clear");
+    INTERN(s_post_init, "__post_init__");
 #undef INTERN
     if (PyType_Ready(&SPType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from cachestore.policy import PolicyParams
-from heatcache.contract import RequestEvent
+from heatcache.contract import CacheEvent, RequestEvent
 from heatcache.settings import Settings
 from replay import _engine
 from replay.engine import Prepared, Result, Setting, answer_fills, prepare, run
@@ -95,6 +95,25 @@ def test_compiled_loop_equals_the_reference(base_settings: Settings, seed: int) 
             seen[name] = seen.get(name, 0) + getattr(ref, name)
         seen["hosts steered"] = seen.get("hosts steered", 0) + ref.hosts_steered
     assert all(seen.values()), seen  # the traces reach every path of the loop
+
+
+def test_the_events_the_compiled_loop_hands_the_index_are_the_constructors(base_settings: Settings) -> None:
+    """The loop makes a kind's first CacheEvent with the constructor and the next ones as its
+    copies (kept on the trace for the next runs): each equals the event the constructor makes."""
+    prep, ws = random_trace(6, n=800)
+    run(prep, Setting(window_s=3600, min_clients=1, quota_bytes=max(1, ws // 10)), base_settings, compiled=True)
+    made = [ev for ev in prep.events if ev is not None]
+    kinds = {(ev.state, ev.source) for ev in made}
+    assert len(made) > 20 and kinds == {("cached", "fill"), ("cached", "fetch"), ("evicted", "")}, kinds
+    for i, ev in enumerate(prep.events):
+        if ev is None:
+            continue
+        key, kind = prep.keys[i // 3], i % 3
+        want = (CacheEvent(cache_key=key, state="evicted") if kind == 2 else
+                CacheEvent(cache_key=key, state="cached", size=prep.object_size[key],
+                           source=("fill", "fetch")[kind]))
+        assert type(ev) is CacheEvent and ev == want and hash(ev) == hash(want)
+        assert dataclasses.asdict(ev) == dataclasses.asdict(want)
 
 
 def test_fill_answers_asked_before_the_runs_give_the_same_results(base_settings: Settings) -> None:
