@@ -389,6 +389,11 @@ typedef struct {
     double grace, unanswered;
     int unanswered_set, compiled;
     long long offset;
+    /* PartitionHeat's applied, late and watermark, kept here between folds (nothing else in a
+     * replay reads or writes applied and late; the watermark, which decide and the cache events
+     * read, is written back whenever it moves) and written back when the loop ends */
+    long long applied, late;
+    double wm;
     int ready;
 } Part;
 
@@ -567,6 +572,14 @@ static Part *get_part(Loop *L, long long partition, PyObject *pobj) {
     if (!off && PyErr_Occurred()) return NULL;
     P->offset = off ? PyLong_AsLongLong(off) : 0;
     if (P->offset == -1 && PyErr_Occurred()) return NULL;
+    PyObject *applied = PyObject_GetAttr(ph, s_applied);
+    PyObject *wm = applied ? PyObject_GetAttr(ph, s_watermark) : NULL;
+    P->applied = applied ? PyLong_AsLongLong(applied) : -1;
+    P->wm = wm ? PyFloat_AsDouble(wm) : -1.0;
+    Py_XDECREF(applied);
+    Py_XDECREF(wm);
+    if (PyErr_Occurred()) return NULL;
+    P->late = 0;
     P->ready = 1;
     return P;
 }
@@ -833,27 +846,22 @@ static int streams_fold(Loop *L, PyObject *pobj, PyObject *events, PyObject *out
     long long offset = P->offset++;
     PyObject *hot = NULL, *res = NULL;
     int rc = -1;
-    /* skipped: already in the durable state */
-    PyObject *applied = PyObject_GetAttr(ph, s_applied);
-    if (!applied) return -1;
-    long long ap = PyLong_AsLongLong(applied);
-    Py_DECREF(applied);
-    if (ap == -1 && PyErr_Occurred()) return -1;
-    if (offset <= ap) return 0;
+    if (offset <= P->applied) return 0; /* skipped: already in the durable state */
     PyObject *batch = PySequence_Fast(events, "events must be a sequence");
     if (!batch) return -1;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(batch);
     PyObject **items = PySequence_Fast_ITEMS(batch);
-    PyObject *wm_obj = PyObject_GetAttr(ph, s_watermark);
-    if (!wm_obj) goto done;
-    double wm = PyFloat_AsDouble(wm_obj);
-    Py_DECREF(wm_obj);
-    if (wm == -1.0 && PyErr_Occurred()) goto done;
+    double wm = P->wm;
     if (n) {
         double newest = -INFINITY;
         for (Py_ssize_t i = 0; i < n; i++) {
-            PyObject *ts = PySequence_GetItem(items[i], 0);
-            if (!ts) goto done;
+            PyObject *it = items[i], *ts; /* ev[0]: a RequestEvent is a tuple */
+            if (PyTuple_Check(it) && PyTuple_GET_SIZE(it) > 0) {
+                ts = PyTuple_GET_ITEM(it, 0);
+                Py_INCREF(ts);
+            } else if (!(ts = PySequence_GetItem(it, 0))) {
+                goto done;
+            }
             double v = PyFloat_AsDouble(ts);
             Py_DECREF(ts);
             if (v == -1.0 && PyErr_Occurred()) goto done;
@@ -881,28 +889,20 @@ static int streams_fold(Loop *L, PyObject *pobj, PyObject *events, PyObject *out
             Py_DECREF(w);
             goto done;
         }
-        int bad = PyObject_SetAttr(ph, s_watermark, w);
+        int bad = wm != P->wm ? PyObject_SetAttr(ph, s_watermark, w) : 0; /* fold sets the same value */
         Py_DECREF(w);
         if (bad < 0) goto done;
+        P->wm = wm;
     }
     if (!PyTuple_Check(res) || PyTuple_GET_SIZE(res) != 2 || !PyList_Check(PyTuple_GET_ITEM(res, 1))) {
         PyErr_SetString(PyExc_TypeError, "the fold must return (late, [(key, heat, ts)])");
         goto done;
     }
     {
-        PyObject *off = PyLong_FromLongLong(offset);
-        if (!off) goto done;
-        int bad = PyObject_SetAttr(ph, s_applied, off);
-        Py_DECREF(off);
-        if (bad < 0) goto done;
-        PyObject *late = PyObject_GetAttr(ph, s_late);
-        if (!late) goto done;
-        PyObject *sum = PyNumber_Add(late, PyTuple_GET_ITEM(res, 0));
-        Py_DECREF(late);
-        if (!sum) goto done;
-        bad = PyObject_SetAttr(ph, s_late, sum);
-        Py_DECREF(sum);
-        if (bad < 0) goto done;
+        long long late = PyLong_AsLongLong(PyTuple_GET_ITEM(res, 0));
+        if (late == -1 && PyErr_Occurred()) goto done;
+        P->applied = offset;
+        P->late += late;
     }
     PyObject *touched = PyTuple_GET_ITEM(res, 1);
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(touched); i++) {
@@ -1098,6 +1098,7 @@ static PyObject *loop(PyObject *self, PyObject *ctx) {
     PyObject *batches, *rows, *batch_ts, *batch_bytes, *series_list, *policy, *streams, *fill_on_o, *prefetch_on_o,
         *bins_o, *t0_o, *scale_o;
     PyObject *result = NULL, *admitted = NULL, *keys, *sizes, *first_seen, *host_of, *events;
+    int result_failed = 0;
 #define GET(var, name)                                                            \
     do {                                                                          \
         var = PyDict_GetItemString(ctx, name);                                    \
@@ -1414,16 +1415,33 @@ static PyObject *loop(PyObject *self, PyObject *ctx) {
 fail:
     if (L.streams && L.offsets) { /* StreamsAdmission.offsets as its fold would have left them */
         for (Py_ssize_t k = 0; k < L.nparts; k++) {
-            if (!L.parts[k].ready) continue;
+            Part *P = &L.parts[k];
+            if (!P->ready) continue;
             PyObject *et, *ev, *etb;
             PyErr_Fetch(&et, &ev, &etb);
-            PyObject *p = PyLong_FromSsize_t(k), *o = PyLong_FromLongLong(L.parts[k].offset);
+            PyObject *p = PyLong_FromSsize_t(k), *o = PyLong_FromLongLong(P->offset);
             if (!p || !o || PyDict_SetItem(L.offsets, p, o) < 0) PyErr_Clear(); /* bookkeeping only */
             Py_XDECREF(p);
             Py_XDECREF(o);
+            /* the PartitionHeat's applied and late, as its folds would have left them */
+            PyObject *ap = PyLong_FromLongLong(P->applied), *late = PyObject_GetAttr(P->ph, s_late);
+            PyObject *add = PyLong_FromLongLong(P->late), *sum = late && add ? PyNumber_Add(late, add) : NULL;
+            if (!ap || !sum || PyObject_SetAttr(P->ph, s_applied, ap) < 0 || PyObject_SetAttr(P->ph, s_late, sum) < 0) {
+                if (!et) { /* a failure here is the loop's error */
+                    PyErr_Fetch(&et, &ev, &etb);
+                    result_failed = 1;
+                } else {
+                    PyErr_Clear();
+                }
+            }
+            Py_XDECREF(ap);
+            Py_XDECREF(late);
+            Py_XDECREF(add);
+            Py_XDECREF(sum);
             if (et) PyErr_Restore(et, ev, etb);
         }
     }
+    if (result_failed) Py_CLEAR(result);
     parts_free(&L);
     keys_free(&L.k);
     PyMem_Free(L.victims.v);

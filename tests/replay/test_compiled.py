@@ -15,9 +15,10 @@ from cachestore.policy import PolicyParams
 from heatcache.contract import CacheEvent, RequestEvent
 from heatcache.settings import Settings
 from replay import _engine
-from replay.engine import Prepared, Result, Setting, answer_fills, prepare, run
+from replay.engine import Prepared, Result, Setting, StreamsAdmission, answer_fills, prepare, run
 from replay.storepolicy import StorePolicy
 from replay.trace import Trace, batches
+from streams.rules import rules_from_settings
 
 T0 = 1_790_000_000.0
 
@@ -95,6 +96,19 @@ def test_compiled_loop_equals_the_reference(base_settings: Settings, seed: int) 
             seen[name] = seen.get(name, 0) + getattr(ref, name)
         seen["hosts steered"] = seen.get("hosts steered", 0) + ref.hosts_steered
     assert all(seen.values()), seen  # the traces reach every path of the loop
+
+
+def test_the_compiled_loop_leaves_the_partitions_as_the_reference(base_settings: Settings) -> None:
+    """Each PartitionHeat's applied offset, late count and watermark (the loop keeps them in C
+    between folds) and the admission's offsets end as the reference leaves them."""
+    prep, ws = random_trace(7, n=900)
+    setting = Setting(window_s=3600, min_clients=2, quota_bytes=max(1, ws // 8))
+    got_ref: list[tuple[Any, ...]] = []
+    for compiled in (False, True):
+        adm = StreamsAdmission(rules_from_settings(setting.settings(base_settings)))
+        run(prep, setting, base_settings, admission=adm, compiled=compiled)
+        got_ref.append((dict(adm.offsets), {p: (ph.applied, ph.late, ph.watermark) for p, ph in adm.parts.items()}))
+    assert got_ref[0] == got_ref[1] and any(late for _a, late, _w in got_ref[0][1].values())
 
 
 def test_the_events_the_compiled_loop_hands_the_index_are_the_constructors(base_settings: Settings) -> None:
