@@ -36,11 +36,15 @@ log = logging.getLogger(__name__)
 
 
 class StoreRefused(RuntimeError):
-    """The object was not stored; ``reason`` says why (over the cap, no room, digest mismatch)."""
+    """The object was not stored; ``reason`` says why (over the cap, no room, digest mismatch).
+    ``quota``: the quota's decision (over the per-object cap, or no room), for an object of
+    ``size`` bytes; otherwise the file itself was wrong."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, quota: bool = False, size: int = 0) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.quota = quota
+        self.size = size
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +193,7 @@ class ObjectStore:
             replaced = old.size if old is not None and old.state == "cached" else 0
             plan = plan_space(self.quota, size, self.catalog.cached_bytes(), self._disk_free(), replaced)
             if plan.refused:
-                raise StoreRefused(plan.refused)
+                raise StoreRefused(plan.refused, quota=True, size=size)
             if plan.free_bytes:
                 evicted = self._evict(self.catalog.cached(), plan.free_bytes, now, keep=frozenset({cache_key}))
             final.parent.mkdir(parents=True, exist_ok=True)

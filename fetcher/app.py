@@ -72,6 +72,9 @@ log = logging.getLogger(__name__)
 ARIA2_ERRORS = (aria2p.ClientException, requests.RequestException, OSError)
 STATUS_KEYS = ["gid", "status", "totalLength", "completedLength", "downloadSpeed", "errorMessage", "errorCode", "dir"]
 PERMANENT = "permanent: "  # prefix of a failure that no retry can fix
+# the start of the reason of a quota refusal, kept in the admission record so that the back-off
+# answer to a later admission is marked CacheEvent.refused too
+QUOTA_REFUSED = "refused by the cache quota: "
 PREFLIGHT_FRESH_S = 30.0  # a pre-flight made ahead of its download slot is trusted this long
 
 
@@ -428,7 +431,7 @@ class Fetcher:
             self.counters[why] += 1
             self.counters["failed"] += 1  # an admission answered as failed, like any other failure
             event = CacheEvent(cache_key=key, state="failed", url=job.hot.url, host=job.hot.host,
-                               node=self.settings.node_name, ts=now,
+                               node=self.settings.node_name, ts=now, refused=record.reason.startswith(QUOTA_REFUSED),
                                error=(f"not fetched again for {record.retry_after - now:.0f} s after {record.failures}"
                                       f" failed fetches: {record.reason}")[:500])
             job.outbox.append((self.settings.topic(contract.CACHE_EVENTS), key.encode(), contract.encode(event)))
@@ -588,7 +591,9 @@ class Fetcher:
             return
         reason = judge(result, self.store.quota.object_cap())
         if reason:
-            self._fail(key, job, PERMANENT + reason)
+            # the cap's refusal when nothing else would refuse it (judge without a cap)
+            over_cap = result.length is not None and not judge(result, 1 << 62)
+            self._fail(key, job, PERMANENT + reason, refused_size=result.length if over_cap else None)
             return
         wait = budget.must_wait(result.length, time.time(), self.settings.fetch_large_object_bytes, self.offpeak)
         if wait > 0:  # a large object outside the off-peak hours: waits (no slot held), asked again then
@@ -820,7 +825,7 @@ class Fetcher:
             self._retry(job.key, job, f"aria2: {d.get('errorMessage') or state} (code {d.get('errorCode', '?')})")
         elif total > cap or done > cap:
             self._cancel(job)
-            self._fail(job.key, job, PERMANENT + f"body outgrew the cap of {cap} bytes")
+            self._fail(job.key, job, PERMANENT + f"body outgrew the cap of {cap} bytes", refused_size=max(total, done))
         elif time.monotonic() - job.started > s.fetch_timeout_s:
             self._cancel(job)
             self._retry(job.key, job, "download timed out")
@@ -882,7 +887,7 @@ class Fetcher:
             self.notified.put(job.gid)
             return
         if isinstance(result, StoreRefused):
-            self._fail(key, job, PERMANENT + result.reason)
+            self._fail(key, job, PERMANENT + result.reason, refused_size=result.size if result.quota else None)
             return
         if isinstance(result, FetchError):
             self._forget_gid(job)
@@ -924,9 +929,13 @@ class Fetcher:
         job.state = "queued"
         job.not_before = time.monotonic() + wait
 
-    def _fail(self, key: str, job: Job, reason: str) -> None:
+    def _fail(self, key: str, job: Job, reason: str, refused_size: int | None = None) -> None:
+        """``refused_size``: the quota refused the object (of that size, 0 if unknown), its
+        download did not fail: announced as CacheEvent(failed, refused=True)."""
         permanent = reason.startswith(PERMANENT)
         reason = reason.removeprefix(PERMANENT)
+        if refused_size is not None:
+            reason = QUOTA_REFUSED + reason
         if job.record is not None:  # remembered across restarts, with its back-off
             self._put_admission(admission.failed(job.record, time.time(), reason, self.failure_backoff, permanent))
         log.warning("fetch of %s failed: %s", job.hot.url, reason)
@@ -935,7 +944,8 @@ class Fetcher:
             self._cancel(job)
         shutil.rmtree(job.dir, ignore_errors=True)
         event = CacheEvent(cache_key=key, state="failed", url=job.hot.url, host=job.hot.host,
-                           node=self.settings.node_name, ts=time.time(), error=reason[:500])
+                           node=self.settings.node_name, ts=time.time(), error=reason[:500],
+                           size=refused_size or 0, refused=refused_size is not None)
         self._progress(job, "failed", error=event.error)
         job.outbox.append((self.settings.topic(contract.CACHE_EVENTS), key.encode(), contract.encode(event)))
         job.state = "produce"

@@ -289,10 +289,16 @@ class HotUrl:
 @event_type("cache", cache_key=KEY, state=Str(16, choices=CACHE_STATES), url=Url(empty=True),
             host=Str(MAX_HOST_LEN), path=Str(1024), size=Int(), sha256=Str(64), etag=Str(MAX_HEADER_LEN),
             last_modified=Str(MAX_HEADER_LEN), content_type=Str(MAX_HEADER_LEN), node=Str(253), ts=TS,
-            error=Str(MAX_TEXT_LEN), source=Str(16))
+            error=Str(MAX_TEXT_LEN), source=Str(16), refused=Bool())
 @dataclass(frozen=True, slots=True)
 class CacheEvent:
-    """The state of one cached object; `cache-events` is compacted on cache_key."""
+    """The state of one cached object; `cache-events` is compacted on cache_key.
+
+    ``refused`` (only with state ``failed``): the cache's quota refused the object (over the
+    per-object cap, or no room with nothing to evict) rather than its download failing; ``size``
+    is then the object's size when the fetcher knew it (0 otherwise). Replay lets each candidate
+    quota decide such an object itself instead of counting a failed download (docs/tuning.md).
+    """
 
     cache_key: str
     state: str
@@ -308,10 +314,13 @@ class CacheEvent:
     ts: float = 0.0
     error: str = ""
     source: str = ""  # "fetch" (prefetched by heat) or "fill" (stored in-path by the edge)
+    refused: bool = False  # failed because the quota refused it, not the download (see above)
 
     def __post_init__(self) -> None:
         if self.state not in CACHE_STATES:
             raise DecodeError(f"unknown cache state {self.state!r}")
+        if self.refused and self.state != "failed":
+            raise DecodeError(f"refused with state {self.state!r}: only a failed fetch is refused")
 
 
 # -- operator control (console issue): one compacted `control` topic, keyed by ControlEvent.key,

@@ -32,9 +32,10 @@ def cmd_trace(settings: Settings, args: argparse.Namespace, bootstrap: str) -> i
                            settings=settings)
     bad = ", ".join(f"{k}={v}" for k, v in sorted(report.bad.items())) or "none"
     span = f"{trace.events[0].ts:.3f}..{trace.events[-1].ts:.3f}" if trace.events else "-"
-    print(f"trace import: {args.file} as {fmt}: {trace.lines} lines, {report.events} requests in "
+    unit = "packets" if fmt == "pcap" else "lines"
+    print(f"trace import: {args.file} as {fmt}: {trace.lines} {unit}, {report.events} requests in "
           f"{report.batches} batches into {settings.topic(contract.REQUESTS)} (times {span}); "
-          f"bad lines: {bad}; delivery errors: {report.errors}")
+          f"{'packets without a request' if fmt == 'pcap' else 'bad lines'}: {bad}; delivery errors: {report.errors}")
     return 1 if report.errors else 0
 
 

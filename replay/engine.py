@@ -103,7 +103,9 @@ class Setting:
                f"HEATCACHE_EDGE_FILL={'true' if self.fill else 'false'}"]
         cmd = " ".join(env) + " heatcache up"
         if not self.prefetch:
-            cmd += "; heatcache control prefetch pause"
+            # `up` runs until stopped: the pause is a second command, sent while the stack runs
+            # (the switch is kept on the compacted control topic, so it outlives restarts)
+            cmd += "\n# then, from another shell while it runs:\nheatcache control prefetch pause"
         return cmd
 
     @property

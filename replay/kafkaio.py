@@ -7,7 +7,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
@@ -141,18 +143,27 @@ def trace_of(batches_: list[RequestBatch]) -> Trace:
 
 
 def fetch_outcomes(settings: Settings) -> tuple[dict[str, int], set[str]]:
-    """What production's `cache-events` tell replay: the object sizes the node cached, and the
-    keys whose last event is ``failed`` (their prefetch fails in replay too)."""
+    """What production's `cache-events` tell replay: the object sizes the node cached (or was
+    refused: too large for its quota), and the keys whose last event is a ``failed`` download
+    (their prefetch fails in replay too).
+
+    A ``refused`` event is not a failed download: it is production's quota deciding, which replay
+    does itself under each setting's quota (``plan_space``, with the object's size when known)."""
+    return outcomes_of(read_topic(settings.kafka_bootstrap, settings.topic(contract.CACHE_EVENTS), settings=settings))
+
+
+def outcomes_of(messages: Iterable[Any]) -> tuple[dict[str, int], set[str]]:
+    """fetch_outcomes over messages (anything with ``value()``) in the topic's order (pure)."""
     known: dict[str, int] = {}
     failed: set[str] = set()
-    for msg in read_topic(settings.kafka_bootstrap, settings.topic(contract.CACHE_EVENTS), settings=settings):
+    for msg in messages:
         try:
             ev = contract.decode(msg.value(), contract.CacheEvent)
         except DecodeError:
             continue
         if ev.size:
             known[ev.cache_key] = ev.size
-        if ev.state == "failed":
+        if ev.state == "failed" and not ev.refused:
             failed.add(ev.cache_key)
         else:
             failed.discard(ev.cache_key)

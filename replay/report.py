@@ -19,7 +19,7 @@ from replay.grid import Outcome
 
 COLUMNS = ("setting", "requests", "hit_ratio", "byte_hit_ratio", "net_savings", "bytes_requested", "bytes_local",
            "bytes_prefetched", "bytes_filled", "prefetches", "prefetches_never_hit", "median_first_hit_s",
-           "hosts_steered", "evictions", "fetch_failures", "label")
+           "hosts_steered", "evictions", "fetch_failures", "refused", "label")
 
 
 def rows(outcome: Outcome) -> list[dict[str, Any]]:
@@ -30,7 +30,7 @@ def rows(outcome: Outcome) -> list[dict[str, Any]]:
         out.append({**o.row(), "label": "oracle prefetcher"})
     for b in outcome.baselines:
         row = b.row()
-        row["setting"] = f"{b.name} @{_gb(b.capacity)}" if b.capacity else b.name
+        row["setting"] = b.name if b.name == "no cache" else f"{b.name} @{_gb(b.capacity)}"
         row["label"] = b.label or "baseline"
         out.append(row)
     return out
@@ -52,18 +52,23 @@ def table(outcome: Outcome) -> str:
     best = outcome.recommended()
     for row in rows(outcome):
         mark = " *" if best is not None and row["setting"] == best.setting else ""
-        ttfh = row.get("median_first_hit_s", math.nan)
         t.add_row(str(row["setting"]) + mark, f"{row['hit_ratio']:.3f}", f"{row['byte_hit_ratio']:.3f}",
                   f"{row['net_savings']:+.3f}", f"{row.get('bytes_prefetched', 0) / 1e9:.2f}",
                   f"{row.get('bytes_filled', 0) / 1e9:.2f}", str(row.get("prefetches_never_hit", "")),
-                  "-" if not isinstance(ttfh, float) or math.isnan(ttfh) else f"{ttfh / 3600:.1f} h",
-                  str(row.get("hosts_steered", "")))
+                  _hours(row.get("median_first_hit_s")), str(row.get("hosts_steered", "")))
     buf = io.StringIO()
     Console(file=buf, width=160, force_terminal=False, color_system=None).print(t)
     if best is not None:
         buf.write(f"recommended: {best.setting} (net savings {best.net_savings:+.3f})\n")
         buf.write(f"apply with:  {Setting(**best.params).apply_command()}\n")
     return buf.getvalue()
+
+
+def _hours(seconds: object) -> str:
+    """A median time to first local hit as the table shows it ("-": none, or a baseline)."""
+    if not isinstance(seconds, (int, float)) or math.isnan(seconds):
+        return "-"
+    return f"{seconds / 3600:.1f} h"
 
 
 def write_csv(outcome: Outcome, path: Path) -> None:
@@ -113,12 +118,14 @@ def charts(outcome: Outcome) -> dict[str, bytes]:
         lines.setdefault(label, []).append((s.quota_bytes, r.net_savings, r.byte_hit_ratio))
     for b in outcome.baselines:
         if b.name != "no cache":
-            lines.setdefault(b.name, []).append((b.capacity, b.net_savings, b.byte_hit_ratio))
+            # the ceiling is Belady, PFOO-U or "every re-request" depending on the size: one line
+            label = "offline ceiling (optimum or bound)" if b.name.startswith("offline") else b.name
+            lines.setdefault(label, []).append((b.capacity, b.net_savings, b.byte_hit_ratio))
     quotas = sorted({q for pts in lines.values() for q, _, _ in pts})
     xpos = {q: i for i, q in enumerate(quotas)}
     for label, pts in sorted(lines.items()):
         pts.sort()
-        style = "--" if "optimum" in label or "bound" in label else "-"
+        style = "--" if label.startswith("offline") else "-"
         axes[0].plot([xpos[p[0]] for p in pts], [p[1] for p in pts], style, marker="o", label=label)
         axes[1].plot([xpos[p[0]] for p in pts], [p[2] for p in pts], style, marker="o", label=label)
     for ax, title in ((axes[0], "net savings"), (axes[1], "byte hit ratio")):
@@ -193,7 +200,8 @@ def write_html(outcome: Outcome, path: Path, pngs: dict[str, bytes] | None = Non
             f"<tr{cls}><td>{esc(str(row['setting']))}</td><td>{row['hit_ratio']:.3f}</td>"
             f"<td>{row['byte_hit_ratio']:.3f}</td><td>{row['net_savings']:+.3f}</td>"
             f"<td>{row.get('bytes_prefetched', 0) / 1e9:.2f}</td><td>{row.get('bytes_filled', 0) / 1e9:.2f}</td>"
-            f"<td>{row.get('prefetches_never_hit', '')}</td><td>{esc(str(row.get('label', '')))}</td></tr>")
+            f"<td>{row.get('prefetches_never_hit', '')}</td><td>{_hours(row.get('median_first_hit_s'))}</td>"
+            f"<td>{row.get('hosts_steered', '')}</td><td>{esc(str(row.get('label', '')))}</td></tr>")
     if best is not None:
         rec = (f"<p class='rec'>Recommended: <b>{esc(best.setting)}</b> &mdash; net savings "
                f"<b>{best.net_savings:+.1%}</b> of the bytes requested (byte hit ratio {best.byte_hit_ratio:.1%}, "
@@ -202,6 +210,7 @@ def write_html(outcome: Outcome, path: Path, pngs: dict[str, bytes] | None = Non
     else:
         rec = "<p class='rec'>No applicable setting in this grid.</p>"
     tr = outcome.trace
+    table_rows = "\n".join(rows_html)  # a row per line
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>heatcache replay report</title>
 <style>
@@ -224,8 +233,9 @@ setting saves.</p>
 <h2>The grid</h2><img alt="grid heat map" src="{img['grid']}">
 <h2>Every setting and baseline</h2>
 <table><tr><th>setting</th><th>request hit</th><th>byte hit</th><th>net savings</th><th>prefetched GB</th>
-<th>filled GB</th><th>prefetches never hit</th><th>kind</th></tr>
-{''.join(rows_html)}
+<th>filled GB</th><th>prefetches never hit</th><th>first local hit (median)</th><th>hosts steered</th>
+<th>kind</th></tr>
+{table_rows}
 </table>
 </body></html>
 """

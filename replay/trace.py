@@ -126,7 +126,8 @@ def read_lines(lines: Iterable[str], fmt: str, maker: EventMaker, default_host: 
 
 
 def read_pcap(path: Path, settings: Settings) -> Trace:
-    """A capture through the sniffer's own parser (sizes unknown: the sniffer sees requests only)."""
+    """A capture through the sniffer's own parser (sizes unknown: the sniffer sees requests only).
+    ``lines`` counts packets; ``bad`` the packets that gave no request, by the sniffer's reason."""
     from sniffer.app import build_parser
     from sniffer.capture import pcap_event_batches
 
@@ -137,8 +138,10 @@ def read_pcap(path: Path, settings: Settings) -> Trace:
         for ev in events:
             trace.add(ev, 0, 0)
     parser.flush()
-    trace.bad.update({k: v for k, v in counters.items() if k.startswith("drop.")})
-    trace.lines = counters.get("requests", len(trace))
+    # the sniffer's drop reasons under the names the text formats use ("drop.method" -> "method");
+    # reasons it only declares (count 0) are not reported
+    trace.bad.update({k.removeprefix("drop."): v for k, v in counters.items() if k.startswith("drop.") and v})
+    trace.lines = counters.get("packets", 0)  # a capture's "lines" are its packets
     trace.sort()
     return trace
 

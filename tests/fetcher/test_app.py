@@ -197,5 +197,11 @@ def test_hostile_targets_are_refused(kafka_settings: Settings, aria2: Aria2Daemo
     assert "unsupported scheme 'file'" in events[origin.url("/to-file")].error
     assert "over the cap" in events[origin.url("/huge")].error and not origin.gets["/huge"]
     assert "outgrew the cap" in events[origin.url("/endless")].error
+    # the cap's refusals are the quota's decision, marked so (replay lets each quota decide them),
+    # with the size the fetcher knew; an address-policy refusal is a failed fetch
+    huge, endless = events[origin.url("/huge")], events[origin.url("/endless")]
+    assert (huge.refused, huge.size) == (True, 5 * 1024**3)
+    assert endless.refused and endless.size > 1024**2
+    assert not any(events[u].refused for u in direct + via if u not in (huge.url, endless.url))
     assert origin.sent["/endless"] < 8 * 1024**2  # stopped, not downloaded to the end
     assert not job_dirs(settings.cache_root)

@@ -19,6 +19,8 @@ def test_round_trips() -> None:
     assert contract.decode(contract.encode(hot), HotUrl) == hot
     ce = CacheEvent("http://k/", "cached", path="objects/ab/abc", size=3)
     assert contract.decode(contract.encode(ce), CacheEvent) == ce
+    refused = CacheEvent("http://k/", "failed", size=9000, error="over the cap", refused=True)
+    assert contract.decode(contract.encode(refused), CacheEvent) == refused
 
 
 def test_every_message_is_versioned() -> None:
@@ -83,6 +85,8 @@ CACHE = {"v": 1, "kind": "cache", "cache_key": "http://h/a", "state": "cached", 
         ({**CACHE, "size": "3"}, "size: must be an integer"),
         ({**CACHE, "etag": "x" * (contract.MAX_HEADER_LEN + 1)}, "etag: length"),
         ({**CACHE, "v": True}, "schema version"),
+        ({**CACHE, "state": "failed", "refused": 1}, "refused: must be true or false"),
+        ({**CACHE, "refused": True}, "only a failed fetch is refused"),
     ],
 )
 def test_strict_decoding_names_the_field(body: dict[str, object], why: str) -> None:

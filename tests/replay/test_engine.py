@@ -132,3 +132,43 @@ def test_shipped_defaults_never_lose_bytes_on_the_named_traces(base_settings: Se
                         quota_bytes=quota, half_life_s=shipped.cache_half_life_s, fill=shipped.edge_fill)
             r = run(prep, s, shipped)
             assert r.requests == 3000 and r.net_savings >= 0, (named.name, quota, r.net_savings)
+
+
+def test_a_quota_refusal_in_production_is_left_to_each_settings_quota(base_settings: Settings) -> None:
+    """cache-events as `replay --from` reads them: a failed download fails replay's prefetch in
+    every setting; an object production's quota refused (``refused``) is decided by each
+    setting's own quota: cached with none, refused (not a failed fetch) under a small one."""
+    from heatcache import contract
+    from heatcache.contract import CacheEvent
+    from replay.kafkaio import outcomes_of
+
+    class Msg:
+        def __init__(self, ev: CacheEvent) -> None:
+            self.raw = contract.encode(ev)
+
+        def value(self) -> bytes:
+            return self.raw
+
+    a, b, c = (f"http://h.test/{k}" for k in "abc")
+    events = [CacheEvent(a, "failed", size=100, error="over the cap", refused=True),
+              CacheEvent(a, "failed", error="not fetched again: over the cap", refused=True),
+              CacheEvent(b, "failed", error="404"), CacheEvent(c, "failed", error="reset"),
+              CacheEvent(c, "cached", size=100)]
+    known, failed = outcomes_of([Msg(e) for e in events] + [type("Bad", (), {"value": lambda self: b"x"})()])
+    assert (known, failed) == ({a: 100, c: 100}, {b})
+    prep = prepare(list(batches(_trace(ROWS), 1)), 100, known, failed)
+    # no quota: /a prefetched at t10 and hit at t20 (as in the first test); /b's prefetch fails
+    free = run(prep, Setting(window_s=3600, min_clients=2, fill=False), base_settings)
+    assert (free.prefetches, free.hits, free.fetch_failures, free.refused) == (1, 1, 1, 0)
+    # 300 B: the per-object cap is 75 B, so /a (100 B) is refused by this quota, and is no failure
+    small = run(prep, Setting(window_s=3600, min_clients=2, fill=False, quota_bytes=300), base_settings)
+    assert (small.prefetches, small.hits, small.fetch_failures, small.refused) == (0, 0, 1, 1)
+
+
+def _trace(rows: list[tuple[float, str, str]]) -> Trace:
+    """The rows as a trace whose sizes are unknown to the log (sizes from cache-events)."""
+    trace = Trace()
+    for ts, client, path in rows:
+        url = f"http://h.test{path}"
+        trace.add(RequestEvent(1_790_000_000.0 + ts, client, "GET", "h.test", path, url, url), 0, 0)
+    return trace

@@ -108,3 +108,19 @@ def test_imported_pseudonyms_carry_the_sniffers_network_labels(base_settings: Se
     # HEATCACHE_CLIENT_ID_NETWORK=false: the bare pseudonyms, as the sniffer publishes them then
     bare, _ = read_file(tmp_path / "log.clf", settings.model_copy(update={"client_id_network": False}))
     assert [e.client for e in bare.events] == [e.client.partition("/")[2] for e in logged.events]
+
+
+def test_a_capture_counts_its_packets_and_why_they_gave_no_request(base_settings: Settings, tmp_path: Path) -> None:
+    """pcap through the sniffer's parser: ``lines`` are packets, ``bad`` the sniffer's drop
+    reasons under the text formats' names, only those that happened."""
+    from sniffer.synth import Traffic, tcp_frame
+
+    capture = Traffic()
+    for i, (method, port) in enumerate((("GET", 80), ("POST", 80), ("GET", 9999), ("GET", 80))):
+        head = f"{method} /f{i} HTTP/1.1\r\nHost: a.test\r\n\r\n".encode()
+        capture.frames.append(tcp_frame("10.0.0.1", "203.0.113.5", 40000 + i, port, head))
+    pcap = tmp_path / "c.pcap"
+    capture.write_pcap(pcap, start_ts=1_790_000_000.0, step=1.0)
+    trace, fmt = read_file(pcap, base_settings)
+    assert (fmt, trace.lines, [e.path for e in trace.events]) == ("pcap", 4, ["/f0", "/f3"])
+    assert dict(trace.bad) == {"method": 1, "other-port": 1}

@@ -10,8 +10,10 @@ stored in-path) answers each request whose host the index steers. After every st
 catalog must hold exactly what replay's cache holds; at the end the fetches, fills, hits,
 evictions and refusals are the same. One hot file is not on the origin (404): each of its
 admissions is one CacheEvent(failed) from the live fetcher where replay, told of the failure,
-fails the prefetch; what `heatcache replay --from` reads back from the live cache-events
-(replay.kafkaio.fetch_outcomes) replays to the same decisions.
+fails the prefetch; one is over the per-object cap: the live fetcher announces it failed and
+``refused`` (the quota's decision, with its size), which replay makes itself. What `heatcache
+replay --from` reads back from the live cache-events (replay.kafkaio.fetch_outcomes) replays to
+the same decisions and the same counts.
 
 What the live half does not run, and why the result is still the same:
 - the streams worker: the HotUrls come from replay's fold (tests/replay/test_live.py shows
@@ -270,18 +272,23 @@ def test_live_fetcher_and_edge_reach_replays_cache(kafka_settings: Settings, ari
                    if m.key() == gone_key.encode()]
     assert gone_events == ["failed"] * res.fetch_failures
     assert cached_in_catalog_at_end(settings) == set(res.cached_at_end)
-    # replay's view of production: what `heatcache replay --from` reads from the live cache-events
-    # is the failure replay was told of (and the object the fetcher refused over the per-object
-    # cap, a failed event too: replay counts its prefetch as failed, not refused), and replaying
-    # with it decides the same
-    known, failed = fetch_outcomes(settings)
+    # the object over the per-object cap: failed and refused (its pre-flight size on the first
+    # event; later admissions answered from the back-off are marked refused too)
     over_cap = next(ev.cache_key for ev in trace.events if ev.path == "/o03.bin")
-    assert failed == {gone_key, over_cap} and gone_key not in known
+    over_events = [contract.decode(m.value(), CacheEvent)
+                   for m in read_topic(settings.kafka_bootstrap, events_topic, settings=settings)
+                   if m.key() == over_cap.encode()]
+    assert over_events and all(e.state == "failed" and e.refused for e in over_events), over_events
+    assert over_events[0].size == sizes["o03.bin"]
+    # replay's view of production: what `heatcache replay --from` reads from the live cache-events
+    # is the failed download replay was told of and the refused object's size, not a failure of
+    # it (each setting's own quota decides it); replaying with it decides and counts the same
+    known, failed = fetch_outcomes(settings)
+    assert failed == {gone_key} and gone_key not in known and known[over_cap] == sizes["o03.bin"]
     again = run(prepare(batches, known_sizes=known, failed_fetches=failed), setting, settings, keep_hot=True)
-    assert (again.prefetches, again.hits, again.fills, again.evictions, again.cached_at_end) == (
-        res.prefetches, res.hits, res.fills, res.evictions, res.cached_at_end)
-    assert again.fetch_failures > res.fetch_failures
-    assert again.fetch_failures + again.refused == res.fetch_failures + res.refused
+    assert (again.prefetches, again.hits, again.fills, again.evictions, again.cached_at_end, again.fetch_failures,
+            again.refused) == (res.prefetches, res.hits, res.fills, res.evictions, res.cached_at_end,
+                               res.fetch_failures, res.refused)
 
 
 def _next(journal: list[tuple[Any, ...]], i: int, kind: str) -> int:

@@ -33,6 +33,7 @@ def test_report_renders_in_chromium(base_settings: Settings, tmp_path: Path) -> 
     with open(paths["csv"]) as fh:
         table = list(csv.DictReader(fh))
     assert len(table) == len(results) + len(oracles) + len(rows_b)
+    assert [int(r["refused"]) for r in table[:len(results)]] == [r.refused for r in results]
     body = orjson.loads(paths["json"].read_bytes())
     assert body["recommended"]["setting"] == best.setting and body["recommended"]["command"].startswith("HEATCACHE_")
     for name in ("size", "time", "grid"):
@@ -41,6 +42,9 @@ def test_report_renders_in_chromium(base_settings: Settings, tmp_path: Path) -> 
             assert img.format == "PNG" and img.width > 300 and img.height > 150
     page = paths["html"].read_text()
     assert page.count("data:image/png;base64,") == 3 and best.setting in page and "src=\"http" not in page
+    # every per-setting figure is on the page too: time to first local hit and hosts steered
+    best_row = next(line for line in page.splitlines() if line.startswith('<tr class="best">'))  # one per line
+    assert f"<td>{report._hours(best.median_first_hit_s)}</td><td>{best.hosts_steered}</td>" in best_row
 
     chromium = shutil.which("chromium")
     assert chromium, "Debian's chromium is missing: ./dev installs it"
@@ -72,3 +76,13 @@ def test_replay_command_on_a_file(tmp_path: Path, monkeypatch: object, capsys: o
     assert "recommended: " in text and "not replayed: bad-time=1, syntax=1" in text
     assert {p.name for p in out.iterdir()} == {"replay.csv", "replay.json", "report.html", "size.png", "time.png",
                                                "grid.png"}
+
+
+def test_the_command_of_a_setting_without_prefetch_pauses_it_beside_up() -> None:
+    # `heatcache up` runs until stopped: the pause cannot follow it on the same line
+    from replay.engine import Setting
+
+    lines = Setting(prefetch=False).apply_command().splitlines()
+    assert lines[0].startswith("HEATCACHE_") and lines[0].endswith(" heatcache up")
+    assert lines[-1] == "heatcache control prefetch pause"
+    assert "\n" not in Setting().apply_command()
