@@ -18,6 +18,8 @@
  *     the touched keys, in first-appearance order, that pass the cheap necessary conditions of
  *     PartitionHeat.fold (admitted and still fetching -> out; with min_clients >= 0, fewer
  *     exact clients than that -> out); the caller decides on them with rules.decide.
+ *   top_keys(keys, first, n) -> [(cache_key, requests)]
+ *     PartitionHeat.top_keys: the n keys with the most requests in panes >= first.
  *   encode_slot(names, heats, cache, fallback, key_fields) -> bytes
  *     The JSON object {name: heat JSON, ...} of a state slot, names in iteration order. A heat's
  *     JSON is taken from cache (dict name -> bytes, may be None) or encoded here (exact mode) or
@@ -685,6 +687,95 @@ static PyObject *encode_slot(PyObject *self, PyObject *const *args, Py_ssize_t n
 }
 
 
+/* ---- top_keys(keys, first, n) -> [(key, requests)]: PartitionHeat.top_keys (its reference):
+ * the n keys with the most requests in panes >= first, most first, ties in the keys' order. */
+static PyObject *top_keys(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 3 || !PyDict_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "top_keys(keys: dict, first: int, n: int)");
+        return NULL;
+    }
+    PyObject *keys = args[0];
+    long long first = PyLong_AsLongLong(args[1]);
+    Py_ssize_t n = PyLong_AsSsize_t(args[2]);
+    if (PyErr_Occurred()) return NULL;
+    if (n < 0) n = 0;
+    if (n > PyDict_GET_SIZE(keys)) n = PyDict_GET_SIZE(keys);
+    PyObject **names = PyMem_Calloc((size_t)n + 1, sizeof(PyObject *));
+    long long *counts = PyMem_Calloc((size_t)n + 1, sizeof(long long));
+    PyObject *out = NULL;
+    Py_ssize_t have = 0;
+    if (!names || !counts) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *ck, *heat;
+    while (n && PyDict_Next(keys, &pos, &ck, &heat)) {
+        PyObject *panes = PyObject_GetAttr(heat, s_panes);
+        if (!panes) goto done;
+        if (!PyDict_Check(panes)) {
+            Py_DECREF(panes);
+            PyErr_SetString(PyExc_TypeError, "heat.panes must be a dict");
+            goto done;
+        }
+        long long total = 0;
+        Py_ssize_t pp = 0;
+        PyObject *pk, *pv;
+        while (PyDict_Next(panes, &pp, &pk, &pv)) {
+            long long pane = PyLong_AsLongLong(pk);
+            if (pane == -1 && PyErr_Occurred()) {
+                Py_DECREF(panes);
+                goto done;
+            }
+            if (pane < first) continue;
+            if (!PyList_Check(pv) || PyList_GET_SIZE(pv) < 1) {
+                Py_DECREF(panes);
+                PyErr_SetString(PyExc_TypeError, "pane counts must be a list of 3 ints");
+                goto done;
+            }
+            long long c = PyLong_AsLongLong(PyList_GET_ITEM(pv, 0));
+            if (c == -1 && PyErr_Occurred()) {
+                Py_DECREF(panes);
+                goto done;
+            }
+            total += c;
+        }
+        Py_DECREF(panes);
+        /* insert after every kept key with at least as many requests (stable, like sorted) */
+        if (have == n && total <= counts[n - 1]) continue;
+        Py_ssize_t at = have < n ? have : n - 1;
+        while (at > 0 && counts[at - 1] < total) at--;
+        if (have == n) {
+            Py_DECREF(names[n - 1]);
+        } else {
+            have++;
+        }
+        memmove(names + at + 1, names + at, sizeof(PyObject *) * (size_t)(have - 1 - at));
+        memmove(counts + at + 1, counts + at, sizeof(long long) * (size_t)(have - 1 - at));
+        Py_INCREF(ck);
+        names[at] = ck;
+        counts[at] = total;
+    }
+    out = PyList_New(have);
+    if (!out) goto done;
+    for (Py_ssize_t i = 0; i < have; i++) {
+        PyObject *t = Py_BuildValue("(OL)", names[i], counts[i]);
+        if (!t) {
+            Py_CLEAR(out);
+            goto done;
+        }
+        PyList_SET_ITEM(out, i, t);
+    }
+done:
+    if (names) {
+        for (Py_ssize_t i = 0; i < have; i++) Py_XDECREF(names[i]);
+    }
+    PyMem_Free(names);
+    PyMem_Free(counts);
+    return out;
+}
+
 /* ---- rows(raw): a `requests` message (RequestBatch JSON) straight to the fold's rows.
  *
  * heatcache.contract.decode(raw, RequestBatch) is the reference: whenever this returns rows,
@@ -930,6 +1021,8 @@ static PyMethodDef methods[] = {
      "Count one message's events into the heats; (late, [(key, heat, newest ts)] candidates)."},
     {"encode_slot", (PyCFunction)(void (*)(void))encode_slot, METH_FASTCALL,
      "The JSON object of one state slot (bytes)."},
+    {"top_keys", (PyCFunction)(void (*)(void))top_keys, METH_FASTCALL,
+     "The n keys with the most requests in panes >= first: [(key, requests)]."},
     {"rows", (PyCFunction)rows, METH_O,
      "A RequestBatch message's events as 9-tuples, or None when it is not in the plain subset."},
     {NULL, NULL, 0, NULL},

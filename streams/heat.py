@@ -18,9 +18,11 @@ two to identical results). ``PartitionHeat(compiled=False)`` runs the reference.
 
 from __future__ import annotations
 
+import heapq
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -424,9 +426,18 @@ class PartitionHeat:
         return heat.stats(self.spec.first_pane(self.watermark, self.spec.window_s), self.spec.window_s)
 
     def top_keys(self, n: int) -> list[tuple[str, int]]:
+        """The ``n`` keys with the most requests in the window (ties in the keys' order)."""
         first = self.spec.first_pane(self.watermark, self.spec.window_s)
-        sums = ((ck, sum(c[0] for p, c in h.panes.items() if p >= first)) for ck, h in self.keys.items())
-        return sorted(sums, key=lambda kv: -kv[1])[:n]
+        if self.compiled:  # every key each metrics interval: ~70 ms for 18k keys here, ~2 in C
+            return _fold.top_keys(self.keys, first, n)  # type: ignore[no-any-return]
+        sums = []
+        for ck, h in self.keys.items():
+            total = 0
+            for p, c in h.panes.items():
+                if p >= first:
+                    total += c[0]
+            sums.append((ck, total))
+        return heapq.nlargest(n, sums, key=itemgetter(1))
 
 
 def _heat_json(heat: Heat) -> bytes:

@@ -117,7 +117,25 @@ def run_one(seed: int, seen: set[str]) -> None:
             hosts = rnd.random() < 0.5
             assert records(fast.take_dirty(hosts)) == records(ref.take_dirty(hosts))
         assert state(fast) == state(ref), f"seed {seed} offset {offset}"
+        n = rnd.choice((0, 1, 2, 3, 100))
+        assert fast.top_keys(n) == ref.top_keys(n)
     assert records(fast.take_dirty()) == records(ref.take_dirty())
+
+
+def test_top_keys_equals_the_reference() -> None:
+    """Many keys, many ties, panes in and out of the window: the same top-n in the same order."""
+    rnd = random.Random(3)
+    spec = WindowSpec(window_s=30, step_s=10, grace_s=100, client_cap=4, sketch_p=4)
+    fast, ref = (PartitionHeat(0, Rules.simple(spec, min_clients=99), compiled=c) for c in (True, False))
+    for offset in range(300):
+        events = [RequestEvent(float(offset + rnd.randrange(-60, 1)), f"c{rnd.randrange(9)}", "GET", "h", "/", "u",
+                               f"k{rnd.randrange(400)}") for _ in range(rnd.randrange(1, 12))]
+        fast.fold(offset, events)
+        ref.fold(offset, events)
+        if offset % 25 == 0:
+            for n in (0, 1, 5, 10, 399, 400, 1000):
+                assert fast.top_keys(n) == ref.top_keys(n), (offset, n)
+    assert len(ref.top_keys(1000)) == len(ref.keys) and ref.top_keys(-1) == fast.top_keys(-1) == []
 
 
 def test_plain_lists_fold_like_events() -> None:
