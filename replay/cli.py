@@ -94,6 +94,8 @@ def add_replay_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shadow", action="store_true",
                    help="also run a real streams worker on a prefixed copy of the range with the recommended "
                         "setting and compare its HotUrls with the simulated ones (needs Kafka)")
+    p.add_argument("--shadow-timeout", type=float, default=240.0,
+                   help="seconds the shadow worker has to commit the whole copy (default 240)")
 
 
 def _time(text: str) -> float:
@@ -157,7 +159,10 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
 
         best = outcome.recommended()
         candidate = Setting(**best.params) if best is not None else settings_grid[0]
-        result = shadow(batch_list, candidate, settings)
+        try:
+            result = shadow(batch_list, candidate, settings, args.shadow_timeout)
+        except TimeoutError as exc:
+            return main_error(f"heatcache replay: {exc}")
         print(result.summary())
         for key, ts in (result.only_simulated + result.only_emitted)[:10]:
             print(f"  differs: {key} @ {ts:.3f}")

@@ -28,6 +28,8 @@ from typing import NamedTuple
 
 import orjson
 
+from heatcache.contract import MAX_TS
+
 FORMATS = ("clf", "squid", "jsonl", "csv", "pcap")
 
 
@@ -141,7 +143,15 @@ def parse_squid(line: str) -> LogLine:
 
 
 def parse_ts(value: object) -> float:
-    """Epoch seconds (number or numeric string) or an ISO 8601 time (UTC when it has no zone)."""
+    """Epoch seconds (number or numeric string) or an ISO 8601 time (UTC when it has no zone),
+    within what an event may carry (0 .. contract.MAX_TS; NaN and infinities refused)."""
+    ts = _ts(value)
+    if not 0.0 <= ts <= MAX_TS:  # also false for NaN
+        raise BadLine("bad-time")
+    return ts
+
+
+def _ts(value: object) -> float:
     if isinstance(value, bool):
         raise BadLine("bad-time")
     if isinstance(value, (int, float)):
@@ -161,11 +171,14 @@ def parse_ts(value: object) -> float:
     raise BadLine("bad-time")
 
 
+MAX_LOGGED = 1 << 53  # RequestBatch.sizes / .statuses values are below this (the contract's check)
+
+
 def _int_field(obj: dict[str, object], name: str) -> int:
     value = obj.get(name, 0)
     if value is None:
         return 0
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_LOGGED:
         raise BadLine(f"bad-{name}")
     return value
 
@@ -212,7 +225,7 @@ def parse_csv(line: str) -> LogLine:
         raise BadLine("no-client")
     size = 0
     if len(row) == 4 and row[3].strip():
-        if not row[3].strip().isdigit():
+        if not row[3].strip().isdigit() or int(row[3]) >= MAX_LOGGED:
             raise BadLine("bad-size")
         size = int(row[3])
     # a CSV with sizes knows the object was served whole; without, nothing is known

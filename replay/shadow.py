@@ -59,8 +59,9 @@ def republish(batches: list[RequestBatch], bootstrap: str, topic: str, settings:
         raise RuntimeError("shadow: re-publishing the range did not complete")
 
 
-def caught_up(bootstrap: str, topic: str, group: str, settings: Settings | None = None) -> bool:
-    """Whether ``group`` has committed the end of every partition of ``topic``."""
+def lag(bootstrap: str, topic: str, group: str, settings: Settings | None = None) -> dict[int, int] | None:
+    """Messages of ``topic`` that ``group`` has not committed yet, per partition that has any
+    ({}: caught up; None: not known, the broker did not answer)."""
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
     cons = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
@@ -68,19 +69,30 @@ def caught_up(bootstrap: str, topic: str, group: str, settings: Settings | None 
     try:
         parts = [TopicPartition(topic, p) for p in cons.list_topics(topic, timeout=10).topics[topic].partitions]
         committed = {tp.partition: tp.offset for tp in cons.committed(parts, timeout=10)}
+        behind = {}
         for tp in parts:
             _low, high = cons.get_watermark_offsets(tp, timeout=10)
-            if high > 0 and committed.get(tp.partition, -1) < high:
-                return False
-        return True
+            done = max(0, committed.get(tp.partition, -1))  # -1001: nothing committed yet
+            if high > done:
+                behind[tp.partition] = high - done
+        return behind
     except KafkaException:  # a slow broker (or a group still rebalancing): not known yet, ask again
-        return False
+        return None
     finally:
         cons.close()
 
 
-def shadow(batches: list[RequestBatch], setting: Setting, base: Settings, timeout: float = 300.0) -> ShadowReport:
-    """Run the worker on a copy of ``batches`` under ``setting``; compare its HotUrls with replay's."""
+def caught_up(bootstrap: str, topic: str, group: str, settings: Settings | None = None) -> bool:
+    """Whether ``group`` has committed the end of every partition of ``topic``."""
+    return lag(bootstrap, topic, group, settings) == {}
+
+
+def shadow(batches: list[RequestBatch], setting: Setting, base: Settings, timeout: float = 240.0) -> ShadowReport:
+    """Run the worker on a copy of ``batches`` under ``setting``; compare its HotUrls with replay's.
+
+    A worker that has not committed the whole copy within ``timeout`` seconds raises
+    TimeoutError with what it still had to commit and its last log lines (comparing a partial
+    output would only say "differ")."""
     from heatcache.services.kafka import ensure_topics
     from heatcache.stack import StageProcess, settings_env
 
@@ -98,18 +110,34 @@ def shadow(batches: list[RequestBatch], setting: Setting, base: Settings, timeou
         try:
             deadline = time.monotonic() + timeout
             group = settings.topic_prefix + settings.app_id  # the Faust app's consumer group
-            while time.monotonic() < deadline:
+            behind: dict[int, int] | None = None
+            while True:
                 if proc.proc.poll() is not None:
-                    raise RuntimeError("shadow: the streams worker exited:\n" + proc.log_path.read_text()[-2000:])
+                    raise RuntimeError("shadow: the streams worker exited:\n" + _tail(proc.log_path, 2000))
                 # done when the worker has committed every message of the copy (it commits only
                 # after what a message produced was sent), then read what it emitted
-                if proc.ready.is_set() and caught_up(bootstrap, settings.topic(contract.REQUESTS), group, settings):
-                    break
+                if proc.ready.is_set():
+                    behind = lag(bootstrap, settings.topic(contract.REQUESTS), group, settings)
+                    if behind == {}:
+                        break
+                if time.monotonic() >= deadline:
+                    state = ("not ready" if not proc.ready.is_set() else
+                             "lag unknown" if behind is None else f"uncommitted per partition {behind}")
+                    raise TimeoutError(f"shadow: the streams worker did not commit the copy in {timeout:g} s "
+                                       f"({state}); its last log lines:\n{_tail(proc.log_path, 3000) or '(none yet)'}")
                 time.sleep(0.5)
             emitted = [contract.decode(m.value(), HotUrl)
                        for m in read_topic(bootstrap, settings.topic(contract.HOT_URLS), timeout=10, settings=settings)]
             report.emitted = [(h.cache_key, h.ts) for h in emitted]
         finally:
             proc.stop(20)
-            report.worker_log = proc.log_path.read_text()[-3000:]
+            report.worker_log = _tail(proc.log_path, 3000)
     return report
+
+
+def _tail(path: Path, chars: int) -> str:
+    """The end of the worker's log ("" before it has written one)."""
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except FileNotFoundError:
+        return ""

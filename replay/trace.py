@@ -16,9 +16,9 @@ from pathlib import Path
 
 from heatcache import contract
 from heatcache.cachekey import BadUrl, KeyRules, cache_key
-from heatcache.contract import RequestBatch, RequestEvent
+from heatcache.contract import RequestBatch, RequestEvent, request_event_error
 from heatcache.settings import Settings
-from replay.formats import BadLine, LogLine, guess_format, is_header, parse_line
+from replay.formats import MAX_LOGGED, BadLine, LogLine, guess_format, is_header, parse_line
 from sniffer.events import KEEP_METHODS, TLS_METHOD, ClientHasher, Filters
 from sniffer.parse import ua_class
 
@@ -73,10 +73,22 @@ class EventMaker:
                    Filters(frozenset(settings.ignore_addresses), settings.ignore_hosts, settings.ignore_paths))
 
     def event(self, line: LogLine) -> RequestEvent:
+        ev = self._event(line)
+        if request_event_error(ev) is not None:  # e.g. a Range or a host past the contract's caps
+            raise BadLine("bad-event")  # as the sniffer does: dropped, not a whole batch poisoned
+        if not (0 <= line.size < MAX_LOGGED and 0 <= line.status < MAX_LOGGED):
+            raise BadLine("bad-size")  # RequestBatch.sizes/.statuses would refuse the batch
+        return ev
+
+    def _event(self, line: LogLine) -> RequestEvent:
         if line.client in self.filters.ignore_addresses:
             raise BadLine("ignored-address")
         if line.method == TLS_METHOD:
-            host = line.target.partition("://")[2].partition("/")[0].partition(":")[0].lower()
+            # a host-level event: the host of an absolute target, else the line's Host (jsonl host+path)
+            authority = line.target.partition("://")[2].partition("/")[0] if "://" in line.target else line.host
+            host = authority.partition(":")[0].lower().rstrip(".")
+            if not host:
+                raise BadLine("no-host")  # an event without a host would make its whole batch undecodable
             key = f"https://{host}/"
             return RequestEvent(line.ts, self.hasher.client_id(line.client, line.ts), TLS_METHOD, host, "", key, key)
         if line.method not in KEEP_METHODS:

@@ -56,6 +56,11 @@ def test_events_and_batches_follow_the_sniffer(base_settings: Settings) -> None:
                                                         "http://example.test/x?id=2")
     tls = maker.event(LogLine(5.0, "10.0.0.1", "TLS", "https://secure.test:443/"))
     assert (tls.method, tls.host, tls.cache_key) == ("TLS", "secure.test", "https://secure.test/")
+    # JSON lines may name a TLS event's host as host + path: the same event, not one without a host
+    assert maker.event(parse_jsonl('{"ts": 5, "client": "10.0.0.1", "method": "TLS", "host": "Secure.TEST:443",'
+                                   ' "path": "/"}')) == tls
+    with pytest.raises(BadLine, match="no-host"):
+        maker.event(LogLine(5.0, "10.0.0.1", "TLS", "/"))
     from replay.trace import Trace
 
     trace = Trace()
@@ -124,3 +129,26 @@ def test_a_capture_counts_its_packets_and_why_they_gave_no_request(base_settings
     trace, fmt = read_file(pcap, base_settings)
     assert (fmt, trace.lines, [e.path for e in trace.events]) == ("pcap", 4, ["/f0", "/f3"])
     assert dict(trace.bad) == {"method": 1, "other-port": 1}
+
+
+def test_lines_the_contract_would_refuse_are_counted_not_fatal(base_settings: Settings) -> None:
+    """A time out of range, a field past the contract's caps, a size too large for a batch:
+    counted by reason, and every batch made of the rest decodes (one bad event would otherwise
+    poison its whole batch downstream)."""
+    from heatcache import contract
+    from heatcache.contract import RequestBatch
+    from replay.trace import read_lines
+
+    ok = '{"ts": 1790000000, "client": "c", "url": "http://a.test/ok"}'
+    lines = [ok, '{"ts": 1e300, "client": "c", "url": "http://a.test/z"}', '{"ts": "nan", "client": "c", '
+             '"url": "http://a.test/z"}', '{"ts": -5, "client": "c", "url": "http://a.test/z"}',
+             '{"ts": 1790000000, "client": "c", "url": "http://a.test/' + "x" * 9000 + '"}',
+             '{"ts": 1790000000, "client": "c", "url": "http://a.test/r", "range": "' + "r" * 300 + '"}',
+             '{"ts": 1790000000, "client": "c", "url": "http://a.test/s", "size": ' + str(1 << 60) + "}"]
+    trace = read_lines(lines, "jsonl", EventMaker.from_settings(base_settings))
+    assert dict(trace.bad) == {"bad-time": 3, "bad-event": 2, "bad-size": 1} and len(trace) == 1
+    clf = read_lines(['1.2.3.4 - - [10/Oct/2026:13:55:36 -0700] "GET http://a.test/q HTTP/1.0" 200 '
+                      + "9" * 20], "clf", EventMaker.from_settings(base_settings))
+    assert dict(clf.bad) == {"bad-size": 1}
+    for batch in batches(trace, 1):
+        assert contract.decode(contract.encode(batch), RequestBatch) == batch

@@ -42,3 +42,18 @@ def test_replay_from_the_topic_and_shadow_worker_agree(kafka_settings: Settings,
     assert shadow_line.endswith(": identical"), text
     emitted = int(shadow_line.split("worker emitted ")[1].split()[0])
     assert emitted > 20
+
+
+def test_a_shadow_worker_that_does_not_catch_up_says_why(kafka_settings: Settings, tmp_path: Path) -> None:
+    """Out of time, --shadow names what the worker had left and shows its log (a partial output
+    compared with replay's would only say "differ")."""
+    from replay.engine import Setting
+    from replay.shadow import shadow
+    from replay.trace import batches
+
+    s = kafka_settings.model_copy(update={"state_dir": tmp_path / "state"})
+    trace = make_trace(TraceParams(requests=50, objects=20, duration_s=600.0, seed=1), clients=5, seed=1)
+    with pytest.raises(TimeoutError, match=r"did not commit the copy in 0 s \((not ready|lag unknown|uncommitted"
+                                           r" per partition \{.+\})\); its last log lines:\n") as exc:
+        shadow(list(batches(trace, s.kafka_partitions)), Setting(window_s=3600), s, timeout=0)
+    assert str(exc.value).rstrip().splitlines()[-1]  # a log line, or "(none yet)"
