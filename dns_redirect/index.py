@@ -4,6 +4,7 @@ that reads the topic and hands each change to the serving loop, the index's only
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import Counter
@@ -18,9 +19,19 @@ from heatcache.cachekey import key_host
 from heatcache.contract import CacheEvent, DecodeError
 from heatcache.kafkautil import Follower, HealthLike
 
+try:
+    from dns_redirect import _index
+except ImportError:  # not built (no compiler): CacheIndex.apply below does the same, slower
+    _index = None  # type: ignore[assignment]
+else:
+    _index.setup(key_host, key_port, Counter, time.monotonic)
+
 log = logging.getLogger(__name__)
 
-_PARSED_MAX = 1 << 20  # CacheIndex's memo of parsed keys: cleared when it holds this many
+
+def compiled_available() -> bool:
+    """Whether the compiled CacheIndex.apply (dns_redirect._index) was built and imports."""
+    return _index is not None
 
 
 class CacheIndex:
@@ -28,9 +39,22 @@ class CacheIndex:
 
     One writer: the serving loop (``CacheEventsFollower`` hands it every change). Readers on the
     same loop memoize answers by ``version``, so the version moves only once a change is complete:
-    a reader that sees the new version sees the new state."""
+    a reader that sees the new version sees the new state.
 
-    def __init__(self) -> None:
+    :meth:`apply` has a compiled twin (dns_redirect/_index.c: the same operations on the same
+    objects, for replay's millions of changes); ``compiled`` None = when built, False = this
+    Python reference, True = required. tests/dns_redirect/test_index.py holds them equal."""
+
+    PARSED_MAX = 1 << 20  # the memo of parsed keys is cleared when it holds this many
+
+    def __init__(self, compiled: bool | None = None,
+                 parsed: dict[str, tuple[str, tuple[str, int]]] | None = None) -> None:
+        if compiled and _index is None:
+            raise ImportError("dns_redirect._index is not built (./dev builds it; needs gcc and Python headers)")
+        self.compiled = _index is not None if compiled is None else compiled
+        if self.compiled:
+            # an instance attribute over the method: index.apply(event, now) calls C directly
+            self.apply = functools.partial(_index.apply, self)  # type: ignore[method-assign]
         self.objects: dict[str, CacheEvent] = {}
         self.hosts: Counter[str] = Counter()
         self.unsteered_at: dict[str, float] = {}  # host -> when its last object went away
@@ -40,8 +64,9 @@ class CacheIndex:
         # of its time)
         self.where: dict[str, tuple[str, tuple[str, int]]] = {}
         # the same parse for keys indexed before and dropped since (a key evicted and stored
-        # again, as replay does millions of times, is not parsed again); bounded
-        self._parsed: dict[str, tuple[str, tuple[str, int]]] = {}
+        # again, as replay does millions of times, is not parsed again); bounded. ``parsed``:
+        # a memo shared with other indexes over the same keys (replay: one per setting)
+        self._parsed: dict[str, tuple[str, tuple[str, int]]] = {} if parsed is None else parsed
         self.version = 0  # bumped after every change: answer memos keyed on it stay correct
 
     def apply(self, event: CacheEvent, now: float | None = None) -> None:
@@ -53,7 +78,7 @@ class CacheIndex:
             self.objects[key] = event
             where = self._parsed.get(key)
             if where is None:
-                if len(self._parsed) >= _PARSED_MAX:
+                if len(self._parsed) >= self.PARSED_MAX:
                     self._parsed.clear()
                 where = self._parsed[key] = (key_host(key), key_port(key))
             self.where[key] = where

@@ -397,9 +397,11 @@ typedef struct {
     PyObject **size;       /* the object size (borrowed from ctx["sizes"]) */
     PyObject **first_seen; /* borrowed from ctx["first_seen"]; NULL: none (TLS-only keys) */
     PyObject **host;       /* borrowed from ctx["host_of"] */
-    PyObject **cached_ev;  /* its "cached" CacheEvents for the index, [2 * kid + (source is fetch)] (owned):
-                            * made once per key and source (a key's size is fixed for the run) */
-    PyObject **evicted_ev; /* its "evicted" CacheEvent (owned) */
+    /* ctx["events"] (Prepared.events, borrowed): the CacheEvents handed to the index, made once
+     * per key and kind and kept for the next runs in this process: [3 * kid] cached by a fill,
+     * [3 * kid + 1] cached by a fetch, [3 * kid + 2] evicted (a key's size is fixed by prepare) */
+    PyObject *events;
+    PyObject *event_type; /* ctx["CacheEvent"] */
     long long *partition;  /* the partition it was last stored from (engine.run's partition_of), -1 */
     Py_ssize_t *row;       /* its StorePolicy row, -1 */
     char *hit_once;
@@ -425,18 +427,29 @@ typedef struct {
     double t0, scale;
 } Loop;
 
-static int keys_init(Keys *k, PyObject *keys, PyObject *sizes, PyObject *first_seen, PyObject *host_of) {
+static int keys_init(Keys *k, PyObject *keys, PyObject *sizes, PyObject *first_seen, PyObject *host_of,
+                     PyObject *events) {
     Py_ssize_t n = k->n = PyList_GET_SIZE(keys);
+    if (!PyList_Check(events) || PyList_GET_SIZE(events) != 3 * n) {
+        PyErr_SetString(PyExc_ValueError, "loop(): events must be a list of 3 per key");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < 3 * n; i++) { /* None or a CacheEvent the loop made */
+        PyObject *e = PyList_GET_ITEM(events, i);
+        if (e != Py_None && Py_TYPE(e) != (PyTypeObject *)k->event_type) {
+            PyErr_SetString(PyExc_TypeError, "loop(): events must hold None or CacheEvents");
+            return -1;
+        }
+    }
+    k->events = events;
     size_t m = (size_t)(n ? n : 1);
     k->size = PyMem_Calloc(m, sizeof(PyObject *));
     k->first_seen = PyMem_Calloc(m, sizeof(PyObject *));
     k->host = PyMem_Calloc(m, sizeof(PyObject *));
-    k->cached_ev = PyMem_Calloc(2 * m, sizeof(PyObject *));
-    k->evicted_ev = PyMem_Calloc(m, sizeof(PyObject *));
     k->partition = PyMem_Malloc(m * sizeof(long long));
     k->row = PyMem_Malloc(m * sizeof(Py_ssize_t));
     k->hit_once = PyMem_Calloc(m, 1);
-    if (!k->size || !k->first_seen || !k->host || !k->cached_ev || !k->evicted_ev || !k->partition || !k->row ||
+    if (!k->size || !k->first_seen || !k->host || !k->partition || !k->row ||
         !k->hit_once) {
         PyErr_NoMemory();
         return -1;
@@ -459,17 +472,10 @@ static int keys_init(Keys *k, PyObject *keys, PyObject *sizes, PyObject *first_s
 
 static void keys_free(Keys *k) {
     for (Py_ssize_t i = 0; i < k->n; i++) {
-        if (k->cached_ev) {
-            Py_XDECREF(k->cached_ev[2 * i]);
-            Py_XDECREF(k->cached_ev[2 * i + 1]);
-        }
-        if (k->evicted_ev) Py_XDECREF(k->evicted_ev[i]);
     }
     PyMem_Free(k->size);
     PyMem_Free(k->first_seen);
     PyMem_Free(k->host);
-    PyMem_Free(k->cached_ev);
-    PyMem_Free(k->evicted_ev);
     PyMem_Free(k->partition);
     PyMem_Free(k->row);
     PyMem_Free(k->hit_once);
@@ -714,11 +720,11 @@ static int store(Loop *L, PyObject *key, Py_ssize_t kid, double ts, PyObject *so
                 return -1;
             }
             L->evictions++;
-            PyObject *ev = K->evicted_ev[vk];
-            if (!ev) {
+            PyObject *ev = PyList_GET_ITEM(K->events, 3 * vk + 2);
+            if (ev == Py_None) {
                 PyObject *cargs[2] = {victim, s_evicted};
-                ev = K->evicted_ev[vk] = PyObject_Vectorcall(L->event_cls, cargs, 0, L->kw_evicted);
-                if (!ev) return -1;
+                ev = PyObject_Vectorcall(L->event_cls, cargs, 0, L->kw_evicted);
+                if (!ev || PyList_SetItem(K->events, 3 * vk + 2, ev) < 0) return -1; /* the list owns it */
             }
             if (index_apply(L, ev) < 0) return -1;
             PyObject *vhost = K->host[vk];
@@ -738,13 +744,13 @@ static int store(Loop *L, PyObject *key, Py_ssize_t kid, double ts, PyObject *so
     if (ri < 0 && (ri = K->row[kid] = sp_row(L->policy, key, kid)) < 0) return -1;
     if (sp_insert_row(L->policy, ri, size, ts, heat) < 0) return -1;
     /* engine.run makes a new event when the size or the source differs from the last one; the
-     * size of a key is the same for the whole run, so one event per key and source */
-    PyObject **slot = &K->cached_ev[2 * kid + (source == s_fetch)];
-    PyObject *ev = *slot;
-    if (!ev) {
+     * size of a key is fixed by prepare, so one event per key and source does the same */
+    Py_ssize_t slot = 3 * kid + (source == s_fetch);
+    PyObject *ev = PyList_GET_ITEM(K->events, slot);
+    if (ev == Py_None) {
         PyObject *cargs[4] = {key, s_cached, size_obj, source};
-        ev = *slot = PyObject_Vectorcall(L->event_cls, cargs, 0, L->kw_cached);
-        if (!ev) return -1;
+        ev = PyObject_Vectorcall(L->event_cls, cargs, 0, L->kw_cached);
+        if (!ev || PyList_SetItem(K->events, slot, ev) < 0) return -1; /* the list owns it */
     }
     if (index_apply(L, ev) < 0) return -1;
     PyObject *host = K->host[kid];
@@ -1035,7 +1041,7 @@ static PyObject *loop(PyObject *self, PyObject *ctx) {
     memset(&L, 0, sizeof(L));
     PyObject *batches, *rows, *batch_ts, *batch_bytes, *series_list, *policy, *streams, *fill_on_o, *prefetch_on_o,
         *bins_o, *t0_o, *scale_o;
-    PyObject *result = NULL, *admitted = NULL, *keys, *sizes, *first_seen, *host_of;
+    PyObject *result = NULL, *admitted = NULL, *keys, *sizes, *first_seen, *host_of, *events;
 #define GET(var, name)                                                            \
     do {                                                                          \
         var = PyDict_GetItemString(ctx, name);                                    \
@@ -1060,6 +1066,7 @@ static PyObject *loop(PyObject *self, PyObject *ctx) {
     GET(sizes, "sizes");
     GET(first_seen, "first_seen");
     GET(host_of, "host_of");
+    GET(events, "events");
     CTX(steer, "steer");
     CTX(key_ids, "key_ids");
     CTX(fill_classes, "fill_classes");
@@ -1123,7 +1130,8 @@ static PyObject *loop(PyObject *self, PyObject *ctx) {
         L.adm_cache_event = PyObject_GetAttrString(L.admission, "cache_event");
         if (!L.adm_fold || !L.adm_cache_event) goto fail;
     }
-    if (keys_init(&L.k, keys, sizes, first_seen, host_of) < 0) goto fail;
+    L.k.event_type = L.event_cls;
+    if (keys_init(&L.k, keys, sizes, first_seen, host_of, events) < 0) goto fail;
     L.kw_evicted = Py_BuildValue("(ss)", "cache_key", "state");
     L.kw_cached = Py_BuildValue("(ssss)", "cache_key", "state", "size", "source");
     L.series = PyMem_Calloc((size_t)L.bins * 3, sizeof(long long));

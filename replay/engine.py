@@ -318,6 +318,12 @@ class Prepared:
     # max_fill -> the fill rule's answer for every fill class (:func:`answer_fills`; a grid's
     # parent asks once for all its settings, before the workers fork)
     fill_answers: dict[int, list[bool | None]] = field(default_factory=dict)
+    # the compiled loop's CacheEvents for the index, 3 per key (cached by a fill, by a fetch;
+    # evicted): made by the first run that needs one and kept for the next runs in the process
+    # (a grid's worker runs several settings; a key's size, hence its events, is fixed here)
+    events: list[CacheEvent | None] = field(default_factory=list)
+    # CacheIndex's memo of parsed keys, shared by the runs over this trace (as ``events``)
+    parsed_keys: dict[str, tuple[str, tuple[str, int]]] = field(default_factory=dict)
 
 
 def fill_answer(fill_class: tuple[str, str | None, int, int], max_fill: int) -> bool:
@@ -465,7 +471,7 @@ def _run(prep: Prepared, setting: Setting, base: Settings, bins: int, keep_hot: 
     policy = make_policy(setting, compiled)
     quota = Quota(max_bytes=setting.quota_bytes, min_free_bytes=0,
                   max_object_fraction=live.cache_max_object_fraction, max_object_bytes=live.max_object_bytes)
-    index = CacheIndex()
+    index = CacheIndex(parsed=prep.parsed_keys)
     cached = index.objects  # what the edge serves hits from: exactly the keys the store holds
     is_steered = index.is_steered
     overrides = live.never_steer_hosts
@@ -544,13 +550,15 @@ def _run(prep: Prepared, setting: Setting, base: Settings, bins: int, keep_hot: 
     fill_classes = prep.fill_classes
     fold = admission.fold
     if compiled:
+        if len(prep.events) != 3 * len(prep.keys):
+            prep.events[:] = [None] * (3 * len(prep.keys))
         (hits, bytes_local, prefetches, bytes_prefetched, fills, bytes_filled, fetch_failures, counts["refused"],
          counts["evictions"], counts["never_hit"]) = _engine.loop({
             "batches": prep.batches, "rows": prep.rows, "batch_ts": prep.batch_ts, "batch_bytes": prep.batch_bytes,
             "series": series, "bins": bins, "t0": float(t0), "scale": float(scale), "policy": policy,
             "streams": isinstance(admission, StreamsAdmission), "admission": admission, "fill_on": fill_on,
             "prefetch_on": prefetch_on, "steer": steer, "host_of": host_of, "sizes": sizes,
-            "first_seen": first_seen, "fill_classes": fill_classes, "fill_ok": fill_ok,
+            "first_seen": first_seen, "fill_classes": fill_classes, "fill_ok": fill_ok, "events": prep.events,
             "failed_fetches": failed_fetches, "keys": prep.keys, "key_ids": prep.key_ids,
             "quota": quota, "plan_space": plan_space, "huge_disk": _HUGE_DISK,
             "index_apply": index.apply, "cached": cached, "is_steered": is_steered, "never_steer": never_steer,

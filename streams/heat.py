@@ -395,9 +395,11 @@ class PartitionHeat:
 
     # -- what the cache says (from `cache-events`); seen_at: the watermark when read
     def on_cache_event(self, cache_key: str, state: str, seen_at: float) -> None:
-        old = self.cache.get(cache_key, CacheView())
-        failures = old.failures + 1 if state == "failed" else 0
-        self.cache[cache_key] = CacheView(state=state, ts=seen_at, failures=failures, fetching=False)
+        failures = 0
+        if state == "failed":  # (the old view read only here: replay calls this per store and eviction)
+            old = self.cache.get(cache_key)
+            failures = old.failures + 1 if old is not None else 1
+        self.cache[cache_key] = CacheView(state, seen_at, failures, False)
 
     def recheck(self, cache_key: str) -> HotUrl | None:
         """Decide again for a key whose cache state changed (evicted while still hot, a failed

@@ -32,11 +32,14 @@ from heatcache.services.dnsmasq import Dnsmasq
 from heatcache.settings import Settings
 from tests.loopthread import on_loop_thread
 
+COMPILED = [False, *([True] if index_module.compiled_available() else [])]
 
-def test_the_version_moves_only_after_the_change() -> None:
+
+@pytest.mark.parametrize("compiled", COMPILED)
+def test_the_version_moves_only_after_the_change(compiled: bool) -> None:
     """A reader memoizing by version must never pair the new version with the old state (the
     race of issue 18: the version was bumped first, a query in between memoized the old answer)."""
-    index = CacheIndex()
+    index = CacheIndex(compiled=compiled)
     seen: list[int] = []
 
     class Watching(Counter[str]):
@@ -58,26 +61,33 @@ def test_the_version_moves_only_after_the_change() -> None:
     assert index.version == 4 and not index.is_steered("b.test") and index.recently_steered("b.test", 1.0, 6.5)
 
 
-def test_the_index_equals_its_definition_after_random_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("compiled", COMPILED)
+def test_the_index_equals_its_definition_after_random_changes(monkeypatch: pytest.MonkeyPatch,
+                                                              compiled: bool) -> None:
     """hosts, host_ports and unsteered_at as the cached objects define them, after random stores,
     evictions and tombstones (keys come back after a drop: the memo of parsed keys, cleared
-    often here)."""
-    monkeypatch.setattr(index_module, "_PARSED_MAX", 7)
+    often here); the compiled apply leaves exactly the reference's state after every change."""
+    monkeypatch.setattr(CacheIndex, "PARSED_MAX", 7)
     rng = random.Random(3)
     keys = [f"{s}://h{h}.test{p}/o{i}" for i in range(12) for h in range(4) for s, p in (("http", ""),
             ("https", ""), ("http", ":8080"))]
-    index = CacheIndex()
+    index = CacheIndex(compiled=compiled)
+    ref = CacheIndex(compiled=False)
     ended = 0
     for step in range(3000):
         key = rng.choice(keys)
         was_steered = index.is_steered(key_host(key))
         r = rng.random()
-        if r < 0.5:
-            index.apply(CacheEvent(key, "cached", size=step), now=float(step))
-        elif r < 0.9:
-            index.apply(CacheEvent(key, rng.choice(("evicted", "purged", "failed"))), now=float(step))
-        else:
-            index.remove(key, now=float(step))
+        for ix in (index, ref):
+            if r < 0.5:
+                ix.apply(CacheEvent(key, "cached", size=step), now=float(step))
+            elif r < 0.9:
+                ix.apply(CacheEvent(key, ("evicted", "purged", "failed")[step % 3]), float(step))
+            else:
+                ix.remove(key, now=float(step))
+        assert (index.objects, index.hosts, index.host_ports, index.unsteered_at, index.where, index._parsed,
+                index.version) == (ref.objects, ref.hosts, ref.host_ports, ref.unsteered_at, ref.where, ref._parsed,
+                                   ref.version)
         hosts = Counter(key_host(k) for k in index.objects)
         assert index.hosts == hosts
         assert index.host_ports == {h: Counter(key_port(k) for k in index.objects if key_host(k) == h)
@@ -88,6 +98,24 @@ def test_the_index_equals_its_definition_after_random_changes(monkeypatch: pytes
             assert index.unsteered_at[key_host(key)] == step
             ended += 1
     assert index.version == 3000 and ended
+
+
+@pytest.mark.parametrize("compiled", COMPILED)
+def test_indexes_sharing_a_parse_memo_hold_what_unshared_ones_hold(compiled: bool) -> None:
+    """replay's indexes (one per setting) share one memo of parsed keys: each ends as an index of
+    its own would."""
+    rng = random.Random(8)
+    keys = [f"http://h{i % 5}.test{':81' if i % 3 == 0 else ''}/o{i}" for i in range(40)]
+    memo: dict[str, tuple[str, tuple[str, int]]] = {}
+    for _ in range(3):
+        shared, alone = CacheIndex(compiled=compiled, parsed=memo), CacheIndex(compiled=False)
+        for step in range(400):
+            ev = CacheEvent(rng.choice(keys), rng.choice(("cached", "cached", "evicted")))
+            shared.apply(ev, float(step))
+            alone.apply(ev, float(step))
+        assert (shared.objects, shared.hosts, shared.host_ports, shared.unsteered_at, shared.where) == (
+            alone.objects, alone.hosts, alone.host_ports, alone.unsteered_at, alone.where)
+    assert shared._parsed is memo and len(memo) == len(keys)
 
 
 @contextmanager
