@@ -17,7 +17,8 @@ What the runner does around it:
   exits hard. A stop never waits for an orchestrator's SIGKILL.
 - :class:`ConfigError` -> exit status :data:`EX_CONFIG` (78): a supervisor must not restart it.
   Any other exception -> exit status 1 (restart with back-off).
-- ``/metrics`` (Prometheus) and ``/health`` (JSON) on ``settings.metrics_port`` (0 = off), and a
+- ``/metrics`` (Prometheus) and ``/health`` (JSON) on ``settings.metrics_port`` (0 = off; a stage
+  may serve more JSON there, ``Runner.views``), and a
   snapshot of the same declared metrics on the `metrics` topic every ``metrics_interval_s``
   (see heatcache/metrics.py for the scheme).
 - ``run.health``: ``degraded(dependency, reason)`` / ``ok(dependency)`` for lost dependencies;
@@ -140,6 +141,9 @@ class Runner:
         self._finished = threading.Event()  # set once the stage has returned
         self._probe: threading.Thread | None = None  # asks a lost broker whether it is back
         self._probe_lock = threading.Lock()
+        # more JSON a stage serves on the metrics port: path -> the body as of now (None: not yet);
+        # called on the HTTP thread, so a stage hands over bytes it built on its own thread
+        self.views: dict[str, Callable[[], bytes | None]] = {}
 
     # -- what stages call
     def ready(self) -> None:
@@ -298,6 +302,12 @@ class Runner:
             start_response("200 OK" if state == "ok" else "503 Service Unavailable",
                            [("Content-Type", "application/json")])
             return [body]
+        view = self.views.get(environ.get("PATH_INFO", ""))
+        if view is not None:
+            served = view()
+            start_response("200 OK" if served is not None else "503 Service Unavailable",
+                           [("Content-Type", "application/json")])
+            return [served if served is not None else b'{"error": "not yet"}']
         return self._prom(environ, start_response)  # type: ignore[no-any-return]
 
     @property

@@ -109,6 +109,7 @@ class Stage:
         self.requests_topic = settings.topic(contract.REQUESTS)
         self.started = False
         self.rows = rows_decoder() if settings.heat_compiled else None
+        self.last_top: bytes | None = None  # the latest streams-top record (the worker's /top)
 
     async def start(self) -> None:
         """Before the first message: know the cache's compacted history (no HotUrl for a key
@@ -477,7 +478,8 @@ def make_app(settings: Settings, bootstrap: str, counters: Counter[str] | None =
     @app.timer(settings.heat_metrics_interval_s)
     async def top() -> None:  # the counters' snapshots are the runner's; this adds what is not a number
         if stage.started:
-            stage.out().send(topics["metrics"], b"streams-top", orjson.dumps(stage.top()))
+            stage.last_top = orjson.dumps(stage.top())  # served as is (runner's HTTP thread)
+            stage.out().send(topics["metrics"], b"streams-top", stage.last_top)
 
     announced = False
 
@@ -512,6 +514,7 @@ def main(run: Runner, settings: Settings, bootstrap: str, loglevel: str = "info"
         app, stage = make_app(settings, bootstrap, run.counters, on_ready=run.ready)
     except RulesError as exc:
         raise ConfigError(str(exc)) from None
+    run.views["/top"] = lambda: stage.last_top  # top keys and hosts, lag per partition
     follower = CacheFollower(bootstrap, settings.topic(contract.CACHE_EVENTS), config=settings.kafka_client_config(),
                              health=run.health)  # rel: the stage's /health follows the broker
     follower.start()

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import orjson
@@ -14,6 +15,7 @@ import pytest
 from heatcache import contract
 from heatcache.contract import CacheEvent, HostHeat, RequestBatch, RequestEvent
 from heatcache.kafkautil import producer, read_topic
+from heatcache.netutil import free_port
 from heatcache.runner import EX_CONFIG, ConfigError
 from heatcache.settings import Settings
 from heatcache.stack import settings_env
@@ -57,7 +59,7 @@ def cache_event(settings: Settings, key: str, state: str) -> None:
 
 
 def test_hot_once_per_admission_knows_the_cache_and_dead_letters(kafka_settings: Settings, workers: Workers) -> None:
-    s = streams_settings(kafka_settings)
+    s = streams_settings(kafka_settings, metrics_port=free_port())
     keys = [f"http://h{i}.example/f{i}.bin" for i in range(6)]
     cached, evicted = keys[0], keys[1]
     cache_event(s, cached, "cached")  # already in the cache (e.g. filled by the edge): never emitted
@@ -100,6 +102,11 @@ def test_hot_once_per_admission_knows_the_cache_and_dead_letters(kafka_settings:
     top = orjson.loads(str(records("streams-top")[-1]["top_hosts"]))
     assert {h for h, _n in top} >= {"h1.example", "h2.example"}
     assert set(orjson.loads(str(records("streams-top")[-1]["lag"]))) == {"0", "1", "2"}
+    # and served by the worker (the latest record), beside /metrics
+    with urllib.request.urlopen(f"http://127.0.0.1:{s.metrics_port}/top", timeout=10) as resp:
+        served = orjson.loads(resp.read())
+    assert served["stage"] == "streams-top" and set(orjson.loads(served["lag"])) == {"0", "1", "2"}
+    assert {h for h, _n in orjson.loads(served["top_hosts"])} >= {"h1.example", "h2.example"}
     hot = hot_urls(s)
     again = [h for h in hot if h.cache_key == evicted]
     assert len(hot) == 6 and len(again) == 2 and again[1].reason == "refetch-evicted"
