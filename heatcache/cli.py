@@ -387,7 +387,7 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_trace(settings: Settings, args: argparse.Namespace) -> int:
     from replay.cli import cmd_trace as run
 
-    return run(settings, args, _bootstrap(settings))
+    return run(settings, args, _bootstrap(settings) if args.trace_command == "import" else "")
 
 
 def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
@@ -464,7 +464,8 @@ COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], int], str]] =
     "status": (cmd_status, "what the stack does now, in the terminal (--watch, --json)"),
     "purge": (cmd_purge, "purge cached objects by URL, --prefix URL or --host HOST (announced on cache-events)"),
     "control": (cmd_control, "prefetch pause|resume, steering stop|start, pin X always|never|none, purge X"),
-    "trace": (cmd_trace, "trace import FILE: load an access log or capture into the requests topic"),
+    "trace": (cmd_trace, "trace import FILE: load an access log or capture into the requests topic; "
+                         "trace generate NAME FILE: write a named generated trace as CSV"),
     "replay": (cmd_replay, "run the production decisions over recorded traffic and report what they save"),
 }
 

@@ -4,12 +4,16 @@ replay's pure parts (heatcache/cli.py calls these)."""
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from heatcache.settings import Settings
 from replay.formats import FORMATS
+
+if TYPE_CHECKING:
+    from replay.trace import Trace
 
 
 def add_trace_args(p: argparse.ArgumentParser) -> None:
@@ -19,12 +23,37 @@ def add_trace_args(p: argparse.ArgumentParser) -> None:
     imp.add_argument("--format", default="auto", choices=("auto", *FORMATS))
     imp.add_argument("--host", default="", help="Host of origin-form targets (CLF logs of one site)")
     imp.add_argument("--max-events", type=int, default=0, help="events per batch (default: the sniffer's)")
+    gen = sub.add_parser("generate", help="write one of the traces bench/replay names as CSV (ts,client,url,size), "
+                                          "to replay or import")
+    gen.add_argument("name", choices=("campus", "one-timers", "skewed", "flat"))
+    gen.add_argument("file", type=Path)
+    gen.add_argument("--requests", type=int, default=200_000)
+    gen.add_argument("--seed", type=int, default=1)
+
+
+def write_csv_trace(trace: Trace, path: Path) -> None:
+    """A trace as the importer's CSV format (``ts,client,url,size``), times to the microsecond."""
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(("ts", "client", "url", "size"))
+        for ev, size in zip(trace.events, trace.sizes, strict=True):
+            w.writerow((f"{ev.ts:.6f}", ev.client, ev.url, size))
 
 
 def cmd_trace(settings: Settings, args: argparse.Namespace, bootstrap: str) -> int:
     from heatcache import contract
     from replay.kafkaio import publish_trace
     from replay.trace import read_file
+
+    if args.trace_command == "generate":
+        from replay.gen import make_trace, named_traces
+
+        named = next(n for n in named_traces(args.requests, args.seed) if n.name == args.name)
+        trace = make_trace(named.params, named.clients, args.seed)
+        write_csv_trace(trace, args.file)
+        print(f"trace generate: {args.file}: {named.name} ({named.about}), {len(trace)} requests, "
+              f"{len({ev.cache_key for ev in trace.events})} objects, seed {args.seed}")
+        return 0
 
     trace, fmt = read_file(args.file, settings, args.format, args.host)
     report = publish_trace(trace, bootstrap, settings.topic(contract.REQUESTS),

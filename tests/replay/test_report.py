@@ -86,3 +86,31 @@ def test_the_command_of_a_setting_without_prefetch_pauses_it_beside_up() -> None
     assert lines[0].startswith("HEATCACHE_") and lines[0].endswith(" heatcache up")
     assert lines[-1] == "heatcache control prefetch pause"
     assert "\n" not in Setting().apply_command()
+
+
+def test_a_generated_trace_replays_from_its_csv_as_generated(base_settings: Settings, tmp_path: Path,
+                                                             monkeypatch: object, capsys: object) -> None:
+    """`heatcache trace generate` writes a named trace that `replay --file` reads back to the
+    same figures as the trace itself (docs/tuning.md's defaults table is made this way)."""
+    import pytest
+
+    from heatcache.cli import main
+    from replay.engine import Setting, prepare
+    from replay.gen import make_trace, named_traces
+    from replay.trace import batches, read_file
+
+    mp: pytest.MonkeyPatch = monkeypatch  # type: ignore[assignment]
+    mp.setenv("HEATCACHE_STATE_DIR", str(tmp_path / "state"))
+    mp.delenv("HEATCACHE_KAFKA_BOOTSTRAP", raising=False)  # no broker needed
+    path = tmp_path / "one-timers.csv"
+    assert main(["trace", "generate", "one-timers", str(path), "--requests", "3000"]) == 0
+    assert "3000 requests" in capsys.readouterr().out  # type: ignore[attr-defined]
+    named = named_traces(3000)[1]
+    direct = make_trace(named.params, named.clients, 1)
+    read, fmt = read_file(path, base_settings)
+    assert fmt == "csv" and not read.bad and [e.cache_key for e in read.events] == [e.cache_key for e in direct.events]
+    setting = Setting(window_s=86400, min_clients=2, quota_bytes=sum(set(direct.sizes)) // 10)
+    a, b = (run(prepare(list(batches(t, base_settings.kafka_partitions))), setting, base_settings)
+            for t in (direct, read))
+    assert (a.hits, a.bytes_local, a.prefetches, a.bytes_prefetched, a.fills, a.evictions) == (
+        b.hits, b.bytes_local, b.prefetches, b.bytes_prefetched, b.fills, b.evictions)
