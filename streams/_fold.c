@@ -18,6 +18,9 @@
  *     the touched keys, in first-appearance order, that pass the cheap necessary conditions of
  *     PartitionHeat.fold (admitted and still fetching -> out; with min_clients >= 0, fewer
  *     exact clients than that -> out); the caller decides on them with rules.decide.
+ *   fold_hosts(batches, step, spec, cap, hosts, host_new, dirty_hosts, touched_hosts) -> None
+ *     PartitionHeat.apply_hosts: the host heat of many messages' events at once (fold is given
+ *     hosts=None by PartitionHeat, which keeps the messages until their hosts are read).
  *   top_keys(keys, first, n) -> [(cache_key, requests)]
  *     PartitionHeat.top_keys: the n keys with the most requests in panes >= first.
  *   encode_slot(names, heats, cache, fallback, key_fields) -> bytes
@@ -465,6 +468,104 @@ done:
     PyMem_Free(buf);
     Py_DECREF(seq);
     return out;
+}
+
+/* fold_hosts(batches, step, spec, cap, hosts, host_new, dirty_hosts, touched_hosts) -> None:
+ * PartitionHeat.apply_hosts (its reference): the events of [(batch, too_old)], those not older
+ * than their batch's too_old, counted in their host's heat, grouped per host over all batches
+ * (each host's events in their order), the hosts added to dirty_hosts and touched_hosts. */
+static PyObject *fold_hosts(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "fold_hosts() takes 8 arguments");
+        return NULL;
+    }
+    double step = PyFloat_AsDouble(args[1]);
+    PyObject *spec = args[2];
+    Py_ssize_t cap = PyLong_AsSsize_t(args[3]);
+    PyObject *hosts = args[4], *host_new = args[5], *dirty_hosts = args[6], *touched_hosts = args[7];
+    if (PyErr_Occurred()) return NULL;
+    if (!PyDict_Check(hosts) || !PySet_Check(dirty_hosts) || !PySet_Check(touched_hosts)) {
+        PyErr_SetString(PyExc_TypeError, "fold_hosts(): hosts must be a dict and the dirty sets sets");
+        return NULL;
+    }
+    if (step <= 0) {
+        PyErr_SetString(PyExc_ValueError, "step must be > 0");
+        return NULL;
+    }
+    PyObject *outer = PySequence_Fast(args[0], "batches must be a sequence");
+    if (!outer) return NULL;
+    Py_ssize_t nb = PySequence_Fast_GET_SIZE(outer);
+    PyObject **seqs = PyMem_Calloc((size_t)nb + 1, sizeof(PyObject *));
+    double *too_old = PyMem_Calloc((size_t)nb + 1, sizeof(double));
+    PyObject **items = NULL, *result = NULL;
+    Py_ssize_t *next = NULL, *buf = NULL;
+    Groups gh;
+    int gh_ok = 0;
+    if (!seqs || !too_old) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t total = 0;
+    for (Py_ssize_t b = 0; b < nb; b++) {
+        PyObject *pair = PySequence_Fast_GET_ITEM(outer, b);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            PyErr_SetString(PyExc_TypeError, "batches must hold (batch, too_old) tuples");
+            goto done;
+        }
+        seqs[b] = PySequence_Fast(PyTuple_GET_ITEM(pair, 0), "batch must be a sequence");
+        if (!seqs[b]) goto done;
+        too_old[b] = PyFloat_AsDouble(PyTuple_GET_ITEM(pair, 1));
+        if (too_old[b] == -1.0 && PyErr_Occurred()) goto done;
+        total += PySequence_Fast_GET_SIZE(seqs[b]);
+    }
+    items = PyMem_Malloc(sizeof(PyObject *) * (size_t)(total + 1));
+    next = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(total + 1));
+    buf = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(total + 1));
+    if (!items || !next || !buf) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (groups_init(&gh, total) < 0) goto done;
+    gh_ok = 1;
+    Py_ssize_t m = 0;
+    for (Py_ssize_t b = 0; b < nb; b++) {
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(seqs[b]);
+        PyObject **evs = PySequence_Fast_ITEMS(seqs[b]);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject **f = event_fields(evs[i]);
+            if (!f) goto done;
+            double ts;
+            if (event_ts(f[0], &ts) < 0) goto done;
+            if (ts < too_old[b]) continue;
+            items[m] = evs[i];
+            if (groups_add(&gh, f[3], m, next) < 0) goto done;
+            m++;
+        }
+    }
+    for (Py_ssize_t k = 0; k < gh.n; k++) {
+        PyObject *name = gh.names[k];
+        PyObject *heat = get_or_new(hosts, name, host_new);
+        if (!heat) goto done;
+        group_events(&gh, k, next, buf);
+        double newest;
+        int r = add_many(heat, items, buf, gh.count[k], step, 0, spec, cap, &newest);
+        Py_DECREF(heat);
+        if (r < 0 || PySet_Add(dirty_hosts, name) < 0 || PySet_Add(touched_hosts, name) < 0) goto done;
+    }
+    result = Py_NewRef(Py_None);
+done:
+    if (gh_ok) groups_free(&gh);
+    if (seqs) {
+        for (Py_ssize_t b = 0; b < nb; b++) Py_XDECREF(seqs[b]);
+    }
+    PyMem_Free(seqs);
+    PyMem_Free(too_old);
+    PyMem_Free(items);
+    PyMem_Free(next);
+    PyMem_Free(buf);
+    Py_DECREF(outer);
+    return result;
 }
 
 /* ---- JSON encoding (what orjson.dumps(heat.to_json()) gives, for heats in exact mode) */
@@ -1021,6 +1122,8 @@ static PyMethodDef methods[] = {
      "Count one message's events into the heats; (late, [(key, heat, newest ts)] candidates)."},
     {"encode_slot", (PyCFunction)(void (*)(void))encode_slot, METH_FASTCALL,
      "The JSON object of one state slot (bytes)."},
+    {"fold_hosts", (PyCFunction)(void (*)(void))fold_hosts, METH_FASTCALL,
+     "Count pending (batch, too_old) events in their hosts' heat, grouped per host."},
     {"top_keys", (PyCFunction)(void (*)(void))top_keys, METH_FASTCALL,
      "The n keys with the most requests in panes >= first: [(key, requests)]."},
     {"rows", (PyCFunction)rows, METH_O,

@@ -12,9 +12,11 @@ from __future__ import annotations
 import random
 
 import orjson
+import pytest
 
 from heatcache.contract import RequestEvent
 from streams import _fold  # imported unconditionally: no skip, the build must work
+from streams import heat as heat_mod
 from streams.heat import PartitionHeat, compiled_available
 from streams.rules import Backoff, Rule, Rules, _host_matcher, _Thresholds
 from streams.windows import Heat, WindowSpec
@@ -162,3 +164,36 @@ def test_encode_slot_matches_orjson() -> None:
     assert sk.clients is None  # sketch mode: the fallback encodes it
     raw = _fold.encode_slot(["s"], {"s": sk}, cache, lambda h: orjson.dumps(h.to_json()), False)
     assert raw == orjson.dumps({"s": sk.to_json()}) and cache["s"] == orjson.dumps(sk.to_json())
+
+
+def test_host_heat_counted_in_bulk_equals_counting_each_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Host heat is counted over many messages at once (PartitionHeat.apply_hosts, C: fold_hosts):
+    the heat, the dirty/touched hosts and the state records are those of counting each message's
+    host events at once (late events judged by each message's own watermark), compiled or not,
+    also when the pending events cross HOST_BULK_EVENTS."""
+    monkeypatch.setattr(heat_mod, "HOST_BULK_EVENTS", 60)
+    seen_bulk = 0
+    for seed in range(10):
+        rnd = random.Random(seed)
+        rules = make_rules(rnd)
+        # eager (hosts read after every message) and bulk, each compiled and reference
+        phs = [PartitionHeat(0, rules, slots=4, compiled=c) for c in (True, True, False, False)]
+        keys = [f"http://h{i % 4}.example/o/{i}" for i in range(rnd.choice((3, 9)))]
+        now = 1000.0
+        for offset in range(150):
+            now += rnd.uniform(0, rules.spec.step_s * 0.7)
+            events = make_events(rnd, now, rnd.choice((1, 2, 5, 20)), keys, rnd.choice((2, 6, 30)))
+            got = [ph.fold(offset, events) for ph in phs]
+            assert all(g == got[0] for g in got), f"seed {seed} offset {offset}"
+            phs[0].apply_hosts()
+            phs[2].apply_hosts()
+            seen_bulk = max(seen_bulk, len(phs[1]._host_batches))
+            if rnd.random() < 0.05:
+                for ph in phs:
+                    ph.expire()
+            if rnd.random() < 0.1:
+                want = records(phs[0].take_dirty(True))
+                assert all(records(ph.take_dirty(True)) == want for ph in phs[1:]), f"seed {seed} offset {offset}"
+        want_state = state(phs[0])
+        assert all(state(ph) == want_state for ph in phs[1:]), f"seed {seed}"
+    assert seen_bulk >= 5  # many messages were pending at once
