@@ -74,6 +74,8 @@ def read_range(bootstrap: str, topic: str, start: float, end: float | None, time
                bad: Counter[str] | None = None, settings: Settings | None = None) -> list[RequestBatch]:
     """The batches of ``topic`` whose messages are stamped in [start, end) (end None: up to now's
     end of the log), all partitions, ordered by time; events outside the range are dropped.
+    ``timeout``: how long the broker may send nothing before the read gives up (a long range
+    takes as long as it takes).
 
     Undecodable messages are counted in ``bad`` (replay reads, it does not dead-letter)."""
     bad = bad if bad is not None else Counter()
@@ -106,6 +108,8 @@ def read_range(bootstrap: str, topic: str, start: float, end: float | None, time
             msg = cons.poll(0.5)
             if msg is None:
                 continue
+            # ``timeout`` bounds a stall, not the whole read: a week of campus traffic takes longer
+            deadline = time.monotonic() + timeout
             if msg.error() is not None:
                 continue
             p, off = msg.partition() or 0, msg.offset() or 0
@@ -126,7 +130,8 @@ def read_range(bootstrap: str, topic: str, start: float, end: float | None, time
             if batch.events:
                 rows.append((batch.events[0].ts, p, off, batch))
         if pending:
-            raise TimeoutError(f"replay: partitions {sorted(pending)} not read to their end in {timeout:.0f} s")
+            raise TimeoutError(f"replay: partitions {sorted(pending)} not read to their end: nothing came for "
+                               f"{timeout:.0f} s")
         rows.sort(key=lambda r: r[:3])
         return [r[3] for r in rows]
     finally:

@@ -37,7 +37,7 @@ def rows(outcome: Outcome) -> list[dict[str, Any]]:
 
 
 def _gb(n: int) -> str:
-    return f"{n / 1e9:.3g} GB" if n else "no quota"
+    return _size(n) if n else "no quota"
 
 
 def table(outcome: Outcome) -> str:
@@ -46,15 +46,15 @@ def table(outcome: Outcome) -> str:
     from rich.table import Table
 
     t = Table(title="heatcache replay: net savings = (bytes served locally - bytes prefetched) / bytes requested")
-    for name in ("setting", "req hit", "byte hit", "net savings", "prefetched GB", "filled GB", "never hit",
+    for name in ("setting", "req hit", "byte hit", "net savings", "prefetched", "filled", "never hit",
                  "first hit", "hosts"):
         t.add_column(name, justify="left" if name == "setting" else "right")
     best = outcome.recommended()
     for row in rows(outcome):
         mark = " *" if best is not None and row["setting"] == best.setting else ""
         t.add_row(str(row["setting"]) + mark, f"{row['hit_ratio']:.3f}", f"{row['byte_hit_ratio']:.3f}",
-                  f"{row['net_savings']:+.3f}", f"{row.get('bytes_prefetched', 0) / 1e9:.2f}",
-                  f"{row.get('bytes_filled', 0) / 1e9:.2f}", str(row.get("prefetches_never_hit", "")),
+                  f"{row['net_savings']:+.3f}", _size(row.get("bytes_prefetched", 0)),
+                  _size(row.get("bytes_filled", 0)), str(row.get("prefetches_never_hit", "")),
                   _hours(row.get("median_first_hit_s")), str(row.get("hosts_steered", "")))
     buf = io.StringIO()
     Console(file=buf, width=160, force_terminal=False, color_system=None).print(t)
@@ -62,6 +62,16 @@ def table(outcome: Outcome) -> str:
         buf.write(f"recommended: {best.setting} (net savings {best.net_savings:+.3f})\n")
         buf.write(f"apply with:  {Setting(**best.params).apply_command()}\n")
     return buf.getvalue()
+
+
+def _size(n: object) -> str:
+    """Bytes as the table shows them (1024-based units, "0" for none): a small log's prefetches
+    are not all "0.00 GB"."""
+    from replay.engine import _bytes
+
+    if not isinstance(n, int):
+        return "-"
+    return _bytes(n) + ("B" if n >= 1024 else "")
 
 
 def _hours(seconds: object) -> str:
@@ -199,13 +209,13 @@ def write_html(outcome: Outcome, path: Path, pngs: dict[str, bytes] | None = Non
         rows_html.append(
             f"<tr{cls}><td>{esc(str(row['setting']))}</td><td>{row['hit_ratio']:.3f}</td>"
             f"<td>{row['byte_hit_ratio']:.3f}</td><td>{row['net_savings']:+.3f}</td>"
-            f"<td>{row.get('bytes_prefetched', 0) / 1e9:.2f}</td><td>{row.get('bytes_filled', 0) / 1e9:.2f}</td>"
+            f"<td>{_size(row.get('bytes_prefetched', 0))}</td><td>{_size(row.get('bytes_filled', 0))}</td>"
             f"<td>{row.get('prefetches_never_hit', '')}</td><td>{_hours(row.get('median_first_hit_s'))}</td>"
             f"<td>{row.get('hosts_steered', '')}</td><td>{esc(str(row.get('label', '')))}</td></tr>")
     if best is not None:
         rec = (f"<p class='rec'>Recommended: <b>{esc(best.setting)}</b> &mdash; net savings "
                f"<b>{best.net_savings:+.1%}</b> of the bytes requested (byte hit ratio {best.byte_hit_ratio:.1%}, "
-               f"{best.bytes_prefetched / 1e9:.2f} GB prefetched).</p>"
+               f"{_size(best.bytes_prefetched)} prefetched).</p>"
                f"<p>Apply it with:</p><pre>{esc(Setting(**best.params).apply_command())}</pre>")
     else:
         rec = "<p class='rec'>No applicable setting in this grid.</p>"
@@ -222,7 +232,7 @@ img {{ max-width: 100%; }}
 </style></head><body>
 <h1>heatcache replay</h1>
 <p>Trace: {esc(str(tr.get('source', '')))} &mdash; {tr.get('requests', 0)} requests,
-{tr.get('bytes_requested', 0) / 1e9:.2f} GB requested, {tr.get('objects', 0)} objects,
+{_size(tr.get('bytes_requested', 0))} requested, {tr.get('objects', 0)} objects,
 {tr.get('hours', 0):.1f} hours.</p>
 {rec}
 <p><b>Net savings</b> = (bytes served locally &minus; bytes prefetched) / bytes requested: every prefetch is a
@@ -232,8 +242,8 @@ setting saves.</p>
 <h2>Savings over time</h2><img alt="savings over time" src="{img['time']}">
 <h2>The grid</h2><img alt="grid heat map" src="{img['grid']}">
 <h2>Every setting and baseline</h2>
-<table><tr><th>setting</th><th>request hit</th><th>byte hit</th><th>net savings</th><th>prefetched GB</th>
-<th>filled GB</th><th>prefetches never hit</th><th>first local hit (median)</th><th>hosts steered</th>
+<table><tr><th>setting</th><th>request hit</th><th>byte hit</th><th>net savings</th><th>prefetched</th>
+<th>filled</th><th>prefetches never hit</th><th>first local hit (median)</th><th>hosts steered</th>
 <th>kind</th></tr>
 {table_rows}
 </table>

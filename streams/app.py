@@ -412,6 +412,18 @@ class _Consumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    async def _commit(self, offsets: Any) -> bool:
+        done = bool(await super()._commit(offsets))
+        if not done:
+            # Faust's driver returns False without a word for a commit the group refused while
+            # rebalancing, and records the offsets as committed anyway (Consumer._commit_offsets):
+            # if the broker then has no offset for a partition, messages re-read there are never
+            # committed again. Said here so that a worker whose group offsets stall can be told
+            # from one with nothing to commit.
+            log.warning("offset commit not done (group rebalancing?): %s",
+                        {f"{tp.topic}[{tp.partition}]": off for tp, off in offsets.items()})
+        return done
+
 
 def make_app(settings: Settings, bootstrap: str, counters: Counter[str] | None = None,
              on_ready: Any = None) -> tuple[faust.App, Stage]:

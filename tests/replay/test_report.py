@@ -114,3 +114,9 @@ def test_a_generated_trace_replays_from_its_csv_as_generated(base_settings: Sett
             for t in (direct, read))
     assert (a.hits, a.bytes_local, a.prefetches, a.bytes_prefetched, a.fills, a.evictions) == (
         b.hits, b.bytes_local, b.prefetches, b.bytes_prefetched, b.fills, b.evictions)
+
+
+def test_byte_figures_read_at_any_scale() -> None:
+    # a small log's prefetches are not all "0.00 GB"
+    assert [report._size(n) for n in (0, 900, 3 * 1024**2, int(1.5 * 1024**4), None)] == [
+        "0", "900", "3MB", "1.5TB", "-"]
