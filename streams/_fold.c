@@ -303,6 +303,24 @@ static PyObject *get_or_new(PyObject *table, PyObject *name, PyObject *make) {
     return PyObject_CallOneArg(make, name);
 }
 
+/* each host group's events added to its Heat in hosts (made by host_new when missing), the
+ * host marked dirty and touched: what fold and fold_hosts both do with their host groups */
+static int count_hosts(const Groups *gh, const Py_ssize_t *next, Py_ssize_t *buf, PyObject **items,
+                       PyObject *hosts, PyObject *host_new, double step, PyObject *spec, Py_ssize_t cap,
+                       PyObject *dirty_hosts, PyObject *touched_hosts) {
+    for (Py_ssize_t k = 0; k < gh->n; k++) {
+        PyObject *name = gh->names[k];
+        PyObject *heat = get_or_new(hosts, name, host_new);
+        if (!heat) return -1;
+        group_events(gh, k, next, buf);
+        double newest;
+        int r = add_many(heat, items, buf, gh->count[k], step, 0, spec, cap, &newest);
+        Py_DECREF(heat);
+        if (r < 0 || PySet_Add(dirty_hosts, name) < 0 || PySet_Add(touched_hosts, name) < 0) return -1;
+    }
+    return 0;
+}
+
 static PyObject *fold(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     if (nargs != 17) {
@@ -363,16 +381,8 @@ static PyObject *fold(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
             if (groups_add(&gk, f[6], i, next_k) < 0) goto done;
         }
     }
-    for (Py_ssize_t k = 0; k < gh.n; k++) {
-        PyObject *name = gh.names[k];
-        PyObject *heat = get_or_new(hosts, name, host_new);
-        if (!heat) goto done;
-        group_events(&gh, k, next_h, buf);
-        double newest;
-        int r = add_many(heat, items, buf, gh.count[k], step, 0, spec, cap, &newest);
-        Py_DECREF(heat);
-        if (r < 0 || PySet_Add(dirty_hosts, name) < 0 || PySet_Add(touched_hosts, name) < 0) goto done;
-    }
+    if (count_hosts(&gh, next_h, buf, items, hosts, host_new, step, spec, cap, dirty_hosts, touched_hosts) < 0)
+        goto done;
     cands = PyList_New(0);
     if (!cands) goto done;
     for (Py_ssize_t k = 0; k < gk.n; k++) {
@@ -543,16 +553,8 @@ static PyObject *fold_hosts(PyObject *self, PyObject *const *args, Py_ssize_t na
             m++;
         }
     }
-    for (Py_ssize_t k = 0; k < gh.n; k++) {
-        PyObject *name = gh.names[k];
-        PyObject *heat = get_or_new(hosts, name, host_new);
-        if (!heat) goto done;
-        group_events(&gh, k, next, buf);
-        double newest;
-        int r = add_many(heat, items, buf, gh.count[k], step, 0, spec, cap, &newest);
-        Py_DECREF(heat);
-        if (r < 0 || PySet_Add(dirty_hosts, name) < 0 || PySet_Add(touched_hosts, name) < 0) goto done;
-    }
+    if (count_hosts(&gh, next, buf, items, hosts, host_new, step, spec, cap, dirty_hosts, touched_hosts) < 0)
+        goto done;
     result = Py_NewRef(Py_None);
 done:
     if (gh_ok) groups_free(&gh);
