@@ -381,7 +381,7 @@ static PyTypeObject SPType = {
 static PyObject *s_bucket, *s_events, *s_applied, *s_watermark, *s_late, *s_admitted, *s_fetching, *s_clients,
     *s_pins, *s_first_access, *s_min_clients, *s_admit, *s_cache_key, *s_ts, *s_dirty_keys, *s_size, *s_source,
     *s_refused, *s_free_bytes, *s_state, *s_evicted, *s_cached, *s_failed, *s_fill, *s_fetch, *s_range,
-    *s_content_length, *s_empty, *s_clear, *s_post_init;
+    *s_content_length, *s_empty, *s_clear, *s_post_init, *s_failures;
 
 /* what the loop keeps per partition (streams mode): the PartitionHeat and its bound methods */
 typedef struct {
@@ -429,6 +429,9 @@ typedef struct {
      * ones are copies of it with their own key and size (make_event) */
     PyObject *tmpl[3];
     PyObject *field_names; /* CacheEvent's fields, in order */
+    /* ctx["CacheView"] (borrowed) and its fields ("state", "ts", "failures", "fetching"), or
+     * NULL: the PartitionHeat's own on_cache_event is called */
+    PyObject *view_cls, *view_names;
     PyObject *empty;
     long long hits, bytes_local, prefetches, bytes_prefetched, fills, bytes_filled, fetch_failures, refused,
         evictions, never_hit;
@@ -598,6 +601,50 @@ static void parts_free(Loop *L) {
     PyMem_Free(L->parts);
 }
 
+/* PartitionHeat.on_cache_event(key, state, its watermark), done here as it does it (its Python
+ * call and CacheView's frozen-dataclass __init__ were ~8k instructions per store and eviction,
+ * a tenth of a quota setting): failures = the old view's + 1 for "failed" (1 without one), else
+ * 0; cache[key] = CacheView(state, watermark, failures, False), made as its constructor makes it
+ * (object.__new__, then the generic setattr per field: an equal view). Used only when the
+ * PartitionHeat is streams' own class and CacheView has exactly these fields (engine.run checks;
+ * tests/replay/test_compiled.py compares the views dicts with the reference's). */
+static int on_cache_event(Loop *L, Part *P, PyObject *key, PyObject *state) {
+    long long failures = 0;
+    if (state == s_failed || PyUnicode_Compare(state, s_failed) == 0) {
+        PyObject *old = PyDict_GetItemWithError(P->cache, key);
+        if (old) {
+            PyObject *f = PyObject_GetAttr(old, s_failures);
+            if (!f) return -1;
+            failures = PyLong_AsLongLong(f);
+            Py_DECREF(f);
+            if (failures == -1 && PyErr_Occurred()) return -1;
+            failures += 1;
+        } else {
+            if (PyErr_Occurred()) return -1;
+            failures = 1;
+        }
+    } else if (PyErr_Occurred()) {
+        return -1;
+    }
+    PyObject *values[4];
+    values[0] = state;
+    Py_INCREF(state);
+    values[1] = PyFloat_FromDouble(P->wm);
+    values[2] = PyLong_FromLongLong(failures);
+    values[3] = Py_False;
+    Py_INCREF(Py_False);
+    PyObject *view = values[1] && values[2] ? PyBaseObject_Type.tp_new((PyTypeObject *)L->view_cls, L->empty, NULL)
+                                            : NULL;
+    int rc = view ? 0 : -1;
+    for (int i = 0; i < 4; i++) {
+        if (rc == 0 && PyObject_GenericSetAttr(view, PyTuple_GET_ITEM(L->view_names, i), values[i]) < 0) rc = -1;
+        Py_XDECREF(values[i]);
+    }
+    if (rc == 0) rc = PyDict_SetItem(P->cache, key, view);
+    Py_XDECREF(view);
+    return rc;
+}
+
 /* StreamsAdmission.cache_event / admission.cache_event */
 static int cache_event(Loop *L, long long partition, PyObject *key, PyObject *state) {
     PyObject *r;
@@ -605,6 +652,10 @@ static int cache_event(Loop *L, long long partition, PyObject *key, PyObject *st
     if (!pobj) return -1;
     if (L->streams) {
         Part *P = get_part(L, partition, pobj);
+        if (P && L->view_names) {
+            Py_DECREF(pobj);
+            return on_cache_event(L, P, key, state);
+        }
         PyObject *wm = P ? PyObject_GetAttr(P->ph, s_watermark) : NULL;
         if (!wm) {
             Py_DECREF(pobj);
@@ -1216,6 +1267,35 @@ static PyObject *loop(PyObject *self, PyObject *ctx) {
         }
         if (!L.field_names || !L.empty) goto fail;
     }
+    L.view_cls = PyDict_GetItemString(ctx, "CacheView"); /* optional: None or absent = call on_cache_event */
+    if (L.view_cls && L.view_cls != Py_None) {
+        if (!PyType_Check(L.view_cls)) {
+            PyErr_SetString(PyExc_TypeError, "loop(): CacheView must be a class");
+            goto fail;
+        }
+        PyObject *fields = PyObject_GetAttrString(L.view_cls, "__dataclass_fields__");
+        PyObject *names = fields && PyDict_Check(fields) ? PyDict_Keys(fields) : NULL;
+        Py_XDECREF(fields);
+        if (!names) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "loop(): CacheView must be a dataclass");
+            goto fail;
+        }
+        const char *want[4] = {"state", "ts", "failures", "fetching"};
+        int same = PyList_GET_SIZE(names) == 4;
+        for (Py_ssize_t i = 0; same && i < 4; i++)
+            same = PyUnicode_CompareWithASCIIString(PyList_GET_ITEM(names, i), want[i]) == 0;
+        if (same) {
+            L.view_names = PyList_AsTuple(names);
+            for (Py_ssize_t i = 0; L.view_names && i < 4; i++) {
+                PyObject *n = PyTuple_GET_ITEM(L.view_names, i);
+                Py_INCREF(n);
+                PyUnicode_InternInPlace(&n);
+                if (PyTuple_SetItem(L.view_names, i, n) < 0) Py_CLEAR(L.view_names);
+            }
+        }
+        Py_DECREF(names);
+        if (same && !L.view_names) goto fail;
+    }
     L.series = PyMem_Calloc((size_t)L.bins * 3, sizeof(long long));
     admitted = PyList_New(0);
     if (!L.kw_evicted || !L.kw_cached || !L.series || !admitted) {
@@ -1455,6 +1535,7 @@ fail:
     Py_XDECREF(L.kw_cached);
     for (int i = 0; i < 3; i++) Py_XDECREF(L.tmpl[i]);
     Py_XDECREF(L.field_names);
+    Py_XDECREF(L.view_names);
     Py_XDECREF(L.empty);
     Py_XDECREF(admitted);
     PyMem_Free(L.series);
@@ -1502,6 +1583,7 @@ PyMODINIT_FUNC PyInit__engine(void) {
     INTERN(s_empty, "");
     INTERN(s_clear, "clear");
     INTERN(s_post_init, "__post_init__");
+    INTERN(s_failures, "failures");
 #undef INTERN
     if (PyType_Ready(&SPType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);

@@ -50,7 +50,7 @@ from heatcache.contract import CacheEvent, RequestBatch, RequestEvent
 from heatcache.settings import Settings
 from replay.storepolicy import StorePolicy
 from streams.heat import PartitionHeat
-from streams.rules import Rules, rules_from_settings
+from streams.rules import CacheView, Rules, rules_from_settings
 
 try:
     from replay import _engine
@@ -563,6 +563,10 @@ def _run(prep: Prepared, setting: Setting, base: Settings, bins: int, keep_hot: 
             "quota": quota, "plan_space": plan_space, "huge_disk": _HUGE_DISK,
             "index_apply": index.apply, "cached": cached, "is_steered": is_steered, "never_steer": never_steer,
             "overrides": overrides, "never": never, "CacheEvent": CacheEvent, "may_fill": may_fill,
+            # the loop does PartitionHeat.on_cache_event itself (a view per store and eviction)
+            # only for streams' own classes; tests/replay/test_compiled.py compares the views
+            "CacheView": CacheView if type(admission) is StreamsAdmission and all(
+                type(ph) is PartitionHeat for ph in admission.parts.values()) else None,
             "max_fill": max_fill, "first_hit": first_hit, "hit_once": hit_once, "pending_prefetch": pending_prefetch,
             "steered_ever": steered_ever})
     for batch, rows, bts, nbytes in () if compiled else zip(prep.batches, prep.rows, prep.batch_ts,
