@@ -11,6 +11,7 @@ Three limits, all enforced for prefetched and in-path-filled objects alike:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,10 +28,11 @@ class Quota:
         return self.max_object_bytes
 
 
-@dataclass(frozen=True, slots=True)
-class SpacePlan:
+class SpacePlan(NamedTuple):
     """``refused`` is a reason ("" when the object may be stored); ``free_bytes`` what must be
-    evicted first (0 when it fits)."""
+    evicted first (0 when it fits). A NamedTuple, not a frozen dataclass: replay asks for a plan
+    millions of times, and a frozen dataclass's __init__ (one object.__setattr__ per field) cost
+    more than the rest of plan_space."""
 
     free_bytes: int = 0
     refused: str = ""
