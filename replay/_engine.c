@@ -395,6 +395,10 @@ typedef struct {
     long long applied, late;
     double wm;
     int ready;
+    /* engine.compiled_fold(ph): streams._fold.fold and its 17 arguments (0, 1, 14 filled in per
+     * call), or NULL: the loop calls P->fold (_fold_compiled / _fold_reference) */
+    PyObject *direct_fn, *direct_args;
+    long long direct_min; /* its min_clients argument: >= 0, the fold left out the keys with fewer */
 } Part;
 
 /* what the loop knows per key, by the key's number (Prepared.keys): arrays, not dicts */
@@ -417,7 +421,8 @@ typedef struct {
     /* from ctx (borrowed) */
     PyObject *steer, *key_ids, *fill_classes, *fill_ok, *failed, *quota, *plan_space, *huge, *index_apply, *cached,
         *is_steered, *never_steer, *overrides, *never, *event_cls, *may_fill, *admission, *first_hit, *pending,
-        *steered_ever, *parts_dict, *offsets, *emitted, *make_part, *adm_fold, *adm_cache_event, *max_fill;
+        *steered_ever, *parts_dict, *offsets, *emitted, *make_part, *adm_fold, *adm_cache_event, *max_fill,
+        *compiled_fold;
     SP *policy;
     int streams;
     Part *parts;
@@ -583,6 +588,24 @@ static Part *get_part(Loop *L, long long partition, PyObject *pobj) {
     Py_XDECREF(wm);
     if (PyErr_Occurred()) return NULL;
     P->late = 0;
+    P->direct_fn = P->direct_args = NULL;
+    if (L->compiled_fold && L->compiled_fold != Py_None) {
+        PyObject *got = PyObject_CallOneArg(L->compiled_fold, ph);
+        if (!got) return NULL;
+        if (got != Py_None) {
+            if (!PyTuple_Check(got) || PyTuple_GET_SIZE(got) != 2 || !PyList_Check(PyTuple_GET_ITEM(got, 1)) ||
+                PyList_GET_SIZE(PyTuple_GET_ITEM(got, 1)) != 17) {
+                Py_DECREF(got);
+                PyErr_SetString(PyExc_TypeError, "compiled_fold must return None or (fold, [17 arguments])");
+                return NULL;
+            }
+            P->direct_fn = Py_NewRef(PyTuple_GET_ITEM(got, 0));
+            P->direct_args = Py_NewRef(PyTuple_GET_ITEM(got, 1));
+            P->direct_min = PyLong_AsLongLong(PyList_GET_ITEM(P->direct_args, 16));
+        }
+        Py_DECREF(got);
+        if (PyErr_Occurred()) return NULL;
+    }
     P->ready = 1;
     return P;
 }
@@ -597,6 +620,8 @@ static void parts_free(Loop *L) {
         Py_XDECREF(P->on_event);
         Py_XDECREF(P->rule_for_key);
         Py_XDECREF(P->cache);
+        Py_XDECREF(P->direct_fn);
+        Py_XDECREF(P->direct_args);
     }
     PyMem_Free(L->parts);
 }
@@ -896,7 +921,7 @@ static int streams_fold(Loop *L, PyObject *pobj, PyObject *events, PyObject *out
     PyObject *ph = P->ph;
     long long offset = P->offset++;
     PyObject *hot = NULL, *res = NULL;
-    int rc = -1;
+    int rc = -1, direct = 0;
     if (offset <= P->applied) return 0; /* skipped: already in the durable state */
     PyObject *batch = PySequence_Fast(events, "events must be a sequence");
     if (!batch) return -1;
@@ -928,7 +953,25 @@ static int streams_fold(Loop *L, PyObject *pobj, PyObject *events, PyObject *out
             Py_XDECREF(w);
             goto done;
         }
-        if (P->compiled) {
+        direct = 0;
+        if (P->direct_fn) { /* _fold_compiled's call, while no operator pin makes it do more */
+            PyObject *pins = PyObject_GetAttr(ph, s_pins);
+            if (!pins) {
+                Py_DECREF(too);
+                Py_DECREF(w);
+                goto done;
+            }
+            direct = pins == Py_None;
+            Py_DECREF(pins);
+        }
+        if (direct) {
+            PyObject *args[17];
+            for (Py_ssize_t i = 0; i < 17; i++) args[i] = PyList_GET_ITEM(P->direct_args, i);
+            args[0] = batch;
+            args[1] = too;
+            args[14] = w;
+            res = PyObject_Vectorcall(P->direct_fn, args, 17, NULL);
+        } else if (P->compiled) {
             PyObject *args[4] = {batch, too, w, Py_None};
             res = PyObject_Vectorcall(P->fold, args, 4, NULL);
         } else {
@@ -963,6 +1006,13 @@ static int streams_fold(Loop *L, PyObject *pobj, PyObject *events, PyObject *out
             goto done;
         }
         PyObject *ck = PyTuple_GET_ITEM(t, 0), *kh = PyTuple_GET_ITEM(t, 1), *ts = PyTuple_GET_ITEM(t, 2);
+        /* PartitionHeat.fold's cheap checks, which streams._fold.fold made already on the same
+         * state and watermark when called directly (the admitted one always, the clients one
+         * with min_clients >= 0): then only decide is left */
+        if (direct) {
+            if (P->direct_min >= 0) goto decide;
+            goto clients;
+        }
         PyObject *adm = PyObject_GetAttr(kh, s_admitted);
         if (!adm) goto done;
         int admitted = PyObject_IsTrue(adm);
@@ -983,6 +1033,7 @@ static int streams_fold(Loop *L, PyObject *pobj, PyObject *events, PyObject *out
             }
             if (fetching && !(P->unanswered_set && wm >= adm_v + P->unanswered)) continue;
         }
+    clients:;
         PyObject *clients = PyObject_GetAttr(kh, s_clients);
         if (!clients) goto done;
         if (clients != Py_None) {
@@ -1016,6 +1067,7 @@ static int streams_fold(Loop *L, PyObject *pobj, PyObject *events, PyObject *out
             }
         }
         Py_DECREF(clients);
+    decide:;
         PyObject *dargs[2] = {ck, kh};
         PyObject *decision = PyObject_Vectorcall(P->decide, dargs, 2, NULL);
         if (!decision) goto done;
@@ -1196,6 +1248,7 @@ static PyObject *loop(PyObject *self, PyObject *ctx) {
     CTX(pending, "pending_prefetch");
     CTX(steered_ever, "steered_ever");
     CTX(max_fill, "max_fill");
+    L.compiled_fold = PyDict_GetItemString(ctx, "compiled_fold"); /* optional */
 #undef GET
     if (!PyObject_TypeCheck(policy, &SPType)) {
         PyErr_SetString(PyExc_TypeError, "loop(): the policy must be replay._engine.StorePolicy");
