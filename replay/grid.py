@@ -14,7 +14,7 @@ from typing import Any
 from heatcache.settings import Settings
 from replay import baselines
 from replay.baselines import Baseline, Req
-from replay.engine import Prepared, Result, Setting, answer_fills, run
+from replay.engine import Prepared, Result, Setting, answer_fills, parse_keys, run
 
 # What a forked worker reads: the prepared trace is handed over by fork (copy-on-write), not
 # pickled once per setting. Set only by run_grid, right before the pool starts.
@@ -46,6 +46,7 @@ def run_grid(prep: Prepared, settings: Sequence[Setting], base: Settings, jobs: 
         return [run(prep, s, base) for s in settings]
     for max_fill in {s.settings(base).max_object_bytes for s in settings if s.fill}:
         answer_fills(prep, max_fill)  # once here, not once per worker
+    parse_keys(prep)  # the same
     _SHARED.update(prep=prep, base=base)
     # the trace's objects out of the collector's reach: a collection in a worker would walk (and
     # so copy, page by page) all of the parent's memory it shares by fork
