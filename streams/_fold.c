@@ -1048,6 +1048,9 @@ static int parse_row(Cursor *c, PyObject **out) {
         }
         PyTuple_SET_ITEM(row, i + 1, str);
     }
+    /* a float and strs: it cannot be part of a cycle, so the cyclic GC need not track it (the
+     * GC would untrack it at its first collection, after visiting it; 100 per message) */
+    PyObject_GC_UnTrack(row);
     *out = row;
     return ROW_OK;
 }
