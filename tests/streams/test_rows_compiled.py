@@ -157,7 +157,7 @@ def test_short_decimals_are_strtods() -> None:
         raw = b'{"v":1,"kind":"batch","bucket":0,"events":[[' + span.encode() + b',"a","b","c","d","e","f","g","h"]]}'
         got = _fold.rows(raw)
         want = float(span)
-        if want > contract.MAX_TS or span.startswith("0") and len(span) > 1 and span[1] != ".":
+        if want > contract.MAX_TS or (span.startswith("0") and len(span) > 1 and span[1] != "."):
             assert got is None, span
             continue
         assert got is not None and got[0][0] == want and type(got[0][0]) is float, span
