@@ -381,7 +381,7 @@ static PyTypeObject SPType = {
 static PyObject *s_bucket, *s_events, *s_applied, *s_watermark, *s_late, *s_admitted, *s_fetching, *s_clients,
     *s_pins, *s_first_access, *s_min_clients, *s_admit, *s_cache_key, *s_ts, *s_dirty_keys, *s_size, *s_source,
     *s_refused, *s_free_bytes, *s_state, *s_evicted, *s_cached, *s_failed, *s_fill, *s_fetch, *s_range,
-    *s_content_length, *s_empty, *s_clear, *s_post_init;
+    *s_content_length, *s_empty, *s_clear, *s_post_init, *s_failures;
 
 /* what the loop keeps per partition (streams mode): the PartitionHeat and its bound methods */
 typedef struct {
@@ -395,6 +395,10 @@ typedef struct {
     long long applied, late;
     double wm;
     int ready;
+    /* engine.compiled_fold(ph): streams._fold.fold and its 17 arguments (0, 1, 14 filled in per
+     * call), or NULL: the loop calls P->fold (_fold_compiled / _fold_reference) */
+    PyObject *direct_fn, *direct_args;
+    long long direct_min; /* its min_clients argument: >= 0, the fold left out the keys with fewer */
 } Part;
 
 /* what the loop knows per key, by the key's number (Prepared.keys): arrays, not dicts */
@@ -417,7 +421,8 @@ typedef struct {
     /* from ctx (borrowed) */
     PyObject *steer, *key_ids, *fill_classes, *fill_ok, *failed, *quota, *plan_space, *huge, *index_apply, *cached,
         *is_steered, *never_steer, *overrides, *never, *event_cls, *may_fill, *admission, *first_hit, *pending,
-        *steered_ever, *parts_dict, *offsets, *emitted, *make_part, *adm_fold, *adm_cache_event, *max_fill;
+        *steered_ever, *parts_dict, *offsets, *emitted, *make_part, *adm_fold, *adm_cache_event, *max_fill,
+        *compiled_fold;
     SP *policy;
     int streams;
     Part *parts;
@@ -429,6 +434,9 @@ typedef struct {
      * ones are copies of it with their own key and size (make_event) */
     PyObject *tmpl[3];
     PyObject *field_names; /* CacheEvent's fields, in order */
+    /* ctx["CacheView"] (borrowed) and its fields ("state", "ts", "failures", "fetching"), or
+     * NULL: the PartitionHeat's own on_cache_event is called */
+    PyObject *view_cls, *view_names;
     PyObject *empty;
     long long hits, bytes_local, prefetches, bytes_prefetched, fills, bytes_filled, fetch_failures, refused,
         evictions, never_hit;
@@ -580,6 +588,24 @@ static Part *get_part(Loop *L, long long partition, PyObject *pobj) {
     Py_XDECREF(wm);
     if (PyErr_Occurred()) return NULL;
     P->late = 0;
+    P->direct_fn = P->direct_args = NULL;
+    if (L->compiled_fold && L->compiled_fold != Py_None) {
+        PyObject *got = PyObject_CallOneArg(L->compiled_fold, ph);
+        if (!got) return NULL;
+        if (got != Py_None) {
+            if (!PyTuple_Check(got) || PyTuple_GET_SIZE(got) != 2 || !PyList_Check(PyTuple_GET_ITEM(got, 1)) ||
+                PyList_GET_SIZE(PyTuple_GET_ITEM(got, 1)) != 17) {
+                Py_DECREF(got);
+                PyErr_SetString(PyExc_TypeError, "compiled_fold must return None or (fold, [17 arguments])");
+                return NULL;
+            }
+            P->direct_fn = Py_NewRef(PyTuple_GET_ITEM(got, 0));
+            P->direct_args = Py_NewRef(PyTuple_GET_ITEM(got, 1));
+            P->direct_min = PyLong_AsLongLong(PyList_GET_ITEM(P->direct_args, 16));
+        }
+        Py_DECREF(got);
+        if (PyErr_Occurred()) return NULL;
+    }
     P->ready = 1;
     return P;
 }
@@ -594,8 +620,54 @@ static void parts_free(Loop *L) {
         Py_XDECREF(P->on_event);
         Py_XDECREF(P->rule_for_key);
         Py_XDECREF(P->cache);
+        Py_XDECREF(P->direct_fn);
+        Py_XDECREF(P->direct_args);
     }
     PyMem_Free(L->parts);
+}
+
+/* PartitionHeat.on_cache_event(key, state, its watermark), done here as it does it (its Python
+ * call and CacheView's frozen-dataclass __init__ were ~8k instructions per store and eviction,
+ * a tenth of a quota setting): failures = the old view's + 1 for "failed" (1 without one), else
+ * 0; cache[key] = CacheView(state, watermark, failures, False), made as its constructor makes it
+ * (object.__new__, then the generic setattr per field: an equal view). Used only when the
+ * PartitionHeat is streams' own class and CacheView has exactly these fields (engine.run checks;
+ * tests/replay/test_compiled.py compares the views dicts with the reference's). */
+static int on_cache_event(Loop *L, Part *P, PyObject *key, PyObject *state) {
+    long long failures = 0;
+    if (state == s_failed || PyUnicode_Compare(state, s_failed) == 0) {
+        PyObject *old = PyDict_GetItemWithError(P->cache, key);
+        if (old) {
+            PyObject *f = PyObject_GetAttr(old, s_failures);
+            if (!f) return -1;
+            failures = PyLong_AsLongLong(f);
+            Py_DECREF(f);
+            if (failures == -1 && PyErr_Occurred()) return -1;
+            failures += 1;
+        } else {
+            if (PyErr_Occurred()) return -1;
+            failures = 1;
+        }
+    } else if (PyErr_Occurred()) {
+        return -1;
+    }
+    PyObject *values[4];
+    values[0] = state;
+    Py_INCREF(state);
+    values[1] = PyFloat_FromDouble(P->wm);
+    values[2] = PyLong_FromLongLong(failures);
+    values[3] = Py_False;
+    Py_INCREF(Py_False);
+    PyObject *view = values[1] && values[2] ? PyBaseObject_Type.tp_new((PyTypeObject *)L->view_cls, L->empty, NULL)
+                                            : NULL;
+    int rc = view ? 0 : -1;
+    for (int i = 0; i < 4; i++) {
+        if (rc == 0 && PyObject_GenericSetAttr(view, PyTuple_GET_ITEM(L->view_names, i), values[i]) < 0) rc = -1;
+        Py_XDECREF(values[i]);
+    }
+    if (rc == 0) rc = PyDict_SetItem(P->cache, key, view);
+    Py_XDECREF(view);
+    return rc;
 }
 
 /* StreamsAdmission.cache_event / admission.cache_event */
@@ -605,6 +677,10 @@ static int cache_event(Loop *L, long long partition, PyObject *key, PyObject *st
     if (!pobj) return -1;
     if (L->streams) {
         Part *P = get_part(L, partition, pobj);
+        if (P && L->view_names) {
+            Py_DECREF(pobj);
+            return on_cache_event(L, P, key, state);
+        }
         PyObject *wm = P ? PyObject_GetAttr(P->ph, s_watermark) : NULL;
         if (!wm) {
             Py_DECREF(pobj);
@@ -845,7 +921,7 @@ static int streams_fold(Loop *L, PyObject *pobj, PyObject *events, PyObject *out
     PyObject *ph = P->ph;
     long long offset = P->offset++;
     PyObject *hot = NULL, *res = NULL;
-    int rc = -1;
+    int rc = -1, direct = 0;
     if (offset <= P->applied) return 0; /* skipped: already in the durable state */
     PyObject *batch = PySequence_Fast(events, "events must be a sequence");
     if (!batch) return -1;
@@ -877,7 +953,25 @@ static int streams_fold(Loop *L, PyObject *pobj, PyObject *events, PyObject *out
             Py_XDECREF(w);
             goto done;
         }
-        if (P->compiled) {
+        direct = 0;
+        if (P->direct_fn) { /* _fold_compiled's call, while no operator pin makes it do more */
+            PyObject *pins = PyObject_GetAttr(ph, s_pins);
+            if (!pins) {
+                Py_DECREF(too);
+                Py_DECREF(w);
+                goto done;
+            }
+            direct = pins == Py_None;
+            Py_DECREF(pins);
+        }
+        if (direct) {
+            PyObject *args[17];
+            for (Py_ssize_t i = 0; i < 17; i++) args[i] = PyList_GET_ITEM(P->direct_args, i);
+            args[0] = batch;
+            args[1] = too;
+            args[14] = w;
+            res = PyObject_Vectorcall(P->direct_fn, args, 17, NULL);
+        } else if (P->compiled) {
             PyObject *args[4] = {batch, too, w, Py_None};
             res = PyObject_Vectorcall(P->fold, args, 4, NULL);
         } else {
@@ -912,6 +1006,13 @@ static int streams_fold(Loop *L, PyObject *pobj, PyObject *events, PyObject *out
             goto done;
         }
         PyObject *ck = PyTuple_GET_ITEM(t, 0), *kh = PyTuple_GET_ITEM(t, 1), *ts = PyTuple_GET_ITEM(t, 2);
+        /* PartitionHeat.fold's cheap checks, which streams._fold.fold made already on the same
+         * state and watermark when called directly (the admitted one always, the clients one
+         * with min_clients >= 0): then only decide is left */
+        if (direct) {
+            if (P->direct_min >= 0) goto decide;
+            goto clients;
+        }
         PyObject *adm = PyObject_GetAttr(kh, s_admitted);
         if (!adm) goto done;
         int admitted = PyObject_IsTrue(adm);
@@ -932,6 +1033,7 @@ static int streams_fold(Loop *L, PyObject *pobj, PyObject *events, PyObject *out
             }
             if (fetching && !(P->unanswered_set && wm >= adm_v + P->unanswered)) continue;
         }
+    clients:;
         PyObject *clients = PyObject_GetAttr(kh, s_clients);
         if (!clients) goto done;
         if (clients != Py_None) {
@@ -965,6 +1067,7 @@ static int streams_fold(Loop *L, PyObject *pobj, PyObject *events, PyObject *out
             }
         }
         Py_DECREF(clients);
+    decide:;
         PyObject *dargs[2] = {ck, kh};
         PyObject *decision = PyObject_Vectorcall(P->decide, dargs, 2, NULL);
         if (!decision) goto done;
@@ -1145,6 +1248,7 @@ static PyObject *loop(PyObject *self, PyObject *ctx) {
     CTX(pending, "pending_prefetch");
     CTX(steered_ever, "steered_ever");
     CTX(max_fill, "max_fill");
+    L.compiled_fold = PyDict_GetItemString(ctx, "compiled_fold"); /* optional */
 #undef GET
     if (!PyObject_TypeCheck(policy, &SPType)) {
         PyErr_SetString(PyExc_TypeError, "loop(): the policy must be replay._engine.StorePolicy");
@@ -1215,6 +1319,35 @@ static PyObject *loop(PyObject *self, PyObject *ctx) {
             }
         }
         if (!L.field_names || !L.empty) goto fail;
+    }
+    L.view_cls = PyDict_GetItemString(ctx, "CacheView"); /* optional: None or absent = call on_cache_event */
+    if (L.view_cls && L.view_cls != Py_None) {
+        if (!PyType_Check(L.view_cls)) {
+            PyErr_SetString(PyExc_TypeError, "loop(): CacheView must be a class");
+            goto fail;
+        }
+        PyObject *fields = PyObject_GetAttrString(L.view_cls, "__dataclass_fields__");
+        PyObject *names = fields && PyDict_Check(fields) ? PyDict_Keys(fields) : NULL;
+        Py_XDECREF(fields);
+        if (!names) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "loop(): CacheView must be a dataclass");
+            goto fail;
+        }
+        const char *want[4] = {"state", "ts", "failures", "fetching"};
+        int same = PyList_GET_SIZE(names) == 4;
+        for (Py_ssize_t i = 0; same && i < 4; i++)
+            same = PyUnicode_CompareWithASCIIString(PyList_GET_ITEM(names, i), want[i]) == 0;
+        if (same) {
+            L.view_names = PyList_AsTuple(names);
+            for (Py_ssize_t i = 0; L.view_names && i < 4; i++) {
+                PyObject *n = PyTuple_GET_ITEM(L.view_names, i);
+                Py_INCREF(n);
+                PyUnicode_InternInPlace(&n);
+                if (PyTuple_SetItem(L.view_names, i, n) < 0) Py_CLEAR(L.view_names);
+            }
+        }
+        Py_DECREF(names);
+        if (same && !L.view_names) goto fail;
     }
     L.series = PyMem_Calloc((size_t)L.bins * 3, sizeof(long long));
     admitted = PyList_New(0);
@@ -1455,6 +1588,7 @@ fail:
     Py_XDECREF(L.kw_cached);
     for (int i = 0; i < 3; i++) Py_XDECREF(L.tmpl[i]);
     Py_XDECREF(L.field_names);
+    Py_XDECREF(L.view_names);
     Py_XDECREF(L.empty);
     Py_XDECREF(admitted);
     PyMem_Free(L.series);
@@ -1502,6 +1636,7 @@ PyMODINIT_FUNC PyInit__engine(void) {
     INTERN(s_empty, "");
     INTERN(s_clear, "clear");
     INTERN(s_post_init, "__post_init__");
+    INTERN(s_failures, "failures");
 #undef INTERN
     if (PyType_Ready(&SPType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);

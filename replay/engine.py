@@ -50,8 +50,12 @@ from heatcache.contract import CacheEvent, RequestBatch, RequestEvent
 from heatcache.settings import Settings
 from replay.storepolicy import StorePolicy
 from streams.heat import PartitionHeat
-from streams.rules import Rules, rules_from_settings
+from streams.rules import CacheView, Rules, rules_from_settings
 
+try:
+    from streams import _fold
+except ImportError:  # not built: PartitionHeat folds with its Python reference
+    _fold = None  # type: ignore[assignment]
 try:
     from replay import _engine
 except ImportError:  # not built (no compiler): the Python loop below does the same, slower
@@ -139,6 +143,24 @@ class Admission(Protocol):
 
 
 _NONE: list[tuple[str, float, int]] = []  # never appended to: the "nothing admitted" answer
+
+
+def compiled_fold(ph: PartitionHeat) -> tuple[Any, list[Any]] | None:
+    """``PartitionHeat._fold_compiled``'s own call, for the compiled loop to make it without the
+    Python frame (one per batch, and a campus trace's batches hold one or two events: the
+    frame's attribute reads were ~8 % of a setting): streams._fold.fold and its arguments, with
+    the batch, too_old and the watermark (0, 1, 14) filled in per call. None when
+    ``_fold_compiled`` does more than that call (host heat, operator pins) or the fold is not
+    the compiled one: the loop calls ``_fold_compiled`` / ``_fold_reference`` then. Mirrors
+    ``_fold_compiled`` (tests/replay/test_compiled.py holds the results and the partitions'
+    state to the reference's, which calls ``PartitionHeat.fold``)."""
+    if not ph.compiled or ph.host_heat or ph.pins is not None or _fold is None:
+        return None
+    spec, default = ph.spec, ph.rules.default
+    min_clients = default.min_clients if ph.rules.plain and not default.first_access else -1
+    return _fold.fold, [None, None, spec.step_s, spec, spec.client_cap, ph.keys, ph.key, None, ph.host, None,
+                        ph.dirty_keys, ph._dirty_hosts, ph._touched_hosts, ph.cache, None,
+                        ph.rules.backoff.unanswered_s, min_clients]
 
 
 class StreamsAdmission:
@@ -563,6 +585,11 @@ def _run(prep: Prepared, setting: Setting, base: Settings, bins: int, keep_hot: 
             "quota": quota, "plan_space": plan_space, "huge_disk": _HUGE_DISK,
             "index_apply": index.apply, "cached": cached, "is_steered": is_steered, "never_steer": never_steer,
             "overrides": overrides, "never": never, "CacheEvent": CacheEvent, "may_fill": may_fill,
+            "compiled_fold": compiled_fold,
+            # the loop does PartitionHeat.on_cache_event itself (a view per store and eviction)
+            # only for streams' own classes; tests/replay/test_compiled.py compares the views
+            "CacheView": CacheView if type(admission) is StreamsAdmission and all(
+                type(ph) is PartitionHeat for ph in admission.parts.values()) else None,
             "max_fill": max_fill, "first_hit": first_hit, "hit_once": hit_once, "pending_prefetch": pending_prefetch,
             "steered_ever": steered_ever})
     for batch, rows, bts, nbytes in () if compiled else zip(prep.batches, prep.rows, prep.batch_ts,

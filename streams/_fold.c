@@ -600,6 +600,11 @@ static int buf_put(Buf *b, const char *s, size_t n) {
 static int buf_ll(Buf *b, PyObject *o) {
     long long v = PyLong_AsLongLong(o);
     if (v == -1 && PyErr_Occurred()) return -1;
+    /* the last number written, again: a key's clients mostly carry the same few panes */
+    static long long last_v = 0;
+    static char last_s[24] = "0";
+    static size_t last_n = 1;
+    if (v == last_v) return buf_put(b, last_s, last_n);
     /* by hand: snprintf was most of a flush (a key holds up to client_cap panes of clients) */
     char tmp[24];
     char *end = tmp + sizeof tmp, *w = end;
@@ -609,7 +614,10 @@ static int buf_ll(Buf *b, PyObject *o) {
         u /= 10;
     } while (u);
     if (v < 0) *--w = '-';
-    return buf_put(b, w, (size_t)(end - w));
+    last_v = v;
+    last_n = (size_t)(end - w);
+    memcpy(last_s, w, last_n);
+    return buf_put(b, w, last_n);
 }
 
 static int buf_str(Buf *b, PyObject *o) {
@@ -665,9 +673,24 @@ static int buf_float(Buf *b, PyObject *o) {
         PyErr_SetString(PyExc_ValueError, "cannot encode a non-finite float");
         return -1;
     }
+    /* repr (shortest round trip, as orjson writes it) is ~600 instructions; a key's admission
+     * time is the same flush after flush: renderings cached by the double's bits */
+    enum { FC_SIZE = 4096 };
+    static struct { uint64_t bits; uint8_t n; char s[31]; } fc[FC_SIZE];  /* n = 0: empty */
+    uint64_t bits;
+    memcpy(&bits, &v, sizeof bits);
+    uint64_t h = bits * 0x9E3779B97F4A7C15ULL;
+    size_t slot = (size_t)(h >> 52);  /* 12 bits: FC_SIZE */
+    if (fc[slot].n && fc[slot].bits == bits) return buf_put(b, fc[slot].s, fc[slot].n);
     char *s = PyOS_double_to_string(v, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
     if (!s) return -1;
-    int r = buf_put(b, s, strlen(s));
+    size_t n = strlen(s);
+    int r = buf_put(b, s, n);
+    if (n < sizeof fc[slot].s) {
+        fc[slot].bits = bits;
+        fc[slot].n = (uint8_t)n;
+        memcpy(fc[slot].s, s, n);
+    }
     PyMem_Free(s);
     return r;
 }
@@ -726,10 +749,16 @@ static PyObject *heat_json(PyObject *heat, PyObject *fallback, int key_fields) {
     if (clients == Py_None || !PyDict_Check(clients) || !PyDict_Check(panes)) {
         out = PyObject_CallOneArg(fallback, heat);  /* sketch mode: the Python encoder */
     } else {
-        Buf b = {0};
-        if (encode_exact(&b, heat, panes, clients, key_fields) == 0)
-            out = PyBytes_FromStringAndSize(b.buf, (Py_ssize_t)b.len);
-        PyMem_Free(b.buf);
+        /* one buffer for every key (the module is used under the GIL only): no allocation per key */
+        static Buf scratch;
+        scratch.len = 0;
+        if (encode_exact(&scratch, heat, panes, clients, key_fields) == 0)
+            out = PyBytes_FromStringAndSize(scratch.buf, (Py_ssize_t)scratch.len);
+        if (scratch.cap > (1u << 20)) {  /* a huge key: do not keep its buffer */
+            PyMem_Free(scratch.buf);
+            scratch.buf = NULL;
+            scratch.len = scratch.cap = 0;
+        }
     }
     Py_DECREF(panes);
     Py_DECREF(clients);
@@ -960,6 +989,24 @@ static int plain_string(Cursor *c, const char **s, Py_ssize_t *n) {
     ws(c);
     if (c->p >= c->end || *c->p != '"') return ROW_OTHER;
     const char *q = ++c->p;
+    /* eight bytes at a time while none is special ('"', '\\', < 0x20, >= 0x80), then on from the
+     * first special byte with the byte loop (the same checks). The lowest flagged byte of a word
+     * is its first special one: the subtractions borrow upwards only, so a false flag can only
+     * follow a true one (little-endian: lower bytes come first). */
+    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    while (q + 8 <= c->end) {
+        uint64_t w;
+        memcpy(&w, q, 8);
+        uint64_t quote = w ^ (ones * '"'), slash = w ^ (ones * '\\');
+        uint64_t special = (w | ((w - ones * 0x20) & ~w) | ((quote - ones) & ~quote) | ((slash - ones) & ~slash)) & highs;
+        if (special) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+            q += __builtin_ctzll(special) >> 3;
+#endif
+            break;
+        }
+        q += 8;
+    }
     while (q < c->end) {
         unsigned char ch = (unsigned char)*q;
         if (ch == '"') break;
@@ -1009,6 +1056,31 @@ static int span_is(const char *s, Py_ssize_t n, const char *lit_s) {
     return (size_t)n == strlen(lit_s) && memcmp(s, lit_s, (size_t)n) == 0;
 }
 
+/* digits[.digits] with at most 15 digits in all: its value as strtod gives it, without strtod.
+ * The digits as an integer m < 10^15 < 2^53 and 10^k (k <= 15) are exact doubles, so m / 10^k,
+ * one correctly rounded division, is the double nearest the decimal (Clinger's fast path):
+ * what PyOS_string_to_double returns. 0 = not that form (the caller uses strtod). */
+static int short_decimal(const char *s, Py_ssize_t n, double *out) {
+    static const double pow10[16] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15};
+    uint64_t m = 0;
+    int digits = 0, frac = -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        char ch = s[i];
+        if (ch >= '0' && ch <= '9') {
+            m = m * 10 + (uint64_t)(ch - '0');
+            if (++digits > 15) return 0;
+            if (frac >= 0) frac++;
+        } else if (ch == '.' && frac < 0) {
+            frac = 0;
+        } else {
+            return 0;  /* an exponent */
+        }
+    }
+    if (!digits) return 0;
+    *out = (double)m / pow10[frac > 0 ? frac : 0];
+    return 1;
+}
+
 /* one event: [ts, 8 plain strings] -> a 9-tuple into *out */
 static int parse_row(Cursor *c, PyObject **out) {
     if (!lit(c, '[')) return ROW_OTHER;
@@ -1016,16 +1088,20 @@ static int parse_row(Cursor *c, PyObject **out) {
     Py_ssize_t n;
     int integer;
     if (plain_number(c, &s, &n, &integer) != ROW_OK || n > 40) return ROW_OTHER;
-    char tmp[48];
-    memcpy(tmp, s, (size_t)n);
-    tmp[n] = '\0';
-    char *endp = NULL;
-    double ts = PyOS_string_to_double(tmp, &endp, NULL);
-    if (ts == -1.0 && PyErr_Occurred()) {
-        PyErr_Clear();
-        return ROW_OTHER;
+    double ts;
+    if (!short_decimal(s, n, &ts)) {
+        char tmp[48];
+        memcpy(tmp, s, (size_t)n);
+        tmp[n] = '\0';
+        char *endp = NULL;
+        ts = PyOS_string_to_double(tmp, &endp, NULL);
+        if (ts == -1.0 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return ROW_OTHER;
+        }
+        if (endp != tmp + n) return ROW_OTHER;
     }
-    if (endp != tmp + n || !isfinite(ts) || !(ts >= 0.0 && ts <= MAX_TS)) return ROW_OTHER;
+    if (!isfinite(ts) || !(ts >= 0.0 && ts <= MAX_TS)) return ROW_OTHER;
     const char *fs[8];
     Py_ssize_t fn[8];
     for (int i = 0; i < 8; i++) {
@@ -1048,6 +1124,9 @@ static int parse_row(Cursor *c, PyObject **out) {
         }
         PyTuple_SET_ITEM(row, i + 1, str);
     }
+    /* a float and strs: it cannot be part of a cycle, so the cyclic GC need not track it (the
+     * GC would untrack it at its first collection, after visiting it; 100 per message) */
+    PyObject_GC_UnTrack(row);
     *out = row;
     return ROW_OK;
 }

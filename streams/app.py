@@ -40,6 +40,7 @@ from heatcache.kafkautil import admin, producer, ssl_context
 from heatcache.metrics import STREAMS
 from heatcache.runner import ConfigError, Runner
 from heatcache.settings import Settings
+from streams import gcpolicy
 from streams.follow import CacheFollower
 from streams.heat import PartitionHeat, compiled_available, meta_key, rows_decoder
 from streams.outputs import DeliveryFailed, Outputs
@@ -535,6 +536,7 @@ def main(run: Runner, settings: Settings, bootstrap: str, loglevel: str = "info"
     if control is not None:
         stage.pins = lambda key, host: control.state.pin(key, host)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    gcpolicy.tune()  # the heat is long-lived objects: fewer, bigger collections (streams/gcpolicy.py)
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:  # Faust's worker ends with SystemExit(0) after a clean stop

@@ -98,17 +98,24 @@ def test_compiled_loop_equals_the_reference(base_settings: Settings, seed: int) 
     assert all(seen.values()), seen  # the traces reach every path of the loop
 
 
-def test_the_compiled_loop_leaves_the_partitions_as_the_reference(base_settings: Settings) -> None:
+@pytest.mark.parametrize("seed", [7, 8])
+def test_the_compiled_loop_leaves_the_partitions_as_the_reference(base_settings: Settings, seed: int) -> None:
     """Each PartitionHeat's applied offset, late count and watermark (the loop keeps them in C
-    between folds) and the admission's offsets end as the reference leaves them."""
-    prep, ws = random_trace(7, n=900)
+    between folds), its cache views (the loop does on_cache_event itself) and the admission's
+    offsets end as the reference leaves them."""
+    base = base_settings.model_copy(update={"never_steer_hosts": ("skip.test",)})
+    prep, ws = random_trace(seed, n=900, base=base)  # with failed fetches: views with failures
     setting = Setting(window_s=3600, min_clients=2, quota_bytes=max(1, ws // 8))
     got_ref: list[tuple[Any, ...]] = []
     for compiled in (False, True):
-        adm = StreamsAdmission(rules_from_settings(setting.settings(base_settings)))
-        run(prep, setting, base_settings, admission=adm, compiled=compiled)
-        got_ref.append((dict(adm.offsets), {p: (ph.applied, ph.late, ph.watermark) for p, ph in adm.parts.items()}))
+        adm = StreamsAdmission(rules_from_settings(setting.settings(base)))
+        run(prep, setting, base, admission=adm, compiled=compiled)
+        views = {p: {k: (type(v), dataclasses.astuple(v)) for k, v in ph.cache.items()} for p, ph in adm.parts.items()}
+        got_ref.append((dict(adm.offsets), {p: (ph.applied, ph.late, ph.watermark) for p, ph in adm.parts.items()},
+                        views))
     assert got_ref[0] == got_ref[1] and any(late for _a, late, _w in got_ref[0][1].values())
+    states = {(v[1][0], v[1][2] > 0) for part in got_ref[0][2].values() for v in part.values()}
+    assert {("cached", False), ("evicted", False), ("failed", True)} <= states, states
 
 
 def test_the_events_the_compiled_loop_hands_the_index_are_the_constructors(base_settings: Settings) -> None:

@@ -17,7 +17,7 @@ import pytest
 from heatcache.contract import RequestEvent
 from streams import _fold  # imported unconditionally: no skip, the build must work
 from streams import heat as heat_mod
-from streams.heat import PartitionHeat, compiled_available
+from streams.heat import KeyHeat, PartitionHeat, compiled_available
 from streams.rules import Backoff, Rule, Rules, _host_matcher, _Thresholds
 from streams.windows import Heat, WindowSpec
 
@@ -197,3 +197,26 @@ def test_host_heat_counted_in_bulk_equals_counting_each_message(monkeypatch: pyt
         want_state = state(phs[0])
         assert all(state(ph) == want_state for ph in phs[1:]), f"seed {seed}"
     assert seen_bulk >= 5  # many messages were pending at once
+
+
+def test_encode_slot_numbers_match_orjson_across_calls() -> None:
+    # the encoder keeps the last integer and a cache of float renderings between keys and
+    # calls: admission times (new, repeated, colliding, 0.0, -0.0), panes and counts (negative,
+    # zero, repeated, large) must still come out as orjson writes them. (Times below 1e-4 or
+    # from 1e16 on are written as repr writes them, 1e-07 where orjson writes 1e-7: the same
+    # double when read; event times are not there.)
+    rnd = random.Random(1617)
+    spec = WindowSpec(window_s=60, step_s=10, client_cap=64)
+    times = [0.0, -0.0, 1.5, 0.001, 1780000000.123, 4102444800.0] + [rnd.uniform(0, 4e9) for _ in range(40)]
+    for _ in range(30):
+        heats: dict[str, KeyHeat] = {}
+        for k in range(rnd.randrange(1, 40)):
+            kh = KeyHeat()
+            for _ in range(rnd.randrange(1, 12)):
+                kh.add(rnd.choice((-3, 0, 0, 7, 494444, 2**40)), f"c{rnd.randrange(30)}", rnd.random() < 0.3,
+                       rnd.choice((0, 1, 10**12)), spec)
+            kh.url = f"http://h/{k}"
+            kh.admitted = rnd.choice(times) if rnd.random() < 0.8 else rnd.uniform(-1e6, 1e6)
+            heats[f"k{k}"] = kh
+        raw = _fold.encode_slot(list(heats), heats, {}, lambda h: orjson.dumps(h.to_json()), True)
+        assert raw == orjson.dumps({name: kh.to_json() for name, kh in heats.items()})

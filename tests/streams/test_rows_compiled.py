@@ -142,3 +142,33 @@ def test_field_caps_are_the_contracts() -> None:
                 b'{"v":1,"kind":"batch","bucket":0,"events":[[1.0,' + b",".join(
                     b'"' + f.encode() + b'"' for f in fields) + b"]]}"
             assert check(raw) == taken, (i, n)
+
+
+def test_short_decimals_are_strtods() -> None:
+    # rows reads ts of up to 15 digits without strtod (m / 10^k): the same double as float()
+    rnd = random.Random(1616)
+    spans = ["0", "0.0", "1", "4102444800", "4102444800.0", "0.000000000000001", "999999999999999",
+             "99999999999999.9", "1780000000.123456", "1780000000.1234567", "0.1", "0.30000000000000004"]
+    for _ in range(3000):
+        whole = str(rnd.randrange(0, 4_102_444_801))
+        frac = "".join(rnd.choice("0123456789") for _ in range(rnd.randrange(0, 9)))
+        spans.append(f"{whole}.{frac}" if frac else whole)
+    for span in spans:
+        raw = b'{"v":1,"kind":"batch","bucket":0,"events":[[' + span.encode() + b',"a","b","c","d","e","f","g","h"]]}'
+        got = _fold.rows(raw)
+        want = float(span)
+        if want > contract.MAX_TS or (span.startswith("0") and len(span) > 1 and span[1] != "."):
+            assert got is None, span
+            continue
+        assert got is not None and got[0][0] == want and type(got[0][0]) is float, span
+
+
+def test_special_characters_at_every_position_fall_back() -> None:
+    # the string scan takes 8 bytes at a time: a quote, backslash, control or non-ASCII byte at
+    # any offset of a word must still be seen
+    for n in range(1, 26):
+        for at in range(n):
+            for special in ('"', "\\", "\x01", "\x1f", "é", "\x7f"):
+                value = "a" * at + special + "b" * (n - at - 1)
+                check(orjson.dumps({"v": 1, "kind": "batch", "bucket": 0,
+                                    "events": [[1.5, value, "m", "h", "p", "u", "k", "", ""]]}))
