@@ -118,12 +118,33 @@ static int flush_counts(PyObject *counts, long long req, long long tls, long lon
     return 0;
 }
 
+/* The last pane computed (for any heat: a message's events are mostly in one pane) and its
+ * bounds [pane * step, (pane + 1) * step). They are exact doubles when step is an integer and
+ * the products are below 2^53; Python's float ts // step is the floor of the exact quotient, so a
+ * ts within them has that pane. Otherwise the bounds are empty (no ts is in them). */
+static double pb_step = 0.0, pb_lo = INFINITY, pb_hi = -INFINITY;
+static long long pb_pane = 0;
+
+static void pane_bounds(long long pane, double step) {
+    pb_step = step;
+    pb_pane = pane;
+    pb_lo = INFINITY;
+    pb_hi = -INFINITY;
+    if (step > 0 && step < 9007199254740992.0 && step == floor(step) && pane > -(1LL << 40) && pane < (1LL << 40)) {
+        double lo = (double)pane * step, hi = (double)(pane + 1) * step;
+        if (fabs(lo) < 9007199254740992.0 && fabs(hi) < 9007199254740992.0) {
+            pb_lo = lo;
+            pb_hi = hi;
+        }
+    }
+}
+
 /* Heat.add_many over the events at idx[0..n) of items: the newest ts */
 static int add_many(PyObject *heat, PyObject **items, const Py_ssize_t *idx, Py_ssize_t n, double step,
                     long long nbytes, PyObject *spec, Py_ssize_t cap, double *newest_out) {
     int rc = -1;
     PyObject *panes = PyObject_GetAttr(heat, s_panes);
-    PyObject *clients = NULL, *pane_obj = NULL, *counts = NULL, *sketch = NULL, *sketches = NULL;
+    PyObject *clients = NULL, *pane_obj = NULL, *counts = NULL, *sketch = NULL, *sketches = NULL, *sketch_add = NULL;
     if (!panes) return -1;
     if (!PyDict_Check(panes)) {
         PyErr_SetString(PyExc_TypeError, "heat.panes must be a dict");
@@ -146,12 +167,18 @@ static int add_many(PyObject *heat, PyObject **items, const Py_ssize_t *idx, Py_
         double ts;
         if (event_ts(f[0], &ts) < 0) goto done;
         if (ts > newest) newest = ts;
-        double pd = py_floordiv(ts, step);
-        if (!isfinite(pd) || pd > 9e18 || pd < -9e18) {
-            PyErr_SetString(PyExc_ValueError, "request ts out of range");
-            goto done;
+        long long pane;
+        if (step == pb_step && ts >= pb_lo && ts < pb_hi) {
+            pane = pb_pane;  /* in the last pane's bounds: ts // step is that pane, without fmod */
+        } else {
+            double pd = py_floordiv(ts, step);
+            if (!isfinite(pd) || pd > 9e18 || pd < -9e18) {
+                PyErr_SetString(PyExc_ValueError, "request ts out of range");
+                goto done;
+            }
+            pane = (long long)pd;
+            pane_bounds(pane, step);
         }
-        long long pane = (long long)pd;
         if (!have_pane || pane != cur) {
             if (flush_counts(counts, acc_req, acc_tls, acc_bytes, nbytes != 0) < 0) goto done;
             acc_req = acc_tls = acc_bytes = 0;
@@ -164,7 +191,10 @@ static int add_many(PyObject *heat, PyObject **items, const Py_ssize_t *idx, Py_
                 Py_INCREF(counts);
             } else {
                 if (PyErr_Occurred()) goto done;
-                counts = Py_BuildValue("[iii]", 0, 0, 0);
+                counts = PyList_New(3);
+                if (counts) {
+                    for (Py_ssize_t z = 0; z < 3; z++) PyList_SET_ITEM(counts, z, PyLong_FromLong(0));  /* small ints: never NULL */
+                }
                 if (!counts || PyDict_SetItem(panes, pane_obj, counts) < 0) goto done;
             }
             cur = pane;
@@ -213,9 +243,11 @@ static int add_many(PyObject *heat, PyObject **items, const Py_ssize_t *idx, Py_
                 }
                 sketch_pane = pane;
                 have_sketch = 1;
+                Py_CLEAR(sketch_add);
+                sketch_add = PyObject_GetAttr(sketch, s_add);  /* looked up once per pane run */
+                if (!sketch_add) goto done;
             }
-            PyObject *aargs[2] = {sketch, client};
-            PyObject *r = PyObject_VectorcallMethod(s_add, aargs, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+            PyObject *r = PyObject_Vectorcall(sketch_add, &client, 1, NULL);
             if (!r) goto done;
             Py_DECREF(r);
         }
@@ -229,6 +261,7 @@ done:
     Py_XDECREF(pane_obj);
     Py_XDECREF(counts);
     Py_XDECREF(sketch);
+    Py_XDECREF(sketch_add);
     Py_XDECREF(sketches);
     return rc;
 }
@@ -458,7 +491,9 @@ static PyObject *fold(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
             Py_DECREF(cl);
         }
         if (keep) {
-            PyObject *t = Py_BuildValue("(OOd)", ck, kh, newest);
+            PyObject *nw = PyFloat_FromDouble(newest);
+            PyObject *t = nw ? PyTuple_Pack(3, ck, kh, nw) : NULL;
+            Py_XDECREF(nw);
             if (!t || PyList_Append(cands, t) < 0) {
                 Py_XDECREF(t);
                 Py_DECREF(kh);

@@ -9,6 +9,7 @@ counting), TLS and non-GET events (host heat only), byte sizes, operator pins an
 
 from __future__ import annotations
 
+import math
 import random
 
 import orjson
@@ -220,3 +221,23 @@ def test_encode_slot_numbers_match_orjson_across_calls() -> None:
             heats[f"k{k}"] = kh
         raw = _fold.encode_slot(list(heats), heats, {}, lambda h: orjson.dumps(h.to_json()), True)
         assert raw == orjson.dumps({name: kh.to_json() for name, kh in heats.items()})
+
+
+def test_panes_at_their_bounds_equal_the_reference() -> None:
+    # the compiled fold skips ts // step while ts stays within the current pane's bounds: events
+    # on, just below and just above pane edges (negative, large, huge ts) give the same panes
+    rnd = random.Random(1618)
+    for step in (1, 5, 7, 3600):
+        spec = WindowSpec(window_s=step * 4, step_s=step, grace_s=10**9, client_cap=3, sketch_p=4)
+        fast, ref = (PartitionHeat(0, Rules.simple(spec, min_clients=99), compiled=c) for c in (True, False))
+        offset = 0
+        for base in (-3.0 * step, 0.0, 1_780_000_000.0, 2.0**52, 1e17):
+            edge = math.floor(base / step) * step
+            near = [float(edge + k * step) for k in range(-2, 3)]
+            tss = [t for e in near for t in (math.nextafter(e, -math.inf), e, math.nextafter(e, math.inf))]
+            for _ in range(20):
+                batch = sorted(rnd.sample(tss, rnd.randrange(1, len(tss))), reverse=rnd.random() < 0.3)
+                events = [RequestEvent(ts, f"c{rnd.randrange(5)}", "GET", "h.example", "/", "u", "k") for ts in batch]
+                assert fast.fold(offset, events) == ref.fold(offset, events)
+                offset += 1
+            assert state(fast) == state(ref), (step, base)
