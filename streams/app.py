@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import time
 import weakref
 from collections import Counter
@@ -29,6 +30,7 @@ from typing import Any
 
 import faust
 import orjson
+from confluent_kafka import KafkaException
 from faust.streams import _current_event
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
@@ -51,9 +53,10 @@ log = logging.getLogger(__name__)
 EXPIRE_EVERY_S = 60.0
 
 
-def check_topics(settings: Settings, bootstrap: str, timeout: float = 20.0) -> None:
+def check_topics(settings: Settings, bootstrap: str, timeout: float = 20.0) -> set[str]:
     """Fail at once, with the topic's name, when a topic streams needs is missing or `requests`
-    has another partition count than the tables (Faust would otherwise loop on "not found")."""
+    has another partition count than the tables (Faust would otherwise loop on "not found").
+    The topics the broker has; KafkaException when no broker answers within ``timeout``."""
     md = admin(bootstrap, settings).list_topics(timeout=timeout)
     names = [contract.REQUESTS, contract.HOT_URLS, contract.CACHE_EVENTS, contract.DEAD_LETTER, contract.METRICS]
     if settings.heat_host_topic:
@@ -66,6 +69,36 @@ def check_topics(settings: Settings, bootstrap: str, timeout: float = 20.0) -> N
     if len(requests.partitions) != settings.kafka_partitions:
         raise ConfigError(f"topic {settings.topic(contract.REQUESTS)} has {len(requests.partitions)} partitions, "
                           f"HEATCACHE_KAFKA_PARTITIONS is {settings.kafka_partitions}: they must be equal")
+    return set(md.topics)
+
+
+START_BACKOFF_MAX_S = 10.0
+
+
+def wait_for_broker(settings: Settings, bootstrap: str, run: Runner, timeout: float = 5.0) -> set[str] | None:
+    """:func:`check_topics` until a broker answers: a broker not there (yet) at start-up is a lost
+    dependency, waited for with back-off (health degraded("broker") meanwhile), never an exit;
+    a missing topic or a partition mismatch is still a ConfigError at once. The topics, or None
+    when the worker was told to stop while waiting (SIGTERM: Faust's handlers are not installed yet)."""
+    delay = 0.5
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    run.stop.install()
+    try:
+        while not run.stop.is_set():
+            try:
+                topics = check_topics(settings, bootstrap, timeout)
+            except KafkaException as exc:
+                run.health.degraded("broker", f"not reachable at start-up: {exc}")
+                log.warning("broker %s not reachable (%s); trying again in %.1fs", bootstrap, exc, delay)
+                run.stop.wait(delay)
+                delay = min(START_BACKOFF_MAX_S, delay * 2)
+                continue
+            run.health.ok("broker")
+            return topics
+        return None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @dataclass
@@ -522,8 +555,10 @@ def main(run: Runner, settings: Settings, bootstrap: str, loglevel: str = "info"
     if settings.heat_compiled and not compiled_available():
         raise ConfigError("streams._fold is not built (./dev builds it: gcc and the Python headers); "
                           "set HEATCACHE_HEAT_COMPILED=false to run the Python reference")
+    topics = wait_for_broker(settings, bootstrap, run)
+    if topics is None:
+        return  # stopped before the broker answered
     try:
-        check_topics(settings, bootstrap)
         app, stage = make_app(settings, bootstrap, run.counters, on_ready=run.ready)
     except RulesError as exc:
         raise ConfigError(str(exc)) from None
@@ -532,7 +567,7 @@ def main(run: Runner, settings: Settings, bootstrap: str, loglevel: str = "info"
                              health=run.health)  # rel: the stage's /health follows the broker
     follower.start()
     stage.follower = follower
-    control = _control_follower(settings, bootstrap)
+    control = _control_follower(settings, bootstrap, topics)
     if control is not None:
         stage.pins = lambda key, host: control.state.pin(key, host)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
@@ -551,10 +586,11 @@ def main(run: Runner, settings: Settings, bootstrap: str, loglevel: str = "info"
             control.stop()
 
 
-def _control_follower(settings: Settings, bootstrap: str) -> Any:
-    """Operator pins from the `control` topic (console), when the topic exists."""
+def _control_follower(settings: Settings, bootstrap: str, topics: set[str]) -> Any:
+    """Operator pins from the `control` topic (console), when the topic exists (in ``topics``,
+    the broker's as :func:`wait_for_broker` found them)."""
     topic = settings.topic(contract.CONTROL)
-    if topic not in admin(bootstrap, settings).list_topics(timeout=10).topics:
+    if topic not in topics:
         return None
     from heatcache.control import ControlFollower
 
