@@ -374,12 +374,16 @@ class Stage:
         queue = self.follower.queue
         n = self.settings.kafka_partitions
         while queue:
-            key, state, _ts = queue.popleft()
+            key, state, ts = queue.popleft()
             self.counters["cache_events"] += 1
             ph = self.parts.get(contract.bucket_of(key, n))
             if ph is None:  # not our partition: remember the state for when it is
+                # seen at the event's own time (no watermark of that partition here): a failed
+                # key's back-off then runs from its failure after a reassignment (it was 0:
+                # retried at its next request, however recent the failure)
                 old = self.cache.get(key, CacheView())
-                self.cache[key] = CacheView(state=state, failures=old.failures + 1 if state == "failed" else 0)
+                self.cache[key] = CacheView(state=state, ts=ts,
+                                            failures=old.failures + 1 if state == "failed" else 0)
                 continue
             ph.on_cache_event(key, state, ph.watermark)
             if state == "failed":
