@@ -454,12 +454,31 @@ class _Consumer(faust_aiokafka.Consumer):
         done = bool(await super()._commit(offsets))
         if not done:
             # Faust's driver returns False without a word for a commit the group refused while
-            # rebalancing, and records the offsets as committed anyway (Consumer._commit_offsets):
-            # if the broker then has no offset for a partition, messages re-read there are never
-            # committed again. Said here so that a worker whose group offsets stall can be told
-            # from one with nothing to commit.
+            # rebalancing (and records the offsets as committed anyway: put back by
+            # _commit_offsets below, so they are committed again). Said here so that a worker
+            # whose group offsets stall can be told from one with nothing to commit.
             log.warning("offset commit not done (group rebalancing?): %s",
                         {f"{tp.topic}[{tp.partition}]": off for tp, off in offsets.items()})
+        return done
+
+    async def _commit_offsets(self, offsets: Any, start_new_transaction: bool = True) -> bool:
+        """Faust's, with the committed-offset record put back when the commit was not done.
+
+        Faust 0.15 records ``offsets`` as committed whatever the commit's answer, and commits a
+        partition again only past the recorded offset: an offset the group refused (aiokafka's
+        "already rebalanced", during a rebalance that kept the partition here) was then never
+        committed, while no newer message came (a caught-up worker's group lag stayed). The
+        record is put back only where it still holds what this call wrote (a rebalance meanwhile
+        may have set it from the broker)."""
+        before = {tp: self._committed_offset.get(tp) for tp in offsets}
+        done = bool(await super()._commit_offsets(offsets, start_new_transaction))
+        if not done:
+            for tp, offset in offsets.items():
+                if tp in self._committed_offset and self._committed_offset[tp] == offset != before[tp]:
+                    if before[tp] is None:
+                        del self._committed_offset[tp]
+                    else:
+                        self._committed_offset[tp] = before[tp]
         return done
 
 
