@@ -15,7 +15,7 @@ from cachestore.policy import PolicyParams
 from heatcache.contract import CacheEvent, RequestEvent
 from heatcache.settings import Settings
 from replay import _engine
-from replay.engine import Prepared, Result, Setting, StreamsAdmission, answer_fills, prepare, run
+from replay.engine import Prepared, Result, Setting, StreamsAdmission, answer_fills, parse_keys, prepare, run
 from replay.storepolicy import StorePolicy
 from replay.trace import Trace, batches
 from streams.rules import rules_from_settings
@@ -186,3 +186,23 @@ def test_compiled_store_policy_evicts_the_same_victims(new_weight: float) -> Non
             assert got.evict(need, now) == ref.evict(need, now)
         assert (got.used_bytes, len(got), key in got) == (ref.used_bytes, len(ref), key in ref)
     assert sorted(k for k in keys if k in got) == sorted(k for k in keys if k in ref)
+
+
+def test_keys_parsed_before_the_runs_are_the_index_parse_and_give_the_same_results(base_settings: Settings) -> None:
+    """What a grid does before it forks (every request's key parsed once for the index's memo):
+    the memo holds what CacheIndex itself parses, and the runs' results are unchanged."""
+    from dns_redirect.index import CacheIndex
+    from dns_redirect.ports import key_port
+    from heatcache.cachekey import key_host
+
+    prep, ws = random_trace(9, n=700)
+    setting = Setting(window_s=3600, min_clients=1, quota_bytes=max(1, ws // 6))
+    lazy = fields(run(prep, setting, base_settings, keep_hot=True))
+    by_index = dict(prep.parsed_keys)  # what the run's CacheIndex parsed itself
+    prep.parsed_keys.clear()
+    parse_keys(prep)
+    assert by_index and set(prep.parsed_keys) == set(prep.first_seen) and by_index.items() <= prep.parsed_keys.items()
+    assert all(w == (key_host(k), key_port(k)) for k, w in prep.parsed_keys.items())
+    assert fields(run(prep, setting, base_settings, keep_hot=True)) == lazy
+    assert fields(run(prep, setting, base_settings, keep_hot=True, compiled=False)) == lazy
+    assert len(prep.parsed_keys) <= CacheIndex.PARSED_MAX

@@ -107,7 +107,9 @@ def test_oracle_and_grid_in_processes(base_settings: Settings) -> None:
     assert (oracle.prefetches, oracle.hits, oracle.net_savings) == (1, 2, pytest.approx(100 / 400))
     settings = grid(windows=(3600, 86400), min_clients=(2,), fills=(True, False), first_access=True)
     assert len(settings) == 6
-    parallel = run_grid(prep, settings, base_settings, jobs=2)
+    starts: list[float] = []  # each worker's read of the shared trace before its settings
+    parallel = run_grid(prep, settings, base_settings, jobs=2, start_s=starts)
+    assert 1 <= len(starts) <= 2 and all(t >= 0 for t in starts)
     serial = [run(prep, s, base_settings) for s in settings]
     assert [r.row() | {"elapsed_s": 0} for r in parallel] == [r.row() | {"elapsed_s": 0} for r in serial]
     rows_b, oracles = run_baselines(prep, [0, 200], base_settings)
