@@ -291,6 +291,9 @@ class Runner:
             self._producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 100,
                                        "message.timeout.ms": max(1000, int(s.metrics_interval_s * 3000)),
                                        "error_cb": lambda _e: None,  # the stage's own clients report health
+                                       # nor its connection logs: while no broker answers they were
+                                       # ~20 lines a second in the stage's log
+                                       "log_level": 0,
                                        **kafkautil.client_config(s)})
             self._snapshots = threading.Thread(target=self._snapshot_loop, name="metrics-snapshots", daemon=True)
             self._snapshots.start()

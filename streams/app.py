@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import time
 import weakref
 from collections import Counter
@@ -29,6 +30,7 @@ from typing import Any
 
 import faust
 import orjson
+from confluent_kafka import KafkaException
 from faust.streams import _current_event
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
@@ -51,9 +53,10 @@ log = logging.getLogger(__name__)
 EXPIRE_EVERY_S = 60.0
 
 
-def check_topics(settings: Settings, bootstrap: str, timeout: float = 20.0) -> None:
+def check_topics(settings: Settings, bootstrap: str, timeout: float = 20.0) -> set[str]:
     """Fail at once, with the topic's name, when a topic streams needs is missing or `requests`
-    has another partition count than the tables (Faust would otherwise loop on "not found")."""
+    has another partition count than the tables (Faust would otherwise loop on "not found").
+    The topics the broker has; KafkaException when no broker answers within ``timeout``."""
     md = admin(bootstrap, settings).list_topics(timeout=timeout)
     names = [contract.REQUESTS, contract.HOT_URLS, contract.CACHE_EVENTS, contract.DEAD_LETTER, contract.METRICS]
     if settings.heat_host_topic:
@@ -66,6 +69,36 @@ def check_topics(settings: Settings, bootstrap: str, timeout: float = 20.0) -> N
     if len(requests.partitions) != settings.kafka_partitions:
         raise ConfigError(f"topic {settings.topic(contract.REQUESTS)} has {len(requests.partitions)} partitions, "
                           f"HEATCACHE_KAFKA_PARTITIONS is {settings.kafka_partitions}: they must be equal")
+    return set(md.topics)
+
+
+START_BACKOFF_MAX_S = 10.0
+
+
+def wait_for_broker(settings: Settings, bootstrap: str, run: Runner, timeout: float = 5.0) -> set[str] | None:
+    """:func:`check_topics` until a broker answers: a broker not there (yet) at start-up is a lost
+    dependency, waited for with back-off (health degraded("broker") meanwhile), never an exit;
+    a missing topic or a partition mismatch is still a ConfigError at once. The topics, or None
+    when the worker was told to stop while waiting (SIGTERM: Faust's handlers are not installed yet)."""
+    delay = 0.5
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    run.stop.install()
+    try:
+        while not run.stop.is_set():
+            try:
+                topics = check_topics(settings, bootstrap, timeout)
+            except KafkaException as exc:
+                run.health.degraded("broker", f"not reachable at start-up: {exc}")
+                log.warning("broker %s not reachable (%s); trying again in %.1fs", bootstrap, exc, delay)
+                run.stop.wait(delay)
+                delay = min(START_BACKOFF_MAX_S, delay * 2)
+                continue
+            run.health.ok("broker")
+            return topics
+        return None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @dataclass
@@ -341,12 +374,16 @@ class Stage:
         queue = self.follower.queue
         n = self.settings.kafka_partitions
         while queue:
-            key, state, _ts = queue.popleft()
+            key, state, ts = queue.popleft()
             self.counters["cache_events"] += 1
             ph = self.parts.get(contract.bucket_of(key, n))
             if ph is None:  # not our partition: remember the state for when it is
+                # seen at the event's own time (no watermark of that partition here): a failed
+                # key's back-off then runs from its failure after a reassignment (it was 0:
+                # retried at its next request, however recent the failure)
                 old = self.cache.get(key, CacheView())
-                self.cache[key] = CacheView(state=state, failures=old.failures + 1 if state == "failed" else 0)
+                self.cache[key] = CacheView(state=state, ts=ts,
+                                            failures=old.failures + 1 if state == "failed" else 0)
                 continue
             ph.on_cache_event(key, state, ph.watermark)
             if state == "failed":
@@ -417,12 +454,31 @@ class _Consumer(faust_aiokafka.Consumer):
         done = bool(await super()._commit(offsets))
         if not done:
             # Faust's driver returns False without a word for a commit the group refused while
-            # rebalancing, and records the offsets as committed anyway (Consumer._commit_offsets):
-            # if the broker then has no offset for a partition, messages re-read there are never
-            # committed again. Said here so that a worker whose group offsets stall can be told
-            # from one with nothing to commit.
+            # rebalancing (and records the offsets as committed anyway: put back by
+            # _commit_offsets below, so they are committed again). Said here so that a worker
+            # whose group offsets stall can be told from one with nothing to commit.
             log.warning("offset commit not done (group rebalancing?): %s",
                         {f"{tp.topic}[{tp.partition}]": off for tp, off in offsets.items()})
+        return done
+
+    async def _commit_offsets(self, offsets: Any, start_new_transaction: bool = True) -> bool:
+        """Faust's, with the committed-offset record put back when the commit was not done.
+
+        Faust 0.15 records ``offsets`` as committed whatever the commit's answer, and commits a
+        partition again only past the recorded offset: an offset the group refused (aiokafka's
+        "already rebalanced", during a rebalance that kept the partition here) was then never
+        committed, while no newer message came (a caught-up worker's group lag stayed). The
+        record is put back only where it still holds what this call wrote (a rebalance meanwhile
+        may have set it from the broker)."""
+        before = {tp: self._committed_offset.get(tp) for tp in offsets}
+        done = bool(await super()._commit_offsets(offsets, start_new_transaction))
+        if not done:
+            for tp, offset in offsets.items():
+                if tp in self._committed_offset and self._committed_offset[tp] == offset != before[tp]:
+                    if before[tp] is None:
+                        del self._committed_offset[tp]
+                    else:
+                        self._committed_offset[tp] = before[tp]
         return done
 
 
@@ -522,8 +578,10 @@ def main(run: Runner, settings: Settings, bootstrap: str, loglevel: str = "info"
     if settings.heat_compiled and not compiled_available():
         raise ConfigError("streams._fold is not built (./dev builds it: gcc and the Python headers); "
                           "set HEATCACHE_HEAT_COMPILED=false to run the Python reference")
+    topics = wait_for_broker(settings, bootstrap, run)
+    if topics is None:
+        return  # stopped before the broker answered
     try:
-        check_topics(settings, bootstrap)
         app, stage = make_app(settings, bootstrap, run.counters, on_ready=run.ready)
     except RulesError as exc:
         raise ConfigError(str(exc)) from None
@@ -532,7 +590,7 @@ def main(run: Runner, settings: Settings, bootstrap: str, loglevel: str = "info"
                              health=run.health)  # rel: the stage's /health follows the broker
     follower.start()
     stage.follower = follower
-    control = _control_follower(settings, bootstrap)
+    control = _control_follower(settings, bootstrap, topics)
     if control is not None:
         stage.pins = lambda key, host: control.state.pin(key, host)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
@@ -551,10 +609,11 @@ def main(run: Runner, settings: Settings, bootstrap: str, loglevel: str = "info"
             control.stop()
 
 
-def _control_follower(settings: Settings, bootstrap: str) -> Any:
-    """Operator pins from the `control` topic (console), when the topic exists."""
+def _control_follower(settings: Settings, bootstrap: str, topics: set[str]) -> Any:
+    """Operator pins from the `control` topic (console), when the topic exists (in ``topics``,
+    the broker's as :func:`wait_for_broker` found them)."""
     topic = settings.topic(contract.CONTROL)
-    if topic not in admin(bootstrap, settings).list_topics(timeout=10).topics:
+    if topic not in topics:
         return None
     from heatcache.control import ControlFollower
 

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import subprocess
 import time
 import uuid
@@ -148,6 +149,7 @@ class EmbeddedKafka:
         self.fast_start = fast_start
         self._dumping: Path | None = None  # the archive this JVM writes at its exit
         self.proc: subprocess.Popen[bytes] | None = None
+        self._held: socket.socket | None = None  # the client port kept while stopped (stop(hold=True))
 
     @property
     def bootstrap(self) -> str:
@@ -169,7 +171,9 @@ class EmbeddedKafka:
         ]
 
     def _ports(self) -> tuple[int, int]:
-        # Reuse the previous ports when free, so a restarted stack keeps its address.
+        # Reuse the previous ports when free, so a restarted stack keeps its address. Only the
+        # client port is an address others hold: a taken controller port moves alone (it used
+        # to move the client port with it, and every client kept asking the old address).
         saved = self.data_dir / "ports"
         if self.requested_port:
             broker = self.requested_port
@@ -178,8 +182,8 @@ class EmbeddedKafka:
             ctrl = int(saved.read_text().split()[1]) if saved.exists() else free_port()
         elif saved.exists():
             broker, ctrl = map(int, saved.read_text().split())
-            if not (port_is_free(broker) and port_is_free(ctrl)):
-                broker, ctrl = free_port(), free_port()
+            if not port_is_free(broker):
+                broker = free_port()
         else:
             broker, ctrl = free_port(), free_port()
         if not port_is_free(ctrl) or ctrl == broker:
@@ -192,6 +196,7 @@ class EmbeddedKafka:
         if shutil.which("java") is None:
             raise KafkaSetupError("a Java 17 runtime is needed for Kafka: apt-get install openjdk-17-jre-headless")
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._release()
         self.port, ctrl = self._ports()
         self.tls_port = free_port() if self.pki is not None else 0
         tls = f",SSL://127.0.0.1:{self.tls_port}" if self.pki is not None else ""
@@ -262,17 +267,36 @@ class EmbeddedKafka:
         self.stop()
         raise KafkaSetupError("Kafka did not answer metadata requests in time")
 
+    def _release(self) -> None:
+        if self._held is not None:
+            self._held.close()
+            self._held = None
+
     def _fast_start_flags(self) -> list[str]:
         if not self.fast_start:
             return []
         archive = fast_start_archive()
         return ["-XX:TieredStopAtLevel=1", *([f"-XX:SharedArchiveFile={archive}"] if archive.exists() else [])]
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM: Kafka shuts down cleanly and flushes its logs; kill if it hangs."""
+    def stop(self, timeout: float = 30.0, hold: bool = False) -> None:
+        """SIGTERM: Kafka shuts down cleanly and flushes its logs; kill if it hangs.
+
+        ``hold``: keep the client port until the next :meth:`start` (a fault test's outage):
+        a socket bound there without listening, so clients are refused as by a stopped broker
+        and no other process can take the port meanwhile (then the broker would come back at
+        another address, and its clients, which keep the old one, never reach it)."""
         proc, dumping, self._dumping = self.proc, self._dumping, None
         terminate(proc, timeout)
         self.proc = None
+        self._release()
+        if hold and self.port:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # no SO_REUSEADDR: exclusive
+            try:
+                sock.bind(("127.0.0.1", self.port))
+            except OSError:
+                sock.close()
+            else:
+                self._held = sock
         if dumping is not None and dumping.exists():
             # a JVM that exited by itself has written the whole archive; one killed has not
             if proc is not None and proc.returncode is not None and proc.returncode >= 0:

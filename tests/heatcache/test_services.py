@@ -4,6 +4,7 @@ program and talks to it with its real client."""
 from __future__ import annotations
 
 import http.server
+import socket
 import threading
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from confluent_kafka.admin import AdminClient
 
 from heatcache import contract
 from heatcache.kafkautil import read_topic
+from heatcache.netutil import free_port, port_is_free
 from heatcache.services.aria2 import Aria2Daemon
 from heatcache.services.dnsmasq import Dnsmasq
 from heatcache.services.kafka import EmbeddedKafka, ensure_topics, fast_start_archive, kafka_version
@@ -147,6 +149,34 @@ def test_aria2_downloads_through_rpc(aria2: Aria2Daemon, tmp_path: Path) -> None
 def test_dnsmasq_upstream(dnsmasq: Dnsmasq) -> None:
     resp = dns.query.udp(dns.message.make_query("origin.lab.test", "A"), "127.0.0.1", port=dnsmasq.port, timeout=2)
     assert [r.to_text() for rrset in resp.answer for r in rrset] == ["127.0.0.2"]
+
+
+def test_a_taken_controller_port_moves_alone(tmp_path: Path) -> None:
+    """A restart finds its controller port taken: only that port moves; the client port, the
+    address every client keeps, stays (both used to move)."""
+    broker_port, ctrl = free_port(), free_port()
+    (tmp_path / "ports").write_text(f"{broker_port} {ctrl}\n")
+    with socket.socket() as taker:
+        taker.bind(("127.0.0.1", ctrl))
+        taker.listen()
+        got = EmbeddedKafka(tmp_path)._ports()
+    assert got[0] == broker_port and got[1] not in (ctrl, broker_port)
+    assert (tmp_path / "ports").read_text().split() == [str(p) for p in got]
+
+
+def test_a_held_port_refuses_clients_and_binders(tmp_path: Path) -> None:
+    """stop(hold=True) keeps the client port until the next start: a client is refused as by a
+    stopped broker, and no other server can take the port meanwhile."""
+    broker = EmbeddedKafka(tmp_path)
+    broker.port = free_port()
+    broker.stop(hold=True)
+    try:
+        assert not port_is_free(broker.port)
+        with socket.socket() as client, pytest.raises(ConnectionRefusedError):
+            client.connect(("127.0.0.1", broker.port))
+    finally:
+        broker._release()
+    assert port_is_free(broker.port)
 
 
 def test_cluster_ids_never_look_like_options() -> None:

@@ -20,7 +20,7 @@ from heatcache.runner import EX_CONFIG, ConfigError
 from heatcache.settings import Settings
 from heatcache.stack import settings_env
 from streams.app import check_topics
-from tests.faults.stackproc import wait_for
+from tests.faults.stackproc import runner_health, wait_for
 from tests.streams.conftest import (
     Workers,
     changelog_meta,
@@ -159,6 +159,38 @@ def test_missing_topics_exit_at_once_with_config_status(kafka: str, base_setting
     proc = run_streams(base_settings.model_copy(update={"kafka_bootstrap": kafka}))  # no topics created
     assert proc.returncode == EX_CONFIG
     assert "missing topic" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.integration
+def test_a_broker_not_there_at_start_up_is_waited_for(base_settings: Settings, workers: Workers,
+                                                     tmp_path: Path) -> None:
+    """The worker starts while its broker (topics created) is down: it waits with back-off
+    (health degraded; it used to exit with status 1 after 20 s), and once the broker is back it
+    becomes ready and processes."""
+    from heatcache.services.kafka import EmbeddedKafka, ensure_topics
+
+    broker = EmbeddedKafka(tmp_path / "kafka", heap_mb=256, fast_start=True)
+    s = streams_settings(base_settings.model_copy(update={"kafka_bootstrap": broker.start()}),
+                         metrics_port=free_port())
+    ensure_topics(broker.bootstrap, s)
+    broker.stop(hold=True)  # down, its port kept for its return
+    proc = workers.start(s, wait=False)
+    try:
+        def tries() -> int:
+            return proc.log_path.read_text().count("not reachable") if proc.log_path.exists() else 0
+
+        wait_for(lambda: tries() >= 2 or proc.proc.poll() is not None, 60, "two tries to reach the broker")
+        assert proc.proc.poll() is None, proc.log_path.read_text()[-3000:]
+        assert runner_health(s.metrics_port).get("health") == "degraded"
+        assert broker.start() == s.kafka_bootstrap
+        workers.wait_ready(proc)
+        key = "http://late.example/a.bin"
+        produce(s, [ev(key, c, 100) for c in "abc"])
+        wait_for(lambda: [h.cache_key for h in hot_urls(s)] == [key], what="the HotUrl")
+        wait_for(lambda: runner_health(s.metrics_port).get("health") == "ok", what="health ok again")
+    finally:
+        workers.stop_all()
+        broker.stop()
 
 
 def test_invalid_rules_or_partition_count_are_config_errors(kafka_settings: Settings, tmp_path: Path) -> None:
