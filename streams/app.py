@@ -38,7 +38,7 @@ from faust.types import TP
 from heatcache import contract
 from heatcache.contract import DecodeError, HostHeat, HotUrl, RequestBatch
 from heatcache.hostheat import encode_sketch
-from heatcache.kafkautil import admin, producer, ssl_context
+from heatcache.kafkautil import admin, admin_quiet, producer, ssl_context
 from heatcache.metrics import STREAMS
 from heatcache.runner import ConfigError, Runner
 from heatcache.settings import Settings
@@ -53,11 +53,12 @@ log = logging.getLogger(__name__)
 EXPIRE_EVERY_S = 60.0
 
 
-def check_topics(settings: Settings, bootstrap: str, timeout: float = 20.0) -> set[str]:
+def check_topics(settings: Settings, bootstrap: str, timeout: float = 20.0, quiet: bool = False) -> set[str]:
     """Fail at once, with the topic's name, when a topic streams needs is missing or `requests`
     has another partition count than the tables (Faust would otherwise loop on "not found").
-    The topics the broker has; KafkaException when no broker answers within ``timeout``."""
-    md = admin(bootstrap, settings).list_topics(timeout=timeout)
+    The topics the broker has; KafkaException when no broker answers within ``timeout``
+    (``quiet``: without librdkafka's log line per failed connection, ~20 a second)."""
+    md = (admin_quiet if quiet else admin)(bootstrap, settings).list_topics(timeout=timeout)
     names = [contract.REQUESTS, contract.HOT_URLS, contract.CACHE_EVENTS, contract.DEAD_LETTER, contract.METRICS]
     if settings.heat_host_topic:
         names.append(contract.HOST_HEAT)
@@ -86,7 +87,7 @@ def wait_for_broker(settings: Settings, bootstrap: str, run: Runner, timeout: fl
     try:
         while not run.stop.is_set():
             try:
-                topics = check_topics(settings, bootstrap, timeout)
+                topics = check_topics(settings, bootstrap, timeout, quiet=True)  # one warning a try
             except KafkaException as exc:
                 run.health.degraded("broker", f"not reachable at start-up: {exc}")
                 log.warning("broker %s not reachable (%s); trying again in %.1fs", bootstrap, exc, delay)

@@ -62,7 +62,7 @@ def test_every_stage_health_follows_the_broker(base_settings: Settings, tmp_path
             proc.wait_line("heatcache-ready")
         wait_for(lambda: _all(ports, "ok"), 60, f"every stage ok with the broker up: {_states(ports)}")
 
-        broker.stop()
+        broker.stop(hold=True)  # its port kept: the stages keep its address
         wait_for(lambda: _all(ports, "degraded"), 60, f"every stage degraded (broker) once the broker is gone: "
                  f"{_states(ports)}")
         assert edge_objects(settings) == 1  # still serving what it knows
