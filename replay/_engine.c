@@ -434,9 +434,12 @@ typedef struct {
      * ones are copies of it with their own key and size (make_event) */
     PyObject *tmpl[3];
     PyObject *field_names; /* CacheEvent's fields, in order */
+    /* their slot descriptors on the class (or NULL: not all are slots), the templates' values,
+     * and CacheEvent.__post_init__ as a plain function (or NULL: looked up per event) */
+    PyObject *field_descr, *tmpl_vals[3], *post_init;
     /* ctx["CacheView"] (borrowed) and its fields ("state", "ts", "failures", "fetching"), or
      * NULL: the PartitionHeat's own on_cache_event is called */
-    PyObject *view_cls, *view_names;
+    PyObject *view_cls, *view_names, *view_descr;
     PyObject *empty;
     long long hits, bytes_local, prefetches, bytes_prefetched, fills, bytes_filled, fetch_failures, refused,
         evictions, never_hit;
@@ -662,7 +665,10 @@ static int on_cache_event(Loop *L, Part *P, PyObject *key, PyObject *state) {
                                             : NULL;
     int rc = view ? 0 : -1;
     for (int i = 0; i < 4; i++) {
-        if (rc == 0 && PyObject_GenericSetAttr(view, PyTuple_GET_ITEM(L->view_names, i), values[i]) < 0) rc = -1;
+        PyObject *d = L->view_descr ? PyTuple_GET_ITEM(L->view_descr, i) : NULL;
+        if (rc == 0 && (d ? Py_TYPE(d)->tp_descr_set(d, view, values[i])
+                          : PyObject_GenericSetAttr(view, PyTuple_GET_ITEM(L->view_names, i), values[i])) < 0)
+            rc = -1;
         Py_XDECREF(values[i]);
     }
     if (rc == 0) rc = PyDict_SetItem(P->cache, key, view);
@@ -772,6 +778,26 @@ static int series_add(Loop *L, double ts, int col, long long n) {
     return 0;
 }
 
+/* cls's data descriptor of each name, when every one is a slot's (member) descriptor defined on
+ * cls itself (what the generic setattr would find): a new tuple; else NULL (no error set) */
+static PyObject *slot_descriptors(PyObject *cls, PyObject *names) {
+    PyObject *dict = ((PyTypeObject *)cls)->tp_dict;
+    Py_ssize_t n = PyTuple_GET_SIZE(names);
+    PyObject *out = PyTuple_New(n);
+    if (!out) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *d = dict ? PyDict_GetItemWithError(dict, PyTuple_GET_ITEM(names, i)) : NULL;
+        if (!d || !PyObject_TypeCheck(d, &PyMemberDescr_Type) || !Py_TYPE(d)->tp_descr_set ||
+            _PyType_Lookup((PyTypeObject *)cls, PyTuple_GET_ITEM(names, i)) != d) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_INCREF(d);
+        PyTuple_SET_ITEM(out, i, d);
+    }
+    return out;
+}
+
 /* The CacheEvent of kind (0 cached by a fill, 1 cached by a fetch, 2 evicted) for key (new
  * reference). CacheEvent(cache_key=key, state=..., size=size, source=...) made by its constructor
  * costs ~15k instructions (a frozen dataclass: one object.__setattr__ per field), a tenth of a
@@ -795,28 +821,41 @@ static PyObject *make_event(Loop *L, int kind, PyObject *key, PyObject *size_obj
         return ev;
     }
     PyTypeObject *tp = (PyTypeObject *)L->event_cls;
+    if (!L->tmpl_vals[kind]) { /* the template's field values, read once */
+        Py_ssize_t nf = PyTuple_GET_SIZE(L->field_names);
+        PyObject *vals = PyTuple_New(nf);
+        if (!vals) return NULL;
+        for (Py_ssize_t i = 0; i < nf; i++) {
+            PyObject *v = PyObject_GetAttr(t, PyTuple_GET_ITEM(L->field_names, i));
+            if (!v) {
+                Py_DECREF(vals);
+                return NULL;
+            }
+            PyTuple_SET_ITEM(vals, i, v);
+        }
+        L->tmpl_vals[kind] = vals;
+    }
     PyObject *ev = PyBaseObject_Type.tp_new(tp, L->empty, NULL);
     if (!ev) return NULL;
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(L->field_names); i++) {
         PyObject *name = PyTuple_GET_ITEM(L->field_names, i), *v;
         if (name == s_cache_key) {
             v = key;
-            Py_INCREF(v);
         } else if (name == s_size && kind != 2) {
             v = size_obj;
-            Py_INCREF(v);
-        } else if (!(v = PyObject_GetAttr(t, name))) {
-            Py_DECREF(ev);
-            return NULL;
+        } else {
+            v = PyTuple_GET_ITEM(L->tmpl_vals[kind], i);
         }
-        int bad = PyObject_GenericSetAttr(ev, name, v);
-        Py_DECREF(v);
+        /* the generic setattr finds the field's slot descriptor on the type and calls its
+         * __set__: the loop found them once (field_descr), or the generic setattr itself */
+        PyObject *d = L->field_descr ? PyTuple_GET_ITEM(L->field_descr, i) : NULL;
+        int bad = d ? Py_TYPE(d)->tp_descr_set(d, ev, v) : PyObject_GenericSetAttr(ev, name, v);
         if (bad < 0) {
             Py_DECREF(ev);
             return NULL;
         }
     }
-    PyObject *r = PyObject_CallMethodNoArgs(ev, s_post_init);
+    PyObject *r = L->post_init ? PyObject_CallOneArg(L->post_init, ev) : PyObject_CallMethodNoArgs(ev, s_post_init);
     if (!r) {
         Py_DECREF(ev);
         return NULL;
@@ -1319,6 +1358,15 @@ static PyObject *loop(PyObject *self, PyObject *ctx) {
             }
         }
         if (!L.field_names || !L.empty) goto fail;
+        L.field_descr = slot_descriptors(L.event_cls, L.field_names);
+        if (!L.field_descr && PyErr_Occurred()) goto fail;
+        PyObject *pi = PyObject_GetAttr(L.event_cls, s_post_init);
+        if (pi && PyFunction_Check(pi)) {
+            L.post_init = pi;
+        } else {
+            Py_XDECREF(pi);
+            PyErr_Clear(); /* per event, by name (it raises there if it is missing) */
+        }
     }
     L.view_cls = PyDict_GetItemString(ctx, "CacheView"); /* optional: None or absent = call on_cache_event */
     if (L.view_cls && L.view_cls != Py_None) {
@@ -1348,6 +1396,10 @@ static PyObject *loop(PyObject *self, PyObject *ctx) {
         }
         Py_DECREF(names);
         if (same && !L.view_names) goto fail;
+        if (L.view_names) {
+            L.view_descr = slot_descriptors(L.view_cls, L.view_names);
+            if (!L.view_descr && PyErr_Occurred()) goto fail;
+        }
     }
     L.series = PyMem_Calloc((size_t)L.bins * 3, sizeof(long long));
     admitted = PyList_New(0);
@@ -1586,7 +1638,13 @@ fail:
     Py_XDECREF(L.adm_cache_event);
     Py_XDECREF(L.kw_evicted);
     Py_XDECREF(L.kw_cached);
-    for (int i = 0; i < 3; i++) Py_XDECREF(L.tmpl[i]);
+    for (int i = 0; i < 3; i++) {
+        Py_XDECREF(L.tmpl[i]);
+        Py_XDECREF(L.tmpl_vals[i]);
+    }
+    Py_XDECREF(L.field_descr);
+    Py_XDECREF(L.post_init);
+    Py_XDECREF(L.view_descr);
     Py_XDECREF(L.field_names);
     Py_XDECREF(L.view_names);
     Py_XDECREF(L.empty);
