@@ -266,8 +266,10 @@ def test_two_workers_give_the_hot_urls_of_one(kafka_settings: Settings, workers:
     assert admitted() == {h.admission for h in expected}
     by_id = {h.admission: h for h in hot_urls(s)}
     assert [by_id[h.admission] for h in expected] == expected  # same counts, same reasons
-    logs = w1.log_path.read_text() + w2.log_path.read_text()
-    assert logs.count("partition ") >= 3
+    # both took part: each worker folded messages of at least one partition of its own (the
+    # line a worker logs when it first folds a partition; Faust's tables have "partition" too)
+    for w in (w1, w2):
+        assert "state holds offsets up to" in w.log_path.read_text(), w.log_path.read_text()[-3000:]
 
 
 def test_offsets_are_committed_only_once_the_state_they_reflect_is_durable(kafka_settings: Settings,
