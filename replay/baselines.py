@@ -3,7 +3,8 @@
 - ``no cache``: nothing served locally (net savings 0 by definition);
 - in-path caches that store every miss (a proxy cache in front of everyone): the store's LRU
   (``cachestore.policy.simulate``), and libcachesim's LRU and S3-FIFO (the optional
-  ``[replay]`` extra; its LRU cross-checks ours, tests/replay/test_baselines.py);
+  ``[replay]`` extra; its LRU cross-checks ours, tests/replay/test_engine.py
+  ``test_bounds_hold_and_lru_matches_libcachesim``);
 - the offline ceiling: exact Belady (furthest next use, with bypass) when every object has the
   same size; with mixed sizes, where the exact optimum is NP-hard, the PFOO-U upper bound
   (Berger et al., SIGMETRICS 2018): every reuse interval costs size x length of cache-time and

@@ -183,8 +183,11 @@ def batches(trace: Trace, partitions: int, max_events: int = 500, linger_s: floa
     def close(bucket: int) -> RequestBatch:
         idx = pending.pop(bucket)
         first.pop(bucket, None)
-        return RequestBatch(bucket, tuple(events[i] for i in idx), tuple(sizes[i] for i in idx),
-                            tuple(statuses[i] for i in idx))
+        if len(idx) == 1:  # most batches of a sparse trace (a list comprehension per field cost more)
+            i = idx[0]
+            return RequestBatch(bucket, (events[i],), (sizes[i],), (statuses[i],))
+        return RequestBatch(bucket, tuple([events[i] for i in idx]), tuple([sizes[i] for i in idx]),
+                            tuple([statuses[i] for i in idx]))
 
     memo: dict[str, int] = {}
     for i, ev in enumerate(events):

@@ -59,7 +59,11 @@ class KeyHeat(Heat):
     __slots__ = ("admitted", "url")
 
     def __init__(self) -> None:
-        super().__init__()
+        # Heat.__init__'s fields set here (no super() call: a key is made per new cache key)
+        self.panes = {}
+        self.clients = {}
+        self.sketches = None
+        self._rows = None
         self.url = ""
         self.admitted = 0.0  # event time of the last admission (0 = never)
 
@@ -139,6 +143,9 @@ class PartitionHeat:
         self.expired_hosts: set[str] = set()
         self._load = load
         self._slot_keys: dict[int, set[str]] = {}
+        # without a loader (replay) no slot is ever loaded: a new key skips the slot bookkeeping
+        # and _slot_keys is rebuilt from keys when read (take_dirty); True = not up to date
+        self._slot_keys_stale = False
         self._slot_hosts: dict[int, set[str]] = {}
         self._loaded_key_slots: set[int] = set()
         self._loaded_host_slots: set[int] = set()
@@ -168,10 +175,14 @@ class PartitionHeat:
     def key(self, cache_key: str) -> KeyHeat:
         heat = self.keys.get(cache_key)
         if heat is None:
+            if self._load is None:
+                heat = self.keys[cache_key] = KeyHeat()
+                self._slot_keys_stale = True
+                return heat
             slot = self.slot_of(cache_key)
             if slot not in self._loaded_key_slots:
                 self._loaded_key_slots.add(slot)
-                raw = self._load(self.key_record(slot)) if self._load else None
+                raw = self._load(self.key_record(slot))
                 members = self._slot_keys.setdefault(slot, set())
                 for name, body in (orjson.loads(raw) if raw else {}).items():
                     self.keys[name] = KeyHeat.from_json(body)
@@ -425,7 +436,8 @@ class PartitionHeat:
         oldest = self.spec.pane(self.watermark - self.spec.retention_s) + 1
         for ck in [k for k, h in self.keys.items() if h.expire(oldest)]:
             del self.keys[ck]
-            self._slot_keys.get(self.slot_of(ck), set()).discard(ck)
+            if not self._slot_keys_stale:
+                self._slot_keys.get(self.slot_of(ck), set()).discard(ck)
             self._json.pop(ck, None)
             self.dirty_keys.discard(ck)
             self.expired_keys.add(ck)
@@ -443,6 +455,11 @@ class PartitionHeat:
         Host heat is reported, never admitted on: the shell may write it less often (then a
         crash loses or re-counts at most that much host heat; key heat is exact either way)."""
         out: list[tuple[str, bytes | None]] = []
+        if self._slot_keys_stale:
+            self._slot_keys = {}
+            for ck in self.keys:
+                self._slot_keys.setdefault(self.slot_of(ck), set()).add(ck)
+            self._slot_keys_stale = False
         js = self._json
         for ck in self.dirty_keys:
             js.pop(ck, None)

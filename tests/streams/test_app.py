@@ -204,12 +204,14 @@ def test_invalid_rules_or_partition_count_are_config_errors(kafka_settings: Sett
         check_topics(kafka_settings.model_copy(update={"kafka_partitions": 2}), kafka_settings.kafka_bootstrap)
 
 
+@pytest.mark.parametrize("store", ["memory", "rocksdb"])
 def test_kill_9_recovery_counts_nothing_twice_and_keeps_admission_ids(kafka_settings: Settings,
-                                                                      workers: Workers) -> None:
+                                                                      workers: Workers, store: str) -> None:
     # Offsets are not committed during the test (commit interval 10 min): every new worker
     # re-reads the topic from the start, so only the durable state decides what counts.
+    # rocksdb: the workers share one state directory, the third restores from its RocksDB store
     s = streams_settings(kafka_settings, heat_min_clients=3, heat_commit_interval_s=600.0,
-                         streams_instance_id="w")
+                         streams_instance_id="w", heat_store=store)
     k, k2 = "http://a.example/big.iso", "http://b.example/other.iso"
     # 1) a worker that never flushes: it admits k2, then dies with nothing durable
     w1 = workers.start(s.model_copy(update={"heat_flush_interval_s": 600.0}))
@@ -233,11 +235,14 @@ def test_kill_9_recovery_counts_nothing_twice_and_keeps_admission_ids(kafka_sett
     # issue 15: "resumes within 10 s of a restart" (static membership, HEATCACHE_STREAMS_INSTANCE_ID):
     # measured from the new worker's spawn to its first admission, start-up included; recorded,
     # not asserted (the suite runs on a loaded machine; a timing assert would flake)
-    record_figure("streams-resume", f"kill -9, restart to first admission: {time.monotonic() - restarted:.1f} s")
+    record_figure("streams-resume" + ("" if store == "memory" else f"-{store}"),
+                  f"kill -9, restart to first admission: {time.monotonic() - restarted:.1f} s")
     hot = hot_urls(s)
     assert len(hot) == 3
     [hot_k] = [h for h in hot if h.cache_key == k]  # hot-urls has several partitions: no order across keys
     assert (hot_k.clients, hot_k.heat, hot_k.ts) == (3, 3, 22)
+    if store == "rocksdb":  # the table was kept in RocksDB (one database per partition), not in memory
+        assert len(list((s.state_dir / "faust").rglob("heat-*.db"))) == s.kafka_partitions
 
 
 def test_two_workers_give_the_hot_urls_of_one(kafka_settings: Settings, workers: Workers) -> None:

@@ -174,3 +174,29 @@ def test_an_unanswered_admission_is_admitted_again_after_the_timeout() -> None:
     assert len(again) == 1 and again[0].admission != first[0].admission and again[0].ts == 330
     p.on_cache_event(K, "cached", p.watermark)
     assert p.fold(3, [ev("e", 900)]).hot == []  # answered (cached): never again
+
+
+def test_without_a_loader_the_state_records_are_the_same() -> None:
+    # no loader (replay): new keys skip the slot bookkeeping and the slots are rebuilt when the
+    # records are taken; the records must be those of a partition that kept the slots all along
+    spec = WindowSpec(window_s=20, step_s=10, grace_s=5, client_cap=3, sketch_p=4)
+    for compiled in (True, False):
+        bare = PartitionHeat(0, Rules.simple(spec, min_clients=2), slots=4, compiled=compiled)
+        kept = PartitionHeat(0, Rules.simple(spec, min_clients=2), slots=4, load=lambda _k: None, compiled=compiled)
+        expired = 0
+        for offset in range(60):
+            t = 100.0 + offset * 2 + (100 if offset >= 30 else 0)  # a gap: keys expire
+            events = [RequestEvent(t, f"c{(offset * 7 + i) % 5}", "GET", "h", "/", "u", f"k{(offset + i * 3) % 11}")
+                      for i in range(offset % 4 + 1)]
+            assert bare.fold(offset, events) == kept.fold(offset, events)
+            if offset % 9 == 4:
+                bare.expire()
+                kept.expire()
+                assert bare.expired_keys == kept.expired_keys
+                expired += len(kept.expired_keys)
+            if offset % 13 == 6:
+                got, want = bare.take_dirty(), kept.take_dirty()
+                assert [(k, v and orjson.loads(v)) for k, v in got] == [(k, v and orjson.loads(v)) for k, v in want]
+        assert expired > 0
+        got, want = dict(bare.take_dirty()), dict(kept.take_dirty())
+        assert {k: v and orjson.loads(v) for k, v in got.items()} == {k: v and orjson.loads(v) for k, v in want.items()}
