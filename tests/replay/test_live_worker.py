@@ -51,8 +51,8 @@ from replay.engine import Setting, StreamsAdmission, prepare, run
 from replay.kafkaio import fetch_outcomes, read_range
 from replay.storepolicy import StorePolicy
 from replay.trace import Trace, batches
-from streams.heat import admission_id
-from streams.rules import rules_from_settings
+from streams.heat import KeyHeat, PartitionHeat
+from streams.rules import Decision, Rules, rules_from_settings
 from tests.faults.stackproc import wait_for
 from tests.streams.conftest import Workers, streams_settings
 
@@ -142,6 +142,31 @@ class Fetcher:
         return out
 
 
+class WithReasons(StreamsAdmission):
+    """replay's streams admission, keeping each HotUrl it admits (the engine keeps key and ts):
+    its partitions' ``_admit`` is the one the engine (and its compiled loop) calls."""
+
+    def __init__(self, rules: Rules) -> None:
+        super().__init__(rules)
+        self.admitted: list[HotUrl] = []
+
+    def _part(self, partition: int) -> PartitionHeat:
+        ph = self.parts.get(partition)
+        if ph is None:
+            ph = self.parts[partition] = _Recording(partition, self.rules, host_heat=False)
+            ph.admitted = self.admitted
+        return ph
+
+
+class _Recording(PartitionHeat):
+    admitted: list[HotUrl]
+
+    def _admit(self, ck: str, kh: KeyHeat, ts: float, decision: Decision) -> HotUrl:
+        hot = super()._admit(ck, kh, ts, decision)
+        self.admitted.append(hot)
+        return hot
+
+
 @pytest.mark.integration
 def test_live_worker_with_cache_events_emits_replays_hot_urls(kafka_settings: Settings, workers: Workers) -> None:
     half_life = 1e12
@@ -221,16 +246,16 @@ def test_live_worker_with_cache_events_emits_replays_hot_urls(kafka_settings: Se
     known, failed = fetch_outcomes(settings)
     assert failed == {gone} and known == {k: s for k, s in sizes.items() if k in known}
     setting = Setting(window_s=WINDOW, min_clients=2, quota_bytes=QUOTA, half_life_s=half_life, fill=False)
-    admission = StreamsAdmission(rules_from_settings(setting.settings(settings)))
+    admission = WithReasons(rules_from_settings(setting.settings(settings)))
     res = run(prepare(batches_back, known_sizes=known, failed_fetches=failed), setting, settings, keep_hot=True,
               admission=admission)
-    simulated = sorted((k, ts, admission_id(k, ts)) for k, ts in res.hot)
-    live = sorted((h.cache_key, h.ts, h.admission) for h in emitted)
+    assert sorted(res.hot) == sorted((h.cache_key, h.ts) for h in admission.admitted)
+    simulated = sorted((h.cache_key, h.ts, h.admission, h.reason) for h in admission.admitted)
+    live = sorted((h.cache_key, h.ts, h.admission, h.reason) for h in emitted)
     only_live = sorted(set(live) - set(simulated))
     only_replay = sorted(set(simulated) - set(live))
-    only_live_why = [(h.cache_key, h.ts, h.reason) for h in emitted if (h.cache_key, h.ts, h.admission) in only_live]
     assert simulated == live, (f"{len(live)} emitted ({dict(reasons)}), {len(simulated)} simulated; only live: "
-                               f"{only_live_why}; "
+                               f"{only_live}; "
                                f"only replay: {only_replay}; re-emitted by the worker's drain: "
                                f"{[(h.cache_key, h.reason, h.ts) for h in drained]}")
 
