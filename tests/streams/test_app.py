@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -266,3 +268,84 @@ def test_two_workers_give_the_hot_urls_of_one(kafka_settings: Settings, workers:
     assert [by_id[h.admission] for h in expected] == expected  # same counts, same reasons
     logs = w1.log_path.read_text() + w2.log_path.read_text()
     assert logs.count("partition ") >= 3
+
+
+def test_offsets_are_committed_only_once_the_state_they_reflect_is_durable(kafka_settings: Settings,
+                                                                           workers: Workers) -> None:
+    # commits every 0.1 s, state durable every 1 s while events flow: a commit that ran ahead of
+    # the durable state shows as committed > applied + 1 (the committed offset is the next
+    # message to read, the meta record's the last one folded), and loses events at a kill -9
+    s = streams_settings(kafka_settings, heat_min_clients=5, heat_flush_interval_s=1.0,
+                         heat_commit_interval_s=0.1, streams_instance_id="c", metrics_port=free_port(),
+                         heat_top_n=20)
+    keys = [f"http://o{j}.example/f{j}.bin" for j in range(12)]
+    prod = producer(s.kafka_bootstrap)
+    topic = s.topic(contract.REQUESTS)
+    n = s.kafka_partitions
+    rounds = 0
+
+    def produce_round(client: str) -> None:
+        # one message per partition, one request of each key in it
+        nonlocal rounds
+        buckets: dict[int, list[RequestEvent]] = {p: [] for p in range(n)}
+        for k in keys:
+            buckets[contract.bucket_of(k, n)].append(ev(k, client, 1000 + rounds))
+        for p, evs in buckets.items():
+            prod.produce(topic, key=str(p).encode(), partition=p, value=contract.encode(RequestBatch(p, tuple(evs))))
+        assert prod.flush(10) == 0
+        rounds += 1
+
+    def check() -> dict[int, int]:
+        done = committed(s)  # read first: the durable state only grows meanwhile
+        meta = changelog_meta(s)
+        ahead = {p: (c, meta.get(p)) for p, c in done.items() if c >= 0 and c > meta.get(p, -1) + 1}
+        assert not ahead, f"committed past the durable state (partition: (committed, applied)): {ahead}"
+        return done
+
+    w1 = workers.start(s)
+    # events flow without a pause (the idle flush never comes; a round each produce round trip)
+    # until every partition has had three commits, three clients per key: none is hot yet
+    stop = threading.Event()
+
+    def flow() -> None:
+        while not stop.is_set():
+            produce_round(f"c{rounds % 3}")
+
+    producing = threading.Thread(target=flow, daemon=True)
+    producing.start()
+    try:
+        seen: dict[int, set[int]] = {p: set() for p in range(n)}
+        deadline = time.monotonic() + 60
+        while min(len(v) for v in seen.values()) < 3:
+            assert time.monotonic() < deadline and producing.is_alive(), f"too few commits: {seen}"
+            for p, c in check().items():
+                if c >= 0:
+                    seen[p].add(c)
+        workers.kill9(w1)  # in the middle of the flow: what it folded since its last flush is lost
+    finally:
+        stop.set()
+        producing.join(30)
+    check()
+    # a new worker restores the durable state, skips what it holds and folds the rest once:
+    # with the 4th and 5th client every key is hot, at the heat of every request before
+    workers.start(s)
+    produce_round("x")
+    produce_round("y")
+    last = last_offsets(s)
+    wait_for(lambda: check() == {p: o + 1 for p, o in last.items()}, what="every message committed")
+    expected = expected_hot(s)
+    assert len(expected) == len(keys) and {h.clients for h in expected} == {5}
+    by_id = {h.admission: h for h in hot_urls(s)}  # re-emitted after a crash with the same id
+    assert set(by_id) == {h.admission for h in expected}
+    assert [by_id[h.admission] for h in expected] == expected  # same heat: a lost or re-counted request shows
+    assert {h.heat for h in expected} == {rounds}
+
+    def top() -> dict[str, Any]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{s.metrics_port}/top", timeout=10) as resp:
+            body = resp.read()
+        return orjson.loads(body) if body else {"ts": 0.0}
+
+    # and the restarted worker's heat of each key is every request of it, each counted once
+    folded = time.time()  # every message is committed, so folded: the next /top record has them all
+    wait_for(lambda: top()["ts"] > folded, what="a /top record after the last message")
+    assert dict(orjson.loads(top()["top_keys"])) == {k: rounds for k in keys}
