@@ -18,12 +18,17 @@ Then replay reads the range back from `requests` and the outcomes from `cache-ev
 (replay.kafkaio, what ``heatcache replay --from --to`` runs) and its HotUrls (key, admission ts,
 admission id) must equal the worker's.
 
-Not covered (a known difference, session 7): the worker's drain re-checks a key whose cache
-state changed (evicted while hot, failed past its back-off) and may re-emit it with no new
-request, at the partition's watermark; replay re-decides a key only when a request of it is
-folded. In this traffic those re-checks find nothing to admit (``drained`` stays empty: the
-re-fetches and retries here come with requests); with the hot set over the quota they admit, and
-then they chain (each re-fetch evicts another hot key, re-fetched at the same watermark).
+The worker re-admits an evicted or failed key only at a request, as replay does (``drained``
+stays empty). Before session 7's fix its drain of cache-events re-checked such a key at once,
+at the partition's watermark, with no request: with the hot set over the quota (16 000 bytes,
+an hour's window) each re-fetch evicted another hot key, re-fetched at the same watermark,
+without end (490 fetches at the fourth message).
+
+Not covered (left open, session 7): with more evictions (quota 16 000-24 000, or an hour's
+window) the two still part by a few HotUrls (e.g. 46 emitted and 46 simulated at 24 000 / 1 h,
+two keys apart). Not yet explained; the likely cause is timing: replay applies a fetch's store
+and its evictions at the admission, inside the batch, while the worker learns of them after
+the batch, from cache-events.
 """
 
 from __future__ import annotations
@@ -61,7 +66,7 @@ QUOTA = 32_000  # the per-object cap is a quarter: 8000 bytes, over every object
 HOSTS = ("a.example", "b.example", "c.example")
 GONE = "/gone.bin"
 DEADLINE = 30.0
-WINDOW = 600  # short: keys cool down, so an evicted hot key re-fetched evicts a cold one (no chain)
+WINDOW = 600  # short: keys cool down (with more evictions replay and the worker part: see above)
 
 
 @pytest.fixture
@@ -216,10 +221,10 @@ def test_live_worker_with_cache_events_emits_replays_hot_urls(kafka_settings: Se
                      f"the worker to fold and flush message {i}", poll=0.01)
             new = read_hot(metrics.read()["hot_urls"])
             rounds = 0
-            while new:  # answer them; the drain of the answers may re-emit (evicted while hot)
+            while new:  # answer them; the drain of the answers must not re-emit (only requests admit)
                 rounds += 1
-                # each round is a re-fetch of an evicted hot key that evicted another: at one
-                # watermark this does not end while the hot set exceeds the quota (see BOARD.md)
+                # a second round would be a re-fetch of an evicted hot key with no request: at
+                # one watermark this did not end while the hot set exceeded the quota
                 assert rounds < 20, (i, [(h.cache_key, h.reason, h.ts) for h in emitted[-8:]], fetcher.counts)
                 for hot in new:
                     for ce in fetcher.answer(hot):
@@ -235,6 +240,7 @@ def test_live_worker_with_cache_events_emits_replays_hot_urls(kafka_settings: Se
         cons.close()
         del prod
     assert worker.proc.poll() is None
+    assert drained == [], [(h.cache_key, h.reason, h.ts) for h in drained]  # no admission without a request
     reasons = Counter(h.reason for h in emitted)
     assert len(emitted) > 20 and reasons["refetch-evicted"] >= 1 and reasons["retry-failed"] >= 1, reasons
     assert fetcher.counts["failed"] >= 2 and fetcher.counts["evicted"] >= 3, fetcher.counts
