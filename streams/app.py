@@ -129,7 +129,6 @@ class Stage:
         self.parts: dict[int, PartitionHeat] = {}
         self.pending: dict[int, _Pending] = {}
         self.cache: dict[str, CacheView] = {}
-        self.retry: set[str] = set()  # failed keys waiting for their back-off
         self.counters: Counter[str] = counters if counters is not None else Counter()
         self.lock = asyncio.Lock()
         self.inflight: list[asyncio.Task[None]] = []
@@ -386,25 +385,11 @@ class Stage:
                 self.cache[key] = CacheView(state=state, ts=ts,
                                             failures=old.failures + 1 if state == "failed" else 0)
                 continue
+            # no re-check here: an evicted, purged or failed key is decided again at its next
+            # request (the fold), as replay decides it. Re-admitting an evicted key at once
+            # livelocked a quota smaller than the hot set: each re-fetch evicted another hot
+            # key, re-emitted at the same event time, with no request asking for any of them
             ph.on_cache_event(key, state, ph.watermark)
-            if state == "failed":
-                self.retry.add(key)
-            elif state in ("evicted", "purged"):
-                self.recheck(ph, key)
-        for key in list(self.retry):
-            ph = self.parts.get(contract.bucket_of(key, n))
-            view = self.cache.get(key)
-            if ph is None or view is None or view.state != "failed":
-                self.retry.discard(key)
-            elif self.recheck(ph, key):
-                self.retry.discard(key)
-
-    def recheck(self, ph: PartitionHeat, key: str) -> bool:
-        hot = ph.recheck(key)
-        if hot is None:
-            return False
-        self.send_hot(hot)  # its state is written with the partition's next flush
-        return True
 
     # -- rebalance
     async def on_revoked(self, revoked: set[TP]) -> None:

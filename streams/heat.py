@@ -412,24 +412,6 @@ class PartitionHeat:
             failures = old.failures + 1 if old is not None else 1
         self.cache[cache_key] = CacheView(state, seen_at, failures, False)
 
-    def recheck(self, cache_key: str) -> HotUrl | None:
-        """Decide again for a key whose cache state changed (evicted while still hot, a failed
-        fetch whose back-off has passed): admission without a new request."""
-        kh = self.keys.get(cache_key)
-        if kh is None and self._load is not None:
-            kh = self.key(cache_key)  # its slot may not be loaded since a restart
-            if not kh.panes:  # no heat here: nothing to re-check
-                del self.keys[cache_key]
-                self._slot_keys.get(self.slot_of(cache_key), set()).discard(cache_key)
-                return None
-        if kh is None:
-            return None
-        decision = self.decide(cache_key, kh)
-        if not decision.admit:
-            return None
-        self.dirty_keys.add(cache_key)
-        return self._admit(cache_key, kh, self.watermark, decision)
-
     # -- expiry and flushing
     def expire(self) -> None:
         """Drop panes behind the retention, and keys/hosts left empty (their slots are rewritten)."""

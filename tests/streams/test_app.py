@@ -62,6 +62,10 @@ def cache_event(settings: Settings, key: str, state: str) -> None:
 
 def test_hot_once_per_admission_knows_the_cache_and_dead_letters(kafka_settings: Settings, workers: Workers) -> None:
     s = streams_settings(kafka_settings, metrics_port=free_port())
+    def records(stage: str) -> list[dict[str, object]]:
+        msgs = read_topic(s.kafka_bootstrap, s.topic(contract.METRICS), timeout=10)
+        return [r for r in (orjson.loads(m.value()) for m in msgs) if r["stage"] == stage]
+
     keys = [f"http://h{i}.example/f{i}.bin" for i in range(6)]
     cached, evicted = keys[0], keys[1]
     cache_event(s, cached, "cached")  # already in the cache (e.g. filled by the edge): never emitted
@@ -80,6 +84,9 @@ def test_hot_once_per_admission_knows_the_cache_and_dead_letters(kafka_settings:
     cache_event(s, evicted, "evicted")
     for k in keys[2:]:
         cache_event(s, k, "cached")
+    # read before the requests: an eviction alone re-admits nothing, its next request does
+    wait_for(lambda: any(r["cache_events_total"] == 6 for r in records("streams")), what="the cache events read")
+    assert len(hot_urls(s)) == 5
     produce(s, [ev(k, "d", 300) for k in keys])
     wait_for(lambda: len(hot_urls(s)) >= 6, what="the evicted key again")
     dead = read_topic(s.kafka_bootstrap, s.topic(contract.DEAD_LETTER), timeout=10)
@@ -92,10 +99,6 @@ def test_hot_once_per_admission_knows_the_cache_and_dead_letters(kafka_settings:
     wait_for(lambda: any(h.tls == 1 for h in host_h2()), what="host heat with TLS")
     # the share that is plain HTTP: 3 HTTP requests of 4 (or 4 of 5, with the later one)
     assert {h.http_share for h in host_h2() if h.tls == 1} <= {0.75, 0.8}
-
-    def records(stage: str) -> list[dict[str, object]]:
-        msgs = read_topic(s.kafka_bootstrap, s.topic(contract.METRICS), timeout=10)
-        return [r for r in (orjson.loads(m.value()) for m in msgs) if r["stage"] == stage]
 
     # the runner's snapshots (the one metrics scheme) and the top keys/hosts record
     wait_for(lambda: any(r["events_total"] == 26 and r["hot_urls_total__refetch_evicted"] == 1

@@ -110,7 +110,6 @@ def run_one(seed: int, seen: set[str]) -> None:
             key, st = rnd.choice(keys), rnd.choice(("cached", "failed", "evicted", "purged", "stale"))
             for ph in (fast, ref):
                 ph.on_cache_event(key, st, ph.watermark)
-            assert fast.recheck(key) == ref.recheck(key)
         if rnd.random() < 0.1:
             fast.expire()
             ref.expire()
