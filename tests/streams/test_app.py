@@ -290,11 +290,12 @@ def test_offsets_are_committed_only_once_the_state_they_reflect_is_durable(kafka
     rounds = 0
 
     def produce_round(client: str) -> None:
-        # one message per partition, one request of each key in it
+        # one message per partition, one request of each key in it; event time 1 ms a round,
+        # so that every round stays in the window (1 h) however many the flow has
         nonlocal rounds
         buckets: dict[int, list[RequestEvent]] = {p: [] for p in range(n)}
         for k in keys:
-            buckets[contract.bucket_of(k, n)].append(ev(k, client, 1000 + rounds))
+            buckets[contract.bucket_of(k, n)].append(ev(k, client, 1000 + rounds / 1000))
         for p, evs in buckets.items():
             prod.produce(topic, key=str(p).encode(), partition=p, value=contract.encode(RequestBatch(p, tuple(evs))))
         assert prod.flush(10) == 0
