@@ -51,12 +51,9 @@ from heatcache.contract import CacheEvent, RequestBatch, RequestEvent
 from heatcache.settings import Settings
 from replay.storepolicy import StorePolicy
 from streams.heat import PartitionHeat
+from streams.heat import compiled_available as fold_compiled_available
 from streams.rules import CacheView, Rules, rules_from_settings
 
-try:
-    from streams import _fold
-except ImportError:  # not built: PartitionHeat folds with its Python reference
-    _fold = None  # type: ignore[assignment]
 try:
     from replay import _engine
 except ImportError:  # not built (no compiler): the Python loop below does the same, slower
@@ -147,21 +144,16 @@ _NONE: list[tuple[str, float, int]] = []  # never appended to: the "nothing admi
 
 
 def compiled_fold(ph: PartitionHeat) -> tuple[Any, list[Any]] | None:
-    """``PartitionHeat._fold_compiled``'s own call, for the compiled loop to make it without the
-    Python frame (one per batch, and a campus trace's batches hold one or two events: the
-    frame's attribute reads were ~8 % of a setting): streams._fold.fold and its arguments, with
-    the batch, too_old and the watermark (0, 1, 14) filled in per call. None when
-    ``_fold_compiled`` does more than that call (host heat, operator pins) or the fold is not
-    the compiled one: the loop calls ``_fold_compiled`` / ``_fold_reference`` then. Mirrors
-    ``_fold_compiled`` (tests/replay/test_compiled.py holds the results and the partitions'
-    state to the reference's, which calls ``PartitionHeat.fold``)."""
-    if not ph.compiled or ph.host_heat or ph.pins is not None or _fold is None:
+    """``PartitionHeat._fold_compiled``'s own call (``PartitionHeat.fold_call``), for the
+    compiled loop to make it without the Python frame (one per batch, and a campus trace's
+    batches hold one or two events: the frame's attribute reads were ~8 % of a setting). None
+    when ``_fold_compiled`` does more than that call (host heat, operator pins) or the fold is
+    not the compiled one: the loop calls ``_fold_compiled`` / ``_fold_reference`` then
+    (tests/replay/test_compiled.py holds the results and the partitions' state to the
+    reference's, which calls ``PartitionHeat.fold``)."""
+    if not ph.compiled or ph.host_heat or ph.pins is not None or not fold_compiled_available():
         return None
-    spec, default = ph.spec, ph.rules.default
-    min_clients = default.min_clients if ph.rules.plain and not default.first_access else -1
-    return _fold.fold, [None, None, spec.step_s, spec, spec.client_cap, ph.keys, ph.key, None, ph.host, None,
-                        ph.dirty_keys, ph._dirty_hosts, ph._touched_hosts, ph.cache, None,
-                        ph.rules.backoff.unanswered_s, min_clients]
+    return ph.fold_call()
 
 
 class StreamsAdmission:

@@ -308,18 +308,25 @@ class PartitionHeat:
     def _fold_compiled(self, batch: Any, too_old: float, wm: float, sizes: Callable[[str], int] | None
                        ) -> tuple[int, list[tuple[str, KeyHeat, float]]]:
         """The same counting in C; it also leaves out the keys fold's cheap checks would skip."""
+        if self.host_heat:
+            self._defer_hosts(batch, too_old)
+        fold, args = self.fold_call()
+        args[0], args[1], args[9], args[14] = batch, too_old, sizes, wm
+        late, touched = fold(*args)
+        return late, touched
+
+    def fold_call(self) -> tuple[Any, list[Any]]:
+        """streams._fold.fold and the 17 arguments ``_fold_compiled`` calls it with, the batch,
+        too_old, sizes and the watermark (0, 1, 9, 14) left None for the caller (replay's
+        compiled loop makes this call itself, without a Python frame per batch)."""
         spec = self.spec
         default = self.rules.default
         # the "fewer exact clients than the rule needs" shortcut is only safe for one plain rule
         min_clients = (default.min_clients if self.rules.plain and self.pins is None and not default.first_access
                        else -1)
-        if self.host_heat:
-            self._defer_hosts(batch, too_old)
-        late, touched = _fold.fold(batch, too_old, spec.step_s, spec, spec.client_cap, self.keys, self.key,
-                                   None, self.host, sizes, self.dirty_keys,
-                                   self._dirty_hosts, self._touched_hosts, self.cache, wm,
-                                   self.rules.backoff.unanswered_s, min_clients)
-        return late, touched
+        return _fold.fold, [None, None, spec.step_s, spec, spec.client_cap, self.keys, self.key, None, self.host,
+                            None, self.dirty_keys, self._dirty_hosts, self._touched_hosts, self.cache, None,
+                            self.rules.backoff.unanswered_s, min_clients]
 
     # -- host heat, counted in bulk. Every event counts in its host's heat, but host heat is only
     # read when reported (host-heat records, streams-top) or written (its slots, expiry): the
